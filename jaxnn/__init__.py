@@ -1,0 +1,76 @@
+"""jaxnn: functional neural networks in JAX with hand-derived, verified backward passes."""
+
+from jaxnn import activations as activations
+from jaxnn import data as data
+from jaxnn import gradcheck as gradcheck
+from jaxnn import initializers as initializers
+from jaxnn import layers as layers
+from jaxnn import losses as losses
+from jaxnn.core import Layer as Layer
+from jaxnn.core import apply as apply
+from jaxnn.core import map_leaves as map_leaves
+from jaxnn.core import reference_apply as reference_apply
+from jaxnn.layers import dense as dense
+from jaxnn.layers import elu as elu
+from jaxnn.layers import gelu as gelu
+from jaxnn.layers import identity as identity
+from jaxnn.layers import leaky_relu as leaky_relu
+from jaxnn.layers import relu as relu
+from jaxnn.layers import serial as serial
+from jaxnn.layers import sigmoid as sigmoid
+from jaxnn.layers import silu as silu
+from jaxnn.layers import softmax as softmax
+from jaxnn.layers import softplus as softplus
+from jaxnn.layers import tanh as tanh
+from jaxnn.losses import Loss as Loss
+from jaxnn.losses import binary_cross_entropy as binary_cross_entropy
+from jaxnn.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
+from jaxnn.losses import fuse as fuse
+from jaxnn.losses import mean_squared_error as mean_squared_error
+from jaxnn.losses import softmax_cross_entropy as softmax_cross_entropy
+from jaxnn.train import accuracy as accuracy
+from jaxnn.train import l2_penalty as l2_penalty
+from jaxnn.train import make_train_step as make_train_step
+from jaxnn.train import per_example_grads as per_example_grads
+from jaxnn.train import predict as predict
+from jaxnn.train import value_and_grad as value_and_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Layer",
+    "Loss",
+    "__version__",
+    "accuracy",
+    "activations",
+    "apply",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "data",
+    "dense",
+    "elu",
+    "fuse",
+    "gelu",
+    "gradcheck",
+    "identity",
+    "initializers",
+    "l2_penalty",
+    "layers",
+    "leaky_relu",
+    "losses",
+    "make_train_step",
+    "map_leaves",
+    "mean_squared_error",
+    "per_example_grads",
+    "predict",
+    "reference_apply",
+    "relu",
+    "serial",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softmax_cross_entropy",
+    "softplus",
+    "tanh",
+    "value_and_grad",
+]

@@ -1,0 +1,232 @@
+"""The Layer protocol and the wiring of hand-derived backward passes into JAX.
+
+A :class:`Layer` is four pure functions in a NamedTuple, in the spirit of optax's
+``GradientTransformation`` and stax's ``(init, apply)`` pairs:
+
+* ``init(key, in_shape) -> (out_shape, params, state)`` makes the parameters and infers the
+  output shape before any data runs. Shapes include the batch axis first (``-1`` stands for
+  "any batch size").
+* ``forward(params, state, x, *, key, train) -> (y, new_state, residuals)`` computes the output
+  and what the way back needs.
+* ``backward(params, residuals, dy) -> (dparams, dx)`` is the layer's derivative, written by
+  hand (the seed's ``dZ = dA * g'(Z)``, ``dW = A_prevᵀ dZ``, ``db = Σ dZ``, ``dA_prev = dZ Wᵀ``).
+  It never calls ``jax.vjp`` or ``jax.grad``.
+
+:func:`apply` attaches ``backward`` to ``forward`` with :func:`jax.custom_vjp`, so ``jax.grad``,
+``jax.vjp`` and ``jax.value_and_grad`` of any function of the output use the hand-derived rule.
+:func:`reference_apply` runs the very same ``forward`` under plain autodiff; the gradient check
+compares the two.
+
+State (batch-norm running statistics, say) flows forward only: its cotangent is dropped, as if
+``new_state`` went through ``jax.lax.stop_gradient``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PRNGKey = jax.Array
+Shape = tuple[int, ...]
+Params = Any  # a pytree of arrays
+State = Any  # a pytree of arrays, () for stateless layers
+Residuals = Any  # whatever forward hands to backward
+
+InitFn = Callable[[PRNGKey, Shape], tuple[Shape, Params, State]]
+ForwardFn = Callable[..., tuple[Array, State, Residuals]]
+BackwardFn = Callable[[Params, Residuals, Array], tuple[Params, Any]]
+
+
+class Layer(NamedTuple):
+    """A layer: ``init``, ``forward`` and a hand-derived ``backward``.
+
+    Attributes:
+      name: a short name shown in summaries and gradient-check reports (``"dense"``).
+      init: ``(key, in_shape) -> (out_shape, params, state)``.
+      forward: ``(params, state, x, *, key, train) -> (y, new_state, residuals)``.
+      backward: ``(params, residuals, dy) -> (dparams, dx)``; ``dparams`` has the structure of
+        ``params``; ``dx`` is ``None`` for inputs that take no gradient (integer ids).
+      sublayers: the layers a combinator is made of, in order; ``()`` for a leaf layer. A
+        combinator's params and state are tuples aligned with ``sublayers``.
+      rebuild: for a combinator, ``rebuild(new_sublayers)`` makes the same combinator over other
+        layers (used to wrap every leaf, e.g. to record inputs or to rematerialize); ``None``
+        for a leaf.
+    """
+
+    name: str
+    init: InitFn
+    forward: ForwardFn
+    backward: BackwardFn
+    sublayers: tuple[Layer, ...] = ()
+    rebuild: Callable[[tuple[Layer, ...]], Layer] | None = None
+
+    def __call__(self, x: Array) -> Array:
+        """Applies a layer without parameters or state (an activation) to ``x``.
+
+        ``jaxnn.relu()(x)`` is ``jnp.maximum(x, 0)`` with the hand-derived backward attached.
+        """
+        y, _ = apply(self, (), (), x)
+        return y
+
+    def __repr__(self) -> str:
+        if self.sublayers:
+            inner = ", ".join(repr(s) for s in self.sublayers)
+            return f"{self.name}({inner})"
+        return self.name
+
+
+def _is_integer(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and not jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _apply_rule(layer: Layer, train: bool) -> Callable[..., tuple[Array, State]]:
+    """The custom_vjp function ``(params, state, x, key) -> (y, new_state)`` of one layer.
+
+    Arrays travel as ordinary arguments (never ``nondiff_argnums``), so the rule is safe under
+    ``jit``, ``scan`` and ``vmap``; ``train`` is a Python bool baked into the rule.
+    """
+
+    @jax.custom_vjp
+    def rule(params, state, x, key):
+        y, new_state, _ = layer.forward(params, state, x, key=key, train=train)
+        return y, new_state
+
+    def rule_fwd(params, state, x, key):
+        y, new_state, residuals = layer.forward(params, state, x, key=key, train=train)
+        return (y, new_state), (params, residuals, _is_integer(x))
+
+    def rule_bwd(saved, cotangents):
+        params, residuals, x_is_integer = saved
+        dy, _ = cotangents  # the new state's cotangent is dropped: state flows forward only
+        dparams, dx = layer.backward(params, residuals, dy)
+        return dparams, None, (None if x_is_integer else dx), None
+
+    rule.defvjp(rule_fwd, rule_bwd)
+    return rule
+
+
+def apply(
+    layer: Layer,
+    params: Params,
+    state: State,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    train: bool = False,
+) -> tuple[Array, State]:
+    """Runs ``layer`` forward with its hand-derived backward attached.
+
+    Args:
+      layer: the layer (or whole network).
+      params: its parameters, as made by ``layer.init``.
+      state: its state (``()`` for stateless layers).
+      x: the input, batch axis first.
+      key: a PRNG key for layers that draw random numbers in training (dropout).
+      train: training mode (batch statistics, dropout) or evaluation mode.
+
+    Returns:
+      ``(y, new_state)``. ``jax.grad`` of any function of ``y`` runs ``layer.backward``.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.dense(3)
+    >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
+    >>> y, _ = jaxnn.apply(layer, params, state, jnp.ones((4, 2)))
+    >>> y.shape
+    (4, 3)
+    """
+    return _apply_rule(layer, train)(params, state, x, key)
+
+
+def reference_apply(
+    layer: Layer,
+    params: Params,
+    state: State,
+    x: Array,
+    *,
+    key: PRNGKey | None = None,
+    train: bool = False,
+) -> tuple[Array, State]:
+    """Runs the same ``forward`` as :func:`apply` under plain JAX autodiff.
+
+    ``jax.grad`` through this path differentiates the forward's own operations and never calls
+    ``layer.backward``: it is the reference the hand-derived gradients are checked against.
+    """
+    y, new_state, _ = layer.forward(params, state, x, key=key, train=train)
+    return y, new_state
+
+
+def split_key(key: PRNGKey | None, n: int) -> Sequence[PRNGKey | None]:
+    """``n`` independent keys from ``key``, or ``n`` Nones when there is no key."""
+    if key is None:
+        return (None,) * n
+    return tuple(jax.random.split(key, n))
+
+
+def leaf_layer(
+    name: str,
+    init: InitFn,
+    forward: ForwardFn,
+    backward: BackwardFn,
+) -> Layer:
+    """Makes a leaf :class:`Layer` (a convenience for users' own layers)."""
+    return Layer(name=name, init=init, forward=forward, backward=backward)
+
+
+def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None = None) -> Layer:
+    """Rebuilds ``layer`` with every leaf layer replaced by ``fn(leaf, path)``.
+
+    ``path`` names where the leaf sits, e.g. ``"serial/2:dense"`` for the third layer of a
+    serial; combinators are kept.
+    """
+    path = layer.name if path is None else path
+    if not layer.sublayers:
+        return fn(layer, path)
+    if layer.rebuild is None:
+        raise ValueError(f"combinator {layer.name!r} has sublayers but no rebuild function")
+    children = tuple(
+        map_leaves(fn, sub, f"{path}/{i}:{sub.name}") for i, sub in enumerate(layer.sublayers)
+    )
+    return layer.rebuild(children)
+
+
+def stateless_init(
+    out_shape_fn: Callable[[Shape], Shape],
+) -> InitFn:
+    """An ``init`` for layers with no parameters and no state."""
+
+    def init(key: PRNGKey, in_shape: Shape) -> tuple[Shape, Params, State]:
+        del key
+        return tuple(out_shape_fn(tuple(in_shape))), (), ()
+
+    return init
+
+
+def check_features(layer_name: str, x: Array, expected: int, axis: int = -1) -> None:
+    """Raises a clear error when ``x``'s feature axis does not have ``expected`` entries.
+
+    Called in ``forward`` at trace time, so a mismatch is a Python error naming the layer
+    rather than an XLA shape error.
+    """
+    if x.ndim == 0:
+        raise ValueError(f"{layer_name}: expected an input with a feature axis, got a scalar")
+    got = x.shape[axis]
+    if got != expected:
+        raise ValueError(
+            f"{layer_name}: expected input with {expected} features on axis {axis}, got shape "
+            f"{tuple(x.shape)} ({got} features)"
+        )
+
+
+def check_float(layer_name: str, x: Array, argument: str = "input") -> None:
+    """Raises a clear error when ``x`` is not a floating-point array."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{layer_name}: expected a floating-point {argument}, got dtype {dtype}; "
+            f"convert it with x.astype(jnp.float32)"
+        )

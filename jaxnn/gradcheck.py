@@ -1,0 +1,444 @@
+"""Gradient verification: hand-derived backward passes against autodiff and finite differences.
+
+Everything runs in float64. For a layer ``f`` the check draws a fixed random cotangent ``v`` and
+differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
+
+* **hand-derived**: ``jax.grad`` of ``S`` through :func:`jaxnn.apply`, i.e. the layer's own
+  ``backward`` reached through ``jax.custom_vjp``;
+* **jax.grad**: ``jax.grad`` of ``S`` through :func:`jaxnn.reference_apply`, the same forward
+  under plain autodiff;
+* **finite differences**: the fourth-order central difference
+  ``[8(S(θ + εe_i) − S(θ − εe_i)) − (S(θ + 2εe_i) − S(θ − 2εe_i))] / 12ε`` (``ε = 1e-3``) for
+  each entry ``θ_i`` of every parameter and of the input (at most ``max_fd_entries`` entries
+  per array, sampled at random beyond that).
+
+The error of one array is reported as the largest absolute difference and the largest relative
+difference ``|a_i − b_i| / max(|a_i|, |b_i|, floor)``, where ``floor = 1e-3 · max_j |b_j|``
+keeps entries that are tiny next to the rest of the array from dividing by ~0. A comparison
+passes when the relative error is within ``rtol_autodiff`` (default 1e-9) against ``jax.grad``
+and ``rtol_fd`` (default 1e-6) against finite differences.
+
+A user's own layer is checked by the same call:
+
+>>> import jaxnn
+>>> report = jaxnn.gradcheck.check_layer(jaxnn.dense(3), (4, 2))
+>>> report.passed
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnn.core import Layer, apply, map_leaves, reference_apply
+from jaxnn.losses import Loss
+
+__all__ = [
+    "Comparison",
+    "GradcheckReport",
+    "check_layer",
+    "check_loss",
+    "check_model",
+    "compare",
+]
+
+RTOL_AUTODIFF = 1e-9
+RTOL_FD = 1e-6
+FD_EPS = 1e-3
+MAX_FD_ENTRIES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """One array's hand-derived gradient against one reference."""
+
+    layer: str
+    parameter: str
+    reference: str  # "jax.grad" or "finite differences"
+    max_abs_error: float
+    max_relative_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_relative_error <= self.tolerance)
+
+
+@dataclasses.dataclass
+class GradcheckReport:
+    """The comparisons of a check, one per layer, parameter and reference."""
+
+    comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    @property
+    def failures(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.passed]
+
+    @property
+    def failing_layers(self) -> list[str]:
+        """Names of the layers with a failing comparison, in report order, without repeats."""
+        return list(dict.fromkeys(c.layer for c in self.failures))
+
+    def extend(self, other: GradcheckReport) -> None:
+        self.comparisons.extend(other.comparisons)
+
+    def table(self) -> str:
+        """A plain-text table: layer, parameter, error vs jax.grad, error vs FD, pass/fail."""
+        rows: dict[tuple[str, str], dict[str, Comparison]] = {}
+        for c in self.comparisons:
+            rows.setdefault((c.layer, c.parameter), {})[c.reference] = c
+        header = ("layer", "parameter", "rel. err vs jax.grad", "rel. err vs finite diff.", "")
+        lines = [header]
+        for (layer, parameter), refs in rows.items():
+            ad, fd = refs.get("jax.grad"), refs.get("finite differences")
+            ok = all(c.passed for c in refs.values())
+            lines.append((
+                layer,
+                parameter,
+                f"{ad.max_relative_error:.2e}" if ad else "-",
+                f"{fd.max_relative_error:.2e}" if fd else "-",
+                "pass" if ok else "FAIL",
+            ))
+        widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
+        out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+               for r in lines]
+        out.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise AssertionError("gradient check failed:\n" + self.table())
+
+
+# --- comparing arrays ---------------------------------------------------------------------------
+
+
+def compare(actual, expected) -> tuple[float, float]:
+    """``(max_abs_error, max_relative_error)`` of two arrays, as defined in the module doc."""
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"compare: shapes differ, {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0, 0.0
+    diff = np.abs(a - b)
+    if not np.all(np.isfinite(diff)):
+        return math.inf, math.inf
+    floor = 1e-3 * float(np.max(np.abs(b)))
+    denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
+    rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
+    return float(np.max(diff)), float(np.max(rel))
+
+
+def _finite_differences(fn: Callable, arrays: list, index: int, eps: float, max_entries: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of scalar ``fn(*arrays)`` w.r.t. ``arrays[index]``.
+
+    Returns ``(flat_positions, estimates)``.
+    """
+    base = arrays[index]
+    n = base.size
+    positions = np.arange(n) if n <= max_entries else np.sort(
+        rng.choice(n, size=max_entries, replace=False)
+    )
+
+    def at(i, sign):
+        flat = base.reshape(-1).at[i].add(sign * eps).reshape(base.shape)
+        args = list(arrays)
+        args[index] = flat
+        return fn(*args)
+
+    def one(i):
+        # the fourth-order central stencil: error O(ε⁴) instead of O(ε²)
+        near = at(i, 1.0) - at(i, -1.0)
+        far = at(i, 2.0) - at(i, -2.0)
+        return (8 * near - far) / (12 * eps)
+
+    estimates = jax.jit(lambda idx: jax.lax.map(one, idx, batch_size=64))(jnp.asarray(positions))
+    return positions, np.asarray(estimates)
+
+
+def _to_float64(tree):
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+def _leaf_names(tree) -> list[str]:
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names.append("".join(_key_name(k) for k in path).lstrip(".") or "(array)")
+    return names
+
+
+def _key_name(k) -> str:
+    if isinstance(k, jax.tree_util.DictKey):
+        return f".{k.key}"
+    if isinstance(k, jax.tree_util.SequenceKey):
+        return f"[{k.idx}]"
+    if isinstance(k, jax.tree_util.GetAttrKey):
+        return f".{k.name}"
+    return str(k)
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+
+
+def _compare_trees(layer_name: str, names: Sequence[str], hand: Sequence, reference: Sequence,
+                   label: str, tolerance: float, report: GradcheckReport) -> None:
+    for name, h, r in zip(names, hand, reference, strict=True):
+        abs_err, rel_err = compare(h, r)
+        report.comparisons.append(Comparison(layer_name, name, label, abs_err, rel_err, tolerance))
+
+
+def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, arrays: list,
+                  names: list[str], *, rtol_autodiff: float, rtol_fd: float, fd_eps: float,
+                  max_fd_entries: int, seed: int) -> GradcheckReport:
+    """Checks the gradient of scalar ``fn(*arrays)`` w.r.t. every floating-point array."""
+    report = GradcheckReport()
+    wrt = [i for i, a in enumerate(arrays) if _is_float(a) and a.size]
+    hand = jax.grad(hand_fn, argnums=wrt)(*arrays)
+    auto = jax.grad(reference_fn, argnums=wrt)(*arrays)
+    _compare_trees(layer_name, [names[i] for i in wrt], hand, auto, "jax.grad", rtol_autodiff,
+                   report)
+    rng = np.random.default_rng(seed)
+    ref_jit = jax.jit(reference_fn)
+    for j, i in enumerate(wrt):
+        positions, estimates = _finite_differences(ref_jit, arrays, i, fd_eps, max_fd_entries,
+                                                   rng)
+        h = np.asarray(hand[j]).reshape(-1)[positions]
+        _compare_trees(layer_name, [names[i]], [h], [estimates], "finite differences", rtol_fd,
+                       report)
+    return report
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def check_layer(
+    layer: Layer,
+    in_shape: Sequence[int] | None = None,
+    *,
+    params: Any = None,
+    state: Any = None,
+    x: Any = None,
+    key: jax.Array | None = None,
+    train: bool = False,
+    seed: int = 0,
+    input_dtype: Any = None,
+    name: str | None = None,
+    rtol_autodiff: float = RTOL_AUTODIFF,
+    rtol_fd: float = RTOL_FD,
+    fd_eps: float = FD_EPS,
+    max_fd_entries: int = MAX_FD_ENTRIES,
+) -> GradcheckReport:
+    """Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
+
+    Args:
+      layer: any :class:`jaxnn.Layer`, a user's own included.
+      in_shape: the input shape, batch axis first (all entries concrete). Not needed when ``x``
+        is given.
+      params, state: the layer's parameters and state; made by ``layer.init`` when omitted.
+      x: the input; standard normal entries when omitted (integer ids in ``[0, 4)`` when
+        ``input_dtype`` is an integer type).
+      key: the PRNG key handed to ``forward`` (dropout); derived from ``seed`` when omitted and
+        ``train`` is true.
+      train: the mode to check (batch statistics, dropout masks).
+      seed: seeds the parameters, input, cotangent and finite-difference sampling.
+      name: the name used in the report (default ``layer.name``).
+
+    Returns:
+      A :class:`GradcheckReport` with a row per parameter and for the input, against
+      ``jax.grad`` and against finite differences.
+    """
+    with jax.enable_x64(True):
+        k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
+        if x is None:
+            if in_shape is None:
+                raise ValueError("check_layer: give in_shape or x")
+            shape = tuple(int(d) for d in in_shape)
+            if any(d < 0 for d in shape):
+                raise ValueError(f"check_layer: in_shape must be concrete, got {shape}")
+            if input_dtype is not None and jnp.issubdtype(input_dtype, jnp.integer):
+                x = jax.random.randint(k_x, shape, 0, 4).astype(input_dtype)
+            else:
+                x = jax.random.normal(k_x, shape, jnp.float64)
+        x = _to_float64(x)
+        if params is None or state is None:
+            _, p0, s0 = layer.init(k_init, tuple(x.shape))
+            params = p0 if params is None else params
+            state = s0 if state is None else state
+        params, state = _to_float64(params), _to_float64(state)
+        if key is None and train:
+            key = k_fwd
+        y, _ = reference_apply(layer, params, state, x, key=key, train=train)
+        v = jax.random.normal(k_v, y.shape, jnp.float64)
+
+        leaves, treedef = jax.tree.flatten(params)
+
+        def scalar(path_fn):
+            def s(*arrays):
+                p = jax.tree.unflatten(treedef, arrays[:-1])
+                out, _ = path_fn(layer, p, state, arrays[-1], key=key, train=train)
+                return jnp.sum(v * out)
+
+            return s
+
+        names = [*_leaf_names(params), "input"]
+        return _check_scalar(
+            name or layer.name, scalar(apply), scalar(reference_apply), [*leaves, x], names,
+            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
+            max_fd_entries=max_fd_entries, seed=seed,
+        )
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+
+def check_loss(
+    loss: Loss,
+    prediction: Any,
+    target: Any,
+    *,
+    seed: int = 0,
+    rtol_autodiff: float = RTOL_AUTODIFF,
+    rtol_fd: float = RTOL_FD,
+    fd_eps: float = FD_EPS,
+    max_fd_entries: int = MAX_FD_ENTRIES,
+) -> GradcheckReport:
+    """Checks ``loss.grad`` (the hand-derived ``dJ/dprediction``) in float64."""
+    with jax.enable_x64(True):
+        prediction, target = _to_float64(prediction), _to_float64(target)
+
+        def hand(p):
+            return loss(p, target)
+
+        def reference(p):
+            return loss.value(p, target)
+
+        return _check_scalar(
+            loss.name, hand, reference, [prediction], ["prediction"],
+            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
+            max_fd_entries=max_fd_entries, seed=seed,
+        )
+
+
+# --- whole models ------------------------------------------------------------------------------
+
+
+def _record_inputs(model: Layer, params, state, x, key, train) -> list[tuple]:
+    """Runs ``model.forward`` once and returns ``(path, leaf, params, state, x, key)`` per leaf."""
+    records: list[tuple] = []
+
+    def wrap(leaf: Layer, path: str) -> Layer:
+        def forward(p, s, inp, *, key=None, train=False):
+            records.append((path, leaf, p, s, inp, key))
+            return leaf.forward(p, s, inp, key=key, train=train)
+
+        return leaf._replace(forward=forward)
+
+    recorder = map_leaves(wrap, model)
+    recorder.forward(params, state, x, key=key, train=train)
+    return records
+
+
+def check_model(
+    model: Layer,
+    loss: Loss,
+    params: Any,
+    x: Any,
+    y: Any,
+    *,
+    state: Any = (),
+    key: jax.Array | None = None,
+    train: bool = False,
+    seed: int = 0,
+    per_layer: bool = True,
+    rtol_autodiff: float = RTOL_AUTODIFF,
+    rtol_fd: float = RTOL_FD,
+    fd_eps: float = FD_EPS,
+    max_fd_entries: int = MAX_FD_ENTRIES,
+) -> GradcheckReport:
+    """Checks a whole network and its loss, and names the layer whose backward is wrong.
+
+    Three parts, all in float64:
+
+    1. the gradient of ``J = loss(model(x), y)`` for every parameter, from the explicit
+       hand-derived chain (:func:`jaxnn.value_and_grad`, no autodiff), against ``jax.grad`` of
+       the reference path and against finite differences; rows are named
+       ``"<path>"`` / ``"<parameter>"``, e.g. ``"serial/2:dense"`` / ``"W"``;
+    2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
+       model (so a wrong backward in a layer without parameters is named too);
+    3. the loss's own derivative at the model's output.
+    """
+    from jaxnn.train import value_and_grad  # the explicit chain lives with training
+
+    with jax.enable_x64(True):
+        params, state = _to_float64(params), _to_float64(state)
+        x, y = _to_float64(x), _to_float64(y)
+        report = GradcheckReport()
+
+        leaves, treedef = jax.tree.flatten(params)
+        names = [f"{layer}|{param}" for layer, param in _parameter_names(model, params)]
+        explicit = value_and_grad(model, loss, has_state=True, train=train)
+
+        def reference(*arrays):
+            p = jax.tree.unflatten(treedef, arrays)
+            out, _ = reference_apply(model, p, state, x, key=key, train=train)
+            return loss.value(out, y)
+
+        (_, _), hand_grads = explicit(params, state, x, y, key)
+        hand_leaves = jax.tree.leaves(hand_grads)
+        auto_leaves = jax.grad(reference, argnums=tuple(range(len(leaves))))(*leaves)
+        rng = np.random.default_rng(seed)
+        ref_jit = jax.jit(reference)
+        for i, (nm, h, a) in enumerate(zip(names, hand_leaves, auto_leaves, strict=True)):
+            layer_name, param = nm.split("|", 1)
+            _compare_trees(layer_name, [param], [h], [a], "jax.grad", rtol_autodiff, report)
+            positions, estimates = _finite_differences(ref_jit, list(leaves), i, fd_eps,
+                                                       max_fd_entries, rng)
+            _compare_trees(layer_name, [param], [np.asarray(h).reshape(-1)[positions]],
+                           [estimates], "finite differences", rtol_fd, report)
+
+        if per_layer:
+            for path, leaf, p, s, inp, k in _record_inputs(model, params, state, x, key, train):
+                report.extend(check_layer(
+                    leaf, params=p, state=s, x=inp, key=k, train=train, seed=seed,
+                    name=f"{path} (alone)", rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd,
+                    fd_eps=fd_eps, max_fd_entries=max_fd_entries,
+                ))
+        out, _ = reference_apply(model, params, state, x, key=key, train=train)
+        report.extend(check_loss(loss, out, y, seed=seed, rtol_autodiff=rtol_autodiff,
+                                 rtol_fd=rtol_fd, fd_eps=fd_eps, max_fd_entries=max_fd_entries))
+        return report
+
+
+def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
+    """``(layer_path, parameter_name)`` for every leaf of ``params``, in flattening order."""
+    out = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        layer, where, keys = model, model.name, list(path)
+        while keys and layer.sublayers and isinstance(keys[0], jax.tree_util.SequenceKey):
+            i = keys.pop(0).idx
+            layer = layer.sublayers[i]
+            where = f"{where}/{i}:{layer.name}"
+        param = "".join(_key_name(k) for k in keys).lstrip(".") or "(array)"
+        out.append((where, param))
+    return out

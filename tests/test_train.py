@@ -1,0 +1,161 @@
+"""Training: two ways to the same gradients, jitted optax steps, L2, vmap."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnn
+
+
+def _problem(key, m=16, n_in=3, hidden=5):
+    net = jaxnn.serial(jaxnn.dense(hidden), jaxnn.relu(), jaxnn.dense(hidden), jaxnn.tanh(),
+                       jaxnn.dense(1), jaxnn.sigmoid())
+    k1, k2, k3 = jax.random.split(key, 3)
+    _, params, _ = net.init(k1, (-1, n_in))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)  # tight comparisons
+    x = jax.random.normal(k2, (m, n_in))
+    y = (jax.random.uniform(k3, (m, 1)) > 0.5).astype(x.dtype)
+    return net, params, x, y
+
+
+def test_explicit_chain_equals_jax_grad_through_apply(key):
+    net, params, x, y = _problem(key)
+    value, grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, x, y)
+
+    def objective(p):
+        out, _ = jaxnn.apply(net, p, (), x, train=True)
+        return jaxnn.binary_cross_entropy(out, y)
+
+    value2, grads2 = jax.value_and_grad(objective)(params)
+    chex.assert_trees_all_close(value, value2, rtol=1e-12)
+    chex.assert_trees_all_close(grads, grads2, rtol=1e-10)
+    # and both equal plain autodiff of the reference forward
+    grads3 = jax.grad(lambda p: jaxnn.binary_cross_entropy.value(
+        jaxnn.reference_apply(net, p, (), x)[0], y))(params)
+    chex.assert_trees_all_close(grads, grads3, rtol=1e-9)
+
+
+def test_jax_grad_through_apply_runs_the_hand_derived_backward(key):
+    calls = []
+    relu = jaxnn.relu()
+    spy = relu._replace(backward=lambda p, r, dy: calls.append(1) or relu.backward(p, r, dy))
+    x = jax.random.normal(key, (3, 2))
+    jax.grad(lambda x: jnp.sum(jaxnn.apply(spy, (), (), x)[0]))(x)
+    assert calls == [1]
+
+
+def test_train_step_is_traced_once_and_lowers_the_loss(key):
+    net, params, x, y = _problem(key, m=64)
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer, jit=False)
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    losses = []
+    for _ in range(50):
+        params, opt_state, loss = step(params, opt_state, x, y)
+        losses.append(float(loss))
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_train_step_is_pure_and_matches_a_hand_written_sgd_update(key):
+    net, params, x, y = _problem(key)
+    lr = 0.1
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr))
+    new_params, _, loss = step(params, optax.sgd(lr).init(params), x, y)
+    value, grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, x, y)
+    chex.assert_trees_all_close(new_params, jax.tree.map(lambda p, g: p - lr * g, params, grads),
+                                rtol=1e-9)
+    chex.assert_trees_all_close(loss, value, rtol=1e-9)
+    # calling it again with the same inputs gives the same outputs: nothing hidden changed
+    again, _, _ = step(params, optax.sgd(lr).init(params), x, y)
+    chex.assert_trees_all_equal(new_params, again)
+
+
+def test_hand_and_autodiff_steps_agree(key):
+    net, params, x, y = _problem(key)
+    opt = optax.adam(1e-3)
+    hand = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
+    auto = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt, gradients="autodiff")
+    out_hand = hand(params, opt.init(params), x, y)
+    out_auto = auto(params, opt.init(params), x, y)
+    chex.assert_trees_all_close(out_hand, out_auto, rtol=1e-9)
+
+
+def test_l2_applies_lambda_w_to_weights_and_not_to_biases(key):
+    net, params, x, y = _problem(key)
+    lam, lr = 0.3, 1.0
+    plain = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr))
+    reg = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr), l2=lam)
+    p0, _, loss0 = plain(params, optax.sgd(lr).init(params), x, y)
+    p1, _, loss1 = reg(params, optax.sgd(lr).init(params), x, y)
+    for i in (0, 2, 4):  # the dense layers
+        chex.assert_trees_all_close(p1[i]["W"], p0[i]["W"] - lr * lam * params[i]["W"],
+                                    rtol=1e-9)
+        chex.assert_trees_all_close(p1[i]["b"], p0[i]["b"], rtol=1e-12)
+    penalty = 0.5 * lam * sum(float(jnp.sum(params[i]["W"] ** 2)) for i in (0, 2, 4))
+    np.testing.assert_allclose(float(loss1), float(loss0) + penalty, rtol=1e-9)
+
+
+def test_weight_mask_marks_only_W():
+    mask = jaxnn.train.weight_mask(({"W": 1, "b": 2}, (), {"W": 3}))
+    assert mask == ({"W": True, "b": False}, (), {"W": True})
+
+
+def test_train_step_works_under_vmap_over_stacked_models(key):
+    net, params, x, y = _problem(key)
+    opt = optax.sgd(0.1)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
+    keys = jax.random.split(key, 3)
+    stacked = jax.vmap(lambda k: net.init(k, (-1, 3))[1])(keys)
+    stacked = jax.tree.map(lambda a: a.astype(jnp.float64), stacked)
+    opt_states = jax.vmap(opt.init)(stacked)
+    new, _, losses = jax.vmap(step, in_axes=(0, 0, None, None))(stacked, opt_states, x, y)
+    chex.assert_shape(losses, (3,))
+    for i in range(3):
+        one = jax.tree.map(lambda a, i=i: a[i], stacked)
+        expected, _, loss = step(one, opt.init(one), x, y)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], new), expected, rtol=1e-9)
+        np.testing.assert_allclose(losses[i], loss, rtol=1e-9)
+
+
+def test_per_example_gradients_by_vmap_equal_a_python_loop(key):
+    net, params, x, y = _problem(key, m=6)
+    per_example = jaxnn.per_example_grads(net, jaxnn.binary_cross_entropy, params, x, y)
+    chain = jaxnn.value_and_grad(*jaxnn.fuse(net, jaxnn.binary_cross_entropy))
+    for i in range(6):
+        _, expected = chain(params, x[i:i + 1], y[i:i + 1])
+        chex.assert_trees_all_close(jax.tree.map(lambda g, i=i: g[i], per_example), expected,
+                                    rtol=1e-10, atol=1e-15)
+    # the mean of per-example gradients is the batch gradient
+    _, batch = chain(params, x, y)
+    chex.assert_trees_all_close(jax.tree.map(lambda g: g.mean(0), per_example), batch,
+                                rtol=1e-9, atol=1e-15)
+
+
+def test_shuffled_batches_cover_every_example_once(key):
+    x = jnp.arange(10.0)[:, None]
+    y = jnp.arange(10.0)[:, None]
+    kept = list(jaxnn.data.batches(key, x, y, 4))
+    assert [b[0].shape[0] for b in kept] == [4, 4, 2]
+    assert sorted(np.concatenate([b[0] for b in kept]).ravel().tolist()) == list(range(10))
+    for bx, by in kept:
+        np.testing.assert_array_equal(bx, by)  # x and y stay paired
+    dropped = list(jaxnn.data.batches(key, x, y, 4, drop_last=True))
+    assert [b[0].shape[0] for b in dropped] == [4, 4]
+    other = np.concatenate([b[0] for b in jaxnn.data.batches(jax.random.key(99), x, y, 4)])
+    assert not np.array_equal(other, np.concatenate([b[0] for b in kept]))
+
+
+def test_optimizer_must_be_an_optax_transformation():
+    net = jaxnn.serial(jaxnn.dense(1))
+    with pytest.raises(TypeError, match="optax.GradientTransformation"):
+        jaxnn.make_train_step(net, jaxnn.mean_squared_error, "adam")
+
+
+def test_accuracy_for_probabilities_and_classes():
+    assert float(jaxnn.accuracy(jnp.array([[0.9], [0.2], [0.6]]),
+                                jnp.array([[1.0], [0.0], [0.0]]))) == pytest.approx(2 / 3)
+    assert float(jaxnn.accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1]))) == 0.5
