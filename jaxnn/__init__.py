@@ -33,6 +33,7 @@ from jaxnn.train import l2_penalty as l2_penalty
 from jaxnn.train import make_train_step as make_train_step
 from jaxnn.train import per_example_grads as per_example_grads
 from jaxnn.train import predict as predict
+from jaxnn.train import run_steps as run_steps
 from jaxnn.train import value_and_grad as value_and_grad
 
 __version__ = "0.1.0"
@@ -64,6 +65,7 @@ __all__ = [
     "per_example_grads",
     "predict",
     "reference_apply",
+    "run_steps",
     "relu",
     "serial",
     "sigmoid",

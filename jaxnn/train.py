@@ -9,6 +9,7 @@ binary cross-entropy trains on the stable ``dZ[L] = (a − y)/m``) with any opta
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "make_train_step",
     "per_example_grads",
     "predict",
+    "run_steps",
     "value_and_grad",
     "weight_mask",
 ]
@@ -170,6 +172,25 @@ def make_train_step(
     if jit:
         step = jax.jit(step, donate_argnums=donated if donate else ())
     return step
+
+
+@functools.partial(jax.jit, static_argnames=("step", "n_steps"))
+def run_steps(step: Callable, params: Any, opt_state: Any, x: jax.Array, y: jax.Array,
+              n_steps: int) -> tuple[Any, Any, jax.Array]:
+    """``n_steps`` full-batch steps fused into one compiled ``lax.scan``.
+
+    ``step`` is a step from :func:`make_train_step` (``stateful=False``). Returns the final
+    params and optimizer state and the loss of every step, shape ``(n_steps,)``. Equal to calling
+    ``step`` ``n_steps`` times from Python, without a dispatch per step.
+    """
+
+    def body(carry, _):
+        p, s = carry
+        p, s, value = step(p, s, x, y)
+        return (p, s), value
+
+    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), None, length=n_steps)
+    return params, opt_state, losses
 
 
 def per_example_grads(model: Layer, loss: Loss, params: Any, x: jax.Array, y: jax.Array) -> Any:

@@ -159,3 +159,17 @@ def test_accuracy_for_probabilities_and_classes():
     assert float(jaxnn.accuracy(jnp.array([[0.9], [0.2], [0.6]]),
                                 jnp.array([[1.0], [0.0], [0.0]]))) == pytest.approx(2 / 3)
     assert float(jaxnn.accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1]))) == 0.5
+
+
+def test_run_steps_fuses_steps_into_one_scan_equal_to_a_python_loop(key):
+    net, params, x, y = _problem(key)
+    opt = optax.adam(1e-2)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
+    p, s = params, opt.init(params)
+    loop_losses = []
+    for _ in range(7):
+        p, s, loss = step(p, s, x, y)
+        loop_losses.append(loss)
+    p2, s2, losses = jaxnn.run_steps(step, params, opt.init(params), x, y, 7)
+    chex.assert_trees_all_close((p2, s2), (p, s), rtol=1e-10)
+    chex.assert_trees_all_close(losses, jnp.stack(loop_losses), rtol=1e-10)
