@@ -2,6 +2,7 @@
 
 from jaxnn import activations as activations
 from jaxnn import data as data
+from jaxnn import debug as debug
 from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
@@ -10,6 +11,8 @@ from jaxnn.core import Layer as Layer
 from jaxnn.core import apply as apply
 from jaxnn.core import map_leaves as map_leaves
 from jaxnn.core import reference_apply as reference_apply
+from jaxnn.fit import FitResult as FitResult
+from jaxnn.fit import fit as fit
 from jaxnn.layers import dense as dense
 from jaxnn.layers import elu as elu
 from jaxnn.layers import gelu as gelu
@@ -39,6 +42,7 @@ from jaxnn.train import value_and_grad as value_and_grad
 __version__ = "0.1.0"
 
 __all__ = [
+    "FitResult",
     "Layer",
     "Loss",
     "__version__",
@@ -48,8 +52,10 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "data",
+    "debug",
     "dense",
     "elu",
+    "fit",
     "fuse",
     "gelu",
     "gradcheck",

@@ -1,0 +1,148 @@
+"""Reliability: the check mode for NaN/Inf, determinism, and jit hygiene.
+
+Each bad input the library guards against has a test; ``docs/reliability.md`` lists them with
+the error each one gets.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnn
+from jaxnn.core import Layer, stateless_init
+from jaxnn.debug import NonFiniteError, checked_apply, checked_value_and_grad
+
+
+def _log_layer():
+    """A user's layer ``log(x)``: NaN for negative inputs (a deliberate hazard)."""
+
+    def forward(params, state, x, *, key=None, train=False):
+        return jnp.log(x), state, x
+
+    def backward(params, x, dy):
+        return (), dy / x
+
+    return Layer("log", stateless_init(lambda s: s), forward, backward)
+
+
+def _net():
+    return jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), _log_layer(), jaxnn.dense(1))
+
+
+def test_check_mode_names_the_first_layer_with_a_non_finite_output():
+    net = _net()
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    x = jnp.array([[1.0, -2.0], [0.5, 0.5]])  # tanh gives negatives: log is NaN there
+    with pytest.raises(NonFiniteError, match=r"output of serial/2:log"):
+        checked_apply(net, params, (), x)
+
+
+def test_check_mode_names_the_input_when_the_data_is_not_finite():
+    net = _net()
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    with pytest.raises(NonFiniteError, match=r"input of serial/0:dense"):
+        checked_apply(net, params, (), jnp.array([[jnp.nan, 1.0]]))
+
+
+def test_check_mode_names_non_finite_parameters():
+    net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    params = (params[0], (), {**params[2], "b": jnp.array([jnp.inf])})
+    with pytest.raises(NonFiniteError, match=r"parameters of serial/2:dense"):
+        checked_apply(net, params, (), jnp.ones((1, 2)))
+
+
+def _sqrt_layer():
+    """``sqrt(x)``: finite at 0, but its derivative ``1/(2 sqrt x)`` is not."""
+
+    def forward(params, state, x, *, key=None, train=False):
+        y = jnp.sqrt(x)
+        return y, state, y
+
+    def backward(params, y, dy):
+        return (), dy / (2 * y)
+
+    return Layer("sqrt", stateless_init(lambda s: s), forward, backward)
+
+
+def test_check_mode_names_the_layer_whose_backward_is_not_finite():
+    net = jaxnn.serial(jaxnn.dense(1), _sqrt_layer())
+    params = ({"W": jnp.ones((1, 1)), "b": jnp.zeros(1)}, ())
+    x = jnp.array([[0.0], [1.0]])  # sqrt(0) = 0 is fine; its derivative is inf
+    with pytest.raises(NonFiniteError, match=r"backward of serial/1:sqrt"):
+        checked_value_and_grad(net, jaxnn.mean_squared_error, params, x, jnp.ones((2, 1)))
+
+
+def test_check_mode_names_the_loss_when_only_the_loss_overflows():
+    net = jaxnn.serial(jaxnn.dense(1))
+    params = ({"W": jnp.full((1, 1), 1e30, jnp.float32), "b": jnp.zeros(1, jnp.float32)},)
+    x = jnp.ones((2, 1), jnp.float32)  # outputs 1e30 are finite; their squares are not
+    with pytest.raises(NonFiniteError, match=r"loss mean_squared_error"):
+        checked_value_and_grad(net, jaxnn.mean_squared_error, params, x,
+                               jnp.zeros((2, 1), jnp.float32))
+
+
+def test_check_mode_passes_finite_runs_and_returns_the_same_values():
+    net = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1), jaxnn.sigmoid())
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    x = jax.random.normal(jax.random.key(1), (5, 2))
+    y = (x[:, :1] > 0).astype(x.dtype)
+    out, _ = checked_apply(net, params, (), x)
+    chex.assert_trees_all_close(out, jaxnn.predict(net, params, x))
+    (value, _), grads = checked_value_and_grad(net, jaxnn.binary_cross_entropy, params, x, y)
+    value2, grads2 = jaxnn.value_and_grad(*jaxnn.fuse(net, jaxnn.binary_cross_entropy))(
+        params, x, y)
+    chex.assert_trees_all_close((value, grads), (value2, grads2), rtol=1e-12)
+
+
+def _train(seed, steps=30):
+    net = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(1), jaxnn.sigmoid())
+    x, y = jaxnn.data.two_moons(64, seed=3)
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    _, params, _ = net.init(jax.random.key(seed), (-1, 2))
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
+    key = jax.random.key(seed)
+    for epoch in range(3):
+        for bx, by in jaxnn.data.batches(jax.random.fold_in(key, epoch), x, y, 16):
+            params, opt_state, _ = step(params, opt_state, bx, by)
+    return params
+
+
+def test_same_seed_gives_bitwise_identical_parameters():
+    a, b = _train(0), _train(0)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    c = _train(1)
+    assert not np.array_equal(np.asarray(a[0]["W"]), np.asarray(c[0]["W"]))
+
+
+def test_train_step_makes_no_host_transfer_and_is_traced_once():
+    net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(3))
+    _, params, _ = net.init(jax.random.key(0), (-1, 5))
+    opt = optax.sgd(0.1)
+    opt_state = opt.init(params)
+    step = jaxnn.make_train_step(net, jaxnn.softmax_cross_entropy, opt, jit=False)
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    x = jax.device_put(jax.random.normal(jax.random.key(1), (8, 5)))
+    y = jax.device_put(jnp.arange(8) % 3)
+    params, opt_state = jax.device_put((params, opt_state))
+    step(params, opt_state, x, y)  # compile outside the guard
+    with jax.transfer_guard("disallow"):
+        for _ in range(3):
+            params, opt_state, loss = step(params, opt_state, x, y)
+    assert np.isfinite(float(loss))
+
+
+def test_a_step_given_host_data_under_the_guard_is_refused():
+    # the guard is what the previous test relies on: it does catch implicit transfers
+    net = jaxnn.serial(jaxnn.dense(2))
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    opt = optax.sgd(0.1)
+    step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, opt)
+    with jax.transfer_guard("disallow"), pytest.raises(Exception, match="host-to-device"):
+        step(params, opt.init(params), np.ones((2, 2)), np.ones((2, 2)))
