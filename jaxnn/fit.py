@@ -1,0 +1,188 @@
+"""Whole epochs in one compiled ``lax.scan``: shuffle, mini-batches and steps without Python.
+
+:func:`fit` trains for a number of epochs. Each epoch is one call of a function compiled once
+(:func:`make_epoch`): it draws the epoch's permutation, gathers the mini-batches and runs every
+step of :func:`jaxnn.make_train_step` inside a ``lax.scan``. Python only runs between epochs, to
+report progress (``on_epoch``) or to stop early.
+
+Randomness is a pure function of ``(key, epoch)``, so an epoch can be replayed on its own:
+
+* ``epoch_key = fold_in(key, epoch)``, ``perm_key, step_key = split(epoch_key)``;
+* the permutation is ``jax.random.permutation(perm_key, n)``; batch ``s`` holds the examples
+  ``perm[s·B : (s+1)·B]``;
+* step ``s`` gets the model key ``split(step_key, steps_per_epoch)[s]`` (dropout, say).
+
+Last-batch policy: the remainder is dropped. An epoch has ``⌊n / B⌋`` steps of exactly ``B``
+examples, so every step's loss is the plain mean of the losses' own reduction and the step
+compiles once; the ``n mod B`` examples left out differ from epoch to epoch because the
+permutation does, so none is left out for good. (A padded, masked last batch would need every
+loss to take example weights; dropping is what ``drop_remainder=True`` input pipelines do.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn.core import Layer
+from jaxnn.losses import Loss
+from jaxnn.train import make_train_step
+
+__all__ = ["FitResult", "epoch_batches", "fit", "make_epoch"]
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the trained parameters.
+      state: the model's final state (``()`` for stateless models).
+      opt_state: the optimizer's final state (pass it back to :func:`fit` to resume).
+      losses: the loss of every step, shape ``(epochs_run, steps_per_epoch)``.
+    """
+
+    params: Any
+    state: Any
+    opt_state: Any
+    losses: jax.Array
+
+
+def epoch_batches(key: jax.Array, epoch: jax.Array | int, n: int,
+                  batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """The example indices and model keys of one epoch (see the module doc).
+
+    Returns:
+      ``(indices, step_keys)``: ``indices`` of shape ``(n // batch_size, batch_size)``, one row
+      per step; ``step_keys`` with one key per step.
+    """
+    steps = n // batch_size
+    perm_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
+    indices = jax.random.permutation(perm_key, n)[: steps * batch_size]
+    return indices.reshape(steps, batch_size), jax.random.split(step_key, steps)
+
+
+def _check_batching(n: int, batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"fit: batch_size must be a positive int, got {batch_size!r}")
+    if batch_size > n:
+        raise ValueError(
+            f"fit: batch_size {batch_size} is larger than the {n} training examples; the "
+            f"remainder is dropped, so no step would run (use batch_size <= {n})"
+        )
+
+
+def make_epoch(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    l2: float = 0.0,
+    gradients: str = "hand",
+) -> Callable:
+    """One epoch as a single jitted function.
+
+    Returns:
+      ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
+      losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
+      so the function compiles once for given shapes and serves every epoch.
+    """
+    step = make_train_step(model, loss, optimizer, l2=l2, stateful=True, gradients=gradients,
+                           jit=False)
+
+    @jax.jit
+    def epoch_fn(params, state, opt_state, x, y, key, epoch):
+        n = x.shape[0]
+        _check_batching(n, batch_size)
+        indices, step_keys = epoch_batches(key, epoch, n, batch_size)
+
+        def body(carry, batch):
+            params, state, opt_state = carry
+            rows, step_key = batch
+            xb = jnp.take(x, rows, axis=0)
+            yb = jnp.take(y, rows, axis=0)
+            params, new_state, opt_state, value = step(params, state, opt_state, xb, yb,
+                                                       step_key)
+            if not jax.tree.leaves(state) and not jax.tree.leaves(new_state):
+                new_state = state  # () for a stateless network; a serial returns ((), (), …)
+            return (params, new_state, opt_state), value
+
+        (params, state, opt_state), losses = jax.lax.scan(
+            body, (params, state, opt_state), (indices, step_keys))
+        return params, state, opt_state, losses
+
+    return epoch_fn
+
+
+def fit(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    l2: float = 0.0,
+    state: Any = (),
+    opt_state: Any = None,
+    start_epoch: int = 0,
+    gradients: str = "hand",
+    on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None,
+) -> FitResult:
+    """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
+
+    Every step is :func:`jaxnn.make_train_step`'s (``stateful=True`` form: the model's state is
+    carried from step to step, each step gets its own key), on the batches of
+    :func:`epoch_batches`. The result equals the Python loop over the same batches.
+
+    Args:
+      model, loss, optimizer, l2, gradients: as for :func:`jaxnn.make_train_step`.
+      params: the initial parameters.
+      x, y: the whole training set, examples on the leading axis (kept on the device).
+      epochs: the number of epochs to run.
+      batch_size: examples per step; the ``n mod batch_size`` remainder is dropped (module doc).
+      key: the PRNG key that shuffling and the model's randomness derive from.
+      state: the model's initial state (batch-norm statistics); ``()`` for stateless models.
+      opt_state: the optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
+      start_epoch: the index of the first epoch (to resume a run with the same shuffles).
+      on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
+        state)`` with that epoch's step losses; returning ``True`` stops training.
+
+    Returns:
+      A :class:`FitResult`.
+
+    >>> import jax, optax, jaxnn
+    >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    >>> x = jax.random.normal(jax.random.key(1), (10, 2)); y = x[:, :1] * 2
+    >>> result = jaxnn.fit(net, jaxnn.mean_squared_error, optax.sgd(0.1), params, x, y,
+    ...                    epochs=3, batch_size=4, key=jax.random.key(2))
+    >>> result.losses.shape  # 3 epochs of 10 // 4 = 2 steps
+    (3, 2)
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
+    _check_batching(x.shape[0], batch_size)
+    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2,
+                          gradients=gradients)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    history = []
+    for epoch in range(start_epoch, start_epoch + epochs):
+        params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
+                                                    jnp.asarray(epoch, jnp.int32))
+        history.append(losses)
+        if on_epoch is not None and on_epoch(epoch, losses, params, state):
+            break
+    steps = x.shape[0] // batch_size
+    losses = jnp.stack(history) if history else jnp.zeros((0, steps))
+    return FitResult(params, state, opt_state, losses)

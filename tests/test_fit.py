@@ -1,0 +1,169 @@
+"""Scan-fused epochs: same parameters as the Python step loop, compiled once, stateful models."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxnn
+from jaxnn.fit import epoch_batches, make_epoch
+
+
+def _problem(key, m=22, n_in=3):
+    net = jaxnn.serial(jaxnn.dense(6), jaxnn.tanh(), jaxnn.dense(1), jaxnn.sigmoid())
+    k1, k2, k3 = jax.random.split(key, 3)
+    _, params, _ = net.init(k1, (-1, n_in))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(k2, (m, n_in))
+    y = (jax.random.uniform(k3, (m, 1)) > 0.5).astype(x.dtype)
+    return net, params, x, y
+
+
+def _python_loop(net, loss, optimizer, params, x, y, *, epochs, batch_size, key, state=(),
+                 stateful=False):
+    """The reference: make_train_step called from Python on the documented batches."""
+    step = jaxnn.make_train_step(net, loss, optimizer, stateful=stateful)
+    opt_state = optimizer.init(params)
+    n = x.shape[0]
+    steps = n // batch_size
+    losses = []
+    for epoch in range(epochs):
+        perm_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
+        perm = np.asarray(jax.random.permutation(perm_key, n))
+        step_keys = jax.random.split(step_key, steps)
+        for s in range(steps):
+            rows = perm[s * batch_size:(s + 1) * batch_size]
+            if stateful:
+                params, state, opt_state, value = step(params, state, opt_state, x[rows],
+                                                       y[rows], step_keys[s])
+            else:
+                params, opt_state, value = step(params, opt_state, x[rows], y[rows])
+            losses.append(value)
+    return params, state, jnp.stack(losses).reshape(epochs, steps)
+
+
+def test_fit_equals_the_python_step_loop_with_the_same_seed(key):
+    net, params, x, y = _problem(key)
+    optimizer = optax.adam(0.05)
+    shuffle_key = jax.random.key(7)
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=3,
+                       batch_size=5, key=shuffle_key)
+    expected, _, expected_losses = _python_loop(net, jaxnn.binary_cross_entropy, optimizer,
+                                                params, x, y, epochs=3, batch_size=5,
+                                                key=shuffle_key)
+    chex.assert_shape(result.losses, (3, 4))  # 22 // 5 = 4 steps, remainder of 2 dropped
+    chex.assert_trees_all_close(result.params, expected, rtol=1e-10, atol=1e-12)
+    chex.assert_trees_all_close(result.losses, expected_losses, rtol=1e-10)
+    assert float(result.losses[-1].mean()) < float(result.losses[0].mean())
+
+
+def test_epoch_batches_is_a_permutation_without_repeats_that_changes_each_epoch():
+    key = jax.random.key(3)
+    first, keys = epoch_batches(key, 0, 23, 4)
+    second, _ = epoch_batches(key, 1, 23, 4)
+    chex.assert_shape(first, (5, 4))
+    assert len(keys) == 5
+    assert len(set(np.asarray(first).ravel().tolist())) == 20  # no example twice
+    assert not np.array_equal(np.asarray(first), np.asarray(second))
+    # a pure function of (key, epoch)
+    np.testing.assert_array_equal(np.asarray(epoch_batches(key, 1, 23, 4)[0]), second)
+
+
+def test_the_epoch_is_traced_once_for_every_epoch(key):
+    net, params, x, y = _problem(key)
+    calls = []
+    counting = jaxnn.mean_squared_error._replace(
+        value=lambda a, t: calls.append(1) or jaxnn.mean_squared_error.value(a, t))
+    counting = counting._replace(value=chex.assert_max_traces(counting.value, n=1))
+    result = jaxnn.fit(net, counting, optax.sgd(0.1), params, x, y, epochs=4, batch_size=4,
+                       key=jax.random.key(0))
+    chex.assert_shape(result.losses, (4, 5))
+    assert len(calls) == 1  # one trace of the scan body served four epochs of five steps
+
+    epoch_fn = make_epoch(net, jaxnn.mean_squared_error, optax.sgd(0.1), batch_size=4)
+    opt_state = optax.sgd(0.1).init(params)
+    for epoch in range(3):
+        params, _, opt_state, _ = epoch_fn(params, (), opt_state, x, y, jax.random.key(0),
+                                           jnp.asarray(epoch, jnp.int32))
+    assert epoch_fn._cache_size() == 1
+
+
+def _noisy_counter():
+    """A test layer with state (a step counter) and randomness (additive noise in training)."""
+
+    def init(key, in_shape):
+        return tuple(in_shape), (), {"count": jnp.zeros((), jnp.int32)}
+
+    def forward(params, state, x, *, key=None, train=False):
+        noise = 0.1 * jax.random.normal(key, x.shape, x.dtype) if train else jnp.zeros_like(x)
+        return x + noise, {"count": state["count"] + 1}, None
+
+    def backward(params, residuals, dy):
+        return (), dy
+
+    return jaxnn.core.leaf_layer("noisy_counter", init, forward, backward)
+
+
+def test_fit_carries_state_and_gives_each_step_its_key(key):
+    net = jaxnn.serial(jaxnn.dense(4), _noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    k1, k2 = jax.random.split(key)
+    _, params, state = net.init(k1, (-1, 2))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(k2, (12, 2))
+    y = jnp.sin(x[:, :1])
+    optimizer = optax.sgd(0.1)
+    result = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2,
+                       batch_size=4, key=jax.random.key(5), state=state)
+    expected, expected_state, expected_losses = _python_loop(
+        net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2, batch_size=4,
+        key=jax.random.key(5), state=state, stateful=True)
+    assert int(result.state[1]["count"]) == 6 == int(expected_state[1]["count"])
+    chex.assert_trees_all_close(result.params, expected, rtol=1e-10, atol=1e-12)
+    chex.assert_trees_all_close(result.losses, expected_losses, rtol=1e-10)
+    # the noise really depends on the step keys: another key gives other parameters
+    other = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2,
+                      batch_size=4, key=jax.random.key(6), state=state)
+    assert not np.allclose(np.asarray(other.params[0]["W"]), np.asarray(result.params[0]["W"]))
+
+
+def test_on_epoch_reports_each_epoch_and_can_stop_early(key):
+    net, params, x, y = _problem(key)
+    seen = []
+
+    def on_epoch(epoch, losses, params, state):
+        seen.append((epoch, losses.shape))
+        return epoch == 1
+
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y,
+                       epochs=5, batch_size=11, key=jax.random.key(0), on_epoch=on_epoch)
+    assert seen == [(0, (2,)), (1, (2,))]
+    chex.assert_shape(result.losses, (2, 2))
+
+
+def test_resuming_with_start_epoch_equals_one_long_run(key):
+    net, params, x, y = _problem(key)
+    optimizer = optax.adam(0.01)
+    kw = dict(batch_size=6, key=jax.random.key(1))
+    whole = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=3, **kw)
+    part = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=1, **kw)
+    rest = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, part.params, x, y, epochs=2,
+                     opt_state=part.opt_state, start_epoch=1, **kw)
+    chex.assert_trees_all_close(rest.params, whole.params, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size, message", [(0, "positive int"), (23, "larger than"),
+                                                 (2.0, "positive int")])
+def test_bad_batch_sizes_are_clear_errors(key, batch_size, message):
+    net, params, x, y = _problem(key)
+    with pytest.raises(ValueError, match=message):
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y, epochs=1,
+                  batch_size=batch_size, key=key)
+
+
+def test_mismatched_example_counts_are_a_clear_error(key):
+    net, params, x, y = _problem(key)
+    with pytest.raises(ValueError, match="x has 22 examples but y has 21"):
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y[:21],
+                  epochs=1, batch_size=4, key=key)
