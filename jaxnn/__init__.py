@@ -3,6 +3,7 @@
 from jaxnn import activations as activations
 from jaxnn import data as data
 from jaxnn import debug as debug
+from jaxnn import ensemble as ensemble
 from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
@@ -55,6 +56,7 @@ __all__ = [
     "debug",
     "dense",
     "elu",
+    "ensemble",
     "fit",
     "fuse",
     "gelu",

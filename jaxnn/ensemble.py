@@ -1,0 +1,156 @@
+"""Ensembles: K independent models trained in one compiled step by ``jax.vmap``.
+
+The K members' parameters are stacked on a new leading axis (every leaf gets shape
+``(K, *leaf.shape)``); one step is :func:`jaxnn.make_train_step`'s step under ``jax.vmap`` over
+that axis, so the K models train together in one compiled program and each member's update
+equals the update of a separate run.
+
+Members differ by their initialization (one key each, :func:`init`) and, optionally, by
+hyperparameters: build the optimizer with ``optax.inject_hyperparams`` and give
+:func:`init_optimizer` one value per member, e.g. a vector of learning rates.
+
+>>> import jax, jax.numpy as jnp, optax, jaxnn
+>>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+>>> _, params, state = jaxnn.ensemble.init(net, jax.random.key(0), (-1, 2), members=3)
+>>> params[0]["W"].shape
+(3, 2, 4)
+>>> optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+>>> opt_state = jaxnn.ensemble.init_optimizer(optimizer, params,
+...                                           learning_rate=jnp.array([0.1, 0.03, 0.01]))
+>>> step = jaxnn.ensemble.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+>>> x, y = jnp.ones((5, 2)), jnp.zeros((5, 1))
+>>> params, opt_state, losses = step(params, opt_state, x, y)
+>>> losses.shape
+(3,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn.core import Layer, Shape, apply
+from jaxnn.losses import Loss
+from jaxnn.train import make_train_step as _make_train_step
+
+__all__ = ["init", "init_optimizer", "make_train_step", "member", "predict"]
+
+
+def init(model: Layer, key: jax.Array, in_shape: Shape, *,
+         members: int | None = None) -> tuple[Shape, Any, Any]:
+    """Initializes ``members`` copies of ``model``, each from its own key, stacked.
+
+    Args:
+      model: the network.
+      key: one key (split into ``members`` keys) or a batch of keys, one per member.
+      in_shape: the input shape, as for ``model.init``.
+      members: the ensemble size K; required with a single key, else taken from ``key``.
+
+    Returns:
+      ``(out_shape, params, state)`` with every leaf of ``params`` and ``state`` stacked on a
+      leading axis of size K. Member ``k`` equals ``model.init(keys[k], in_shape)``.
+    """
+    if key.ndim == 0:
+        if members is None or not isinstance(members, int) or members < 1:
+            raise ValueError(f"ensemble.init: with a single key, members must be a positive int, "
+                             f"got {members!r}")
+        keys = jax.random.split(key, members)
+    else:
+        if members is not None and members != key.shape[0]:
+            raise ValueError(f"ensemble.init: members={members} but {key.shape[0]} keys given")
+        keys = key
+    out_shape, _, _ = model.init(keys[0], in_shape)
+    params, state = jax.vmap(lambda k: model.init(k, in_shape)[1:])(keys)
+    return out_shape, params, state
+
+
+def _ensemble_size(params: Any) -> int:
+    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(params)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"ensemble: every parameter must be stacked on a leading member axis of "
+                         f"one size, got leading sizes {sorted(map(str, sizes))}")
+    return sizes.pop()
+
+
+def init_optimizer(optimizer: optax.GradientTransformation, params: Any,
+                   **hyperparams: Any) -> Any:
+    """The stacked optimizer state of every member, with per-member hyperparameters.
+
+    Args:
+      optimizer: the optimizer; to vary hyperparameters build it with
+        ``optax.inject_hyperparams`` (their values live in its state, so ``vmap`` maps them).
+      params: stacked parameters from :func:`init`.
+      **hyperparams: ``name=values`` with one value per member (shape ``(K,)``), e.g.
+        ``learning_rate=jnp.array([1e-1, 1e-2, 1e-3])``.
+
+    Returns:
+      The optimizer state, every leaf stacked on the member axis.
+    """
+    k = _ensemble_size(params)
+    opt_state = jax.vmap(optimizer.init)(params)
+    if not hyperparams:
+        return opt_state
+    injected = getattr(opt_state, "hyperparams", None)
+    if injected is None:
+        raise ValueError("ensemble.init_optimizer: per-member hyperparameters need an optimizer "
+                         "built with optax.inject_hyperparams, e.g. "
+                         "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)")
+    new = dict(injected)
+    for name, values in hyperparams.items():
+        if name not in injected:
+            raise ValueError(f"ensemble.init_optimizer: unknown hyperparameter {name!r}; the "
+                             f"optimizer injects {sorted(injected)}")
+        values = jnp.asarray(values)
+        if values.shape != (k,):
+            raise ValueError(f"ensemble.init_optimizer: {name} needs one value per member, "
+                             f"shape ({k},), got shape {values.shape}")
+        new[name] = values.astype(injected[name].dtype)
+    return opt_state._replace(hyperparams=new)
+
+
+def make_train_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    l2: float = 0.0,
+    stateful: bool = False,
+    shared_data: bool = True,
+    gradients: str = "hand",
+) -> Callable:
+    """One jitted step of every member: :func:`jaxnn.make_train_step` under ``jax.vmap``.
+
+    Args:
+      model, loss, optimizer, l2, stateful, gradients: as for :func:`jaxnn.make_train_step`.
+      shared_data: if true every member trains on the same batch ``(x, y)``; if false ``x`` and
+        ``y`` carry a leading member axis (a bootstrap sample per member, say).
+
+    Returns:
+      The step with :func:`jaxnn.make_train_step`'s signature on stacked params, (model state,)
+      and optimizer state; the loss comes back per member, shape ``(K,)``. In the stateful form
+      ``key`` is one key per member (shape ``(K,)``).
+    """
+    step = _make_train_step(model, loss, optimizer, l2=l2, stateful=stateful,
+                            gradients=gradients, jit=False)
+    data = None if shared_data else 0
+    in_axes = (0, 0, 0, data, data, 0) if stateful else (0, 0, data, data)
+    return jax.jit(jax.vmap(step, in_axes=in_axes))
+
+
+def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.Array:
+    """Every member's output in evaluation mode, shape ``(K, *output_shape)``."""
+    state_axis = 0 if jax.tree.leaves(state) else None
+
+    def one(p, s):
+        return apply(model, p, s, x, train=False)[0]
+
+    return jax.vmap(one, in_axes=(0, state_axis))(params, state)
+
+
+def member(tree: Any, k: int) -> Any:
+    """Member ``k`` of a stacked pytree (params, state or optimizer state)."""
+    return jax.tree.map(lambda leaf: leaf[k], tree)
