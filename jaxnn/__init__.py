@@ -8,6 +8,7 @@ from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
+from jaxnn import privacy as privacy
 from jaxnn.core import Layer as Layer
 from jaxnn.core import apply as apply
 from jaxnn.core import map_leaves as map_leaves
@@ -72,6 +73,7 @@ __all__ = [
     "mean_squared_error",
     "per_example_grads",
     "predict",
+    "privacy",
     "reference_apply",
     "run_steps",
     "relu",
