@@ -2,6 +2,7 @@
 
 from jaxnn import activations as activations
 from jaxnn import data as data
+from jaxnn import data_parallel as data_parallel
 from jaxnn import debug as debug
 from jaxnn import ensemble as ensemble
 from jaxnn import gradcheck as gradcheck
@@ -54,6 +55,7 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "data",
+    "data_parallel",
     "debug",
     "dense",
     "elu",

@@ -1,0 +1,146 @@
+"""Data parallelism over every visible device with ``jax.sharding``.
+
+:func:`shard_train_step` turns a train step into a data-parallel one: a one-axis
+:class:`jax.sharding.Mesh` over the devices (axis ``"data"``), the parameters, model state and
+optimizer state replicated on every device (``NamedSharding(mesh, P())``), the batch split on
+its leading axis (``NamedSharding(mesh, P("data"))``). The step itself is unchanged: ``jax.jit``
+partitions it (GSPMD), each device computes the forward and backward on its part of the batch,
+and the sums over examples inside the losses' means and the backward's ``dW = xᵀ dZ`` become
+all-reduces across devices. The result equals the one-device step up to the order of floating-
+point summation.
+
+Several hosts. Call ``jax.distributed.initialize()`` at the start of every process (with
+``coordinator_address``, ``num_processes`` and ``process_id``, or from the cluster's
+environment on Cloud TPU, SLURM and similar); ``jax.devices()`` then lists the devices of every
+process, so :func:`data_mesh` spans all hosts. Each process passes its own part of the global
+batch (its ``local batch``, examples ``[p·b, (p+1)·b)`` for process ``p``, say): :func:`shard_batch`
+assembles the global array with ``jax.make_array_from_process_local_data``. Everything else is
+the same program on every process; the library adds no orchestration of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["DATA_AXIS", "data_mesh", "replicate", "shard_batch", "shard_train_step"]
+
+#: The name of the mesh axis the batch is split on.
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh named ``"data"`` over ``devices`` (default: ``jax.devices()``, every
+    device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("data_mesh: no devices given")
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Puts a full copy of every leaf of ``tree`` on every device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _check_divisible(what: str, leaf: Any, devices: int) -> None:
+    if np.ndim(leaf) == 0:
+        raise ValueError(f"{what}: a batch argument must have a leading example axis, got a "
+                         f"scalar")
+    n = np.shape(leaf)[0]
+    if n % devices:
+        lower, upper = (n // devices) * devices, (n // devices + 1) * devices
+        hint = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"{what}: the batch's leading axis has {n} examples, which does not divide over the "
+            f"{devices} devices of mesh axis {DATA_AXIS!r}; use a batch size that is a multiple "
+            f"of {devices} (e.g. {hint})"
+        )
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """Splits every leaf of ``tree`` on its leading (example) axis over the mesh's devices.
+
+    In a single process the leaves are the whole batch. With several processes
+    (``jax.process_count() > 1``) each process passes its local part, and the global batch is
+    the concatenation over processes (``jax.make_array_from_process_local_data``).
+
+    Raises:
+      ValueError: when the leading axis does not divide evenly over the devices.
+    """
+    return _shard_batch(tree, mesh, "shard_batch")
+
+
+def _shard_batch(tree: Any, mesh: Mesh, what: str) -> Any:
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if jax.process_count() > 1:
+        local = len(mesh.local_devices)
+        jax.tree.map(lambda leaf: _check_divisible(what, leaf, local), tree)
+        return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf),
+                            tree)
+    jax.tree.map(lambda leaf: _check_divisible(what, leaf, mesh.size), tree)
+    return jax.device_put(tree, sharding)
+
+
+def shard_train_step(
+    step: Callable,
+    mesh: Mesh | None = None,
+    *,
+    stateful: bool = False,
+    batch_argnums: Sequence[int] | None = None,
+) -> Callable:
+    """Makes ``step`` data-parallel over the devices of ``mesh``.
+
+    Args:
+      step: a train step, e.g. from :func:`jaxnn.make_train_step` (jitted or not) or
+        :func:`jaxnn.precision.make_train_step`.
+      mesh: the mesh; default :func:`data_mesh` over every visible device.
+      stateful: the argument layout of ``make_train_step``: ``(params, opt_state, x, y)`` if
+        false (``x``, ``y`` are arguments 2, 3), ``(params, state, opt_state, x, y, key)`` if
+        true (arguments 3, 4).
+      batch_argnums: the positions of the batch arguments, overriding ``stateful``'s layout.
+        Every other argument is replicated.
+
+    Returns:
+      A function with ``step``'s signature. It replicates the non-batch arguments, splits the
+      batch arguments on their leading axis (raising a clear ``ValueError`` when that axis does
+      not divide by the device count), and runs one compiled step; its outputs are replicated.
+
+    >>> import jax, jax.numpy as jnp, optax, jaxnn
+    >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1))
+    >>> parallel_step = jaxnn.data_parallel.shard_train_step(step)
+    >>> x = jnp.ones((8 * jax.device_count(), 2)); y = jnp.zeros((x.shape[0], 1))
+    >>> params, opt_state, loss = parallel_step(params, optax.sgd(0.1).init(params), x, y)
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    if DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"shard_train_step: the mesh needs an axis named {DATA_AXIS!r}, got "
+                         f"axes {mesh.axis_names}")
+    if batch_argnums is None:
+        batch_argnums = (3, 4) if stateful else (2, 3)
+    batch_argnums = tuple(batch_argnums)
+    replicated = NamedSharding(mesh, P())
+    compiled = jax.jit(step, out_shardings=replicated)
+
+    @functools.wraps(step)
+    def sharded_step(*args):
+        for i in batch_argnums:
+            if i >= len(args):
+                raise ValueError(f"shard_train_step: batch argument {i} is missing; the step got "
+                                 f"{len(args)} arguments (pass batch_argnums= or stateful=)")
+        placed = [
+            _shard_batch(a, mesh, f"shard_train_step (argument {i})") if i in batch_argnums
+            else jax.device_put(a, replicated)
+            for i, a in enumerate(args)
+        ]
+        return compiled(*placed)
+
+    return sharded_step
