@@ -1,18 +1,78 @@
-"""Data: generated 2-D data sets (no download) and shuffled mini-batches.
+"""Data: generated data sets (no download), loaders for users' files, splits and batches.
 
-Every generator is deterministic given its ``seed`` and returns ``(x, y)`` with ``x`` of shape
-``(m, 2)`` (examples first) and ``y`` of shape ``(m, 1)`` holding 0/1 labels.
+Every loader returns ``(x, y)`` with examples first: ``x`` of shape ``(m, n_x)`` (float32) and
+``y`` of shape ``(m, 1)``. Two-class labels come as float32 0/1 (ready for binary
+cross-entropy); labels of more than two classes come as int32 class indices (for softmax
+cross-entropy, after ``y[:, 0]``, or :func:`one_hot`).
+
+* Generated in code, deterministic given ``seed``, ``x`` of shape ``(m, 2)``:
+  :func:`planar_flower`, :func:`two_moons`, :func:`circles`, :func:`spirals`.
+* scikit-learn's bundled sets (the ``data`` extra): :func:`digits`, :func:`breast_cancer`.
+* Users' files: :func:`load_h5` (the classic ``train_set_x`` / ``train_set_y`` / ``test_set_x``
+  / ``test_set_y`` / ``list_classes`` layout; the ``data`` extra), :func:`load_idx` and
+  :func:`load_mnist` (MNIST-format IDX files, raw or gzip).
+* Preparation: :func:`train_test_split`, :func:`standardize`, :func:`one_hot`, :func:`batches`.
+
+A file that is missing, truncated or corrupted raises :class:`DataFileError`, naming the file
+and what is wrong with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gzip
+import importlib
+import os
+import zlib
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["batches", "planar_flower", "two_moons"]
+__all__ = [
+    "BUILTIN",
+    "DataFileError",
+    "batches",
+    "breast_cancer",
+    "circles",
+    "digits",
+    "load_builtin",
+    "load_h5",
+    "load_idx",
+    "load_mnist",
+    "one_hot",
+    "planar_flower",
+    "spirals",
+    "standardize",
+    "train_test_split",
+    "two_moons",
+]
+
+
+class DataFileError(ValueError):
+    """A data file that is missing, truncated, corrupted or laid out unexpectedly."""
+
+
+def _require(module: str, extra: str, what: str):
+    """Imports an optional dependency, or says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{what} needs the optional package {module!r}: install it with "
+            f'pip install "jaxnn[{extra}]"'
+        ) from err
+
+
+def _labels(y: np.ndarray) -> jax.Array:
+    """``(m, 1)`` labels: float32 0/1 for two classes, int32 class indices otherwise."""
+    y = np.asarray(y).reshape(-1, 1)
+    if y.size and set(np.unique(y).tolist()) <= {0, 1}:
+        return jnp.asarray(y, jnp.float32)
+    return jnp.asarray(y, jnp.int32)
+
+
+# --- generated 2-D data sets ------------------------------------------------------------------
 
 
 def planar_flower(m: int = 400, *, petals: int = 4, noise: float = 0.2, seed: int = 1):
@@ -55,6 +115,301 @@ def two_moons(m: int = 400, *, noise: float = 0.1, seed: int = 1):
     return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
+def circles(m: int = 400, *, factor: float = 0.5, noise: float = 0.08, seed: int = 1):
+    """Two concentric circles: class 0 on the outer one (radius 1), class 1 on the inner one
+    (radius ``factor``), with Gaussian noise of standard deviation ``noise``."""
+    if m < 2:
+        raise ValueError(f"circles: m must be >= 2, got {m}")
+    if not 0 < factor < 1:
+        raise ValueError(f"circles: factor must lie in (0, 1), got {factor}")
+    rng = np.random.default_rng(seed)
+    n0 = m // 2
+    n1 = m - n0
+    t0 = np.linspace(0, 2 * np.pi, n0, endpoint=False)
+    t1 = np.linspace(0, 2 * np.pi, n1, endpoint=False)
+    outer = np.stack([np.cos(t0), np.sin(t0)], 1)
+    inner = factor * np.stack([np.cos(t1), np.sin(t1)], 1)
+    x = np.concatenate([outer, inner]) + rng.normal(0, noise, (m, 2))
+    y = np.concatenate([np.zeros(n0), np.ones(n1)])[:, None]
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+def spirals(m: int = 400, *, turns: float = 1.5, noise: float = 0.05, seed: int = 1):
+    """Two interleaved Archimedean spirals, one per class (the second is the first turned by
+    π); radius grows from 0.1 to 1 over ``turns`` turns."""
+    if m < 2:
+        raise ValueError(f"spirals: m must be >= 2, got {m}")
+    if turns <= 0:
+        raise ValueError(f"spirals: turns must be > 0, got {turns}")
+    rng = np.random.default_rng(seed)
+    n0 = m // 2
+    n1 = m - n0
+    arms = []
+    for n, phase in ((n0, 0.0), (n1, np.pi)):
+        s = np.linspace(0.0, 1.0, n)
+        t = 2 * np.pi * turns * s + phase
+        r = 0.1 + 0.9 * s
+        arms.append(np.stack([r * np.cos(t), r * np.sin(t)], 1))
+    x = np.concatenate(arms) + rng.normal(0, noise, (m, 2))
+    y = np.concatenate([np.zeros(n0), np.ones(n1)])[:, None]
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+
+
+# --- scikit-learn's bundled data sets ---------------------------------------------------------
+
+
+def digits():
+    """scikit-learn's 8×8 handwritten digits: ``x`` (1797, 64) with pixel values 0…16 scaled to
+    [0, 1], ``y`` (1797, 1) int32 classes 0…9. Needs the ``data`` extra."""
+    datasets = _require("sklearn.datasets", "data", "jaxnn.data.digits")
+    bunch = datasets.load_digits()
+    return jnp.asarray(bunch.data / 16.0, jnp.float32), _labels(bunch.target)
+
+
+def breast_cancer():
+    """scikit-learn's Wisconsin breast-cancer set: ``x`` (569, 30) raw features (standardize
+    them), ``y`` (569, 1) float32, 1 = benign. Needs the ``data`` extra."""
+    datasets = _require("sklearn.datasets", "data", "jaxnn.data.breast_cancer")
+    bunch = datasets.load_breast_cancer()
+    return jnp.asarray(bunch.data, jnp.float32), _labels(bunch.target)
+
+
+#: The built-in data sets by name: a function ``seed -> (x, y)``. The generated ones have 400
+#: examples; scikit-learn's ignore the seed (they are fixed files).
+BUILTIN: dict[str, Callable[[int], tuple[jax.Array, jax.Array]]] = {
+    "flower": lambda seed: planar_flower(400, seed=seed),
+    "moons": lambda seed: two_moons(400, seed=seed),
+    "circles": lambda seed: circles(400, seed=seed),
+    "spirals": lambda seed: spirals(400, seed=seed),
+    "digits": lambda seed: digits(),
+    "breast-cancer": lambda seed: breast_cancer(),
+}
+
+
+def load_builtin(name: str, seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    """The built-in data set ``name`` (one of :data:`BUILTIN`)."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN)}")
+    return BUILTIN[name](seed)
+
+
+# --- HDF5 files -------------------------------------------------------------------------------
+
+
+def load_h5(path: str | os.PathLike, split: str | None = None):
+    """Images and labels from an HDF5 file in the classic cat-vs-non-cat layout.
+
+    The file holds ``{split}_set_x`` (``m`` images, ``(m, h, w, c)`` or ``(m, h, w)``, pixel
+    values 0…255), ``{split}_set_y`` (``m`` labels, shape ``(m,)``, ``(m, 1)`` or ``(1, m)``)
+    and optionally ``list_classes``. Images are flattened to ``(m, h·w·c)`` and scaled to
+    [0, 1]; labels become ``(m, 1)``.
+
+    Args:
+      path: the ``.h5`` file.
+      split: ``"train"`` or ``"test"``; by default the one the file holds (an error if it holds
+        both or neither).
+
+    Returns:
+      ``(x, y, classes)``, ``classes`` the decoded ``list_classes`` (``None`` when absent).
+    """
+    h5py = _require("h5py", "data", "jaxnn.data.load_h5")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataFileError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({err})") from err
+    with f:
+        present = [s for s in ("train", "test") if f"{s}_set_x" in f and f"{s}_set_y" in f]
+        if split is None:
+            if len(present) != 1:
+                found = ", ".join(sorted(f.keys())) or "nothing"
+                raise DataFileError(
+                    f"{path}: expected one pair of datasets train_set_x/train_set_y or "
+                    f"test_set_x/test_set_y (or pass split=), found: {found}"
+                )
+            split = present[0]
+        elif split not in present:
+            raise DataFileError(f"{path}: no {split}_set_x/{split}_set_y datasets; found "
+                                f"{', '.join(sorted(f.keys()))}")
+        try:
+            x = np.asarray(f[f"{split}_set_x"][()])
+            y = np.asarray(f[f"{split}_set_y"][()])
+            classes = (
+                [c.decode() if isinstance(c, bytes) else str(c) for c in f["list_classes"][()]]
+                if "list_classes" in f else None
+            )
+        except (OSError, KeyError, ValueError) as err:
+            raise DataFileError(f"{path}: cannot read {split} set ({err})") from err
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataFileError(f"{path}: {split}_set_x must hold (m, ...) images with m >= 1, got "
+                            f"shape {x.shape}")
+    m = x.shape[0]
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == m and m != 1:
+        y = y.reshape(-1)
+    if y.size != m or (y.ndim == 2 and y.shape[1] != 1) or y.ndim > 2:
+        raise DataFileError(f"{path}: {split}_set_y has shape {y.shape}, expected {m} labels "
+                            f"for the {m} images of {split}_set_x")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataFileError(f"{path}: {split}_set_x has non-numeric dtype {x.dtype}")
+    x = x.reshape(m, -1).astype(np.float32)
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise DataFileError(f"{path}: {split}_set_x values must lie in [0, 255], got "
+                            f"[{x.min()}, {x.max()}]")
+    return jnp.asarray(x / 255.0), _labels(y.astype(np.int64)), classes
+
+
+# --- IDX (MNIST-format) files -----------------------------------------------------------------
+
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def load_idx(path: str | os.PathLike) -> np.ndarray:
+    """An array from an IDX file (the MNIST format), raw or gzip-compressed.
+
+    The header is two zero bytes, a type code (0x08 unsigned byte, 0x09 signed byte, 0x0B
+    int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then each
+    dimension as a big-endian uint32; the data follows, big-endian, and must fill exactly the
+    product of the dimensions. Gzip is recognized by its magic bytes, whatever the file name.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as err:
+        raise DataFileError(f"{path}: no such file") from err
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read ({err})") from err
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataFileError(f"{path}: corrupted or truncated gzip data ({err})") from err
+    if len(raw) < 4:
+        raise DataFileError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0:
+        raise DataFileError(f"{path}: not an IDX file (magic number starts with "
+                            f"{raw[:4].hex()}, expected 0000 then type and rank bytes)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataFileError(f"{path}: unknown IDX data type 0x{code:02X} (known: {known})")
+    if ndim == 0:
+        raise DataFileError(f"{path}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataFileError(f"{path}: truncated header: {ndim} dimensions need {header} bytes, "
+                            f"the file has {len(raw)}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    got = len(raw) - header
+    if got != expected:
+        what = "truncated" if got < expected else "has trailing bytes"
+        raise DataFileError(f"{path}: {what}: dimensions {dims} of {dtype.name} need {expected} "
+                            f"data bytes, found {got}")
+    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def load_mnist(images: str | os.PathLike, labels: str | os.PathLike):
+    """MNIST-format images and labels (IDX files, raw or gzip).
+
+    Returns ``x`` of shape ``(m, h·w)`` (pixel values scaled to [0, 1]) and ``y`` of shape
+    ``(m, 1)`` (int32 classes; float32 0/1 when only two classes occur).
+    """
+    x = load_idx(images)
+    y = load_idx(labels)
+    if x.ndim < 2:
+        raise DataFileError(f"{os.fspath(images)}: expected images (m, rows, cols), got "
+                            f"dimensions {x.shape}")
+    if y.ndim != 1:
+        raise DataFileError(f"{os.fspath(labels)}: expected a 1-D label file, got dimensions "
+                            f"{y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise DataFileError(f"{os.fspath(images)} has {x.shape[0]} images but "
+                            f"{os.fspath(labels)} has {y.shape[0]} labels")
+    if x.dtype == np.uint8:
+        x = x / 255.0
+    return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32), _labels(y.astype(np.int64))
+
+
+# --- preparation ------------------------------------------------------------------------------
+
+
+def train_test_split(x, y, *, test_fraction: float = 0.2, seed: int = 0):
+    """Splits ``(x, y)`` at random into ``(x_train, y_train, x_test, y_test)``.
+
+    ``round(test_fraction · m)`` examples go to the test set; the permutation is drawn from
+    ``seed``, so the split is reproducible.
+    """
+    m = x.shape[0]
+    if y.shape[0] != m:
+        raise ValueError(f"train_test_split: x has {m} examples but y has {y.shape[0]}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"train_test_split: test_fraction must lie in (0, 1), got "
+                         f"{test_fraction}")
+    n_test = round(test_fraction * m)
+    if n_test == 0 or n_test == m:
+        raise ValueError(f"train_test_split: test_fraction {test_fraction} of {m} examples "
+                         f"leaves {m - n_test} to train on and {n_test} to test on")
+    order = np.random.default_rng(seed).permutation(m)
+    train, test = order[n_test:], order[:n_test]
+    return x[train], y[train], x[test], y[test]
+
+
+def standardize(x, stats: tuple | None = None):
+    """Features shifted to mean 0 and scaled to standard deviation 1.
+
+    Args:
+      x: ``(m, n)`` features.
+      stats: ``(mean, std)`` to use (those of the training set, for a test set); computed from
+        ``x`` when omitted. A constant feature (std 0) is only shifted.
+
+    Returns:
+      ``((x − mean) / std, (mean, std))``.
+    """
+    x = jnp.asarray(x)
+    if stats is None:
+        mean = jnp.mean(x, axis=0, keepdims=True)
+        std = jnp.std(x, axis=0, keepdims=True)
+        stats = (mean, jnp.where(std > 0, std, 1.0).astype(x.dtype))
+    mean, std = stats
+    if mean.shape[-1] != x.shape[-1]:
+        raise ValueError(f"standardize: stats are for {mean.shape[-1]} features, x has "
+                         f"{x.shape[-1]}")
+    return (x - mean) / std, stats
+
+
+def one_hot(labels, num_classes: int | None = None, dtype=jnp.float32) -> jax.Array:
+    """Integer labels (shape ``(m,)`` or ``(m, 1)``) as one-hot rows ``(m, num_classes)``.
+
+    ``num_classes`` defaults to ``max(labels) + 1``; labels outside ``[0, num_classes)`` raise.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"one_hot: labels must have shape (m,) or (m, 1), got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(labels == np.round(labels)):
+            raise ValueError("one_hot: labels must be whole numbers")
+        labels = labels.astype(np.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {num_classes - 1}], got "
+                         f"[{labels.min()}, {labels.max()}]")
+    return jax.nn.one_hot(jnp.asarray(labels), num_classes, dtype=dtype)
+
+
 def batches(
     key: jax.Array,
     x: jax.Array,
@@ -68,7 +423,9 @@ def batches(
     The examples are permuted by ``jax.random.permutation(key, m)`` and cut into batches of
     ``batch_size``. When ``batch_size`` does not divide ``m`` the last, shorter batch is kept
     (``drop_last=False``, the default: no example is lost) or dropped (``drop_last=True``: every
-    batch has the same shape, so a jitted step compiles once).
+    batch has the same shape, so a jitted step compiles once). The order is a pure function of
+    ``key``: derive the key of epoch ``e`` as ``jax.random.fold_in(key, e)`` and a run can
+    resume at any epoch.
     """
     m = x.shape[0]
     if y.shape[0] != m:

@@ -1,0 +1,229 @@
+"""Checkpoints: any pytree of arrays to one ``.npz`` file and back, with no pickle anywhere.
+
+A checkpoint holds one array per leaf, keyed by the leaf's tree path (``"[0]['W']"``,
+``"[1].mu[0]['b']"``), and a small JSON entry (``__metadata__``) with the format version, the
+step, the dtype and shape of every leaf, and whatever the caller adds (a training
+configuration, say). Files are read with ``allow_pickle=False``.
+
+Loading takes a *template*, a pytree of the same structure (``model.init``'s params and
+``optimizer.init(params)``, for instance): the loaded arrays are put back into the template's
+tree, so NamedTuples (optax states), tuples and dicts come back as they were. Structure,
+shapes and dtypes are checked against the template first, and the first mismatch is named
+(its path, what the template expects and what the file holds).
+
+Writes are atomic: the file is written to a temporary file in the same folder, flushed to
+disk (``fsync``) and renamed over the destination (``os.replace``), so a crash leaves either
+the old checkpoint or the new one, never half of one.
+
+>>> import jax.numpy as jnp, optax, tempfile, os
+>>> from jaxnn import checkpoint
+>>> params = {"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+>>> tree = (params, optax.adam(1e-3).init(params))
+>>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+>>> checkpoint.save(path, tree, step=7)
+>>> restored = checkpoint.load(path, tree)
+>>> checkpoint.load_metadata(path)["step"]
+7
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_metadata", "save"]
+
+FORMAT_VERSION = 1
+_METADATA_KEY = "__metadata__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupted, or does not match the template."""
+
+
+def _leaf_path(path) -> str:
+    return jax.tree_util.keystr(path)
+
+
+def _is_key_array(x) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _flatten(tree) -> list[tuple[str, Any]]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    seen = set()
+    for path, leaf in leaves:
+        name = _leaf_path(path)
+        if name == _METADATA_KEY or name in seen:
+            raise CheckpointError(f"checkpoint: tree path {name!r} is not a unique leaf name")
+        seen.add(name)
+        out.append((name, leaf))
+    return out
+
+
+def _dtype_name(x) -> str:
+    if _is_key_array(x):
+        return f"key<{jax.random.key_impl(x)}>"
+    return np.dtype(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype).name
+
+
+def _storable(x) -> np.ndarray:
+    """The array as stored: typed PRNG keys as their raw uint32 data; dtypes numpy cannot read
+    back without pickle (bfloat16, float8) as unsigned integers of the same width."""
+    if _is_key_array(x):
+        return np.asarray(jax.random.key_data(x))
+    a = np.asarray(x)
+    if a.dtype.kind == "V" or a.dtype.type.__module__.startswith("ml_dtypes"):
+        return a.view(f"u{a.dtype.itemsize}")
+    return a
+
+
+def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
+         metadata: dict | None = None) -> None:
+    """Writes every leaf of ``tree`` to ``path`` (a ``.npz`` file), atomically.
+
+    Args:
+      path: the destination file; its folder must exist.
+      tree: any pytree of arrays (params, layer state, optax state, PRNG keys).
+      step: the training step, kept in the metadata.
+      metadata: more JSON-serializable information to keep (see :func:`load_metadata`).
+    """
+    path = os.fspath(path)
+    leaves = _flatten(tree)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "leaves": {name: {"dtype": _dtype_name(leaf), "shape": list(np.shape(leaf))}
+                   for name, leaf in leaves},
+        "user": metadata or {},
+    }
+    try:
+        meta_bytes = json.dumps(meta).encode()
+    except TypeError as err:
+        raise TypeError(f"checkpoint.save: metadata must be JSON-serializable ({err})") from err
+    arrays = {name: _storable(leaf) for name, leaf in leaves}
+    arrays[_METADATA_KEY] = np.frombuffer(meta_bytes, np.uint8)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupted or truncated: "
+                              f"{err})") from err
+    if _METADATA_KEY not in arrays:
+        raise CheckpointError(f"{path}: not a jaxnn checkpoint (no {_METADATA_KEY} entry)")
+    try:
+        meta = json.loads(arrays.pop(_METADATA_KEY).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: corrupted metadata ({err})") from err
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}, this jaxnn reads "
+                              f"version {FORMAT_VERSION}")
+    return arrays, meta
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint: ``{"step": …, **metadata given to save}``."""
+    path = os.fspath(path)
+    _, meta = _read(path)
+    return {"step": meta.get("step"), **meta.get("user", {})}
+
+
+def load(path: str | os.PathLike, template: Any) -> Any:
+    """Reads a checkpoint into the structure of ``template``.
+
+    Args:
+      path: a file written by :func:`save`.
+      template: a pytree with the structure, shapes and dtypes of the saved one (its values
+        are not used).
+
+    Returns:
+      A pytree like ``template`` holding the saved arrays (``jax.Array``; PRNG keys as typed
+      keys).
+
+    Raises:
+      CheckpointError: the file is missing or unreadable, or the first leaf (in tree order) that
+        is missing, extra, or of another shape or dtype, with the expected and the found.
+    """
+    path = os.fspath(path)
+    arrays, meta = _read(path)
+    leaves = _flatten(template)
+    info = meta.get("leaves", {})
+    expected_names = [name for name, _ in leaves]
+    for name in expected_names:
+        if name not in arrays:
+            raise CheckpointError(f"{path}: structure mismatch at {name}: the template has this "
+                                  f"leaf, the checkpoint does not (it has {len(arrays)} leaves)")
+    extra = [name for name in arrays if name not in set(expected_names)]
+    if extra:
+        raise CheckpointError(f"{path}: structure mismatch at {extra[0]}: the checkpoint has "
+                              f"this leaf, the template does not")
+    restored = []
+    for name, leaf in leaves:
+        want_dtype, want_shape = _dtype_name(leaf), tuple(np.shape(leaf))
+        saved = info.get(name, {})
+        got_dtype, got_shape = saved.get("dtype"), tuple(saved.get("shape", ()))
+        if got_shape != want_shape:
+            raise CheckpointError(f"{path}: shape mismatch at {name}: expected {want_shape}, "
+                                  f"got {got_shape}")
+        if got_dtype != want_dtype:
+            raise CheckpointError(f"{path}: dtype mismatch at {name}: expected {want_dtype}, "
+                                  f"got {got_dtype}")
+        stored = arrays[name]
+        if _is_key_array(leaf):
+            restored.append(jax.random.wrap_key_data(jnp.asarray(stored),
+                                                     impl=jax.random.key_impl(leaf)))
+            continue
+        want = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+        if stored.dtype != want:
+            if stored.dtype.itemsize != want.itemsize or stored.shape != want_shape:
+                raise CheckpointError(f"{path}: corrupted entry {name}: stored as "
+                                      f"{stored.dtype}{stored.shape}, metadata says "
+                                      f"{got_dtype}{got_shape}")
+            stored = stored.view(want)
+        if stored.shape != want_shape:
+            raise CheckpointError(f"{path}: corrupted entry {name}: holds shape {stored.shape}, "
+                                  f"metadata says {got_shape}")
+        restored.append(jnp.asarray(stored))
+    treedef = jax.tree.structure(template)
+    return jax.tree.unflatten(treedef, restored)
