@@ -116,15 +116,17 @@ def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
 def elu_layer(alpha: float = 1.0) -> Layer:
     """Exponential linear unit; backward ``dZ = dA`` for ``z > 0``, ``dA·(a + α)`` otherwise.
 
-    The negative branch is computed with ``expm1`` on ``min(z, 0)`` so that large positive
-    inputs never overflow the unused branch.
+    The negative branch is computed with ``expm1`` on ``z`` with positive entries replaced by 0,
+    so that large positive inputs never overflow the unused branch. (``jnp.minimum(z, 0)`` would
+    give autodiff the tie derivative 1/2 at ``z = 0``; the ``where`` keeps the reference path's
+    derivative at 0 equal to the hand-derived one, ``α``.)
     """
     a_ = float(alpha)
     if not a_ > 0:
         raise ValueError(f"elu: alpha must be > 0, got {alpha}")
     return _elementwise(
         "elu",
-        lambda z: jnp.where(z > 0, z, a_ * jnp.expm1(jnp.minimum(z, 0))),
+        lambda z: jnp.where(z > 0, z, a_ * jnp.expm1(jnp.where(z > 0, 0.0, z))),
         lambda a, dy: jnp.where(a > 0, dy, dy * (a + a_)),
         keep="output",
     )
@@ -133,8 +135,10 @@ def elu_layer(alpha: float = 1.0) -> Layer:
 # --- softplus: a = log(1 + e^z), g'(z) = sigmoid(z) ------------------------------------------
 
 def _softplus(z: Array) -> Array:
-    # log(1 + e^z) = max(z, 0) + log1p(e^{-|z|}): finite for every finite z
-    return jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    # log(1 + e^z) = log(e^0 + e^z), by logaddexp's stable max-shift: finite for every finite z.
+    # (max(z, 0) + log1p(e^{-|z|}) is as stable, but autodiff takes jnp.abs'(0) = 1 and
+    # max's tie as 1/2, so the reference derivative at z = 0 would be 0 instead of σ(0) = 1/2.)
+    return jnp.logaddexp(z, 0.0)
 
 
 def softplus_layer() -> Layer:

@@ -158,11 +158,12 @@ def _bce_grad(a: Array, y: Array) -> Array:
 
 def _bce_logits_value(z: Array, y: Array) -> Array:
     z = _at_least_float32(z)
-    # -[y log σ(z) + (1-y) log(1-σ(z))] = max(z, 0) - z y + log(1 + e^{-|z|})
+    # -[y log σ(z) + (1-y) log(1-σ(z))] = log(1 + e^z) − z·y
     _same_shape("binary_cross_entropy_with_logits", z, y)
     _check_binary_labels("binary_cross_entropy_with_logits", y)
     y = y.astype(z.dtype)
-    return jnp.mean(jnp.maximum(z, 0) - z * y + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    # = softplus(z) − z·y, with softplus by logaddexp (autodiff-exact at z = 0 too)
+    return jnp.mean(jnp.logaddexp(z, 0.0) - z * y)
 
 
 def _bce_logits_grad(z: Array, y: Array) -> Array:
