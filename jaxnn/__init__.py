@@ -9,6 +9,7 @@ from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
+from jaxnn import precision as precision
 from jaxnn import privacy as privacy
 from jaxnn.core import Layer as Layer
 from jaxnn.core import apply as apply
@@ -34,6 +35,7 @@ from jaxnn.losses import binary_cross_entropy_with_logits as binary_cross_entrop
 from jaxnn.losses import fuse as fuse
 from jaxnn.losses import mean_squared_error as mean_squared_error
 from jaxnn.losses import softmax_cross_entropy as softmax_cross_entropy
+from jaxnn.precision import Policy as Policy
 from jaxnn.train import accuracy as accuracy
 from jaxnn.train import l2_penalty as l2_penalty
 from jaxnn.train import make_train_step as make_train_step
@@ -49,6 +51,7 @@ __all__ = [
     "Layer",
     "Loss",
     "__version__",
+    "Policy",
     "accuracy",
     "activations",
     "apply",
@@ -74,6 +77,7 @@ __all__ = [
     "map_leaves",
     "mean_squared_error",
     "per_example_grads",
+    "precision",
     "predict",
     "privacy",
     "reference_apply",

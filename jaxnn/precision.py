@@ -1,0 +1,280 @@
+"""Mixed precision: a dtype policy for every layer, and loss scaling for float16.
+
+A :class:`Policy` names three dtypes: parameters are stored (and updated by the optimizer) in
+``param_dtype``, layers compute in ``compute_dtype``, and each layer hands ``output_dtype`` to
+the next. :func:`apply_policy` wraps every leaf layer of a network
+(:func:`jaxnn.map_leaves`):
+
+* forward: the leaf's floating parameters and inputs are cast to ``compute_dtype``, the leaf
+  runs, its output is cast to ``output_dtype``, its new state back to the state's own dtype;
+* backward: ``dy`` is cast to ``compute_dtype``, the leaf's own hand-derived backward runs in
+  it, then ``dparams`` are cast to the parameters' dtype and ``dx`` to the input's dtype.
+
+So the matrix products of forward *and* backward run in bfloat16 or float16 while gradients
+arrive in float32, where the optimizer accumulates them. Losses reduce half-precision
+predictions in float32 (:mod:`jaxnn.losses`).
+
+Loss scaling. float16's smallest subnormal is ``2⁻²⁴ ≈ 6e-8``: a backward signal below it
+flushes to zero. Scaling multiplies the loss's derivative ``dJ/dA[L]`` by ``S`` before the
+backward, in float32, and divides the float32 parameter gradients by ``S`` after it; every
+intermediate ``dZ``, ``dA`` is ``S`` times larger and stays representable. With a dynamic scale a
+step whose gradients are not finite (the scale was too large, float16 overflowed past 65504) is
+skipped — parameters and optimizer state unchanged — and ``S`` is divided by ``factor``; after
+``growth_interval`` finite steps in a row ``S`` is multiplied by ``factor``.
+
+Gradient checks stay float64: :mod:`jaxnn.gradcheck` casts everything to float64 and checks the
+layers' own backward passes; a policy whose compute dtype is float64 is a pure wrapper the check
+passes through (see the tests), while a half-precision policy is judged by training, not by the
+1e-9 tolerances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn.core import Layer, map_leaves
+from jaxnn.losses import Loss, fuse
+from jaxnn.train import l2_penalty, value_and_grad, weight_mask
+
+__all__ = [
+    "LossScale",
+    "Policy",
+    "apply_policy",
+    "dynamic_loss_scale",
+    "make_train_step",
+    "scaled_value_and_grad",
+    "static_loss_scale",
+]
+
+
+def _is_float(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype) if _is_float(a) else a, tree)
+
+
+class Policy(NamedTuple):
+    """The dtypes of parameters, computation and layer outputs.
+
+    Attributes:
+      param_dtype: the dtype parameters are stored and updated in (``float32``).
+      compute_dtype: the dtype every layer's forward and backward run in (``bfloat16`` or
+        ``float16``).
+      output_dtype: the dtype each layer's output is handed on in; ``None`` means
+        ``compute_dtype`` (activations between layers stay in half precision).
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.bfloat16
+    output_dtype: Any = None
+
+    def cast_params(self, params: Any) -> Any:
+        """Casts the floating leaves of ``params`` to ``param_dtype`` (after ``init``)."""
+        return _cast_floats(params, self.param_dtype)
+
+
+@jax.tree_util.register_pytree_node_class
+class _Static:
+    """A pytree with no leaves carrying a Python value (dtypes) from forward to backward."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def tree_flatten(self):
+        return (), self.value
+
+    @classmethod
+    def tree_unflatten(cls, value, children):
+        del children
+        return cls(value)
+
+
+def _policy_leaf(leaf: Layer, policy: Policy) -> Layer:
+    compute = jnp.dtype(policy.compute_dtype)
+    output = compute if policy.output_dtype is None else jnp.dtype(policy.output_dtype)
+
+    def forward(params, state, x, *, key=None, train=False):
+        y, new_state, residuals = leaf.forward(_cast_floats(params, compute), state,
+                                               _cast_floats(x, compute), key=key, train=train)
+        new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state)
+        in_dtypes = jax.tree.map(lambda a: getattr(a, "dtype", None), x)
+        return _cast_floats(y, output), new_state, (residuals, _Static(in_dtypes))
+
+    def backward(params, residuals, dy):
+        residuals, in_dtypes = residuals
+        dparams, dx = leaf.backward(_cast_floats(params, compute), residuals,
+                                    _cast_floats(dy, compute))
+        dparams = jax.tree.map(lambda g, p: g.astype(p.dtype), dparams, params)
+        if dx is not None:
+            dx = jax.tree.map(lambda d, t: d if d is None or t is None else d.astype(t),
+                              dx, in_dtypes.value, is_leaf=lambda a: a is None)
+        return dparams, dx
+
+    return leaf._replace(forward=forward, backward=backward)
+
+
+def apply_policy(model: Layer, policy: Policy) -> Layer:
+    """``model`` with every leaf layer running under ``policy`` (module doc).
+
+    The parameters keep their structure; cast them with ``policy.cast_params`` once.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> policy = jaxnn.Policy(compute_dtype=jnp.bfloat16)
+    >>> net = jaxnn.precision.apply_policy(jaxnn.serial(jaxnn.dense(3), jaxnn.relu()), policy)
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    >>> y, _ = jaxnn.apply(net, params, (), jnp.ones((4, 2), jnp.float32))
+    >>> y.dtype
+    dtype(bfloat16)
+    """
+    if not isinstance(policy, Policy):
+        raise TypeError(f"apply_policy: policy must be a jaxnn.Policy, got {type(policy).__name__}")
+    return map_leaves(lambda leaf, path: _policy_leaf(leaf, policy), model)
+
+
+# --- loss scaling --------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class LossScale:
+    """A loss scale ``S`` and, when dynamic, the count of finite steps since it last changed.
+
+    Make one with :func:`static_loss_scale` or :func:`dynamic_loss_scale`; it is a pytree (its
+    arrays are ``scale`` and ``good_steps``; ``dynamic``, ``growth_interval`` and ``factor`` are
+    static), carried from step to step by :func:`make_train_step`.
+    """
+
+    scale: jax.Array
+    good_steps: jax.Array
+    dynamic: bool = False
+    growth_interval: int = 2000
+    factor: float = 2.0
+
+    def tree_flatten(self):
+        return (self.scale, self.good_steps), (self.dynamic, self.growth_interval, self.factor)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
+
+    def unscale(self, grads: Any) -> Any:
+        """``grads / S``, in each gradient's own dtype."""
+        return jax.tree.map(lambda g: g / self.scale.astype(g.dtype), grads)
+
+    def adjust(self, finite: jax.Array) -> LossScale:
+        """The scale for the next step, after a step whose gradients were ``finite`` or not."""
+        if not self.dynamic:
+            return self
+        grown = self.good_steps + 1 >= self.growth_interval
+        scale = jnp.where(finite, jnp.where(grown, self.scale * self.factor, self.scale),
+                          jnp.maximum(self.scale / self.factor, 1.0))
+        good = jnp.where(finite & ~grown, self.good_steps + 1, 0)
+        return dataclasses.replace(self, scale=scale, good_steps=good)
+
+
+def static_loss_scale(scale: float = 1.0) -> LossScale:
+    """A fixed loss scale (a power of two keeps scaling exact)."""
+    if not scale > 0:
+        raise ValueError(f"static_loss_scale: scale must be positive, got {scale!r}")
+    return LossScale(jnp.asarray(scale, jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def dynamic_loss_scale(initial: float = 2.0**15, *, growth_interval: int = 2000,
+                       factor: float = 2.0) -> LossScale:
+    """A scale halved (÷ ``factor``) at every non-finite step, doubled after
+    ``growth_interval`` finite steps in a row; never below 1."""
+    if not initial >= 1:
+        raise ValueError(f"dynamic_loss_scale: initial must be >= 1, got {initial!r}")
+    if not factor > 1:
+        raise ValueError(f"dynamic_loss_scale: factor must be > 1, got {factor!r}")
+    if not isinstance(growth_interval, int) or growth_interval < 1:
+        raise ValueError(f"dynamic_loss_scale: growth_interval must be a positive int, got "
+                         f"{growth_interval!r}")
+    return LossScale(jnp.asarray(initial, jnp.float32), jnp.zeros((), jnp.int32), True,
+                     growth_interval, float(factor))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def scaled_value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
+    """The loss and its float32 gradients under ``policy`` with loss scaling.
+
+    Returns:
+      ``(params, loss_scale, x, y) -> (value, grads, finite)``: the explicit hand-derived chain
+      (:func:`jaxnn.value_and_grad`) through :func:`apply_policy`'s model with ``dJ/dA[L]``
+      multiplied by ``S`` (in float32, before any cast to the compute dtype) and the
+      parameter gradients divided by ``S``; ``finite`` tells whether every gradient is finite.
+    """
+    model, loss = fuse(apply_policy(model, policy), loss)
+
+    def fn(params, loss_scale, x, y):
+        scale = loss_scale.scale
+
+        def scaled_grad(a, t):
+            g = loss.grad(a, t)
+            return g * scale.astype(g.dtype)
+
+        value, grads = value_and_grad(model, loss._replace(grad=scaled_grad))(params, x, y)
+        grads = loss_scale.unscale(grads)
+        return value, grads, _all_finite(grads)
+
+    return fn
+
+
+def make_train_step(
+    model: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    policy: Policy,
+    *,
+    l2: float = 0.0,
+    jit: bool = True,
+) -> Callable:
+    """A mixed-precision training step with loss scaling.
+
+    The model runs under ``policy`` (:func:`apply_policy`); the gradient is the explicit
+    hand-derived chain (:func:`jaxnn.value_and_grad`) with the loss's derivative multiplied by
+    the scale ``S``, and the float32 gradients divided by ``S``. A step with non-finite
+    gradients leaves parameters and optimizer state unchanged and adjusts a dynamic scale.
+
+    Args:
+      model, loss, optimizer, l2: as for :func:`jaxnn.make_train_step` (stateless models).
+      policy: the dtype policy; the parameters passed to the step should be in
+        ``policy.param_dtype`` (``policy.cast_params``).
+      jit: compile the step.
+
+    Returns:
+      ``step(params, opt_state, loss_scale, x, y) -> (params, opt_state, loss_scale, loss)``
+      with a :class:`LossScale` from :func:`static_loss_scale` (``static_loss_scale(1.0)``: no
+      scaling, enough for bfloat16) or :func:`dynamic_loss_scale` (float16).
+    """
+    value_and_scaled_grad = scaled_value_and_grad(model, loss, policy)
+
+    def step(params, opt_state, loss_scale, x, y):
+        value, grads, finite = value_and_scaled_grad(params, loss_scale, x, y)
+        if l2:
+            value = value + l2_penalty(params, l2)
+            grads = jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params,
+                                 weight_mask(params))
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+
+        def keep(new, old):  # a non-finite step changes nothing
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        return (keep(new_params, params), keep(new_opt_state, opt_state),
+                loss_scale.adjust(finite), value)
+
+    return jax.jit(step) if jit else step
