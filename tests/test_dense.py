@@ -78,3 +78,27 @@ def test_wrong_feature_size_is_caught_at_trace_time_under_jit():
 def test_features_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="dense: features must be a positive int"):
         jaxnn.dense(bad)
+
+
+def test_input_without_a_batch_axis_is_a_clear_error():
+    layer = jaxnn.dense(3)
+    _, params, _ = layer.init(jax.random.key(0), (-1, 4))
+    with pytest.raises(ValueError, match=r"dense: expected input of shape \(batch, ..., 4\), got "
+                                         r"shape \(4,\) \(rank 1\)"):
+        jaxnn.apply(layer, params, (), jnp.ones(4))
+
+
+def test_integer_features_are_a_clear_error():
+    layer = jaxnn.dense(3)
+    _, params, _ = layer.init(jax.random.key(0), (-1, 4))
+    with pytest.raises(TypeError, match="dense: expected a floating-point input, got dtype int"):
+        jaxnn.apply(layer, params, (), jnp.ones((2, 4), jnp.int32))
+    with pytest.raises(TypeError, match="dense: expected a floating-point input, got dtype bool"):
+        jaxnn.apply(layer, params, (), jnp.ones((2, 4), bool))
+
+
+def test_empty_batch_passes_through_with_zero_gradients():
+    layer = jaxnn.dense(3)
+    _, params, _ = layer.init(jax.random.key(0), (-1, 4))
+    y, _ = jaxnn.apply(layer, params, (), jnp.ones((0, 4)))
+    chex.assert_shape(y, (0, 3))
