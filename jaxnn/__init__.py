@@ -17,12 +17,18 @@ from jaxnn.core import map_leaves as map_leaves
 from jaxnn.core import reference_apply as reference_apply
 from jaxnn.fit import FitResult as FitResult
 from jaxnn.fit import fit as fit
+from jaxnn.layers import avg_pool as avg_pool
+from jaxnn.layers import conv as conv
 from jaxnn.layers import dense as dense
 from jaxnn.layers import elu as elu
+from jaxnn.layers import flatten as flatten
 from jaxnn.layers import gelu as gelu
+from jaxnn.layers import global_avg_pool as global_avg_pool
 from jaxnn.layers import identity as identity
 from jaxnn.layers import leaky_relu as leaky_relu
+from jaxnn.layers import max_pool as max_pool
 from jaxnn.layers import relu as relu
+from jaxnn.layers import reshape as reshape
 from jaxnn.layers import serial as serial
 from jaxnn.layers import sigmoid as sigmoid
 from jaxnn.layers import silu as silu
@@ -55,8 +61,10 @@ __all__ = [
     "accuracy",
     "activations",
     "apply",
+    "avg_pool",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "conv",
     "data",
     "data_parallel",
     "debug",
@@ -64,8 +72,10 @@ __all__ = [
     "elu",
     "ensemble",
     "fit",
+    "flatten",
     "fuse",
     "gelu",
+    "global_avg_pool",
     "gradcheck",
     "identity",
     "initializers",
@@ -75,12 +85,14 @@ __all__ = [
     "losses",
     "make_train_step",
     "map_leaves",
+    "max_pool",
     "mean_squared_error",
     "per_example_grads",
     "precision",
     "predict",
     "privacy",
     "reference_apply",
+    "reshape",
     "run_steps",
     "relu",
     "serial",

@@ -11,15 +11,24 @@ from jaxnn.activations import softmax_layer as softmax
 from jaxnn.activations import softplus_layer as softplus
 from jaxnn.activations import tanh_layer as tanh
 from jaxnn.combinators import serial
+from jaxnn.layers.conv import conv
 from jaxnn.layers.dense import dense
+from jaxnn.layers.pool import avg_pool, global_avg_pool, max_pool
+from jaxnn.layers.shape import flatten, reshape
 
 __all__ = [
+    "avg_pool",
+    "conv",
     "dense",
     "elu",
+    "flatten",
     "gelu",
+    "global_avg_pool",
     "identity",
     "leaky_relu",
+    "max_pool",
     "relu",
+    "reshape",
     "serial",
     "sigmoid",
     "silu",

@@ -1,0 +1,181 @@
+"""The convolution layer (1-D, 2-D, 3-D), forward beside its hand-derived backward.
+
+Layout: inputs are channels-last (``NWC``, ``NHWC``, ``NDHWC``), kernels are ``WIO``, ``HWIO``,
+``DHWIO``: ``W`` has shape ``(*window, C_in / G, C_out)`` where ``G`` is ``feature_group_count``.
+
+Forward, in 1-D to keep the indices short (the other ranks repeat it per spatial axis), with
+``x̃`` the input padded by ``lo`` zeros in front, stride ``s``, dilation ``d``, ``c`` the input
+channels of output channel ``f``'s group:
+
+    ``Z[n, o, f] = Σ_j Σ_c x̃[n, o·s + j·d, c] · W[j, c, f] + b[f]``
+
+Backward, by the chain rule on that sum (each is one more ``lax.conv_general_dilated``):
+
+* ``db[f] = Σ_{n,o} dZ[n, o, f]`` — the seed's ``db = Σ dZ``;
+* ``dW[j, c, f] = Σ_{n,o} x̃[n, o·s + j·d, c] · dZ[n, o, f]`` — the seed's ``dW = A_prevᵀ dZ``:
+  a convolution of ``x`` with ``dZ`` as the kernel, the examples ``n`` contracted, the window
+  offset ``j`` as output position (stride ``d``) and ``o`` as kernel tap (dilation ``s``); the
+  groups pair input-channel group ``g`` with output-channel group ``g`` (``batch_group_count``);
+* ``dx[n, i, c] = Σ_{(o, j): o·s + j·d − lo = i} Σ_f dZ[n, o, f] · W[j, c, f]`` — the seed's
+  ``dA_prev = Wᵀ dZ``: the transposed convolution, i.e. ``dZ`` spread out by the stride (``s − 1``
+  zeros between entries: ``lhs_dilation = s``) and correlated with the spatially flipped kernel
+  whose input and output channels are swapped within each group, with padding
+  ``(k_eff − 1 − lo, n + lo − 1 − (out − 1)·s)`` so that exactly ``n`` positions come out.
+
+``docs/design.md`` has the derivation of the paddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnn import initializers
+from jaxnn.core import Layer, check_float
+from jaxnn.layers import _spatial
+
+_SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def conv(
+    features: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: _spatial.Padding = "SAME",
+    dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    w_init: initializers.Initializer | None = None,
+    b_init: initializers.Initializer = initializers.zeros,
+    dtype=jnp.float32,
+) -> Layer:
+    """A convolution ``Z = x ⋆ W + b`` over 1, 2 or 3 spatial axes (channels last).
+
+    The number of spatial axes is ``len(kernel_size)``: ``conv(16, (3,))`` takes ``(N, W, C)``
+    inputs, ``conv(16, (3, 3))`` takes ``(N, H, W, C)`` inputs.
+
+    Args:
+      features: ``C_out``, the number of output channels.
+      kernel_size: the window, one entry per spatial axis, e.g. ``(3, 3)``.
+      strides: the step between windows: an int for every axis or one per axis.
+      padding: ``"SAME"`` (``out = ⌈n / s⌉``), ``"VALID"`` (no padding) or explicit
+        ``(low, high)`` pairs of zeros per spatial axis, e.g. ``((1, 1), (2, 0))``.
+      dilation: the kernel dilation (``d − 1`` skipped entries between taps).
+      feature_group_count: ``G``; input and output channels are split in ``G`` groups and group
+        ``g`` of the outputs sees only group ``g`` of the inputs (``G = C_in`` is a depthwise
+        convolution). Both ``C_in`` and ``features`` must be divisible by ``G``.
+      use_bias: whether to add ``b``.
+      w_init: initializer of ``W`` (default :func:`jaxnn.initializers.lecun_normal`, as for
+        :func:`jaxnn.dense`, with ``fan_in = prod(kernel_size) · C_in / G``; pass
+        :func:`jaxnn.initializers.he_normal` for deep ReLU stacks).
+      b_init: initializer of ``b`` (default zeros).
+      dtype: dtype of the parameters.
+
+    Returns:
+      A :class:`jaxnn.Layer` with params ``{"W": (*kernel_size, C_in / G, features),
+      "b": (features,)}``.
+
+    >>> import jax, jaxnn
+    >>> layer = jaxnn.conv(8, (3, 3), strides=2)
+    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 28, 28, 1))
+    >>> out_shape, params["W"].shape
+    ((-1, 14, 14, 8), (3, 3, 1, 8))
+    """
+    name = "conv"
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise ValueError(f"{name}: features must be a positive int, got {features!r}")
+    rank = _spatial.window_rank(name, "kernel_size", kernel_size)
+    window = _spatial.positive_tuple(name, "kernel_size", tuple(kernel_size), rank)
+    strides = _spatial.positive_tuple(name, "strides", strides, rank)
+    dilation = _spatial.positive_tuple(name, "dilation", dilation, rank)
+    padding = _spatial.check_padding(name, padding, rank)
+    groups = feature_group_count
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{name}: feature_group_count must be a positive int, got {groups!r}")
+    if features % groups:
+        raise ValueError(f"{name}: features ({features}) must be divisible by "
+                         f"feature_group_count ({groups})")
+    w_init = initializers.lecun_normal() if w_init is None else w_init
+    window_eff = _spatial.effective_window(window, dilation)
+    letters = _SPATIAL_LETTERS[rank]
+    # forward and dx: x is (N, *spatial, C), the kernel (*window, I, O)
+    image = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+    # dW: x's examples are contracted (feature "C") and its channels run free (batch "N");
+    # dZ is the kernel, examples as "I", output channels as "O"; the result is (*window, I, O)
+    kernel_grad = ("C" + letters + "N", "I" + letters + "O", letters + "NC")
+
+    def pads_of(spatial):
+        return _spatial.explicit_padding(padding, spatial, window_eff, strides)
+
+    def init(key, in_shape):
+        in_shape = _spatial.check_in_shape(name, in_shape, rank)
+        spatial, channels = in_shape[1:-1], in_shape[-1]
+        if channels % groups:
+            raise ValueError(f"{name}: input channels ({channels}) must be divisible by "
+                             f"feature_group_count ({groups}), got in_shape {in_shape}")
+        out = _spatial.output_spatial(name, spatial, window_eff, strides, pads_of(spatial))
+        k_w, k_b = jax.random.split(key)
+        params = {"W": w_init(k_w, window + (channels // groups, features), dtype)}
+        if use_bias:
+            params["b"] = b_init(k_b, (features,), dtype)
+        return (in_shape[0], *out, features), params, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        check_float(name, x)
+        w = params["W"]
+        _spatial.check_spatial_input(name, x.shape, rank, w.shape[-2] * groups)
+        spatial = x.shape[1:-1]
+        pads = pads_of(spatial)
+        _spatial.output_spatial(name, spatial, window_eff, strides, pads)
+        dtype_ = jnp.result_type(x, w)
+        z = lax.conv_general_dilated(
+            x.astype(dtype_), w.astype(dtype_), window_strides=strides, padding=pads,
+            rhs_dilation=dilation, dimension_numbers=image, feature_group_count=groups,
+        )
+        if use_bias:
+            # an explicit reshape: jaxnn never relies on implicit rank promotion
+            z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
+        return z, state, x
+
+    def backward(params, x, dz):
+        w = params["W"]
+        spatial, out = x.shape[1:-1], dz.shape[1:-1]
+        pads = pads_of(spatial)
+        dtype_ = jnp.result_type(x, w, dz)
+        x_, w_, dz_ = x.astype(dtype_), w.astype(dtype_), dz.astype(dtype_)
+
+        # dx: dZ dilated by the stride, correlated with the flipped, I/O-swapped kernel
+        c_group, c_out = w.shape[-2], w.shape[-1]
+        w_t = jnp.flip(w_, axis=tuple(range(rank)))
+        w_t = w_t.reshape(window + (c_group, groups, c_out // groups))
+        w_t = jnp.swapaxes(w_t, rank, rank + 2)  # (*window, C_out/G, G, C_in/G)
+        w_t = w_t.reshape(window + (c_out // groups, groups * c_group))
+        pads_dx = tuple(
+            (k - 1 - lo, n + lo - 1 - (o - 1) * s)
+            for k, (lo, _), n, o, s in zip(window_eff, pads, spatial, out, strides, strict=True)
+        )
+        dx = lax.conv_general_dilated(
+            dz_, w_t, window_strides=(1,) * rank, padding=pads_dx, lhs_dilation=strides,
+            rhs_dilation=dilation, dimension_numbers=image, feature_group_count=groups,
+        )
+
+        # dW: x convolved with dZ; the padded input is cut to exactly what the windows read
+        pads_dw = tuple(
+            (lo, k - 1 + (o - 1) * s + 1 - n - lo)
+            for k, (lo, _), n, o, s in zip(window_eff, pads, spatial, out, strides, strict=True)
+        )
+        dw = lax.conv_general_dilated(
+            x_, dz_, window_strides=dilation, padding=pads_dw, rhs_dilation=strides,
+            dimension_numbers=kernel_grad, batch_group_count=groups,
+        )
+        grads = {"W": dw.astype(w.dtype)}
+        if use_bias:
+            grads["b"] = jnp.sum(dz, axis=tuple(range(dz.ndim - 1))).astype(params["b"].dtype)
+        return grads, dx.astype(x.dtype)
+
+    return Layer(name, init, forward, backward)
