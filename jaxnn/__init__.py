@@ -42,6 +42,7 @@ from jaxnn.losses import fuse as fuse
 from jaxnn.losses import mean_squared_error as mean_squared_error
 from jaxnn.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxnn.precision import Policy as Policy
+from jaxnn.remat import remat as remat
 from jaxnn.train import accuracy as accuracy
 from jaxnn.train import l2_penalty as l2_penalty
 from jaxnn.train import make_train_step as make_train_step
@@ -92,6 +93,7 @@ __all__ = [
     "predict",
     "privacy",
     "reference_apply",
+    "remat",
     "reshape",
     "run_steps",
     "relu",
