@@ -15,6 +15,7 @@ from jaxnn.layers.conv import conv
 from jaxnn.layers.dense import dense
 from jaxnn.layers.pool import avg_pool, global_avg_pool, max_pool
 from jaxnn.layers.shape import flatten, reshape
+from jaxnn.remat import remat
 
 __all__ = [
     "avg_pool",
@@ -28,6 +29,7 @@ __all__ = [
     "leaky_relu",
     "max_pool",
     "relu",
+    "remat",
     "reshape",
     "serial",
     "sigmoid",
