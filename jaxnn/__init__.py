@@ -18,17 +18,25 @@ from jaxnn.core import reference_apply as reference_apply
 from jaxnn.fit import FitResult as FitResult
 from jaxnn.fit import fit as fit
 from jaxnn.layers import avg_pool as avg_pool
+from jaxnn.layers import batch_norm as batch_norm
+from jaxnn.layers import concatenate as concatenate
 from jaxnn.layers import conv as conv
 from jaxnn.layers import dense as dense
+from jaxnn.layers import dropout as dropout
 from jaxnn.layers import elu as elu
+from jaxnn.layers import embedding as embedding
 from jaxnn.layers import flatten as flatten
 from jaxnn.layers import gelu as gelu
 from jaxnn.layers import global_avg_pool as global_avg_pool
 from jaxnn.layers import identity as identity
+from jaxnn.layers import layer_norm as layer_norm
 from jaxnn.layers import leaky_relu as leaky_relu
 from jaxnn.layers import max_pool as max_pool
+from jaxnn.layers import parallel as parallel
 from jaxnn.layers import relu as relu
 from jaxnn.layers import reshape as reshape
+from jaxnn.layers import residual as residual
+from jaxnn.layers import rms_norm as rms_norm
 from jaxnn.layers import serial as serial
 from jaxnn.layers import sigmoid as sigmoid
 from jaxnn.layers import silu as silu
@@ -63,14 +71,18 @@ __all__ = [
     "activations",
     "apply",
     "avg_pool",
+    "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "concatenate",
     "conv",
     "data",
     "data_parallel",
     "debug",
     "dense",
+    "dropout",
     "elu",
+    "embedding",
     "ensemble",
     "fit",
     "flatten",
@@ -81,6 +93,7 @@ __all__ = [
     "identity",
     "initializers",
     "l2_penalty",
+    "layer_norm",
     "layers",
     "leaky_relu",
     "losses",
@@ -88,6 +101,7 @@ __all__ = [
     "map_leaves",
     "max_pool",
     "mean_squared_error",
+    "parallel",
     "per_example_grads",
     "precision",
     "predict",
@@ -95,6 +109,8 @@ __all__ = [
     "reference_apply",
     "remat",
     "reshape",
+    "residual",
+    "rms_norm",
     "run_steps",
     "relu",
     "serial",

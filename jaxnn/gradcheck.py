@@ -172,6 +172,23 @@ def _finite_differences(fn: Callable, arrays: list, index: int, eps: float, max_
     return positions, np.asarray(estimates)
 
 
+def _draw_input(key: jax.Array, in_shape: Sequence[int], input_dtype: Any) -> jax.Array:
+    """Standard normal entries, or integer ids in ``[0, 4)`` for an integer ``input_dtype``."""
+    shape = tuple(int(d) for d in in_shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"check_layer: in_shape must be concrete, got {shape}")
+    if input_dtype is not None and jnp.issubdtype(input_dtype, jnp.integer):
+        return jax.random.randint(key, shape, 0, 4).astype(input_dtype)
+    return jax.random.normal(key, shape, jnp.float64)
+
+
+def _shape_of(x) -> tuple:
+    """``x.shape``, or the tuple of the shapes of a tuple input (what ``init`` takes)."""
+    if isinstance(x, tuple | list):
+        return tuple(_shape_of(a) for a in x)
+    return tuple(jnp.shape(x))
+
+
 def _to_float64(tree):
     def cast(x):
         x = jnp.asarray(x)
@@ -253,11 +270,13 @@ def check_layer(
 
     Args:
       layer: any :class:`jaxnn.Layer`, a user's own included.
-      in_shape: the input shape, batch axis first (all entries concrete). Not needed when ``x``
-        is given.
+      in_shape: the input shape, batch axis first (all entries concrete); a tuple of shapes for
+        a layer taking a tuple of arrays (:func:`jaxnn.concatenate`). Not needed when ``x`` is
+        given.
       params, state: the layer's parameters and state; made by ``layer.init`` when omitted.
-      x: the input; standard normal entries when omitted (integer ids in ``[0, 4)`` when
-        ``input_dtype`` is an integer type).
+      x: the input, an array or a tuple of arrays; standard normal entries when omitted
+        (integer ids in ``[0, 4)`` when ``input_dtype`` is an integer type: then only the
+        parameters' gradients are checked).
       key: the PRNG key handed to ``forward`` (dropout); derived from ``seed`` when omitted and
         ``train`` is true.
       train: the mode to check (batch statistics, dropout masks).
@@ -265,45 +284,59 @@ def check_layer(
       name: the name used in the report (default ``layer.name``).
 
     Returns:
-      A :class:`GradcheckReport` with a row per parameter and for the input, against
-      ``jax.grad`` and against finite differences.
+      A :class:`GradcheckReport` with a row per parameter and for the input (``"input"``, or
+      ``"input[i]"`` per entry of a tuple input), against ``jax.grad`` and against finite
+      differences. A tuple-valued output gets a cotangent per entry:
+      ``S = Σ_i Σ v_i ⊙ y_i``.
     """
     with jax.enable_x64(True):
         k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
         if x is None:
             if in_shape is None:
                 raise ValueError("check_layer: give in_shape or x")
-            shape = tuple(int(d) for d in in_shape)
-            if any(d < 0 for d in shape):
-                raise ValueError(f"check_layer: in_shape must be concrete, got {shape}")
-            if input_dtype is not None and jnp.issubdtype(input_dtype, jnp.integer):
-                x = jax.random.randint(k_x, shape, 0, 4).astype(input_dtype)
+            if in_shape and all(isinstance(d, Sequence) for d in in_shape):  # a tuple input
+                x = tuple(_draw_input(k, s, input_dtype)
+                          for k, s in zip(jax.random.split(k_x, len(in_shape)), in_shape,
+                                          strict=True))
             else:
-                x = jax.random.normal(k_x, shape, jnp.float64)
+                x = _draw_input(k_x, in_shape, input_dtype)
         x = _to_float64(x)
         if params is None or state is None:
-            _, p0, s0 = layer.init(k_init, tuple(x.shape))
+            _, p0, s0 = layer.init(k_init, _shape_of(x))
             params = p0 if params is None else params
             state = s0 if state is None else state
         params, state = _to_float64(params), _to_float64(state)
         if key is None and train:
             key = k_fwd
         y, _ = reference_apply(layer, params, state, x, key=key, train=train)
-        v = jax.random.normal(k_v, y.shape, jnp.float64)
+        y_leaves, y_def = jax.tree.flatten(y)
+        if isinstance(y, tuple | list):  # one cotangent per output entry
+            v_leaves = [jax.random.normal(k, leaf.shape, jnp.float64) for k, leaf in
+                        zip(jax.random.split(k_v, len(y_leaves)), y_leaves, strict=True)]
+        else:
+            v_leaves = [jax.random.normal(k_v, y.shape, jnp.float64)]
 
         leaves, treedef = jax.tree.flatten(params)
+        x_leaves, x_def = jax.tree.flatten(x)
 
         def scalar(path_fn):
             def s(*arrays):
-                p = jax.tree.unflatten(treedef, arrays[:-1])
-                out, _ = path_fn(layer, p, state, arrays[-1], key=key, train=train)
-                return jnp.sum(v * out)
+                p = jax.tree.unflatten(treedef, arrays[:len(leaves)])
+                inp = jax.tree.unflatten(x_def, arrays[len(leaves):])
+                out, _ = path_fn(layer, p, state, inp, key=key, train=train)
+                out_leaves, out_def = jax.tree.flatten(out)
+                if out_def != y_def:
+                    raise ValueError(f"check_layer: the output's structure {out_def} differs "
+                                     f"from the reference's {y_def}")
+                return sum(jnp.sum(v * o) for v, o in zip(v_leaves, out_leaves, strict=True))
 
             return s
 
-        names = [*_leaf_names(params), "input"]
+        input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(x)]
+        names = [*_leaf_names(params), *input_names]
         return _check_scalar(
-            name or layer.name, scalar(apply), scalar(reference_apply), [*leaves, x], names,
+            name or layer.name, scalar(apply), scalar(reference_apply), [*leaves, *x_leaves],
+            names,
             rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
             max_fd_entries=max_fd_entries, seed=seed,
         )

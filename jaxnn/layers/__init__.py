@@ -10,27 +10,38 @@ from jaxnn.activations import silu_layer as silu
 from jaxnn.activations import softmax_layer as softmax
 from jaxnn.activations import softplus_layer as softplus
 from jaxnn.activations import tanh_layer as tanh
-from jaxnn.combinators import serial
+from jaxnn.combinators import concatenate, parallel, residual, serial
 from jaxnn.layers.conv import conv
 from jaxnn.layers.dense import dense
+from jaxnn.layers.dropout import dropout
+from jaxnn.layers.embed import embedding
+from jaxnn.layers.norm import batch_norm, layer_norm, rms_norm
 from jaxnn.layers.pool import avg_pool, global_avg_pool, max_pool
 from jaxnn.layers.shape import flatten, reshape
 from jaxnn.remat import remat
 
 __all__ = [
     "avg_pool",
+    "batch_norm",
+    "concatenate",
     "conv",
     "dense",
+    "dropout",
     "elu",
+    "embedding",
     "flatten",
     "gelu",
     "global_avg_pool",
     "identity",
+    "layer_norm",
     "leaky_relu",
     "max_pool",
+    "parallel",
     "relu",
     "remat",
     "reshape",
+    "residual",
+    "rms_norm",
     "serial",
     "sigmoid",
     "silu",

@@ -1,0 +1,82 @@
+"""Dropout, forward beside its hand-derived backward.
+
+Forward in training mode, with ``rate`` the probability of **dropping** an entry (not the keep
+probability, as in stax) and a mask ``k ~ Bernoulli(1 − rate)`` drawn from the PRNG key::
+
+    y = k ⊙ x · 1/(1 − rate)         dx = k ⊙ dy · 1/(1 − rate)
+
+(inverted dropout: the expectation of ``y`` is ``x``, so evaluation needs no rescaling). In
+evaluation mode ``y = x`` and ``dx = dy``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn.core import Layer, check_float, stateless_init
+
+__all__ = ["dropout"]
+
+
+def dropout(rate: float) -> Layer:
+    """Inverted dropout: zeroes each entry with probability ``rate`` in training mode.
+
+    Training mode needs a PRNG key (``jaxnn.apply(..., key=k, train=True)``, or
+    ``jaxnn.make_train_step(..., stateful=True)``, which takes one per step); each call with
+    the same key drops the same entries. Evaluation mode is the identity. ``rate=0`` is the
+    identity in both modes and needs no key.
+
+    The backward keeps the **mask** from the forward as its residual (one bool per entry)
+    rather than the key to draw it again: the way back then uses exactly the entries the way
+    forward dropped by construction, whatever the PRNG implementation, and costs no second
+    draw of random bits; the memory is a quarter of a float32 activation.
+
+    Args:
+      rate: the probability of dropping an entry, in ``[0, 1)``.
+
+    Returns:
+      A :class:`jaxnn.Layer` without params or state.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.dropout(0.5)
+    >>> y, _ = jaxnn.apply(layer, (), (), jnp.ones(6), key=jax.random.key(0), train=True)
+    >>> sorted(set(y.tolist())) # kept entries are scaled by 1/(1 − 0.5)
+    [0.0, 2.0]
+    >>> jaxnn.apply(layer, (), (), jnp.ones(3))[0].tolist()  # evaluation mode: the identity
+    [1.0, 1.0, 1.0]
+    """
+    name = "dropout"
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool):
+        raise TypeError(f"dropout: rate must be a float in [0, 1), got {rate!r}")
+    rate = float(rate)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate (the probability of dropping) must be in [0, 1), "
+                         f"got {rate}")
+    keep_probability = 1.0 - rate
+    # a multiplication by 1/(1 − rate), which is what XLA makes of a division by a constant
+    # anyway: the kept entries are exactly x · (1/(1 − rate)), within an ulp of x / (1 − rate)
+    scale = 1.0 / keep_probability
+
+    def forward(params, state, x, *, key=None, train=False):
+        check_float(name, x)
+        if not train or rate == 0.0:
+            return x, state, None
+        if key is None:
+            raise ValueError(
+                "dropout: training mode needs a PRNG key, got key=None; pass "
+                "jaxnn.apply(..., key=jax.random.key(seed), train=True), or use "
+                "jaxnn.make_train_step(..., stateful=True) and give each step a key"
+            )
+        keep = jax.random.bernoulli(key, keep_probability, x.shape)
+        y = jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
+        return y, state, keep
+
+    def backward(params, keep, dy):
+        if keep is None:  # evaluation mode (or rate 0): the identity
+            return (), dy
+        return (), jnp.where(keep, dy * scale, jnp.zeros((), dy.dtype))
+
+    return Layer(name, stateless_init(lambda s: s), forward, backward)

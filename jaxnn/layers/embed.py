@@ -1,0 +1,115 @@
+"""Embedding: integer ids to learned vectors, forward beside its hand-derived backward.
+
+Forward: a row lookup in the table ``E`` of shape ``(num_embeddings, features)``::
+
+    y[..., :] = E[ids[...], :]
+
+Backward: each row of the table receives the sum of the output gradients of the positions that
+looked it up (a scatter-add); the integer ids get no gradient::
+
+    dE = Σ_positions onehot(ids) ⊗ dy      i.e.  dE = zeros.at[ids].add(dy)
+    dids = None
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnn import initializers
+from jaxnn.core import Layer
+
+__all__ = ["embedding"]
+
+
+def embedding(
+    num_embeddings: int,
+    features: int,
+    *,
+    w_init: initializers.Initializer | None = None,
+    dtype=jnp.float32,
+) -> Layer:
+    """A lookup table mapping integer ids of any shape to vectors: ``ids.shape + (features,)``.
+
+    The table is the params entry ``"embedding"``, deliberately not ``"W"``, so L2
+    (:func:`jaxnn.train.weight_mask`) does not decay it: the penalty's gradient ``λ·E`` would
+    shrink every row at every step, while a row's data gradient is non-zero only in the steps
+    whose batch holds its id, so rare ids would be pulled to zero by the penalty alone. (Leaving
+    embeddings out of weight decay is the usual practice for the same reason.) To decay it
+    anyway, add ``λ·E`` to its gradient yourself.
+
+    Ids must lie in ``[0, num_embeddings)``; negative ids do **not** count from the end. When
+    the ids are concrete (outside ``jit``) an id out of range raises a ``ValueError``. Under
+    ``jit`` they are unknown at trace time and cannot be checked: an out-of-range id then gives
+    a row of NaN (rather than the silently clamped row plain JAX indexing would read), so the
+    mistake shows in the loss, and it contributes no gradient to the table.
+
+    Args:
+      num_embeddings: the number of ids (rows of the table).
+      features: the length of each vector.
+      w_init: initializer of the table (default :func:`jaxnn.initializers.normal` with
+        ``stddev=1``: entries of unit variance, the scale a following ``dense`` with its
+        ``lecun_normal`` initialization expects of its input, as PyTorch's default).
+      dtype: dtype of the table.
+
+    Returns:
+      A :class:`jaxnn.Layer` with params ``{"embedding": (num_embeddings, features)}``.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.embedding(10, 3)
+    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 5))
+    >>> out_shape
+    (-1, 5, 3)
+    >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[1, 2, 3, 4, 1]]))
+    >>> bool((y[0, 0] == params["embedding"][1]).all())
+    True
+    """
+    name = "embedding"
+    for arg, value in (("num_embeddings", num_embeddings), ("features", features)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: {arg} must be a positive int, got {value!r}")
+    w_init = initializers.normal(1.0) if w_init is None else w_init
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) < 1:
+            raise ValueError(f"{name}: in_shape must be (batch, ...) of ids, got {in_shape}")
+        return in_shape + (features,), {"embedding": w_init(key, (num_embeddings, features),
+                                                            dtype)}, ()
+
+    def forward(params, state, ids, *, key=None, train=False):
+        del key, train
+        dtype_ = getattr(ids, "dtype", None)
+        if dtype_ is None or not jnp.issubdtype(dtype_, jnp.integer):
+            raise TypeError(f"{name}: expected integer ids, got dtype {dtype_}; convert them "
+                            f"with ids.astype(jnp.int32)")
+        table = params["embedding"]
+        if table.shape != (num_embeddings, features):
+            raise ValueError(f"{name}: expected a table of shape {(num_embeddings, features)}, "
+                             f"got {tuple(table.shape)}")
+        _check_range_if_concrete(ids, num_embeddings)
+        # out-of-range ids (only possible under jit) read the fill value, NaN
+        rows = jnp.where((ids >= 0) & (ids < num_embeddings), ids, num_embeddings)
+        y = jnp.take(table, rows, axis=0, mode="fill", fill_value=jnp.nan)
+        return y, state, rows
+
+    def backward(params, rows, dy):
+        table = params["embedding"]
+        flat_rows = rows.reshape(-1)
+        flat_dy = dy.reshape(-1, features).astype(table.dtype)
+        # the scatter-add of dy into the table; rows == num_embeddings (out of range) drop out
+        d_table = jnp.zeros_like(table).at[flat_rows].add(flat_dy, mode="drop")
+        return {"embedding": d_table}, None
+
+    return Layer(name, init, forward, backward)
+
+
+def _check_range_if_concrete(ids, num_embeddings: int) -> None:
+    if isinstance(ids, jax.core.Tracer) or ids.size == 0:
+        return
+    values = np.asarray(ids)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_embeddings:
+        raise ValueError(f"embedding: ids must be in [0, {num_embeddings}), got ids from {low} "
+                         f"to {high}")

@@ -1,0 +1,402 @@
+"""Normalization layers, each forward beside its hand-derived backward.
+
+All three normalize, then scale and shift per feature:
+
+* ``batch_norm``: statistics over the batch (every axis but the feature axis), running
+  statistics kept as explicit state for evaluation;
+* ``layer_norm``: mean and variance over the features of each example;
+* ``rms_norm``: the root mean square over the features of each example (no centring).
+
+The backward of a normalization by its own statistics. Write ``x̂ = (x − μ)·s`` with
+``μ = (1/N) Σ x`` and ``s = 1/sqrt(σ² + ε)``, ``σ² = (1/N) Σ (x − μ)²``, the sums over the
+``N`` entries that share the statistics, and ``dx̂ = dy·γ``. Since ``∂μ/∂x_j = 1/N`` and
+``∂σ²/∂x_j = (2/N)(x_j − μ)``,
+
+    dx = (s/N) · (N·dx̂ − Σ dx̂ − x̂ · Σ (dx̂ ⊙ x̂))
+
+(the mean subtracts the gradient's mean, the variance its component along ``x̂``).
+:func:`batch_norm` in training mode and :func:`layer_norm` both use it, over different axes.
+With fixed statistics (batch norm in evaluation mode) the map is affine: ``dx = dx̂·s``.
+For ``rms_norm``, ``x̂ = x·r`` with ``r = 1/sqrt((1/N) Σ x² + ε)``:
+``dx = r · (dx̂ − x̂ · (1/N) Σ (dx̂ ⊙ x̂))``.
+
+In every case ``dγ = Σ dy ⊙ x̂`` and ``dβ = Σ dy`` over all axes but the feature axis.
+Statistics are computed in at least float32, so half-precision inputs are normalized stably;
+the output has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import initializers
+from jaxnn.core import Array, Layer, check_features, check_float
+
+__all__ = ["batch_norm", "layer_norm", "rms_norm"]
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+def _check_epsilon(name: str, epsilon: float) -> float:
+    epsilon = float(epsilon)
+    if not epsilon > 0:
+        raise ValueError(f"{name}: epsilon must be > 0, got {epsilon}")
+    return epsilon
+
+
+def _along(v: Array, ndim: int, axis: int) -> Array:
+    """``v`` of shape ``(F,)`` reshaped to broadcast along ``axis`` of a rank-``ndim`` array.
+
+    An explicit reshape: jaxnn never relies on implicit rank promotion.
+    """
+    shape = [1] * ndim
+    shape[axis] = v.shape[0]
+    return v.reshape(shape)
+
+
+def _other_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def _compute_dtype(x: Array):
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
+def _scale_and_offset(params: dict, xhat: Array, axis: int) -> Array:
+    """``y = γ ⊙ x̂ + β`` with whichever of ``γ`` (scale) and ``β`` (offset) the layer has."""
+    y = xhat
+    if "scale" in params:
+        y = y * _along(params["scale"].astype(xhat.dtype), xhat.ndim, axis)
+    if "offset" in params:
+        y = y + _along(params["offset"].astype(xhat.dtype), xhat.ndim, axis)
+    return y
+
+
+def _scale_and_offset_backward(params: dict, xhat: Array, dy: Array, axis: int
+                               ) -> tuple[dict, Array]:
+    """``(dparams, dx̂)``: ``dγ = Σ dy ⊙ x̂``, ``dβ = Σ dy`` over all axes but ``axis``;
+    ``dx̂ = dy·γ``."""
+    others = _other_axes(dy.ndim, axis)
+    grads = {}
+    if "scale" in params:
+        grads["scale"] = jnp.sum(dy * xhat, axis=others).astype(params["scale"].dtype)
+    if "offset" in params:
+        grads["offset"] = jnp.sum(dy, axis=others).astype(params["offset"].dtype)
+    dxhat = dy
+    if "scale" in params:
+        dxhat = dy * _along(params["scale"].astype(dy.dtype), dy.ndim, axis)
+    return grads, dxhat
+
+
+def _normalized_backward(dxhat: Array, xhat: Array, inv_std: Array, axes: tuple[int, ...]
+                         ) -> Array:
+    """``dx = s · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂))``, the means over ``axes``.
+
+    The same as ``(s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)``: the backward through the mean and the
+    (biased) variance of the entries that share the statistics.
+    """
+    mean_dxhat = jnp.mean(dxhat, axis=axes, keepdims=True)
+    mean_dxhat_xhat = jnp.mean(dxhat * xhat, axis=axes, keepdims=True)
+    return inv_std * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+
+
+def _affine_params(key, features: int, use_scale: bool, use_offset: bool, scale_init,
+                   offset_init, dtype) -> dict:
+    k_scale, k_offset = jax.random.split(key)
+    params = {}
+    if use_scale:
+        params["scale"] = scale_init(k_scale, (features,), dtype)
+    if use_offset:
+        params["offset"] = offset_init(k_offset, (features,), dtype)
+    return params
+
+
+def _feature_count(name: str, in_shape: tuple, axis: int) -> int:
+    if len(in_shape) < 2:
+        raise ValueError(f"{name}: in_shape must be (batch, ..., features), got {in_shape}")
+    features = in_shape[axis]
+    if features < 1:
+        raise ValueError(
+            f"{name}: the feature axis {axis} of in_shape {in_shape} must have a known size, "
+            f"got {features}"
+        )
+    return features
+
+
+# --- batch norm --------------------------------------------------------------------------------
+
+
+def batch_norm(
+    *,
+    momentum: float = 0.99,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_offset: bool = True,
+    axis: int = -1,
+    scale_init: initializers.Initializer = initializers.ones,
+    offset_init: initializers.Initializer = initializers.zeros,
+    dtype=jnp.float32,
+) -> Layer:
+    """Batch normalization with running statistics as explicit state.
+
+    Forward, with ``μ_B``, ``σ²_B`` the mean and (biased) variance over every axis but the
+    feature axis (``N`` entries per feature)::
+
+        train:  x̂ = (x − μ_B) / sqrt(σ²_B + ε)         eval:  x̂ = (x − μ_run) / sqrt(σ²_run + ε)
+        y = γ ⊙ x̂ + β
+
+    Backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``)::
+
+        train:  dx = (s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)   eval:  dx = dx̂·s
+        dγ = Σ dy ⊙ x̂,   dβ = Σ dy
+
+    In training mode the state is updated as
+
+        running = momentum · running + (1 − momentum) · batch
+
+    (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
+    batch mean and the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the
+    population variance the original batch-norm paper uses at inference (and PyTorch keeps).
+    The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
+    statistics are used and the state is returned unchanged. The state's cotangent is dropped,
+    as for all state.
+
+    Args:
+      momentum: weight of the old running statistics, in ``[0, 1]``.
+      epsilon: ``ε`` added to the variance.
+      use_scale: learn ``γ`` (params entry ``"scale"``).
+      use_offset: learn ``β`` (params entry ``"offset"``).
+      axis: the feature axis (default the last, NHWC images and ``(batch, features)`` alike);
+        not the batch axis 0.
+      scale_init, offset_init: initializers of ``γ`` (ones) and ``β`` (zeros).
+      dtype: dtype of the parameters and the running statistics.
+
+    Returns:
+      A :class:`jaxnn.Layer` with params ``{"scale": (F,), "offset": (F,)}`` and state
+      ``{"mean": (F,), "var": (F,)}`` (zeros and ones at init). Neither is decayed by L2.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.batch_norm(momentum=0.9)
+    >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
+    >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> y, state = jaxnn.apply(layer, params, state, x, train=True)
+    >>> [[round(v, 4) for v in row] for row in y.tolist()]
+    [[-1.0, -1.0], [1.0, 1.0]]
+    >>> [round(m, 4) for m in state["mean"].tolist()]  # 0.9 · 0 + 0.1 · (2, 20)
+    [0.2, 2.0]
+    """
+    name = "batch_norm"
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum}")
+    epsilon = _check_epsilon(name, epsilon)
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+
+    def feature_axis(ndim: int) -> int:
+        if not -ndim <= axis < ndim:
+            raise ValueError(f"{name}: axis {axis} is out of range for an input of rank {ndim}")
+        ax = axis % ndim
+        if ax == 0:
+            raise ValueError(f"{name}: axis {axis} is the batch axis; the feature axis must be "
+                             f"another one")
+        return ax
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        if len(in_shape) < 2:
+            raise ValueError(f"{name}: in_shape must be (batch, ..., features), got {in_shape}")
+        ax = feature_axis(len(in_shape))
+        features = _feature_count(name, in_shape, ax)
+        params = _affine_params(key, features, use_scale, use_offset, scale_init, offset_init,
+                                dtype)
+        state = {"mean": jnp.zeros((features,), dtype), "var": jnp.ones((features,), dtype)}
+        return in_shape, params, state
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key
+        check_float(name, x)
+        if x.ndim < 2:
+            raise ValueError(f"{name}: expected an input (batch, ..., features), got shape "
+                             f"{tuple(x.shape)}")
+        ax = feature_axis(x.ndim)
+        if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+            raise ValueError(f"{name}: state must be the dict {{'mean', 'var'}} made by init, "
+                             f"got {state!r}")
+        features = state["mean"].shape[0]
+        check_features(name, x, features, ax)
+        others = _other_axes(x.ndim, ax)
+        xc = x.astype(_compute_dtype(x))
+        if train:
+            n = math.prod(x.shape[a] for a in others)
+            if n < 2:
+                raise ValueError(
+                    f"{name}: training mode needs more than one value per feature to compute "
+                    f"batch statistics, got shape {tuple(x.shape)}"
+                )
+            mean = jnp.mean(xc, axis=others, keepdims=True)
+            centered = xc - mean
+            var = jnp.mean(centered * centered, axis=others, keepdims=True)
+            inv_std = jax.lax.rsqrt(var + epsilon)
+            xhat = centered * inv_std
+            unbiased = var.reshape(features) * (n / (n - 1))
+            new_state = {
+                "mean": (momentum * state["mean"]
+                         + (1 - momentum) * mean.reshape(features)).astype(state["mean"].dtype),
+                "var": (momentum * state["var"]
+                        + (1 - momentum) * unbiased).astype(state["var"].dtype),
+            }
+        else:
+            mean = _along(state["mean"].astype(xc.dtype), x.ndim, ax)
+            inv_std = _along(jax.lax.rsqrt(state["var"].astype(xc.dtype) + epsilon), x.ndim, ax)
+            xhat = (xc - mean) * inv_std
+            new_state = state
+        y = _scale_and_offset(params, xhat, ax).astype(x.dtype)
+        # `train` rides along as a Python bool: the backward depends on the mode
+        return y, new_state, (xhat, inv_std, bool(train))
+
+    def backward(params, residuals, dy):
+        xhat, inv_std, batch_statistics = residuals
+        ax = feature_axis(dy.ndim)
+        grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype), ax)
+        if batch_statistics:
+            dx = _normalized_backward(dxhat, xhat, inv_std, _other_axes(dy.ndim, ax))
+        else:
+            dx = dxhat * inv_std
+        return grads, dx.astype(dy.dtype)
+
+    return Layer(name, init, forward, backward)
+
+
+# --- layer norm --------------------------------------------------------------------------------
+
+
+def layer_norm(
+    *,
+    epsilon: float = 1e-5,
+    use_scale: bool = True,
+    use_offset: bool = True,
+    scale_init: initializers.Initializer = initializers.ones,
+    offset_init: initializers.Initializer = initializers.zeros,
+    dtype=jnp.float32,
+) -> Layer:
+    """Layer normalization over the feature (last) axis of each example.
+
+    Forward, with ``μ``, ``σ²`` the mean and (biased) variance of the ``F`` features of each
+    example, and backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``, sums over the features)::
+
+        x̂ = (x − μ)·s,  y = γ ⊙ x̂ + β        dx = (s/F)(F·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)
+                                              dγ = Σ_examples dy ⊙ x̂,  dβ = Σ_examples dy
+
+    The same in training and evaluation; no state.
+
+    Args:
+      epsilon: ``ε`` added to the variance.
+      use_scale, use_offset: learn ``γ`` (``"scale"``) and ``β`` (``"offset"``), shape ``(F,)``.
+      scale_init, offset_init: their initializers (ones, zeros).
+      dtype: dtype of the parameters.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.layer_norm()
+    >>> _, params, _ = layer.init(jax.random.key(0), (-1, 2))
+    >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[1.0, 3.0]]))
+    >>> [round(v, 4) for v in y[0].tolist()]
+    [-1.0, 1.0]
+    """
+    name = "layer_norm"
+    epsilon = _check_epsilon(name, epsilon)
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        features = _feature_count(name, in_shape, -1)
+        params = _affine_params(key, features, use_scale, use_offset, scale_init, offset_init,
+                                dtype)
+        return in_shape, params, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        check_float(name, x)
+        _check_params_features(name, params, x)
+        xc = x.astype(_compute_dtype(x))
+        mean = jnp.mean(xc, axis=-1, keepdims=True)
+        centered = xc - mean
+        inv_std = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
+        xhat = centered * inv_std
+        y = _scale_and_offset(params, xhat, x.ndim - 1).astype(x.dtype)
+        return y, state, (xhat, inv_std)
+
+    def backward(params, residuals, dy):
+        xhat, inv_std = residuals
+        grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype),
+                                                  dy.ndim - 1)
+        dx = _normalized_backward(dxhat, xhat, inv_std, (dy.ndim - 1,))
+        return grads, dx.astype(dy.dtype)
+
+    return Layer(name, init, forward, backward)
+
+
+def _check_params_features(name: str, params: dict, x: Array) -> None:
+    if x.ndim < 1:
+        raise ValueError(f"{name}: expected an input with a feature axis, got a scalar")
+    for entry in ("scale", "offset"):
+        if entry in params:
+            check_features(name, x, params[entry].shape[0])
+
+
+# --- RMS norm ----------------------------------------------------------------------------------
+
+
+def rms_norm(
+    *,
+    epsilon: float = 1e-6,
+    use_scale: bool = True,
+    scale_init: initializers.Initializer = initializers.ones,
+    dtype=jnp.float32,
+) -> Layer:
+    """Root-mean-square normalization over the feature (last) axis of each example.
+
+    Forward and backward (``r = 1/sqrt((1/F) Σ x² + ε)``, ``dx̂ = dy·γ``, sums over the
+    ``F`` features)::
+
+        x̂ = x·r,  y = γ ⊙ x̂        dx = r · (dx̂ − x̂ · (1/F) Σ dx̂ ⊙ x̂)
+                                    dγ = Σ_examples dy ⊙ x̂
+
+    (``∂x̂_i/∂x_j = r(δ_ij − x̂_i x̂_j / F)``.) No centring and no offset; no state.
+
+    Args:
+      epsilon: ``ε`` added to the mean square.
+      use_scale: learn ``γ`` (params entry ``"scale"``, shape ``(F,)``).
+      scale_init: its initializer (ones).
+      dtype: dtype of the parameters.
+    """
+    name = "rms_norm"
+    epsilon = _check_epsilon(name, epsilon)
+
+    def init(key, in_shape):
+        in_shape = tuple(in_shape)
+        features = _feature_count(name, in_shape, -1)
+        params = _affine_params(key, features, use_scale, False, scale_init, None, dtype)
+        return in_shape, params, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        check_float(name, x)
+        _check_params_features(name, params, x)
+        xc = x.astype(_compute_dtype(x))
+        inv_rms = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + epsilon)
+        xhat = xc * inv_rms
+        y = _scale_and_offset(params, xhat, x.ndim - 1).astype(x.dtype)
+        return y, state, (xhat, inv_rms)
+
+    def backward(params, residuals, dy):
+        xhat, inv_rms = residuals
+        grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype),
+                                                  dy.ndim - 1)
+        dx = inv_rms * (dxhat - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+        return grads, dx.astype(dy.dtype)
+
+    return Layer(name, init, forward, backward)
