@@ -3,6 +3,10 @@
 ``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``. Its backward is the seed's chain rule
 walked in reverse: ``dA[L]`` goes into ``fL.backward``, whose ``dx`` is ``dA[L-1]`` for
 ``f(L-1).backward``, and so on down to ``dA[0] = dx``.
+
+``parallel`` (fan-out to branches, a tuple of outputs), ``concatenate`` (a tuple back into one
+array) and ``residual`` (``x + f(x)``) compose their branches' backward the same way: the input
+gradient of a fan-out is the sum of the branches' ones.
 """
 
 from __future__ import annotations
