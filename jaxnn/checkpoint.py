@@ -117,6 +117,7 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → the usual mode of a new file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -136,6 +137,12 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
         pass
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -655,14 +655,17 @@ def bench(args: argparse.Namespace) -> int:
         raise CommandError(f"jaxnn bench runs the benchmark of a source checkout, and "
                            f"{BENCHMARK} is not there (install jaxnn with pip install -e from a "
                            f"clone of the repository)")
-    spec = importlib.util.spec_from_file_location("jaxnn_benchmark_train_step", BENCHMARK)
+    name = "jaxnn_benchmark_train_step"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as err:  # a peer library of the full comparison, say
+        raise CommandError(f"{BENCHMARK}: {err}") from err
     if not hasattr(module, "main"):
         raise CommandError(f"{BENCHMARK} has no main(argv) to run")
-    extra = list(args.bench_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
+    extra = [a for a in args.bench_args if a != "--"]
     argv = extra if args.full else ["--quick", *extra]
     result = module.main(argv)
     return result if isinstance(result, int) else 0
@@ -732,10 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=summary)
 
     p = commands.add_parser("bench", help="the training-step speed benchmark, short mode",
-                            description="Runs benchmarks/train_step.py --quick; arguments "
-                            "after the command go to the benchmark.")
+                            description="Runs benchmarks/train_step.py --quick; other "
+                            "arguments (e.g. --rounds 7) go to the benchmark.")
     p.add_argument("--full", action="store_true", help="the full benchmark, not --quick")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     p.set_defaults(run=bench)
     return parser
 
@@ -745,7 +747,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxnn.checkpoint import CheckpointError
     from jaxnn.data import DataFileError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.bench_args = extra
     try:
         return args.run(args)
     except (CommandError, CheckpointError, DataFileError) as err:

@@ -133,3 +133,9 @@ def test_metadata_must_be_json(tmp_path):
     with pytest.raises(TypeError, match="JSON-serializable"):
         checkpoint.save(tmp_path / "c.npz", {"W": jnp.ones(1)}, metadata={"x": object()})
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_a_checkpoint_gets_the_mode_of_an_ordinary_new_file(tmp_path):
+    checkpoint.save(tmp_path / "c.npz", {"W": jnp.ones(1)})
+    (tmp_path / "plain").write_bytes(b"")
+    assert (tmp_path / "c.npz").stat().st_mode == (tmp_path / "plain").stat().st_mode

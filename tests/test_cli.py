@@ -285,3 +285,27 @@ def test_build_model_is_the_classic_network():
     x = jnp.ones((2, 2))
     _, params, _ = model.init(jax.random.key(0), (-1, 2))
     assert jaxnn.predict(model, params, x).shape == (2, 1)
+
+
+def test_bench_runs_the_benchmark_in_its_quick_mode(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "train_step.py"
+    fake.write_text("import dataclasses\n\n\n@dataclasses.dataclass\nclass Sizes:\n    n: int = 1\n"
+                    "\n\ndef main(argv):\n    print('benchmark argv', argv)\n    return 0\n")
+    monkeypatch.setattr(cli, "BENCHMARK", fake)
+    assert cli.main(["bench"]) == 0
+    assert "benchmark argv ['--quick']" in capsys.readouterr().out
+    assert cli.main(["bench", "--full", "--rounds", "7"]) == 0
+    assert "benchmark argv ['--rounds', '7']" in capsys.readouterr().out
+
+
+def test_bench_without_the_benchmark_file_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "BENCHMARK", tmp_path / "benchmarks" / "train_step.py")
+    assert cli.main(["bench"]) == 1
+    err = capsys.readouterr().err
+    assert "jaxnn bench: error:" in err and "benchmarks/train_step.py is not there" in err
+
+
+def test_the_real_benchmark_exposes_main_with_a_quick_mode():
+    assert cli.BENCHMARK.is_file()
+    source = cli.BENCHMARK.read_text()
+    assert "def main(argv" in source and '"--quick"' in source

@@ -23,5 +23,18 @@ def test_readme_has_the_main_job_and_the_test_set_up_commands():
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
     setup = [b for b in blocks if "pip install" in b]
     assert len(setup) == 2, "the README must keep exactly two set-up commands"
-    assert "-m venv" in setup[0] and "pip install -e ." in setup[0]
+    assert "-m venv" in setup[0] and 'pip install -e ".[cli]"' in setup[0]
+    assert setup[0].strip().endswith("&& jaxnn train"), "the main job is `jaxnn train`"
     assert _ci_test_command() in setup[1]
+
+
+def test_readme_shows_every_subcommand_and_the_pictures_it_makes():
+    from jaxnn import cli
+
+    readme = (ROOT / "README.md").read_text()
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    for command in commands:
+        assert f"jaxnn {command}" in readme, f"the README does not show `jaxnn {command}`"
+    for picture in re.findall(r"\]\((docs/[^)]+\.png)\)", readme):
+        assert (ROOT / picture).is_file(), f"{picture} is shown but missing"
+    assert "docs/train_cost.png" in readme and "docs/train_decision_boundary.png" in readme
