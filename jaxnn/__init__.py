@@ -1,6 +1,7 @@
 """jaxnn: functional neural networks in JAX with hand-derived, verified backward passes."""
 
 from jaxnn import activations as activations
+from jaxnn import checkpoint as checkpoint
 from jaxnn import data as data
 from jaxnn import data_parallel as data_parallel
 from jaxnn import debug as debug
@@ -74,6 +75,7 @@ __all__ = [
     "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "checkpoint",
     "concatenate",
     "conv",
     "data",
