@@ -99,8 +99,9 @@ def weight_gradient(x: jax.Array, dz: jax.Array) -> jax.Array:
     order of the matrix product changes. XLA's CPU backend runs the product that contracts the
     batch axis and writes a ``(n_in, n_out)`` row-major result several times slower when
     ``n_out`` is small than the product ``dZᵀ x`` that writes ``(n_out, n_in)`` (measured with
-    ``benchmarks/train_step.py``: 6.8× for the classic ``12288 → 7`` layer at 209 examples, 4×
-    for ``1024 → 10`` at 128, break-even near ``n_in = 2 n_out``, 0.8× at ``n_in = n_out``).
+    ``benchmarks/weight_gradient.py`` on 2 CPU cores: 6.8–8.8× for the classic ``12288 → 7``
+    layer at 209 examples, 4× for ``1024 → 10`` at 128, break-even near ``n_in = 2 n_out``,
+    0.6–0.8× at ``n_in ≤ n_out``).
     So a layer that narrows its input four-fold or more computes ``(dZᵀ x)ᵀ``. The
     ``optimization_barrier`` keeps XLA's simplifier from folding the transpose back into the
     slow product; the transpose itself copies only ``n_in·n_out`` entries.
