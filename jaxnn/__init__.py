@@ -52,6 +52,7 @@ from jaxnn.losses import mean_squared_error as mean_squared_error
 from jaxnn.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxnn.precision import Policy as Policy
 from jaxnn.remat import remat as remat
+from jaxnn.summary import summary as summary
 from jaxnn.train import accuracy as accuracy
 from jaxnn.train import l2_penalty as l2_penalty
 from jaxnn.train import make_train_step as make_train_step
@@ -109,18 +110,19 @@ __all__ = [
     "predict",
     "privacy",
     "reference_apply",
+    "relu",
     "remat",
     "reshape",
     "residual",
     "rms_norm",
     "run_steps",
-    "relu",
     "serial",
     "sigmoid",
     "silu",
     "softmax",
     "softmax_cross_entropy",
     "softplus",
+    "summary",
     "tanh",
     "value_and_grad",
 ]

@@ -8,8 +8,9 @@ dilation ``d`` spans ``k_eff = (k − 1)·d + 1`` entries; with padding ``(lo, h
     ``out = ⌊(n + lo + hi − k_eff) / s⌋ + 1``
 
 windows, window ``o`` covering the padded positions ``o·s + j·d`` (``j = 0 … k − 1``). This is
-``jax.lax``'s own formula. ``"SAME"`` pads ``k_eff − 1``-ish entries so that
-``out = ⌈n / s⌉`` (the extra entry, if odd, at the end); ``"VALID"`` pads nothing.
+``jax.lax``'s own formula. ``"VALID"`` pads nothing; ``"SAME"`` pads
+``max((⌈n/s⌉ − 1)·s + k_eff − n, 0)`` entries in all, half in front and the odd one at the end,
+so that ``out = ⌈n / s⌉``.
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def max_pool(
       window's arg-max; on a tie the first maximum in row-major window order gets it all.
 
     >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.max_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0]
-    Array([3., 2.], dtype=float32)
+    >>> jaxnn.max_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0].tolist()
+    [3.0, 2.0]
     """
     name = "max_pool"
     rank, window, strides, padding = _window_arguments(name, window, strides, padding)
@@ -171,8 +171,8 @@ def avg_pool(
       ``dy / count`` of that window (summed over the windows the entry belongs to).
 
     >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.avg_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0]
-    Array([2., 1.], dtype=float32)
+    >>> jaxnn.avg_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0].tolist()
+    [2.0, 1.0]
     """
     name = "avg_pool"
     rank, window, strides, padding = _window_arguments(name, window, strides, padding)
@@ -218,8 +218,8 @@ def global_avg_pool() -> Layer:
     Backward: ``dx[n, …, c] = dy[n, c] / P`` with ``P`` the number of spatial positions.
 
     >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.global_avg_pool()(jnp.arange(6.0).reshape(1, 3, 2))
-    Array([[2., 3.]], dtype=float32)
+    >>> jaxnn.global_avg_pool()(jnp.arange(6.0).reshape(1, 3, 2)).tolist()
+    [[2.0, 3.0]]
     """
     name = "global_avg_pool"
 
