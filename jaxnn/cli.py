@@ -179,7 +179,8 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
     if jnp.issubdtype(y_tr.dtype, jnp.floating) != jnp.issubdtype(y_te.dtype, jnp.floating):
         # one file holds only two of several classes: use class indices for both
         y_tr, y_te = y_tr.astype(jnp.int32), y_te.astype(jnp.int32)
-    return Dataset(os.path.basename(data_path), x_tr, y_tr, x_te, y_te, _n_classes(y_tr, y_te),
+    name = ",".join(os.path.basename(part) for part in data_path.split(","))
+    return Dataset(name, x_tr, y_tr, x_te, y_te, _n_classes(y_tr, y_te),
                    lambda raw: raw, x_tr)
 
 
@@ -190,6 +191,9 @@ def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
     """The run's configuration; on ``--resume`` the saved one, which explicit options must
     agree with."""
     given = {k: getattr(args, k) for k in RUN_OPTIONS}
+    for k in ("data", "test_data"):  # absolute, so that a run resumes from any folder
+        if given[k] is not None:
+            given[k] = ",".join(os.path.abspath(p) for p in given[k].split(","))
     if args.resume is None:
         config = dict(given)
         config["activation"] = config["activation"] or "relu"
@@ -462,6 +466,9 @@ def _default_layer_checks() -> dict[str, Callable[[], LayerCheck]]:
         "concatenate": lambda: LayerCheck(
             lambda: L.serial(L.parallel(L.sigmoid(), L.dense(2)), L.concatenate(axis=-1)),
             (3, 4), "serial(parallel(sigmoid, dense(2)), concatenate(-1))"),
+        "remat": lambda: LayerCheck(
+            lambda: L.remat(L.serial(L.dense(4), L.tanh(), L.dense(3))), (4, 5),
+            "remat(serial(dense(4), tanh, dense(3)))"),
         "residual": lambda: LayerCheck(
             lambda: L.residual(L.serial(L.dense(5), L.tanh())), (4, 5),
             "residual(serial(dense(5), tanh))"),

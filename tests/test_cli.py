@@ -78,6 +78,15 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     assert meta["costs"][-1] < meta["costs"][0]
 
 
+@pytest.mark.slow
+def test_the_readme_main_job_reaches_90_percent_test_accuracy(tmp_path):
+    proc = jaxnn_cmd(tmp_path, "train")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
+    assert metrics["step"] == cli.DEFAULT_STEPS
+    assert metrics["train_accuracy"] >= 0.9 and metrics["test_accuracy"] >= 0.9
+
+
 @pytest.mark.parametrize("extra", [["--batch-size", "64", "--optimizer", "adam"],
                                    ["--dropout", "0.2", "--batch-size", "100", "--l2", "0.01"]],
                          ids=["minibatch-adam", "dropout-l2"])
@@ -172,6 +181,13 @@ def test_train_on_mnist_format_idx_files_with_softmax_output(tmp_path, monkeypat
     assert "softmax output, softmax_cross_entropy" in out
     metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
     assert metrics["train_accuracy"] >= 0.9
+    # the data paths are kept absolute: the run resumes from another folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_main(monkeypatch, elsewhere, "train", "--resume", tmp_path / "jaxnn-out",
+                    "--steps", 45, "--no-progress") == 0
+    assert "data: img.gz,lab" in capsys.readouterr().out
+    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 45
 
 
 @pytest.mark.parametrize("args,message", [
@@ -193,7 +209,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path, monkeypatch, capsys, arg
                             "with 1"),
     (["--layers", "2,x,1"], "--layers: expected comma-separated positive integers"),
     (["--data", "missing.h5"], "missing.h5: no such file"),
-    (["--data", "notes.txt"], "cannot tell the format of 'notes.txt'"),
+    (["--data", "notes.txt"], "notes.txt': give an HDF5 file (.h5, .hdf5) or an IDX pair"),
 ])
 def test_bad_options_and_files_give_a_clear_error(tmp_path, monkeypatch, capsys, args,
                                                   message):
@@ -205,7 +221,7 @@ def test_bad_options_and_files_give_a_clear_error(tmp_path, monkeypatch, capsys,
 
 
 def test_gradcheck_of_chosen_layers_exits_0_and_prints_the_table(tmp_path):
-    proc = jaxnn_cmd(tmp_path, "gradcheck", "--only", "dense,relu,binary_cross_entropy")
+    proc = jaxnn_cmd(tmp_path, "gradcheck", "--only", "dense,binary_cross_entropy")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["layer", "parameter", "rel.", "err", "vs", "jax.grad", "rel.",
@@ -213,7 +229,7 @@ def test_gradcheck_of_chosen_layers_exits_0_and_prints_the_table(tmp_path):
     rows = [line.split() for line in lines[2:] if line.strip() and ":" not in line]
     assert [(r[0], r[1], r[-1]) for r in rows] == [
         ("dense(3)", "W", "pass"), ("dense(3)", "b", "pass"), ("dense(3)", "input", "pass"),
-        ("relu", "input", "pass"), ("binary_cross_entropy", "prediction", "pass")]
+        ("binary_cross_entropy", "prediction", "pass")]
     assert "passed" in lines[-1]
 
 
@@ -250,7 +266,7 @@ def test_gradcheck_exits_1_naming_a_layer_with_a_wrong_backward(monkeypatch, cap
                                                   away_from_zero=True)
     real_table = cli.gradcheck_table
     monkeypatch.setattr(cli, "gradcheck_table", lambda *a, **k: real_table(
-        ["dense", "relu"], ["mean_squared_error"], layer_checks=layer_checks))
+        ["identity", "relu"], [], layer_checks=layer_checks))
     assert cli.main(["gradcheck"]) == 1
     out = capsys.readouterr().out
     assert "FAILED in 1: relu (wrong)" in out
@@ -258,6 +274,7 @@ def test_gradcheck_exits_1_naming_a_layer_with_a_wrong_backward(monkeypatch, cap
         "FAIL"]
 
 
+@pytest.mark.slow
 def test_gradcheck_of_a_model_given_by_flags():
     report = cli._gradcheck_model(cli.build_parser().parse_args(
         ["gradcheck", "--layers", "3,4,2", "--activation", "tanh"]))
@@ -309,3 +326,42 @@ def test_the_real_benchmark_exposes_main_with_a_quick_mode():
     assert cli.BENCHMARK.is_file()
     source = cli.BENCHMARK.read_text()
     assert "def main(argv" in source and '"--quick"' in source
+
+
+def test_epochs_count_steps_per_pass_over_the_training_set(tmp_path, monkeypatch, capsys):
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--epochs", 2,
+                    "--batch-size", 100, "--no-progress") == 0
+    assert "steps 0→8, batch 100" in capsys.readouterr().out  # 320 examples: 4 batches/epoch
+    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 8
+
+
+def test_an_interrupted_run_saves_a_checkpoint_it_can_resume_from(tmp_path, monkeypatch,
+                                                                  capsys):
+    real = jaxnn.make_train_step
+
+    def interrupted_after_5(*args, **kwargs):
+        step, calls = real(*args, **kwargs), []
+
+        def wrapped(*a):
+            calls.append(1)
+            if len(calls) > 5:
+                raise KeyboardInterrupt
+            return step(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(jaxnn, "make_train_step", interrupted_after_5)
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 10,
+                    "--no-progress") == 130
+    assert "interrupted at step 5" in capsys.readouterr().err
+    meta = checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")
+    assert meta["step"] == 5 and len(meta["costs"]) == 5
+
+
+def test_summary_prints_the_layers_and_the_parameter_count(capsys):
+    sizes = [2, 20, 7, 5, 1]
+    assert cli.main(["summary", "--layers", ",".join(map(str, sizes))]) == 0
+    out = capsys.readouterr().out
+    expected = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    assert f"total parameters: {expected}" in out
+    assert out.count("dense") == 4 and out.count("relu") == 3 and "sigmoid" in out
