@@ -287,11 +287,16 @@ def train(args: argparse.Namespace) -> int:
     if sizes[-1] > 1:  # softmax cross-entropy on integer class indices
         y_train, y_test = (y[:, 0].astype(jnp.int32) for y in (y_train, y_test))
 
+    for option, value, low in (("batch-size", config["batch_size"], 1),
+                               ("print-every", args.print_every, 1),
+                               ("save-every", args.save_every, 0)):
+        if value is not None and value < low:
+            raise CommandError(f"--{option} must be at least {low}, got {value}")
+    if config["lr"] <= 0 or config["l2"] < 0:
+        raise CommandError(f"--lr must be positive and --l2 non-negative, got {config['lr']} "
+                           f"and {config['l2']}")
     m = ds.x_train.shape[0]
-    batch_size = config["batch_size"] or m
-    if batch_size < 1:
-        raise CommandError(f"--batch-size must be positive, got {batch_size}")
-    batch_size = min(batch_size, m)
+    batch_size = min(config["batch_size"] or m, m)
     steps_per_epoch = -(-m // batch_size)
     if args.epochs is not None:
         total = args.epochs * steps_per_epoch
@@ -322,6 +327,10 @@ def train(args: argparse.Namespace) -> int:
         template = {"params": params, "state": state, "opt_state": opt_state}
         restored = checkpoint.load(os.path.join(args.resume, CHECKPOINT_FILE), template)
         params, state, opt_state = restored["params"], restored["state"], restored["opt_state"]
+        saved_m = resumed.get("train_examples")
+        if saved_m != m:
+            raise CommandError(f"the run in {args.resume} trained on {saved_m} examples, the "
+                               f"data now have {m}: the data changed")
         start = int(resumed["step"])
         costs = list(np.asarray(resumed.get("costs", []), np.float32))
         if start >= total:
@@ -333,6 +342,7 @@ def train(args: argparse.Namespace) -> int:
         history = [float(c) for c in np.asarray(jnp.stack(recorded))] if recorded else []
         checkpoint.save(ckpt_path, {"params": params, "state": state, "opt_state": opt_state},
                         step=step, metadata={"config": config, "costs": history,
+                                             "train_examples": m,
                                              "steps_per_epoch": steps_per_epoch})
 
     print(f"data: {ds.name}, {m} training and {ds.x_test.shape[0]} test examples, {n_x} "

@@ -188,6 +188,13 @@ def test_train_on_mnist_format_idx_files_with_softmax_output(tmp_path, monkeypat
                     "--steps", 45, "--no-progress") == 0
     assert "data: img.gz,lab" in capsys.readouterr().out
     assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 45
+    # data that changed under a saved run are refused
+    (tmp_path / "img.gz").write_bytes(gzip.compress(idx(images[:30])))
+    (tmp_path / "lab").write_bytes(idx(labels[:30]))
+    assert run_main(monkeypatch, elsewhere, "train", "--resume", tmp_path / "jaxnn-out",
+                    "--steps", 50) == 1
+    assert "trained on 48 examples, the data now have 24: the data changed" in (
+        capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -365,3 +372,14 @@ def test_summary_prints_the_layers_and_the_parameter_count(capsys):
     expected = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
     assert f"total parameters: {expected}" in out
     assert out.count("dense") == 4 and out.count("relu") == 3 and "sigmoid" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--print-every", "0"], "--print-every must be at least 1, got 0"),
+    (["--lr", "-0.1"], "--lr must be positive and --l2 non-negative, got -0.1 and 0.0"),
+    (["--steps", "0"], "--steps/--epochs must be positive, got 0"),
+])
+def test_out_of_range_numbers_are_refused_by_name(tmp_path, monkeypatch, capsys, args, message):
+    assert run_main(monkeypatch, tmp_path, "train", *args) == 1
+    assert message in capsys.readouterr().err
