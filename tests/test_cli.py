@@ -383,3 +383,11 @@ def test_summary_prints_the_layers_and_the_parameter_count(capsys):
 def test_out_of_range_numbers_are_refused_by_name(tmp_path, monkeypatch, capsys, args, message):
     assert run_main(monkeypatch, tmp_path, "train", *args) == 1
     assert message in capsys.readouterr().err
+
+
+def test_train_without_the_cli_extra_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now fails
+    assert run_main(monkeypatch, tmp_path, "train", "--steps", 1) == 1
+    err = capsys.readouterr().err
+    assert "needs the optional package 'matplotlib'" in err
+    assert 'install it with pip install "jaxnn[cli]"' in err
