@@ -27,7 +27,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from jaxnn import data_parallel
 from jaxnn.core import Layer
 from jaxnn.losses import Loss
 from jaxnn.train import make_train_step
@@ -83,8 +86,12 @@ def make_epoch(
     batch_size: int,
     l2: float = 0.0,
     gradients: str = "hand",
+    mesh: Mesh | None = None,
 ) -> Callable:
     """One epoch as a single jitted function.
+
+    With a ``mesh`` (:func:`jaxnn.data_parallel.data_mesh`), every mini-batch is split over the
+    mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps.
 
     Returns:
       ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
@@ -105,6 +112,9 @@ def make_epoch(
             rows, step_key = batch
             xb = jnp.take(x, rows, axis=0)
             yb = jnp.take(y, rows, axis=0)
+            if mesh is not None:
+                xb, yb = jax.lax.with_sharding_constraint(
+                    (xb, yb), NamedSharding(mesh, P(data_parallel.DATA_AXIS)))
             params, new_state, opt_state, value = step(params, state, opt_state, xb, yb,
                                                        step_key)
             if not jax.tree.leaves(state) and not jax.tree.leaves(new_state):
@@ -134,6 +144,7 @@ def fit(
     opt_state: Any = None,
     start_epoch: int = 0,
     gradients: str = "hand",
+    mesh: Mesh | None = None,
     on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None,
 ) -> FitResult:
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
@@ -152,6 +163,10 @@ def fit(
       state: the model's initial state (batch-norm statistics); ``()`` for stateless models.
       opt_state: the optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
       start_epoch: the index of the first epoch (to resume a run with the same shuffles).
+      mesh: train data-parallel over this mesh's devices (e.g.
+        :func:`jaxnn.data_parallel.data_mesh`): parameters, states and the training set are
+        replicated on every device, and each mini-batch is split over the ``"data"`` axis, so
+        ``batch_size`` must be a multiple of the device count.
       on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
         state)`` with that epoch's step losses; returning ``True`` stops training.
 
@@ -173,9 +188,15 @@ def fit(
         raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
     _check_batching(x.shape[0], batch_size)
     epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2,
-                          gradients=gradients)
+                          gradients=gradients, mesh=mesh)
     if opt_state is None:
         opt_state = optimizer.init(params)
+    if mesh is not None:
+        if batch_size % mesh.size:
+            raise ValueError(f"fit: batch_size {batch_size} does not divide over the {mesh.size} "
+                             f"devices of the mesh; use a multiple of {mesh.size}")
+        params, state, opt_state, x, y, key = data_parallel.replicate(
+            (params, state, opt_state, x, y, key), mesh)
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,

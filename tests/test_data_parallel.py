@@ -22,6 +22,7 @@ import pytest
 
 import jaxnn
 from jaxnn import data_parallel
+from jaxnn.fit import make_epoch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHILD_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
@@ -116,6 +117,32 @@ def _child_fit_style_scan_on_sharded_data_equals_one_device():
     chex.assert_trees_all_close(sharded, single, rtol=1e-12, atol=1e-14)
 
 
+def _child_fit_over_the_mesh_equals_one_device():
+    net, params, x, y = _problem(m=36)
+    optimizer = optax.adam(0.02)
+    kw = dict(epochs=2, batch_size=8, key=jax.random.key(1))
+    single = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer,
+                       *jax.device_put((params, x, y), jax.devices()[0]), **kw)
+    sharded = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y,
+                        mesh=data_parallel.data_mesh(), **kw)
+    chex.assert_trees_all_close(sharded.params, single.params, rtol=1e-12, atol=1e-14)
+    chex.assert_trees_all_close(sharded.losses, single.losses, rtol=1e-12)
+    assert len(sharded.params[0]["W"].sharding.device_set) == 4
+    # the mini-batches really are split: the gradient sums become all-reduces
+    mesh = data_parallel.data_mesh()
+    epoch_fn = make_epoch(net, jaxnn.binary_cross_entropy, optimizer, batch_size=8, mesh=mesh)
+    args = data_parallel.replicate((params, (), optimizer.init(params), x, y, jax.random.key(1),
+                                    jnp.asarray(0, jnp.int32)), mesh)
+    assert "all-reduce" in epoch_fn.lower(*args).compile().as_text()
+    try:
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=1,
+                  batch_size=6, key=jax.random.key(1), mesh=data_parallel.data_mesh())
+    except ValueError as error:
+        assert "batch_size 6 does not divide over the 4 devices" in str(error), str(error)
+    else:
+        raise AssertionError("no error for batch_size 6 on 4 devices")
+
+
 def _child_main() -> None:
     results = {}
     for name, fn in list(globals().items()):
@@ -132,7 +159,7 @@ def _child_main() -> None:
 def four_device_results():
     env = {**os.environ, **CHILD_ENV}
     proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -144,6 +171,7 @@ CHILD_CHECKS = [
     "_child_indivisible_batch_is_a_clear_error",
     "_child_stateful_step_with_keys_equals_one_device",
     "_child_fit_style_scan_on_sharded_data_equals_one_device",
+    "_child_fit_over_the_mesh_equals_one_device",
 ]
 
 
@@ -188,7 +216,7 @@ def test_example_runs_on_forced_cpu_devices_and_matches_one_device():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # the example sets it itself
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "data_parallel.py")],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "devices: 4" in proc.stdout

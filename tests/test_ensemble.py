@@ -102,3 +102,38 @@ def test_hyperparameters_need_inject_hyperparams_and_one_value_per_member(key):
         ensemble.init_optimizer(injected, params, momentum_rate=jnp.ones(3))
     with pytest.raises(ValueError, match="members must be a positive int"):
         ensemble.init(net, key, (-1, 3))
+
+
+def _noisy_counter():
+    """Additive noise from the key in training and a step counter in the state."""
+
+    def init(key, in_shape):
+        return tuple(in_shape), (), {"count": jnp.zeros((), jnp.int32)}
+
+    def forward(params, state, x, *, key=None, train=False):
+        noise = 0.1 * jax.random.normal(key, x.shape, x.dtype) if train else 0 * x
+        return x + noise, {"count": state["count"] + 1}, None
+
+    def backward(params, residuals, dy):
+        return (), dy
+
+    return jaxnn.core.leaf_layer("noisy_counter", init, forward, backward)
+
+
+def test_stateful_members_with_their_own_keys_equal_separate_runs(key):
+    net = jaxnn.serial(jaxnn.dense(4), _noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    _, params, state = ensemble.init(net, key, (-1, 3), members=2)
+    params = _float64(params)
+    x, _ = _data(jax.random.key(4))
+    y = jnp.sin(x[:, :1])
+    optimizer = optax.sgd(0.1)
+    step = ensemble.make_train_step(net, jaxnn.mean_squared_error, optimizer, stateful=True)
+    keys = jax.random.split(jax.random.key(5), 2)
+    trained, new_state, _, _ = step(params, state, ensemble.init_optimizer(optimizer, params),
+                                    x, y, keys)
+    chex.assert_trees_all_equal(new_state[1]["count"], jnp.array([1, 1], jnp.int32))
+    single = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer, stateful=True)
+    for k in range(2):
+        p, s = ensemble.member(params, k), ensemble.member(state, k)
+        expected, _, _, _ = single(p, s, optimizer.init(p), x, y, keys[k])
+        chex.assert_trees_all_close(ensemble.member(trained, k), expected, rtol=1e-10)
