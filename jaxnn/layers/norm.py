@@ -229,6 +229,10 @@ def batch_norm(
                              f"got {state!r}")
         features = state["mean"].shape[0]
         check_features(name, x, features, ax)
+        for entry in ("scale", "offset"):
+            if entry in params and tuple(params[entry].shape) != (features,):
+                raise ValueError(f"{name}: params[{entry!r}] must have shape ({features},) like "
+                                 f"the running statistics, got {tuple(params[entry].shape)}")
         others = _other_axes(x.ndim, ax)
         xc = x.astype(_compute_dtype(x))
         if train:
