@@ -64,7 +64,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("in_shape", [(-1, 3), (4, 3), (-1, 5, 2, 3)])
+@pytest.mark.parametrize("in_shape", [(-1, 3), (2, 5, 2, 3)])
 @pytest.mark.parametrize(("make", "kwargs", "train"), CONFIGS)
 def test_init_shape_equals_forward_shape(make, kwargs, train, in_shape):
     layer = make(**kwargs)
