@@ -24,12 +24,15 @@ Workloads (float32 throughout, whatever ``jax_enable_x64`` says elsewhere):
   jaxnn hand-derived, jaxnn autodiff and plain JAX.
 
 Measurement: one process; the variants of a workload run interleaved, round by round (the
-starting variant rotates each round), after a warm-up that is not timed; every timing ends with
-``jax.block_until_ready``; the figure is the median over rounds. The matmul peak (a large
-``jnp.dot``) is measured inside the same rounds as the MLP, so that a busy machine slows both.
-Thread settings (OpenBLAS, XLA flags) are left as they are. Compile time is trace + lower +
-compile of a freshly built step (median of a few builds); temporary memory is
-``memory_analysis().temp_size_in_bytes`` of the compiled step.
+starting variant rotates each round), after a warm-up that is not timed (for the small
+network's ahead-of-time compiled scans the median leaves out the first round instead); every
+timing ends with ``jax.block_until_ready``; the figure is the median over rounds (the ``±``
+column is half the interquartile range, relative to the median: the noise of a shared machine;
+``best`` is the fastest round). The matmul peak (a large ``jnp.dot``) is timed inside the MLP's
+rounds; the peak is its fastest round. Thread settings (OpenBLAS, XLA flags) are left as they
+are. Compile time is trace + lower + compile of a freshly built step (median of a few builds,
+interleaved across variants); temporary memory is ``memory_analysis().temp_size_in_bytes`` of
+the compiled step.
 
 The last line printed is ``RESULT key=value ...``; ratios are "jaxnn is this many times as
 fast" (``*_vs_*`` speed ratios, > 1 is better for jaxnn) except ``temp_memory_vs_autodiff``
@@ -63,8 +66,8 @@ _PEER_MODULES = {"flax_linen": "flax", "flax_nnx": "flax", "equinox": "equinox",
 class Sizes:
     mlp: tuple[int, ...] = (784, 1024, 1024, 10)
     mlp_batch: int = 128
-    mlp_steps_per_round: int = 10
-    rounds: int = 7
+    mlp_steps_per_round: int = 5
+    rounds: int = 21
     compile_builds: int = 3
     peak_n: int = 2048
     small_m: int = 209
@@ -76,13 +79,14 @@ class Sizes:
     cnn_channels: tuple[int, int] = (16, 32)
     cnn_batch: int = 64
     cnn_steps_per_round: int = 5
+    donation_row: bool = True  # also time jaxnn without donation (what donation buys)
 
 
 FULL = Sizes()
 QUICK = Sizes(mlp=(64, 128, 128, 10), mlp_batch=32, mlp_steps_per_round=3, rounds=5,
               compile_builds=1, peak_n=256, small_m=32, small_nx=256, small_steps=50,
               small_rounds=5, cnn_image=8, cnn_channels=(4, 8), cnn_batch=8,
-              cnn_steps_per_round=2)
+              cnn_steps_per_round=2, donation_row=False)
 
 
 # --- measurement ----------------------------------------------------------------------------
@@ -99,12 +103,21 @@ class Variant:
     temp_bytes: int | None = None
     hlo_ops: dict[str, int] | None = None
     note: str = ""
+    warmup: Callable[[], Any] | None = None  # untimed first call; ``run`` when None
+
+
+SPREAD: dict[str, float] = {}  # half the interquartile range over the median, per variant
+BEST: dict[str, float] = {}  # the fastest round, per variant
 
 
 def interleaved(variants: list[Variant], rounds: int) -> dict[str, float]:
-    """The median seconds per step of each variant, rounds interleaved across variants."""
+    """The median seconds per step of each variant, rounds interleaved across variants.
+
+    Also records each variant's spread (half the interquartile range, relative) in ``SPREAD``
+    and its fastest round in ``BEST``.
+    """
     for v in variants:  # warm-up: compile and run once, not timed
-        jax.block_until_ready(v.run())
+        jax.block_until_ready((v.warmup or v.run)())
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
@@ -112,22 +125,44 @@ def interleaved(variants: list[Variant], rounds: int) -> dict[str, float]:
             start = time.perf_counter()
             jax.block_until_ready(v.run())
             times[v.name].append((time.perf_counter() - start) / v.per_round)
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4)
+        SPREAD[name] = (q3 - q1) / 2 / statistics.median(ts)
+        BEST[name] = min(ts)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def compiled_figures(build: Callable[[], Any], args: tuple, builds: int):
-    """(compiled, median compile seconds, temp bytes, HLO op counts) of ``build()`` on ``args``.
+def compile_all(specs: dict[str, tuple[Callable[[], Any], tuple]], builds: int,
+                failed: list[str] | None = None) -> dict[str, tuple]:
+    """``{name: (compiled, median compile seconds, temp bytes, HLO op counts)}``.
 
-    ``build`` makes a fresh jitted function each time, so every build traces and compiles. The
-    last compiled executable is returned to be timed (it donates what the jitted function
-    donates).
+    ``specs[name] = (build, args)``: ``build()`` makes a fresh jitted function, so every build
+    traces and compiles; builds are interleaved across the variants, like the timed rounds. The
+    last compiled executable is the one timed (it donates what the jitted function donates). A
+    variant that fails to compile is left out and named in ``failed`` (when given).
     """
-    seconds, compiled = [], None
+    seconds: dict[str, list[float]] = {name: [] for name in specs}
+    compiled: dict[str, Any] = {}
     for _ in range(builds):
-        fn = build()
-        start = time.perf_counter()
-        compiled = fn.lower(*args).compile()
-        seconds.append(time.perf_counter() - start)
+        for name, (build, args) in specs.items():
+            if name not in seconds:
+                continue
+            try:
+                fn = build()
+                start = time.perf_counter()
+                compiled[name] = fn.lower(*args).compile()
+                seconds[name].append(time.perf_counter() - start)
+            except Exception as error:  # report a path that cannot compile, go on
+                if failed is None:
+                    raise
+                failed.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0]})")
+                del seconds[name]
+                compiled.pop(name, None)
+    return {name: (compiled[name], statistics.median(ts), *_figures(compiled[name]))
+            for name, ts in seconds.items()}
+
+
+def _figures(compiled) -> tuple[int, dict[str, int]]:
     text = compiled.as_text() or ""
     ops = {
         "dot": len(re.findall(r"\bdot\(", text)),
@@ -135,8 +170,7 @@ def compiled_figures(build: Callable[[], Any], args: tuple, builds: int):
         "convolution": len(re.findall(r"\bconvolution\(", text)),
         "fusion": len(re.findall(r"\bfusion\(", text)),
     }
-    temp = compiled.memory_analysis().temp_size_in_bytes
-    return compiled, statistics.median(seconds), int(temp), ops
+    return int(compiled.memory_analysis().temp_size_in_bytes), ops
 
 
 _DOT = re.compile(r"= f32\[(\d+),(\d+)\]\{1,0\} dot\([^)]*\), lhs_contracting_dims=\{0\}, "
@@ -302,16 +336,12 @@ def mlp_variants(sz: Sizes, peers: list[str]) -> tuple[list[Variant], list[str]]
     net = jaxnn_mlp(sizes)
     _, params, _ = net.init(kp, (-1, sizes[0]))
     loss = jaxnn.softmax_cross_entropy
-    variants, failed = [], []
+    specs, notes, failed = {}, {}, []
 
     def add(name, build, params_, note=""):
         """``build()`` makes a fresh jitted ``(params, opt_state, x, y) -> (..., loss)``."""
-        opt_state = optimizer.init(params_)
-        compiled, compile_s, temp, ops = compiled_figures(build, (params_, opt_state, x, y),
-                                                          sz.compile_builds)
-        state = (copy_tree(params_), copy_tree(opt_state))
-        variants.append(Variant(name, stepper(compiled, state, (x, y), sz.mlp_steps_per_round),
-                                sz.mlp_steps_per_round, compile_s, temp, ops, note))
+        specs[name] = (build, (params_, optimizer.init(params_), x, y))
+        notes[name] = note
 
     add("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True), params,
         "hand-derived backward")
@@ -329,8 +359,16 @@ def mlp_variants(sz: Sizes, peers: list[str]) -> tuple[list[Variant], list[str]]
             continue
         add(peer, lambda f=loss_fn: jax.jit(optax_step(f, optimizer), donate_argnums=(0, 1)),
             peer_params, "its own layers, jax.grad")
-    add("jaxnn no donation", lambda: jaxnn.make_train_step(net, loss, optimizer), params,
-        "donate=False")
+    if sz.donation_row:
+        add("jaxnn no donation", lambda: jaxnn.make_train_step(net, loss, optimizer), params,
+            "donate=False")
+    variants = []
+    for name, (compiled, compile_s, temp, ops) in compile_all(specs, sz.compile_builds,
+                                                               failed).items():
+        p0, s0 = specs[name][1][:2]
+        run = stepper(compiled, (copy_tree(p0), copy_tree(s0)), (x, y), sz.mlp_steps_per_round)
+        variants.append(Variant(name, run, sz.mlp_steps_per_round, compile_s, temp, ops,
+                                notes[name]))
     return variants, failed
 
 
@@ -388,19 +426,25 @@ def small_variants(sz: Sizes) -> tuple[list[Variant], dict[str, Any]]:
             losses.append(value)
         return losses
 
-    figures = {}
-    for name, build, p0 in (("jaxnn run_steps", jaxnn_scan, params),
-                            ("plain JAX scan", plain_scan, plain_params)):
-        figures[name] = compiled_figures(build, (p0, optimizer.init(p0), x, y),
-                                         sz.compile_builds)
+    figures = compile_all({
+        "jaxnn run_steps": (jaxnn_scan, (params, optimizer.init(params), x, y)),
+        "plain JAX scan": (plain_scan, (plain_params, optimizer.init(plain_params), x, y)),
+    }, sz.compile_builds)
     scan_fn, plain_fn = figures["jaxnn run_steps"][0], figures["plain JAX scan"][0]
+
+    def one_step():  # compiles the loop's jitted step
+        return loop_step(copy_tree(params), optimizer.init(params), x, y)
+
+    # the scans are compiled ahead of time: their warm-up would be a whole (long) run, so the
+    # first timed round carries any first-run cost and the median leaves it out
     variants = [
         Variant("jaxnn run_steps", lambda: scan_fn(params, optimizer.init(params), x, y), 1,
-                *figures["jaxnn run_steps"][1:], note="one lax.scan"),
-        Variant("jaxnn step loop", loop, 1, note="Python loop, jitted step"),
+                *figures["jaxnn run_steps"][1:], note="one lax.scan", warmup=lambda: None),
+        Variant("jaxnn step loop", loop, 1, note="Python loop, jitted step", warmup=one_step),
         Variant("plain JAX scan",
                 lambda: plain_fn(plain_params, optimizer.init(plain_params), x, y), 1,
-                *figures["plain JAX scan"][1:], note="lax.scan of jax.grad"),
+                *figures["plain JAX scan"][1:], note="lax.scan of jax.grad",
+                warmup=lambda: None),
     ]
     # the per-step dispatch cost, on a step with no work: the loop's floor
     noop = jax.jit(lambda p, s, x_, y_: (p, s, jnp.zeros((), jnp.float32)), donate_argnums=(0, 1))
@@ -412,7 +456,8 @@ def small_variants(sz: Sizes) -> tuple[list[Variant], dict[str, Any]]:
             p, s, value = noop(p, s, x, y)
         return value
 
-    variants.append(Variant("empty step loop", noop_loop, 1, note="dispatch only"))
+    variants.append(Variant("empty step loop", noop_loop, 1, note="dispatch only",
+                            warmup=lambda: noop(copy_tree(params), optimizer.init(params), x, y)))
     return variants, {"flops": mlp_flops((sz.small_nx, sz.small_hidden, 1), sz.small_m)}
 
 
@@ -453,7 +498,7 @@ def cnn_variants(sz: Sizes) -> tuple[list[Variant], float, list[str]]:
 
     leaves = [p for p in params if p]
     plain_params = [(p["W"], p["b"]) for p in leaves]
-    variants, failed = [], []
+    specs, failed = {}, []
     for name, build, p0 in (
         ("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True), params),
         ("jaxnn autodiff", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True,
@@ -461,15 +506,11 @@ def cnn_variants(sz: Sizes) -> tuple[list[Variant], float, list[str]]:
         ("plain JAX", lambda: jax.jit(optax_step(plain_loss, optimizer), donate_argnums=(0, 1)),
          plain_params),
     ):
-        opt_state = optimizer.init(p0)
-        try:
-            compiled, *figures = compiled_figures(build, (p0, opt_state, x, y),
-                                                  sz.compile_builds)
-        except Exception as error:  # report a layer that cannot run this path, go on
-            failed.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0]})")
-            continue
-        run = stepper(compiled, (copy_tree(p0), copy_tree(opt_state)), (x, y),
-                      sz.cnn_steps_per_round)
+        specs[name] = (build, (p0, optimizer.init(p0), x, y))
+    variants = []
+    for name, (compiled, *figures) in compile_all(specs, sz.compile_builds, failed).items():
+        p0, s0 = specs[name][1][:2]
+        run = stepper(compiled, (copy_tree(p0), copy_tree(s0)), (x, y), sz.cnn_steps_per_round)
         variants.append(Variant(name, run, sz.cnn_steps_per_round, *figures))
     # conv FLOPs (multiply-adds ×2) forward; backward twice (dW, dx) except the first dx
     h1, h2 = s, s // 2
@@ -491,8 +532,9 @@ def _fmt_bytes(n: int | None) -> str:
 def print_table(title: str, variants: list[Variant], medians: dict[str, float],
                 flops: float | None, peak: float | None, unit: str = "step") -> None:
     print(f"\n{title}")
-    head = (f"  {'variant':20s} {'ms/' + unit:>10s} {unit + 's/s':>10s} {'GFLOP/s':>9s} "
-            f"{'of peak':>8s} {'compile s':>9s} {'temp':>10s}  {'dots (narrow dW)':>16s}  note")
+    head = (f"  {'variant':20s} {'ms/' + unit:>10s} {'±':>5s} {'best':>9s} {unit + 's/s':>10s} "
+            f"{'GFLOP/s':>9s} {'of peak':>8s} {'compile s':>9s} {'temp':>10s}  "
+            f"{'dots (narrow dW)':>16s}  note")
     print(head)
     for v in variants:
         t = medians[v.name]
@@ -502,7 +544,9 @@ def print_table(title: str, variants: list[Variant], medians: dict[str, float],
         dots = (f"{v.hlo_ops['dot'] + v.hlo_ops['convolution']} "
                 f"({v.hlo_ops['narrow_dw']})" if v.hlo_ops else "-")
         gf = f"{gflops:9.1f}" if gflops else f"{'-':>9s}"
-        print(f"  {v.name:20s} {t * 1e3:10.3f} {1 / t:10.1f} {gf} {frac} {comp} "
+        spread = f"{SPREAD.get(v.name, 0.0):5.0%}"
+        best = f"{BEST[v.name] * 1e3:9.3f}" if v.name in BEST else f"{'-':>9s}"
+        print(f"  {v.name:20s} {t * 1e3:10.3f} {spread} {best} {1 / t:10.1f} {gf} {frac} {comp} "
               f"{_fmt_bytes(v.temp_bytes):>10s}  {dots:>16s}  {v.note}")
 
 
@@ -541,10 +585,12 @@ def run_mlp(sz: Sizes, peers: list[str], result: dict[str, Any]) -> None:
         print("peers that failed to build: " + "; ".join(failed))
     peak_v, peak_flops = matmul_peak_variant(sz.peak_n)
     medians = interleaved([peak_v, *variants], sz.rounds)
-    peak = peak_flops / medians[peak_v.name]
+    # the peak is what the machine can do: its fastest round (a busy round is not the peak)
+    peak = peak_flops / BEST[peak_v.name]
     flops = mlp_flops(sz.mlp, sz.mlp_batch)
-    print(f"\nmatmul peak ({sz.peak_n}x{sz.peak_n} float32 jnp.dot, median of {sz.rounds}): "
-          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"\nmatmul peak ({sz.peak_n}x{sz.peak_n} float32 jnp.dot, fastest of {sz.rounds} "
+          f"rounds): {peak / 1e9:.1f} GFLOP/s "
+          f"(median {peak_flops / medians[peak_v.name] / 1e9:.1f})")
     print_table(f"MLP {'-'.join(map(str, sz.mlp))}, batch {sz.mlp_batch}, Adam, softmax CE "
                 f"({flops / 1e6:.0f} MFLOP/step, median of {sz.rounds} rounds x "
                 f"{sz.mlp_steps_per_round} steps)", variants, medians, flops, peak)
@@ -558,9 +604,12 @@ def run_mlp(sz: Sizes, peers: list[str], result: dict[str, Any]) -> None:
     if present:
         result["mlp_vs_best_peer"] = speed["jaxnn"] / max(speed[p] for p in present)
     result["mlp_peak_fraction"] = flops * speed["jaxnn"] / peak
+    result["mlp_peak_fraction_best"] = flops / BEST["jaxnn"] / peak
+    result["mlp_vs_plain_jax_best"] = BEST["plain JAX"] / BEST["jaxnn"]
     result["mlp_gflops"] = flops * speed["jaxnn"] / 1e9
     result["peak_gflops"] = peak / 1e9
-    result["mlp_donation_gain"] = speed["jaxnn"] / speed["jaxnn no donation"]
+    if "jaxnn no donation" in speed:
+        result["mlp_donation_gain"] = speed["jaxnn"] / speed["jaxnn no donation"]
     result["temp_memory_vs_autodiff"] = _ratio(by["jaxnn"].temp_bytes,
                                                by["jaxnn autodiff"].temp_bytes)
     result["compile_vs_autodiff"] = _ratio(by["jaxnn"].compile_s, by["jaxnn autodiff"].compile_s)
