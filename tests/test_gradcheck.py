@@ -102,6 +102,16 @@ def test_checks_run_in_float64_even_with_float32_parameters():
                if c.reference == "jax.grad") <= 1e-12
 
 
+def test_an_exact_zero_gradient_next_to_large_ones_is_judged_on_the_gradients_scale():
+    # a bias before a training-mode batch norm has gradient exactly 0 (the mean removes it);
+    # both paths give rounding noise around 0, which must not count as a relative error of 1
+    net = jaxnn.serial(jaxnn.dense(3), jaxnn.batch_norm())
+    report = gradcheck.check_layer(net, (5, 2), train=True)
+    assert report.passed, report.table()
+    bias_rows = [c for c in report.comparisons if c.parameter == "[0].b"]
+    assert bias_rows and all(c.max_abs_error < 1e-12 for c in bias_rows)
+
+
 def test_compare_definition():
     abs_err, rel_err = gradcheck.compare(np.array([1.0, 2.0]), np.array([1.0, 2.002]))
     assert abs_err == pytest.approx(0.002)
@@ -110,3 +120,8 @@ def test_compare_definition():
     # entries tiny next to the rest of the array are judged against 1e-3 of its largest entry
     _, rel = gradcheck.compare(np.array([1.0, 1e-12]), np.array([1.0, 0.0]))
     assert rel == pytest.approx(1e-9)
+    # ... or of the whole check, when another array holds the large entries
+    _, rel = gradcheck.compare(np.array([1e-17]), np.array([0.0]), scale=2.0)
+    assert rel == pytest.approx(1e-17 / 2e-3)
+    _, rel = gradcheck.compare(np.array([2e-6]), np.array([1e-6]), scale=1.0)
+    assert rel == pytest.approx(1e-3)  # a 100% error on a small entry still fails
