@@ -146,3 +146,63 @@ def test_a_step_given_host_data_under_the_guard_is_refused():
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, opt)
     with jax.transfer_guard("disallow"), pytest.raises(Exception, match="host-to-device"):
         step(params, opt.init(params), np.ones((2, 2)), np.ones((2, 2)))
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def test_a_pickled_payload_in_a_checkpoint_is_refused_and_never_run(tmp_path):
+    from jaxnn import checkpoint
+
+    tree = {"W": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    checkpoint.save(tmp_path / "good.npz", tree)
+    arrays = dict(np.load(tmp_path / "good.npz", allow_pickle=False))
+    marker = tmp_path / "payload-ran"
+
+    class Payload:  # unpickling this would create the marker file
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    arrays["['W']"] = np.array([Payload()], dtype=object)  # np.savez pickles object arrays
+    np.savez(tmp_path / "evil.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match="evil.npz: not a readable checkpoint"):
+        checkpoint.load(tmp_path / "evil.npz", tree)
+    assert not marker.exists()
+
+
+_CRASH_MID_WRITE = """
+import os, sys
+import numpy as np
+import jax.numpy as jnp
+from jaxnn import checkpoint
+
+path = sys.argv[1]
+checkpoint.save(path, {"W": jnp.ones(1000)}, step=1)
+
+def dies_half_way(file, **arrays):
+    file.write(b"PK\\x03\\x04" + b"\\0" * 5000)  # the start of a zip, then the process dies
+    file.flush()
+    os._exit(3)  # no exception handler, no clean-up: as if the machine lost power
+
+checkpoint.np.savez = dies_half_way
+checkpoint.save(path, {"W": jnp.zeros(1000)}, step=2)
+"""
+
+
+def test_a_crash_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import subprocess
+    import sys
+
+    from jaxnn import checkpoint
+
+    path = tmp_path / "c.npz"
+    done = subprocess.run([sys.executable, "-c", _CRASH_MID_WRITE, str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    # the half-written temporary file is left behind (nothing could remove it) ...
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "c.npz"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-")
+    # ... and the destination is still the complete previous checkpoint
+    assert checkpoint.load_metadata(path)["step"] == 1
+    restored = checkpoint.load(path, {"W": jnp.zeros(1000, jnp.float32)})
+    np.testing.assert_array_equal(restored["W"], np.ones(1000))
