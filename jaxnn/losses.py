@@ -196,7 +196,13 @@ def _class_targets(name: str, z: Array, y: Array) -> Array:
                     f"{name}: class labels must lie in [0, {k - 1}] for {k} classes, got values "
                     f"in [{lo}, {hi}]"
                 )
-        return jax.nn.one_hot(y, k, dtype=z.dtype)
+            return jax.nn.one_hot(y, k, dtype=z.dtype)
+        # traced labels cannot be checked while tracing: an out-of-range label gets a row of
+        # NaN (loss and gradient NaN, which jaxnn.debug's check mode names) instead of the
+        # all-zero row one_hot gives, which would drop the example without a trace
+        valid = (y >= 0) & (y < k)
+        onehot = jax.nn.one_hot(y, k, dtype=z.dtype)
+        return jnp.where(valid[..., None], onehot, jnp.nan)
     if tuple(y.shape) != tuple(z.shape):
         raise ValueError(
             f"{name}: one-hot targets must have the logits' shape {tuple(z.shape)}, got "

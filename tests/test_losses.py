@@ -150,6 +150,15 @@ def test_label_range_is_checked_for_concrete_arrays():
         jaxnn.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([[0], [1]]))
 
 
+def test_out_of_range_labels_under_jit_give_nan_not_a_silently_dropped_example():
+    z = jnp.zeros((2, 3))
+    loss = jax.jit(lambda z, y: jaxnn.softmax_cross_entropy(z, y))
+    assert np.isfinite(float(loss(z, jnp.array([0, 2]))))
+    assert np.isnan(float(loss(z, jnp.array([0, 3]))))
+    grad = jax.jit(jax.grad(lambda z, y: jaxnn.softmax_cross_entropy(z, y)))(z, jnp.array([0, -1]))
+    assert np.all(np.isnan(np.asarray(grad[1]))) and np.all(np.isfinite(np.asarray(grad[0])))
+
+
 def test_empty_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="empty batch"):
         jaxnn.mean_squared_error(jnp.zeros((0, 1)), jnp.zeros((0, 1)))
