@@ -237,3 +237,16 @@ def test_global_avg_pool_needs_a_spatial_axis():
 def test_integer_input_is_rejected():
     with pytest.raises(TypeError, match="max_pool: expected a floating-point input"):
         jaxnn.max_pool((2,))(jnp.ones((1, 4, 1), jnp.int32))
+
+
+@pytest.mark.parametrize("pool", [jaxnn.max_pool, jaxnn.avg_pool])
+def test_both_paths_differentiate_under_jit(pool):
+    layer = pool((2, 2), padding="SAME")
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+
+    def objective(path):
+        return lambda x: jnp.sum(jnp.sin(path(layer, (), (), x)[0]))
+
+    hand = jax.jit(jax.grad(objective(jaxnn.apply)))(x)
+    reference = jax.jit(jax.grad(objective(jaxnn.reference_apply)))(x)
+    chex.assert_trees_all_close(hand, reference, rtol=1e-12)

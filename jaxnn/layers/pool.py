@@ -133,7 +133,10 @@ def max_pool(
         pads = _spatial.explicit_padding(padding, spatial, window, strides)
         out = _spatial.output_spatial(name, spatial, window, strides, pads)
         low = jnp.array(-jnp.inf, x.dtype)
-        y = lax.reduce_window(x, low, lax.max, (1, *window, 1), (1, *strides, 1), _full(pads))
+        # the init value as a Python scalar: reduce_window has a reverse-mode rule only for a
+        # constant init, and an array here breaks jax.grad of the reference path under jit
+        y = lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                              _full(pads))
         x_pad = lax.pad(x, low, [(lo, hi, 0) for lo, hi in _full(pads)])
         # jnp.argmax returns the first maximum: the documented tie-breaking rule
         winner = jnp.argmax(jnp.stack(_window_slices(x_pad, window, strides, out)), axis=0)
@@ -182,8 +185,7 @@ def avg_pool(
         if count_include_pad:
             return jnp.array(math.prod(window), dtype)
         ones = jnp.ones((1, *spatial, 1), dtype)
-        zero = jnp.zeros((), dtype)
-        return lax.reduce_window(ones, zero, lax.add, (1, *window, 1), (1, *strides, 1),
+        return lax.reduce_window(ones, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
                                  _full(pads))
 
     def divide(total, count):
@@ -198,8 +200,8 @@ def avg_pool(
         spatial = x.shape[1:-1]
         pads = _spatial.explicit_padding(padding, spatial, window, strides)
         _spatial.output_spatial(name, spatial, window, strides, pads)
-        zero = jnp.zeros((), x.dtype)
-        total = lax.reduce_window(x, zero, lax.add, (1, *window, 1), (1, *strides, 1),
+        # a Python-scalar init: the only form reduce_window can differentiate under jit
+        total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
                                   _full(pads))
         return divide(total, counts(spatial, pads, x.dtype)), state, spatial
 
