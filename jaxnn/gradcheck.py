@@ -434,6 +434,12 @@ def check_model(
     2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
        model (so a wrong backward in a layer without parameters is named too);
     3. the loss's own derivative at the model's output.
+
+    Finite differences assume the function is smooth around the point. A ``max_pool`` after a
+    ``relu`` receives many exact zeros, i.e. ties, where the maximum has no derivative: its
+    per-layer finite-difference row can then fail while the hand-derived gradient still equals
+    ``jax.grad`` exactly (the whole-model rows are unaffected, since perturbing a weight moves
+    no tied zero). For such models read the ``jax.grad`` rows, or pass ``per_layer=False``.
     """
     from jaxnn.train import value_and_grad  # the explicit chain lives with training
 
