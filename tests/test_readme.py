@@ -38,3 +38,11 @@ def test_readme_shows_every_subcommand_and_the_pictures_it_makes():
     for picture in re.findall(r"\]\((docs/[^)]+\.png)\)", readme):
         assert (ROOT / picture).is_file(), f"{picture} is shown but missing"
     assert "docs/train_cost.png" in readme and "docs/train_decision_boundary.png" in readme
+
+
+def test_readme_python_examples_run():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
