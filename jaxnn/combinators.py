@@ -30,14 +30,7 @@ def serial(*layers: Layer) -> Layer:
     >>> out_shape
     (-1, 1)
     """
-    if not layers:
-        raise ValueError("serial: needs at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            hint = ""
-            if callable(layer):
-                hint = " (did you forget the parentheses, e.g. jaxnn.relu()?)"
-            raise TypeError(f"serial: argument {i} is {layer!r}, not a jaxnn.Layer{hint}")
+    _check_layers("serial", layers)
     n = len(layers)
 
     def init(key, in_shape):
