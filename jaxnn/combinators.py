@@ -43,9 +43,7 @@ def serial(*layers: Layer) -> Layer:
         return shape, tuple(params), tuple(states)
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_tuple("serial", "params", params, n)
-        state = _expand_empty_state(state, n)
-        _check_tuple("serial", "state", state, n)
+        state = _children_state("serial", params, state, n)
         residuals, new_states = [], []
         for layer, p, s, k in zip(layers, params, state, split_key(key, n), strict=True):
             x, s, r = layer.forward(p, s, x, key=k, train=train)
@@ -60,6 +58,15 @@ def serial(*layers: Layer) -> Layer:
         return tuple(grads), dy
 
     return Layer("serial", init, forward, backward, tuple(layers), lambda subs: serial(*subs))
+
+
+def _children_state(name: str, params, state, n: int):
+    """Checks a combinator's params and state (one entry per sublayer) and returns the state,
+    with ``()`` expanded to one ``()`` per sublayer."""
+    _check_tuple(name, "params", params, n)
+    state = _expand_empty_state(state, n)
+    _check_tuple(name, "state", state, n)
+    return state
 
 
 def _expand_empty_state(state, n: int):
@@ -131,9 +138,7 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(shapes), tuple(params), tuple(states)
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_tuple("parallel", "params", params, n)
-        state = _expand_empty_state(state, n)
-        _check_tuple("parallel", "state", state, n)
+        state = _children_state("parallel", params, state, n)
         ys, new_states, residuals = [], [], []
         for layer, p, s, k in zip(layers, params, state, split_key(key, n), strict=True):
             y, s, r = layer.forward(p, s, x, key=k, train=train)
@@ -250,9 +255,7 @@ def residual(layer: Layer) -> Layer:
         return in_shape, (p,), (s,)
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_tuple("residual", "params", params, 1)
-        state = _expand_empty_state(state, 1)
-        _check_tuple("residual", "state", state, 1)
+        state = _children_state("residual", params, state, 1)
         fx, s, r = layer.forward(params[0], state[0], x, key=key, train=train)
         if jnp.shape(fx) != jnp.shape(x):
             raise ValueError(f"residual: x + f(x) needs f to keep the shape, but {layer!r} maps "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxnn.combinators import _check_tuple, _expand_empty_state
+from jaxnn.combinators import _children_state
 from jaxnn.core import Layer
 
 __all__ = ["remat"]
@@ -72,9 +72,7 @@ def remat(block: Layer) -> Layer:
         return out_shape, (params,), (state,)
 
     def forward(params, state, x, *, key=None, train=False):
-        _check_tuple("remat", "params", params, 1)
-        state = _expand_empty_state(state, 1)
-        _check_tuple("remat", "state", state, 1)
+        state = _children_state("remat", params, state, 1)
         y, new_state, _ = block.forward(params[0], state[0], x, key=key, train=train)
         return y, (new_state,), _Saved(state[0], x, key, train)
 

@@ -61,6 +61,16 @@ def _pool_init(name, rank, window, strides, padding):
     return stateless_init(out_shape)
 
 
+def _check_and_pad(name, x, rank, window, strides, padding):
+    """A pooling forward's checks and geometry: ``(spatial, pads, out)`` of input ``x``."""
+    check_float(name, x)
+    _spatial.check_spatial_input(name, x.shape, rank)
+    spatial = x.shape[1:-1]
+    pads = _spatial.explicit_padding(padding, spatial, window, strides)
+    out = _spatial.output_spatial(name, spatial, window, strides, pads)
+    return spatial, pads, out
+
+
 def _full(pads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Spatial ``(lo, hi)`` pairs extended with ``(0, 0)`` for the batch and channel axes."""
     return ((0, 0), *pads, (0, 0))
@@ -127,11 +137,7 @@ def max_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        check_float(name, x)
-        _spatial.check_spatial_input(name, x.shape, rank)
-        spatial = x.shape[1:-1]
-        pads = _spatial.explicit_padding(padding, spatial, window, strides)
-        out = _spatial.output_spatial(name, spatial, window, strides, pads)
+        spatial, pads, out = _check_and_pad(name, x, rank, window, strides, padding)
         low = jnp.array(-jnp.inf, x.dtype)
         # the init value as a Python scalar: reduce_window has a reverse-mode rule only for a
         # constant init, and an array here breaks jax.grad of the reference path under jit
@@ -195,11 +201,7 @@ def avg_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        check_float(name, x)
-        _spatial.check_spatial_input(name, x.shape, rank)
-        spatial = x.shape[1:-1]
-        pads = _spatial.explicit_padding(padding, spatial, window, strides)
-        _spatial.output_spatial(name, spatial, window, strides, pads)
+        spatial, pads, _ = _check_and_pad(name, x, rank, window, strides, padding)
         # a Python-scalar init: the only form reduce_window can differentiate under jit
         total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
                                   _full(pads))
