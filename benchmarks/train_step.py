@@ -181,7 +181,7 @@ def count_narrow_weight_gradients(hlo_text: str) -> int:
     """Dots of the form ``xᵀ dZ`` writing a row-major ``(n_in, n_out)`` with ``4·n_out ≤ n_in``.
 
     XLA's CPU backend runs these several times slower than ``dZᵀ x`` (see
-    ``benchmarks/weight_gradient.py`` and ``jaxnn.layers.dense.weight_gradient``).
+    ``benchmarks/weight_gradient.py`` and ``jaxnn.layers.weight_gradient``).
     """
     return sum(1 for a, b in _DOT.findall(hlo_text) if 4 * int(b) <= int(a))
 

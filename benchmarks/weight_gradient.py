@@ -1,6 +1,6 @@
 """The weight gradient ``dW = xᵀ dZ`` in both operand orders, over layer shapes.
 
-``jaxnn.layers.dense.weight_gradient`` computes ``(dZᵀ x)ᵀ`` instead of ``xᵀ dZ`` when a layer
+``jaxnn.layers.weight_gradient`` computes ``(dZᵀ x)ᵀ`` instead of ``xᵀ dZ`` when a layer
 narrows its input four-fold or more (``4·n_out ≤ n_in``), because XLA's CPU backend runs the
 product that writes a row-major ``(n_in, n_out)`` result several times slower in that case. This
 script measures both orders (interleaved, median of rounds, float32) so the rule can be checked
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn.layers.dense import weight_gradient
+from jaxnn.layers import weight_gradient
 
 SHAPES = [  # (examples m, n_in, n_out)
     (209, 12288, 7), (209, 12288, 64), (16, 12288, 7), (128, 4096, 128), (128, 1024, 256),

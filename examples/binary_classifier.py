@@ -2,7 +2,7 @@
 
 An L-layer network (ReLU hidden layers, sigmoid output) is trained by full-batch gradient
 descent on the planar "flower" data set, generated in code. The training step fuses the sigmoid
-with binary cross-entropy, so it back-propagates the seed's ``dZ[L] = (1/m)(A[L] − Y)``.
+with binary cross-entropy, so it back-propagates the classic ``dZ[L] = (1/m)(A[L] − Y)``.
 
     python examples/binary_classifier.py --layers 2,20,7,5,1 --steps 5000 --lr 0.3
 """
@@ -19,7 +19,7 @@ import jaxnn
 
 
 def build(layer_sizes: list[int]) -> jaxnn.Layer:
-    """``[n_x, n_1, …, n_L]`` → dense/relu … dense/sigmoid, the seed's L-layer network."""
+    """``[n_x, n_1, …, n_L]`` → dense/relu … dense/sigmoid, the classic L-layer network."""
     layers = []
     for n in layer_sizes[1:-1]:
         layers += [jaxnn.dense(n), jaxnn.relu()]

@@ -1,6 +1,7 @@
 """jaxnn: functional neural networks in JAX with hand-derived, verified backward passes."""
 
 from jaxnn import activations as activations
+from jaxnn import chain as chain
 from jaxnn import checkpoint as checkpoint
 from jaxnn import data as data
 from jaxnn import data_parallel as data_parallel
@@ -12,6 +13,11 @@ from jaxnn import layers as layers
 from jaxnn import losses as losses
 from jaxnn import precision as precision
 from jaxnn import privacy as privacy
+from jaxnn.chain import fuse as fuse
+from jaxnn.chain import l2_penalty as l2_penalty
+from jaxnn.chain import per_example_grads as per_example_grads
+from jaxnn.chain import value_and_grad as value_and_grad
+from jaxnn.chain import weight_mask as weight_mask
 from jaxnn.core import Layer as Layer
 from jaxnn.core import apply as apply
 from jaxnn.core import map_leaves as map_leaves
@@ -35,6 +41,7 @@ from jaxnn.layers import leaky_relu as leaky_relu
 from jaxnn.layers import max_pool as max_pool
 from jaxnn.layers import parallel as parallel
 from jaxnn.layers import relu as relu
+from jaxnn.layers import remat as remat
 from jaxnn.layers import reshape as reshape
 from jaxnn.layers import residual as residual
 from jaxnn.layers import rms_norm as rms_norm
@@ -47,19 +54,14 @@ from jaxnn.layers import tanh as tanh
 from jaxnn.losses import Loss as Loss
 from jaxnn.losses import binary_cross_entropy as binary_cross_entropy
 from jaxnn.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
-from jaxnn.losses import fuse as fuse
 from jaxnn.losses import mean_squared_error as mean_squared_error
 from jaxnn.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxnn.precision import Policy as Policy
-from jaxnn.remat import remat as remat
 from jaxnn.summary import summary as summary
 from jaxnn.train import accuracy as accuracy
-from jaxnn.train import l2_penalty as l2_penalty
 from jaxnn.train import make_train_step as make_train_step
-from jaxnn.train import per_example_grads as per_example_grads
 from jaxnn.train import predict as predict
 from jaxnn.train import run_steps as run_steps
-from jaxnn.train import value_and_grad as value_and_grad
 
 __version__ = "0.1.0"
 
@@ -76,6 +78,7 @@ __all__ = [
     "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "chain",
     "checkpoint",
     "concatenate",
     "conv",
@@ -125,4 +128,5 @@ __all__ = [
     "summary",
     "tanh",
     "value_and_grad",
+    "weight_mask",
 ]

@@ -541,7 +541,7 @@ def _default_loss_checks() -> dict[str, Callable[[], LossCheck]]:
     }
 
 
-NOT_LAYERS_OR_LOSSES = frozenset({"Loss", "fuse"})
+NOT_LAYERS_OR_LOSSES = frozenset({"Loss", "weight_gradient"})
 
 
 def gradcheck_table(layer_names: Sequence[str] | None = None,

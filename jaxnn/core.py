@@ -9,7 +9,7 @@ A :class:`Layer` is four pure functions in a NamedTuple, in the spirit of optax'
 * ``forward(params, state, x, *, key, train) -> (y, new_state, residuals)`` computes the output
   and what the way back needs.
 * ``backward(params, residuals, dy) -> (dparams, dx)`` is the layer's derivative, written by
-  hand (the seed's ``dZ = dA * g'(Z)``, ``dW = A_prevᵀ dZ``, ``db = Σ dZ``, ``dA_prev = dZ Wᵀ``).
+  hand (the classic ``dZ = dA * g'(Z)``, ``dW = A_prevᵀ dZ``, ``db = Σ dZ``, ``dA_prev = dZ Wᵀ``).
   It never calls ``jax.vjp`` or ``jax.grad``.
 
 :func:`apply` attaches ``backward`` to ``forward`` with :func:`jax.custom_vjp`, so ``jax.grad``,

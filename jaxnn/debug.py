@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from jaxnn.chain import fuse, value_and_grad
 from jaxnn.core import Layer, apply, map_leaves
-from jaxnn.losses import Loss, fuse
+from jaxnn.losses import Loss
 
 __all__ = ["NonFiniteError", "checked", "checked_apply", "checked_value_and_grad"]
 
@@ -119,8 +120,6 @@ def checked_value_and_grad(model: Layer, loss: Loss, params: Any, x: jax.Array, 
     ``jaxnn.value_and_grad(model, loss, has_state=True)``; raises :class:`NonFiniteError`
     naming the first layer whose output or backward is not finite, or the loss.
     """
-    from jaxnn.train import value_and_grad
-
     model, loss = fuse(model, loss)
     chain = value_and_grad(checked(model), _checked_loss(loss), has_state=True, train=train)
 

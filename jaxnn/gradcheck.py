@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn.chain import value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply
 from jaxnn.losses import Loss
 
@@ -441,8 +442,6 @@ def check_model(
     ``jax.grad`` exactly (the whole-model rows are unaffected, since perturbing a weight moves
     no tied zero). For such models read the ``jax.grad`` rows, or pass ``per_layer=False``.
     """
-    from jaxnn.train import value_and_grad  # the explicit chain lives with training
-
     with jax.enable_x64(True):
         params, state = _to_float64(params), _to_float64(state)
         x, y = _to_float64(x), _to_float64(y)

@@ -18,7 +18,7 @@ initializer                distribution
 ``zeros`` / ``ones``       constants
 =========================  ==============================================================
 
-The normal variants are plain (not truncated) normals, so ``lecun_normal`` reproduces the seed's
+The normal variants are plain (not truncated) normals, so ``lecun_normal`` reproduces the classic
 initialization exactly in distribution. :func:`jaxnn.dense` uses ``lecun_normal`` for ``W`` and
 ``zeros`` for ``b``.
 """
@@ -116,7 +116,7 @@ def variance_scaling(
 
 
 def lecun_normal() -> Initializer:
-    """``N(0, 1/fan_in)``: the seed's ``randn(n, n_prev) / sqrt(n_prev)``."""
+    """``N(0, 1/fan_in)``: the classic ``randn(n, n_prev) / sqrt(n_prev)``."""
     return variance_scaling(1.0, "fan_in", "normal")
 
 

@@ -1,22 +1,23 @@
 """Losses, each a value and its hand-derived derivative with respect to the prediction.
 
-The seed keeps ``dJ/dA[L]`` apart from the network, because it depends on the task: a
+The classic derivation keeps ``dJ/dA[L]`` apart from the network, because it depends on the task: a
 :class:`Loss` is ``value(prediction, target)`` next to ``grad(prediction, target)``, both by
 hand. Calling a loss, ``loss(prediction, target)``, gives the value with ``grad`` attached
 through ``jax.custom_vjp``; ``loss.value`` alone is the plain-autodiff reference.
 
 Reductions: every loss is a mean over examples (axis 0). The elementwise losses
 (binary cross-entropy, mean squared error) average over every entry, so with one output per
-example this is the seed's ``J = (1/m) Σ_i L_i``; softmax cross-entropy sums over the class axis
+example this is the classic ``J = (1/m) Σ_i L_i``; softmax cross-entropy sums over the class axis
 and averages over examples.
 
 Targets never broadcast: a target whose shape differs from the prediction's is an error.
 
 Stable fused forms. A sigmoid output followed by :func:`binary_cross_entropy` has
 ``dZ[L] = (1/m)(A[L] − Y)``; :func:`binary_cross_entropy_with_logits` computes exactly that from
-the logits without ever forming ``log(0)``. :func:`fuse` rewrites ``serial(…, sigmoid())`` with
-``binary_cross_entropy`` into ``serial(…)`` with ``binary_cross_entropy_with_logits``, and the
-training functions apply it, so training always uses the stable ``a − y``. Softmax
+the logits without ever forming ``log(0)``. :func:`jaxnn.chain.fuse` rewrites
+``serial(…, sigmoid())`` with ``binary_cross_entropy`` into ``serial(…)`` with
+``binary_cross_entropy_with_logits``, and the training functions apply it, so training always
+uses the stable ``a − y``. Softmax
 cross-entropy takes logits and its derivative is ``(p − onehot)/m``.
 """
 
@@ -29,14 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn.activations import identity_layer
-from jaxnn.core import Array, Layer
+from jaxnn.core import Array
 
 __all__ = [
     "Loss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
-    "fuse",
     "mean_squared_error",
     "softmax_cross_entropy",
 ]
@@ -59,7 +58,7 @@ class Loss(NamedTuple):
       value: ``(prediction, target) -> scalar``.
       grad: ``(prediction, target) -> dJ/dprediction``, derived by hand.
       fused: for a loss on probabilities, ``(activation_name, loss_on_logits)``: the last layer
-        and the stable loss that replaces the pair (see :func:`fuse`).
+        and the stable loss that replaces the pair (see :func:`jaxnn.chain.fuse`).
     """
 
     name: str
@@ -256,21 +255,3 @@ binary_cross_entropy = Loss(
 )
 softmax_cross_entropy = Loss("softmax_cross_entropy", _softmax_ce_value, _softmax_ce_grad)
 mean_squared_error = Loss("mean_squared_error", _mse_value, _mse_grad)
-
-
-def fuse(model: Layer, loss: Loss) -> tuple[Layer, Loss]:
-    """Replaces a final activation and a loss on its output by the stable loss on logits.
-
-    ``fuse(serial(…, sigmoid()), binary_cross_entropy)`` is
-    ``(serial(…, identity()), binary_cross_entropy_with_logits)``: the same objective, with the
-    fused derivative ``dZ[L] = (1/m)(a − y)`` and no ``log(0)`` at saturated outputs. Any other
-    pair is returned unchanged.
-    """
-    if loss.fused is None:
-        return model, loss
-    activation, fused_loss = loss.fused
-    if model.name == "serial" and len(model.sublayers) > 1:
-        if model.sublayers[-1].name == activation:
-            # identity keeps the params/state tuples aligned with the original model's
-            return model.rebuild((*model.sublayers[:-1], identity_layer())), fused_loss
-    return model, loss

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnn.chain import fuse, l2_penalty, value_and_grad, weight_mask
 from jaxnn.core import Layer
-from jaxnn.losses import Loss, fuse
-from jaxnn.train import l2_penalty, value_and_grad, weight_mask
+from jaxnn.losses import Loss
 
 __all__ = [
     "PrivateAggregateState",

@@ -1,6 +1,6 @@
 """Training: the explicit hand-derived chain, jitted optax steps, L2, per-example gradients.
 
-:func:`value_and_grad` is the seed's backward propagation with no autodiff at all: forward
+:func:`value_and_grad` is the classic backward propagation with no autodiff at all: forward
 through the network, ``dA[L] = loss.grad(A[L], Y)``, then every layer's ``backward`` in reverse.
 :func:`make_train_step` wraps it (after :func:`jaxnn.losses.fuse`, so a sigmoid output with
 binary cross-entropy trains on the stable ``dZ[L] = (a − y)/m``) with any optax
@@ -17,88 +17,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnn.chain import fuse, l2_penalty, value_and_grad, weight_mask
 from jaxnn.core import Layer, apply, reference_apply
-from jaxnn.losses import Loss, fuse
+from jaxnn.losses import Loss
 
-__all__ = [
-    "accuracy",
-    "l2_penalty",
-    "make_train_step",
-    "per_example_grads",
-    "predict",
-    "run_steps",
-    "value_and_grad",
-    "weight_mask",
-]
-
-
-def value_and_grad(
-    model: Layer, loss: Loss, *, has_state: bool = False, train: bool = True
-) -> Callable:
-    """The loss and its gradient by the explicit hand-derived chain (no autodiff).
-
-    ``forward`` → ``dA[L] = loss.grad(A[L], Y)`` → ``model.backward`` (for a ``serial``, every
-    layer's backward in reverse order).
-
-    Args:
-      model: the network.
-      loss: the loss on the network's output.
-      has_state: if false the function is ``(params, x, y) -> (value, grads)``; if true it is
-        ``(params, state, x, y, key=None) -> ((value, new_state), grads)``, mirroring
-        ``jax.value_and_grad(..., has_aux=True)``.
-      train: the mode handed to ``forward`` (batch statistics, dropout).
-
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
-    >>> x, y = jnp.ones((5, 3)), jnp.zeros((5, 1))
-    >>> value, grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, x, y)
-    >>> jax.tree.map(jnp.shape, grads[0])
-    {'W': (3, 2), 'b': (2,)}
-    """
-
-    def with_state(params, state, x, y, key=None):
-        a, new_state, residuals = model.forward(params, state, x, key=key, train=train)
-        value = loss.value(a, y)
-        grads, _ = model.backward(params, residuals, loss.grad(a, y))
-        return (value, new_state), grads
-
-    if has_state:
-        return with_state
-
-    def stateless(params, x, y):
-        (value, _), grads = with_state(params, (), x, y)
-        return value, grads
-
-    return stateless
-
-
-def weight_mask(params: Any) -> Any:
-    """``True`` for the leaves that L2 regularizes: weights and kernels, i.e. dict entries
-    named ``"W"``; ``False`` for biases, normalization scales and offsets."""
-
-    def is_weight(path, _):
-        last = path[-1] if path else None
-        return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
-
-    return jax.tree_util.tree_map_with_path(is_weight, params)
-
-
-def l2_penalty(params: Any, l2: float) -> jax.Array:
-    """``(λ/2) Σ_W ‖W‖²`` over the weights (not the biases); its gradient is ``λ·W``.
-
-    With the mean loss ``J = (1/m) Σ L_i`` this is the seed's ``(λ_seed / 2m) Σ ‖W‖²`` with
-    ``λ = λ_seed / m``.
-    """
-    mask = weight_mask(params)
-    terms = [jnp.sum(jnp.square(w)) for w, m in zip(jax.tree.leaves(params),
-                                                     jax.tree.leaves(mask), strict=True) if m]
-    return 0.5 * l2 * sum(terms) if terms else jnp.zeros(())
-
-
-def _add_l2_grads(grads: Any, params: Any, l2: float) -> Any:
-    mask = weight_mask(params)
-    return jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params, mask)
+__all__ = ["accuracy", "make_train_step", "predict", "run_steps"]
 
 
 def make_train_step(
@@ -118,7 +41,7 @@ def make_train_step(
       model: the network.
       loss: the loss; a final ``sigmoid`` with :data:`binary_cross_entropy` is fused into the
         stable logits form first (:func:`jaxnn.losses.fuse`).
-      optimizer: an ``optax.GradientTransformation`` (``optax.sgd(0.0075)`` is the seed's
+      optimizer: an ``optax.GradientTransformation`` (``optax.sgd(0.0075)`` is the classic
         gradient descent).
       l2: λ of the penalty ``(λ/2) Σ ‖W‖²`` on weights only (biases are not regularized); the
         gradient gets ``+ λ·W`` and the returned loss includes the penalty.
@@ -154,7 +77,8 @@ def make_train_step(
         (value, new_state), grads = chain(params, state, x, y, key)
         if l2:
             value = value + l2_penalty(params, l2)
-            grads = _add_l2_grads(grads, params, l2)
+            mask = weight_mask(params)
+            grads = jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, new_state, opt_state, value
@@ -191,21 +115,6 @@ def run_steps(step: Callable, params: Any, opt_state: Any, x: jax.Array, y: jax.
 
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), None, length=n_steps)
     return params, opt_state, losses
-
-
-def per_example_grads(model: Layer, loss: Loss, params: Any, x: jax.Array, y: jax.Array) -> Any:
-    """The gradient of the loss on each example alone, stacked on a new leading axis.
-
-    ``jax.vmap`` of the explicit chain over examples: entry ``i`` equals the gradient on the
-    batch ``(x[i:i+1], y[i:i+1])``.
-    """
-    model, loss = fuse(model, loss)
-    chain = value_and_grad(model, loss, train=True)
-
-    def one(xi, yi):
-        return chain(params, xi[None], yi[None])[1]
-
-    return jax.vmap(one)(x, y)
 
 
 def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.Array:

@@ -34,7 +34,7 @@ def test_serial_backward_is_each_layers_backward_in_reverse(key):
     dy = jnp.ones((5, 2))
     _, _, residuals = net.forward(params, (), x)
     grads, dx = net.backward(params, residuals, dy)
-    # by hand, the seed's loop from L down to 1
+    # by hand, the classic loop from L down to 1
     d = dy
     expected = [None] * 3
     for i in (2, 1, 0):

@@ -1,4 +1,4 @@
-"""dense: shapes, the seed's formulas, and the hand-derived backward in float64."""
+"""dense: shapes, the classic formulas, and the hand-derived backward in float64."""
 
 import chex
 import jax

@@ -119,7 +119,7 @@ def test_sizes_must_be_positive_ints(num, features):
 def test_the_table_is_not_decayed_by_l2(key):
     net = jaxnn.serial(jaxnn.embedding(8, 4), jaxnn.dense(2))
     _, params, _ = net.init(key, (-1,))
-    mask = jaxnn.train.weight_mask(params)
+    mask = jaxnn.weight_mask(params)
     assert mask[0] == {"embedding": False}
     assert mask[1]["W"]
     penalty = jaxnn.l2_penalty(params, 1.0)

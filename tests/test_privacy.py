@@ -59,7 +59,7 @@ def test_private_step_equals_the_loop_then_sgd(key):
                                            clip_norm=1.5, noise_multiplier=0.0, l2=0.01)
     new_params, _, value = step(params, optax.sgd(0.5).init(params), x, y, jax.random.key(0))
     mean, _, loss = _loop_clipped_mean(net, jaxnn.binary_cross_entropy, params, x, y, 1.5)
-    mask = jaxnn.train.weight_mask(params)
+    mask = jaxnn.weight_mask(params)
     expected = jax.tree.map(lambda p, g, m: p - 0.5 * (g + 0.01 * p * m), params, mean, mask)
     chex.assert_trees_all_close(new_params, expected, rtol=1e-12)
     np.testing.assert_allclose(value, loss + float(jaxnn.l2_penalty(params, 0.01)), rtol=1e-12)

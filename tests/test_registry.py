@@ -10,7 +10,7 @@ import pathlib
 
 import jaxnn
 
-NOT_LAYERS_OR_LOSSES = {"Loss", "fuse"}
+NOT_LAYERS_OR_LOSSES = {"Loss", "weight_gradient"}
 
 
 def _registered() -> dict[str, list]:

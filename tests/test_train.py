@@ -100,7 +100,7 @@ def test_l2_applies_lambda_w_to_weights_and_not_to_biases(key):
 
 
 def test_weight_mask_marks_only_W():
-    mask = jaxnn.train.weight_mask(({"W": 1, "b": 2}, (), {"W": 3}))
+    mask = jaxnn.weight_mask(({"W": 1, "b": 2}, (), {"W": 3}))
     assert mask == ({"W": True, "b": False}, (), {"W": True})
 
 

@@ -1,24 +1,29 @@
-"""Layer constructors. Each returns a :class:`jaxnn.Layer`; put them in :func:`serial`."""
+"""Layer constructors. Each returns a :class:`jaxnn.Layer`; put them in :func:`jaxnn.serial`.
 
-from jaxnn.activations import elu_layer as elu
-from jaxnn.activations import gelu_layer as gelu
-from jaxnn.activations import identity_layer as identity
-from jaxnn.activations import leaky_relu_layer as leaky_relu
-from jaxnn.activations import relu_layer as relu
-from jaxnn.activations import sigmoid_layer as sigmoid
-from jaxnn.activations import silu_layer as silu
-from jaxnn.activations import softmax_layer as softmax
-from jaxnn.activations import softplus_layer as softplus
-from jaxnn.activations import tanh_layer as tanh
-from jaxnn.combinators import concatenate, parallel, residual, serial
-from jaxnn.layers.conv import conv
-from jaxnn.layers.dense import dense
-from jaxnn.layers.dropout import dropout
-from jaxnn.layers.embed import embedding
-from jaxnn.layers.norm import batch_norm, layer_norm, rms_norm
-from jaxnn.layers.pool import avg_pool, global_avg_pool, max_pool
-from jaxnn.layers.shape import flatten, reshape
-from jaxnn.remat import remat
+One private module per family (``_dense``, ``_conv``, ``_pool``, ``_norm``, ``_dropout``,
+``_shape``, ``_embedding``, ``_activations``, ``_combinators``, ``_remat``); the names below are
+the public ones. Layers depend only on :mod:`jaxnn.core` and :mod:`jaxnn.initializers`.
+"""
+
+from jaxnn.layers._activations import elu_layer as elu
+from jaxnn.layers._activations import gelu_layer as gelu
+from jaxnn.layers._activations import identity_layer as identity
+from jaxnn.layers._activations import leaky_relu_layer as leaky_relu
+from jaxnn.layers._activations import relu_layer as relu
+from jaxnn.layers._activations import sigmoid_layer as sigmoid
+from jaxnn.layers._activations import silu_layer as silu
+from jaxnn.layers._activations import softmax_layer as softmax
+from jaxnn.layers._activations import softplus_layer as softplus
+from jaxnn.layers._activations import tanh_layer as tanh
+from jaxnn.layers._combinators import concatenate, parallel, residual, serial
+from jaxnn.layers._conv import conv
+from jaxnn.layers._dense import dense, weight_gradient
+from jaxnn.layers._dropout import dropout
+from jaxnn.layers._embedding import embedding
+from jaxnn.layers._norm import batch_norm, layer_norm, rms_norm
+from jaxnn.layers._pool import avg_pool, global_avg_pool, max_pool
+from jaxnn.layers._remat import remat
+from jaxnn.layers._shape import flatten, reshape
 
 __all__ = [
     "avg_pool",
@@ -48,4 +53,5 @@ __all__ = [
     "softmax",
     "softplus",
     "tanh",
+    "weight_gradient",
 ]

@@ -1,6 +1,6 @@
 """Combinators: layers made of layers. A network is itself a :class:`jaxnn.Layer`.
 
-``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``. Its backward is the seed's chain rule
+``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``. Its backward is the classic chain rule
 walked in reverse: ``dA[L]`` goes into ``fL.backward``, whose ``dx`` is ``dA[L-1]`` for
 ``f(L-1).backward``, and so on down to ``dA[0] = dx``.
 

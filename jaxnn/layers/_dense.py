@@ -3,11 +3,11 @@
 Forward (examples first, ``x`` of shape ``(m, n_in)``): ``Z = x W + b`` with ``W`` of shape
 ``(n_in, n_out)`` and ``b`` of shape ``(n_out,)``.
 
-Backward, the seed's formulas transposed to the examples-first layout:
+Backward, the classic formulas transposed to the examples-first layout:
 
-* ``dW = xᵀ dZ``      (seed: ``dW[l] = dZ[l] A[l-1]ᵀ``)
-* ``db = Σ_rows dZ``  (seed: ``db[l] = Σ_i dZ[l][:, i]``)
-* ``dx = dZ Wᵀ``      (seed: ``dA[l-1] = W[l]ᵀ dZ[l]``)
+* ``dW = xᵀ dZ``      (classic: ``dW[l] = dZ[l] A[l-1]ᵀ``)
+* ``db = Σ_rows dZ``  (classic: ``db[l] = Σ_i dZ[l][:, i]``)
+* ``dx = dZ Wᵀ``      (classic: ``dA[l-1] = W[l]ᵀ dZ[l]``)
 
 Leading axes beyond the batch (a sequence axis, say) are allowed: they are summed over in ``dW``
 and ``db`` just like examples.
@@ -38,7 +38,7 @@ def dense(
     Args:
       features: ``n_out``, the number of output features.
       use_bias: whether to add ``b``.
-      w_init: initializer of ``W`` (default :func:`jaxnn.initializers.lecun_normal`, the seed's
+      w_init: initializer of ``W`` (default :func:`jaxnn.initializers.lecun_normal`, the classic
         ``randn(n_out, n_in)/sqrt(n_in)`` in the transposed layout).
       b_init: initializer of ``b`` (default zeros).
       dtype: dtype of the parameters.

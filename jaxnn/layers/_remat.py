@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import jax
 
-from jaxnn.combinators import _children_state
 from jaxnn.core import Layer
+from jaxnn.layers._combinators import _children_state
 
 __all__ = ["remat"]
 

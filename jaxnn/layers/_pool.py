@@ -1,6 +1,6 @@
 """Pooling layers (1-D, 2-D, 3-D windows, channels last), forward beside the hand-derived backward.
 
-Notation as in :mod:`jaxnn.layers.conv`, in 1-D: window ``o`` reads the padded positions
+Notation as in :func:`jaxnn.conv`, in 1-D: window ``o`` reads the padded positions
 ``o·s + j`` for the taps ``j = 0 … k − 1``; ``x̃`` is the padded input.
 
 * **max**: ``y[o] = max_j x̃[o·s + j]`` (padding is ``−∞``, never chosen). Backward:

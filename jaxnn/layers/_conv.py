@@ -11,12 +11,12 @@ channels of output channel ``f``'s group:
 
 Backward, by the chain rule on that sum (each is one more ``lax.conv_general_dilated``):
 
-* ``db[f] = Σ_{n,o} dZ[n, o, f]`` — the seed's ``db = Σ dZ``;
-* ``dW[j, c, f] = Σ_{n,o} x̃[n, o·s + j·d, c] · dZ[n, o, f]`` — the seed's ``dW = A_prevᵀ dZ``:
+* ``db[f] = Σ_{n,o} dZ[n, o, f]`` — the classic ``db = Σ dZ``;
+* ``dW[j, c, f] = Σ_{n,o} x̃[n, o·s + j·d, c] · dZ[n, o, f]`` — the classic ``dW = A_prevᵀ dZ``:
   a convolution of ``x`` with ``dZ`` as the kernel, the examples ``n`` contracted, the window
   offset ``j`` as output position (stride ``d``) and ``o`` as kernel tap (dilation ``s``); the
   groups pair input-channel group ``g`` with output-channel group ``g`` (``batch_group_count``);
-* ``dx[n, i, c] = Σ_{(o, j): o·s + j·d − lo = i} Σ_f dZ[n, o, f] · W[j, c, f]`` — the seed's
+* ``dx[n, i, c] = Σ_{(o, j): o·s + j·d − lo = i} Σ_f dZ[n, o, f] · W[j, c, f]`` — the classic
   ``dA_prev = Wᵀ dZ``: the transposed convolution, i.e. ``dZ`` spread out by the stride (``s − 1``
   zeros between entries: ``lhs_dilation = s``) and correlated with the spatially flipped kernel
   whose input and output channels are swapped within each group, with padding
