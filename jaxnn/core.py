@@ -55,6 +55,10 @@ class Layer(NamedTuple):
       rebuild: for a combinator, ``rebuild(new_sublayers)`` makes the same combinator over other
         layers (used to wrap every leaf, e.g. to record inputs or to rematerialize); ``None``
         for a leaf.
+      weights: for a leaf, the names of its parameters that are weights, i.e. that L2
+        regularization and weight decay act on (``("W",)`` for ``dense`` and ``conv``); biases,
+        normalization scales and embedding tables are not listed. A user's own layer lists its
+        own (``weights=("Wq", "Wk")``): no naming convention is assumed.
     """
 
     name: str
@@ -63,6 +67,7 @@ class Layer(NamedTuple):
     backward: BackwardFn
     sublayers: tuple[Layer, ...] = ()
     rebuild: Callable[[tuple[Layer, ...]], Layer] | None = None
+    weights: tuple[str, ...] = ()
 
     def __call__(self, x: Array) -> Array:
         """Applies a layer without parameters or state (an activation) to ``x``.
@@ -172,9 +177,12 @@ def leaf_layer(
     init: InitFn,
     forward: ForwardFn,
     backward: BackwardFn,
+    weights: tuple[str, ...] = (),
 ) -> Layer:
-    """Makes a leaf :class:`Layer` (a convenience for users' own layers)."""
-    return Layer(name=name, init=init, forward=forward, backward=backward)
+    """Makes a leaf :class:`Layer` (a convenience for users' own layers); ``weights`` names the
+    parameters L2 regularization acts on."""
+    return Layer(name=name, init=init, forward=forward, backward=backward,
+                 weights=tuple(weights))
 
 
 def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None = None) -> Layer:

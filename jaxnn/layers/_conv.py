@@ -178,4 +178,4 @@ def conv(
             grads["b"] = jnp.sum(dz, axis=tuple(range(dz.ndim - 1))).astype(params["b"].dtype)
         return grads, dx.astype(x.dtype)
 
-    return Layer(name, init, forward, backward)
+    return Layer(name, init, forward, backward, weights=("W",))

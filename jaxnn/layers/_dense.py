@@ -89,7 +89,7 @@ def dense(
         dx = (dz @ w.T).astype(x.dtype)
         return grads, dx
 
-    return Layer(name, init, forward, backward)
+    return Layer(name, init, forward, backward, weights=("W",))
 
 
 def weight_gradient(x: jax.Array, dz: jax.Array) -> jax.Array:
