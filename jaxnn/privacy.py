@@ -161,6 +161,8 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
     except ImportError as error:
         raise ImportError("privacy.epsilon needs the dp-accounting package: "
                           "pip install 'jaxnn[privacy]' (or pip install dp-accounting)") from error
+    if steps == 0:
+        return 0.0
     event = dp_accounting.PoissonSampledDpEvent(
         sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = dp_accounting.rdp.RdpAccountant()
