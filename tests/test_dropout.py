@@ -84,7 +84,7 @@ def test_training_without_a_key_is_a_clear_error():
     optimizer = optax.sgd(0.1)
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
     with pytest.raises(ValueError, match="stateful=True"):
-        step(params, optimizer.init(params), jnp.ones((4, 3)), jnp.ones((4, 2)))
+        step(params, (), optimizer.init(params), jnp.ones((4, 3)), jnp.ones((4, 2)))
 
 
 def test_rate_zero_is_the_identity_even_in_training_without_a_key(key):
