@@ -135,8 +135,8 @@ def per_example_value_and_grad(model: Layer, loss: Loss, *, train: bool = True) 
       gradient on the batch ``(x[i:i+1], y[i:i+1])``), ``value`` is the mean of the examples'
       losses, and each example gets its own key ``split(key, B)[i]``. Each example runs through
       the network alone, so ``new_state`` is the mean over examples of the states they return,
-      in the state's own dtype (a step counter advances by one; a layer that mixes examples,
-      batch norm in training mode, sees batches of one). ``opt_state`` is ignored.
+      in the state's own dtype (a step counter advances by one; ``batch_norm`` in training
+      mode, whose statistics mix examples, refuses a batch of one). ``opt_state`` is ignored.
     """
     model, loss = fuse(model, loss)
     chain = value_and_grad(model, loss, train=train)

@@ -107,6 +107,15 @@ def test_a_stateful_model_with_dropout_gets_one_key_per_example_and_the_mean_sta
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
 
 
+def test_batch_norm_whose_statistics_mix_examples_is_refused_per_example(key):
+    net = jaxnn.serial(jaxnn.dense(4), jaxnn.batch_norm(), jaxnn.dense(1))
+    _, params, state = net.init(key, (-1, 3))
+    x = jax.random.normal(key, (8, 3))
+    with pytest.raises(ValueError, match="batch_norm: training mode needs more than one value"):
+        privacy.per_example_value_and_grad(net, jaxnn.mean_squared_error)(
+            params, state, x, x[:, :1])
+
+
 def test_noise_has_standard_deviation_sigma_c_over_b_and_follows_the_key(key):
     grads = {"W": jax.random.normal(key, (16, 200, 50))}
     clip_norm, sigma = 0.5, 2.0
