@@ -59,7 +59,7 @@ def remat(block: Layer) -> Layer:
     >>> net = jaxnn.serial(jaxnn.remat(block), jaxnn.remat(block), jaxnn.dense(1))
     >>> _, params, _ = net.init(jax.random.key(0), (-1, 4))
     >>> x, y = jnp.ones((2, 4)), jnp.zeros((2, 1))
-    >>> value, grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, x, y)
+    >>> (value, _), grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
     >>> jax.tree.map(jnp.shape, grads[0][0][0])
     {'W': (4, 8), 'b': (8,)}
     """
