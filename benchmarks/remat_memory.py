@@ -57,7 +57,7 @@ def residual_bytes(model: jaxnn.Layer, params, x) -> int:
 def temp_bytes(model: jaxnn.Layer, params, x, y) -> int:
     optimizer = optax.sgd(0.01)
     step = jaxnn.make_train_step(model, jaxnn.mean_squared_error, optimizer, jit=False)
-    compiled = jax.jit(step).lower(params, optimizer.init(params), x, y).compile()
+    compiled = jax.jit(step).lower(params, (), optimizer.init(params), x, y).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 

@@ -243,6 +243,11 @@ def plain_mlp_loss(params, x, y):
     return -jnp.mean(jnp.take_along_axis(log_p, y[:, None], axis=-1))
 
 
+def jaxnn_carry(params, optimizer) -> tuple:
+    """What a jaxnn step carries: ``(params, state, opt_state)``, the state ``()``."""
+    return params, (), optimizer.init(params)
+
+
 def optax_step(loss_fn: Callable, optimizer) -> Callable:
     """The plain-JAX step every functional peer shares: value_and_grad, optax, apply_updates."""
 
@@ -338,19 +343,20 @@ def mlp_variants(sz: Sizes, peers: list[str]) -> tuple[list[Variant], list[str]]
     loss = jaxnn.softmax_cross_entropy
     specs, notes, failed = {}, {}, []
 
-    def add(name, build, params_, note=""):
-        """``build()`` makes a fresh jitted ``(params, opt_state, x, y) -> (..., loss)``."""
-        specs[name] = (build, (params_, optimizer.init(params_), x, y))
+    def add(name, build, carry, note=""):
+        """``build()`` makes a fresh jitted ``(*carry, x, y) -> (*carry, loss)``."""
+        specs[name] = (build, (*carry, x, y))
         notes[name] = note
 
-    add("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True), params,
-        "hand-derived backward")
+    add("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True),
+        jaxnn_carry(params, optimizer), "hand-derived backward")
     add("jaxnn autodiff", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True,
-                                                        gradients="autodiff"), params,
-        "same forward, jax.grad")
+                                                        gradients="autodiff"),
+        jaxnn_carry(params, optimizer), "same forward, jax.grad")
+    plain_params = plain_mlp_init(kp, sizes)
     add("plain JAX", lambda: jax.jit(optax_step(plain_mlp_loss, optimizer),
                                      donate_argnums=(0, 1)),
-        plain_mlp_init(kp, sizes), "written directly, jax.grad")
+        (plain_params, optimizer.init(plain_params)), "written directly, jax.grad")
     for peer in peers:
         try:
             loss_fn, peer_params = peer_mlps(peer, sizes, kp, x)
@@ -358,15 +364,15 @@ def mlp_variants(sz: Sizes, peers: list[str]) -> tuple[list[Variant], list[str]]
             failed.append(f"{peer} ({type(error).__name__}: {error})")
             continue
         add(peer, lambda f=loss_fn: jax.jit(optax_step(f, optimizer), donate_argnums=(0, 1)),
-            peer_params, "its own layers, jax.grad")
+            (peer_params, optimizer.init(peer_params)), "its own layers, jax.grad")
     if sz.donation_row:
-        add("jaxnn no donation", lambda: jaxnn.make_train_step(net, loss, optimizer), params,
-            "donate=False")
+        add("jaxnn no donation", lambda: jaxnn.make_train_step(net, loss, optimizer),
+            jaxnn_carry(params, optimizer), "donate=False")
     variants = []
     for name, (compiled, compile_s, temp, ops) in compile_all(specs, sz.compile_builds,
                                                                failed).items():
-        p0, s0 = specs[name][1][:2]
-        run = stepper(compiled, (copy_tree(p0), copy_tree(s0)), (x, y), sz.mlp_steps_per_round)
+        carry = specs[name][1][:-2]
+        run = stepper(compiled, copy_tree(carry), (x, y), sz.mlp_steps_per_round)
         variants.append(Variant(name, run, sz.mlp_steps_per_round, compile_s, temp, ops,
                                 notes[name]))
     return variants, failed
@@ -400,7 +406,7 @@ def small_variants(sz: Sizes) -> tuple[list[Variant], dict[str, Any]]:
 
     def jaxnn_scan():
         step = jaxnn.make_train_step(net, loss, optimizer)
-        return jax.jit(lambda p, s, x_, y_: jaxnn.run_steps(step, p, s, x_, y_, n))
+        return jax.jit(lambda p, s, x_, y_: jaxnn.run_steps(step, p, (), s, x_, y_, n))
 
     plain_params = [(p["W"], p["b"]) for p in params[::2]]
     plain_step = optax_step(plain_small_loss, optimizer)
@@ -422,7 +428,7 @@ def small_variants(sz: Sizes) -> tuple[list[Variant], dict[str, Any]]:
         p, s = copy_tree(params), optimizer.init(params)
         losses = []
         for _ in range(n):
-            p, s, value = loop_step(p, s, x, y)
+            p, _, s, value = loop_step(p, (), s, x, y)
             losses.append(value)
         return losses
 
@@ -433,7 +439,7 @@ def small_variants(sz: Sizes) -> tuple[list[Variant], dict[str, Any]]:
     scan_fn, plain_fn = figures["jaxnn run_steps"][0], figures["plain JAX scan"][0]
 
     def one_step():  # compiles the loop's jitted step
-        return loop_step(copy_tree(params), optimizer.init(params), x, y)
+        return loop_step(copy_tree(params), (), optimizer.init(params), x, y)
 
     # the scans are compiled ahead of time: their warm-up would be a whole (long) run, so the
     # first timed round carries any first-run cost and the median leaves it out
@@ -499,18 +505,20 @@ def cnn_variants(sz: Sizes) -> tuple[list[Variant], float, list[str]]:
     leaves = [p for p in params if p]
     plain_params = [(p["W"], p["b"]) for p in leaves]
     specs, failed = {}, []
-    for name, build, p0 in (
-        ("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True), params),
+    for name, build, carry in (
+        ("jaxnn", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True),
+         jaxnn_carry(params, optimizer)),
         ("jaxnn autodiff", lambda: jaxnn.make_train_step(net, loss, optimizer, donate=True,
-                                                         gradients="autodiff"), params),
+                                                         gradients="autodiff"),
+         jaxnn_carry(params, optimizer)),
         ("plain JAX", lambda: jax.jit(optax_step(plain_loss, optimizer), donate_argnums=(0, 1)),
-         plain_params),
+         (plain_params, optimizer.init(plain_params))),
     ):
-        specs[name] = (build, (p0, optimizer.init(p0), x, y))
+        specs[name] = (build, (*carry, x, y))
     variants = []
     for name, (compiled, *figures) in compile_all(specs, sz.compile_builds, failed).items():
-        p0, s0 = specs[name][1][:2]
-        run = stepper(compiled, (copy_tree(p0), copy_tree(s0)), (x, y), sz.cnn_steps_per_round)
+        carry = specs[name][1][:-2]
+        run = stepper(compiled, copy_tree(carry), (x, y), sz.cnn_steps_per_round)
         variants.append(Variant(name, run, sz.cnn_steps_per_round, *figures))
     # conv FLOPs (multiply-adds ×2) forward; backward twice (dW, dx) except the first dx
     h1, h2 = s, s // 2

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> float:
 
     start = time.perf_counter()
     for i in range(args.steps):
-        params, opt_state, cost = step(params, opt_state, x, y)
+        params, _, opt_state, cost = step(params, (), opt_state, x, y)
         if i % args.print_every == 0 or i == args.steps - 1:
             print(f"cost after step {i}: {float(cost):.6f}")
     elapsed = time.perf_counter() - start

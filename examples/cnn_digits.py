@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> float:
         # drop_last: every batch has the same shape, so the jitted step compiles once
         for xb, yb in jaxnn.data.batches(jax.random.fold_in(data_key, epoch), x_train, y_train,
                                          args.batch_size, drop_last=True):
-            params, opt_state, loss = step(params, opt_state, xb, yb)
+            params, _, opt_state, loss = step(params, (), opt_state, xb, yb)
             losses.append(loss)
         mean_loss = float(jnp.mean(jnp.stack(losses)))
         print(f"epoch {epoch + 1:3d}: mean training loss {mean_loss:.4f}")

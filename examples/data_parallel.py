@@ -43,8 +43,8 @@ def main(steps: int = 20, per_device_batch: int = 32) -> float:
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
     parallel_step = jaxnn.data_parallel.shard_train_step(step)
 
-    sharded = (params, optimizer.init(params))
-    single = jax.device_put((params, optimizer.init(params)), devices[0])
+    sharded = (params, (), optimizer.init(params))  # (params, model state, optimizer state)
+    single = jax.device_put((params, (), optimizer.init(params)), devices[0])
     x_single, y_single = jax.device_put((x, y), devices[0])
     for i in range(steps):
         *sharded, loss = parallel_step(*sharded, x, y)

@@ -15,6 +15,7 @@ from jaxnn import precision as precision
 from jaxnn import privacy as privacy
 from jaxnn.chain import fuse as fuse
 from jaxnn.chain import l2_penalty as l2_penalty
+from jaxnn.chain import l2_regularization as l2_regularization
 from jaxnn.chain import per_example_grads as per_example_grads
 from jaxnn.chain import value_and_grad as value_and_grad
 from jaxnn.chain import weight_mask as weight_mask
@@ -99,6 +100,7 @@ __all__ = [
     "identity",
     "initializers",
     "l2_penalty",
+    "l2_regularization",
     "layer_norm",
     "layers",
     "leaky_relu",

@@ -4,7 +4,9 @@
 ``dA[L] = loss.grad(A[L], Y)``, then every layer's ``backward`` in reverse. :func:`fuse` turns a
 sigmoid output with binary cross-entropy into logits with the stable ``dZ[L] = (a − y)/m``;
 :func:`per_example_grads` is the chain under ``jax.vmap``; :func:`weight_mask` and
-:func:`l2_penalty` say which parameters are weights and what ``(λ/2) Σ ‖W‖²`` costs.
+:func:`l2_penalty` say which parameters are weights (as each leaf layer declares in
+``Layer.weights``) and what ``(λ/2) Σ ‖W‖²`` costs; :func:`l2_regularization` is its gradient as
+an optax transformation.
 
 Layers never import this module: it sits above ``layers/`` and :mod:`jaxnn.losses`.
 """
@@ -16,17 +18,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxnn.core import Layer
 from jaxnn.layers import identity
 from jaxnn.losses import Loss
 
-__all__ = ["fuse", "l2_penalty", "per_example_grads", "value_and_grad", "weight_mask"]
+__all__ = [
+    "fuse",
+    "l2_penalty",
+    "l2_regularization",
+    "per_example_grads",
+    "per_example_value_and_grad",
+    "value_and_grad",
+    "weight_mask",
+]
 
 
-def value_and_grad(
-    model: Layer, loss: Loss, *, has_state: bool = False, train: bool = True
-) -> Callable:
+def value_and_grad(model: Layer, loss: Loss, *, train: bool = True) -> Callable:
     """The loss and its gradient by the explicit hand-derived chain (no autodiff).
 
     ``forward`` → ``dA[L] = loss.grad(A[L], Y)`` → ``model.backward`` (for a ``serial``, every
@@ -35,77 +44,124 @@ def value_and_grad(
     Args:
       model: the network.
       loss: the loss on the network's output.
-      has_state: if false the function is ``(params, x, y) -> (value, grads)``; if true it is
-        ``(params, state, x, y, key=None) -> ((value, new_state), grads)``, mirroring
-        ``jax.value_and_grad(..., has_aux=True)``.
       train: the mode handed to ``forward`` (batch statistics, dropout).
+
+    Returns:
+      ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``,
+      mirroring ``jax.value_and_grad(..., has_aux=True)``; a stateless network takes
+      ``state=()``. ``opt_state`` is ignored: every gradient function a training step takes
+      has this signature, and some (mixed precision's) read the optimizer state.
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))
     >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
     >>> x, y = jnp.ones((5, 3)), jnp.zeros((5, 1))
-    >>> value, grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, x, y)
+    >>> (value, _), grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
     >>> jax.tree.map(jnp.shape, grads[0])
     {'W': (3, 2), 'b': (2,)}
     """
 
-    def with_state(params, state, x, y, key=None):
+    def fn(params, state, x, y, key=None, opt_state=None):
+        del opt_state
         a, new_state, residuals = model.forward(params, state, x, key=key, train=train)
         value = loss.value(a, y)
         grads, _ = model.backward(params, residuals, loss.grad(a, y))
         return (value, new_state), grads
 
-    if has_state:
-        return with_state
-
-    def stateless(params, x, y):
-        (value, _), grads = with_state(params, (), x, y)
-        return value, grads
-
-    return stateless
+    return fn
 
 
-def weight_mask(params: Any) -> Any:
-    """``True`` for the leaves that L2 regularizes: weights and kernels, i.e. dict entries
-    named ``"W"``; ``False`` for biases, normalization scales and offsets."""
+def weight_mask(model: Layer, params: Any) -> Any:
+    """``True`` for the parameters L2 regularizes, as each leaf layer declares.
 
-    def is_weight(path, _):
-        last = path[-1] if path else None
-        return isinstance(last, jax.tree_util.DictKey) and last.key == "W"
+    A leaf's params are a dict: an entry is a weight when its name is in the leaf's
+    ``Layer.weights`` (dense and conv: ``("W",)``; biases, normalization scales and embedding
+    tables are not). A combinator's params are a tuple aligned with its ``sublayers``, or a dict
+    keyed by the sublayers' names in the same order; the mask has the structure of ``params``.
 
-    return jax.tree_util.tree_map_with_path(is_weight, params)
+    >>> import jax, jaxnn
+    >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+    >>> jaxnn.weight_mask(net, params)
+    ({'W': True, 'b': False}, ())
+    """
+    if model.sublayers:
+        children = params.values() if isinstance(params, dict) else params
+        if len(children) != len(model.sublayers):
+            raise ValueError(f"weight_mask: {model.name} has {len(model.sublayers)} sublayers "
+                             f"but its params have {len(children)} entries")
+        masks = [weight_mask(sub, p) for sub, p in zip(model.sublayers, children, strict=True)]
+        if isinstance(params, dict):
+            return dict(zip(params.keys(), masks, strict=True))
+        return type(params)(masks)
+    weights = frozenset(model.weights)
+    if isinstance(params, dict):
+        return {name: jax.tree.map(lambda _, w=name in weights: w, p)
+                for name, p in params.items()}
+    return jax.tree.map(lambda _: False, params)
 
 
-def l2_penalty(params: Any, l2: float) -> jax.Array:
-    """``(λ/2) Σ_W ‖W‖²`` over the weights (not the biases); its gradient is ``λ·W``.
+def l2_penalty(model: Layer, params: Any, l2: float) -> jax.Array:
+    """``(λ/2) Σ_W ‖W‖²`` over the weights of :func:`weight_mask`; its gradient is ``λ·W``.
 
     With the mean loss ``J = (1/m) Σ L_i`` this is the classic ``(λ_classic / 2m) Σ ‖W‖²`` with
-    ``λ = λ_classic / m``.
+    ``λ = λ_classic / m``. Training adds the gradient with :func:`jaxnn.l2_regularization`.
     """
-    mask = weight_mask(params)
+    mask = weight_mask(model, params)
     terms = [jnp.sum(jnp.square(w)) for w, m in zip(jax.tree.leaves(params),
                                                      jax.tree.leaves(mask), strict=True) if m]
     return 0.5 * l2 * sum(terms) if terms else jnp.zeros(())
 
 
-def _add_l2_grads(grads: Any, params: Any, l2: float) -> Any:
-    mask = weight_mask(params)
-    return jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params, mask)
+def l2_regularization(model: Layer, l2: float) -> optax.GradientTransformation:
+    """L2 on the weights as an optax transformation: ``g ← g + λ·W`` where
+    :func:`weight_mask` says ``W`` is a weight (``optax.add_decayed_weights`` with that mask).
+
+    Chain it before the optimizer: ``optax.chain(jaxnn.l2_regularization(model, 1e-3),
+    optax.adam(1e-3))``. It is the gradient of :func:`l2_penalty`; the loss a step reports is
+    the data loss alone.
+    """
+    if not l2 >= 0:
+        raise ValueError(f"l2_regularization: l2 must be non-negative, got {l2!r}")
+    return optax.add_decayed_weights(l2, mask=lambda params: weight_mask(model, params))
+
+
+def per_example_value_and_grad(model: Layer, loss: Loss, *, train: bool = True) -> Callable:
+    """The explicit chain on each example alone, by ``jax.vmap`` (after :func:`fuse`).
+
+    Returns:
+      ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``
+      where every leaf of ``grads`` has the batch on a new leading axis (entry ``i`` is the
+      gradient on the batch ``(x[i:i+1], y[i:i+1])``), ``value`` is the mean of the examples'
+      losses, and each example gets its own key ``split(key, B)[i]``. Each example runs through
+      the network alone, so ``new_state`` is the mean over examples of the states they return,
+      in the state's own dtype (a step counter advances by one; ``batch_norm`` in training
+      mode, whose statistics mix examples, refuses a batch of one). ``opt_state`` is ignored.
+    """
+    model, loss = fuse(model, loss)
+    chain = value_and_grad(model, loss, train=train)
+
+    def fn(params, state, x, y, key=None, opt_state=None):
+        del opt_state
+        batch = jax.tree.leaves(x)[0].shape[0]
+        keys = None if key is None else jax.random.split(key, batch)
+
+        def one(xi, yi, ki):
+            xi, yi = jax.tree.map(lambda a: a[None], (xi, yi))
+            return chain(params, state, xi, yi, ki)
+
+        (values, states), grads = jax.vmap(one, in_axes=(0, 0, None if key is None else 0))(
+            x, y, keys)
+        new_state = jax.tree.map(lambda s: jnp.mean(s, axis=0).astype(s.dtype), states)
+        return (jnp.mean(values), new_state), grads
+
+    return fn
 
 
 def per_example_grads(model: Layer, loss: Loss, params: Any, x: jax.Array, y: jax.Array) -> Any:
-    """The gradient of the loss on each example alone, stacked on a new leading axis.
-
-    ``jax.vmap`` of the explicit chain over examples: entry ``i`` equals the gradient on the
-    batch ``(x[i:i+1], y[i:i+1])``.
-    """
-    model, loss = fuse(model, loss)
-    chain = value_and_grad(model, loss, train=True)
-
-    def one(xi, yi):
-        return chain(params, xi[None], yi[None])[1]
-
-    return jax.vmap(one)(x, y)
+    """The gradient of the loss on each example alone, stacked on a new leading axis, for a
+    stateless network (:func:`per_example_value_and_grad` with ``state=()``)."""
+    return per_example_value_and_grad(model, loss)(params, (), x, y)[1]
 
 
 def fuse(model: Layer, loss: Loss) -> tuple[Layer, Loss]:

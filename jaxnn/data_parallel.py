@@ -92,20 +92,17 @@ def shard_train_step(
     step: Callable,
     mesh: Mesh | None = None,
     *,
-    stateful: bool = False,
-    batch_argnums: Sequence[int] | None = None,
+    batch_argnums: Sequence[int] = (3, 4),
 ) -> Callable:
     """Makes ``step`` data-parallel over the devices of ``mesh``.
 
     Args:
-      step: a train step, e.g. from :func:`jaxnn.make_train_step` (jitted or not) or
-        :func:`jaxnn.precision.make_train_step`.
+      step: a train step from :func:`jaxnn.make_train_step` (jitted or not), whatever its
+        gradient function and optimizer (mixed precision, DP-SGD).
       mesh: the mesh; default :func:`data_mesh` over every visible device.
-      stateful: the argument layout of ``make_train_step``: ``(params, opt_state, x, y)`` if
-        false (``x``, ``y`` are arguments 2, 3), ``(params, state, opt_state, x, y, key)`` if
-        true (arguments 3, 4).
-      batch_argnums: the positions of the batch arguments, overriding ``stateful``'s layout.
-        Every other argument is replicated.
+      batch_argnums: the positions of the batch arguments: ``x``, ``y`` of
+        ``step(params, state, opt_state, x, y, key)``, arguments 3 and 4. Every other argument
+        is replicated.
 
     Returns:
       A function with ``step``'s signature. It replicates the non-batch arguments, splits the
@@ -118,14 +115,12 @@ def shard_train_step(
     >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1))
     >>> parallel_step = jaxnn.data_parallel.shard_train_step(step)
     >>> x = jnp.ones((8 * jax.device_count(), 2)); y = jnp.zeros((x.shape[0], 1))
-    >>> params, opt_state, loss = parallel_step(params, optax.sgd(0.1).init(params), x, y)
+    >>> params, _, opt_state, loss = parallel_step(params, (), optax.sgd(0.1).init(params), x, y)
     """
     mesh = data_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names:
         raise ValueError(f"shard_train_step: the mesh needs an axis named {DATA_AXIS!r}, got "
                          f"axes {mesh.axis_names}")
-    if batch_argnums is None:
-        batch_argnums = (3, 4) if stateful else (2, 3)
     batch_argnums = tuple(batch_argnums)
     replicated = NamedSharding(mesh, P())
     compiled = jax.jit(step, out_shardings=replicated)
@@ -135,7 +130,8 @@ def shard_train_step(
         for i in batch_argnums:
             if i >= len(args):
                 raise ValueError(f"shard_train_step: batch argument {i} is missing; the step got "
-                                 f"{len(args)} arguments (pass batch_argnums= or stateful=)")
+                                 f"{len(args)} arguments; it expects (params, state, opt_state, "
+                                 f"x, y, key) or batch_argnums=")
         placed = [
             _shard_batch(a, mesh, f"shard_train_step (argument {i})") if i in batch_argnums
             else jax.device_put(a, replicated)

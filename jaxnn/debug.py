@@ -117,11 +117,11 @@ def checked_value_and_grad(model: Layer, loss: Loss, params: Any, x: jax.Array, 
     """The explicit hand-derived chain in check mode, forward and backward.
 
     Returns ``((value, new_state), grads)`` like
-    ``jaxnn.value_and_grad(model, loss, has_state=True)``; raises :class:`NonFiniteError`
+    ``jaxnn.value_and_grad(model, loss)``; raises :class:`NonFiniteError`
     naming the first layer whose output or backward is not finite, or the loss.
     """
     model, loss = fuse(model, loss)
-    chain = value_and_grad(checked(model), _checked_loss(loss), has_state=True, train=train)
+    chain = value_and_grad(checked(model), _checked_loss(loss), train=train)
 
     def run(params, state, x, y, key):
         return chain(params, state, x, y, key)

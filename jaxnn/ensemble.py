@@ -19,7 +19,7 @@ hyperparameters: build the optimizer with ``optax.inject_hyperparams`` and give
 ...                                           learning_rate=jnp.array([0.1, 0.03, 0.01]))
 >>> step = jaxnn.ensemble.make_train_step(net, jaxnn.mean_squared_error, optimizer)
 >>> x, y = jnp.ones((5, 2)), jnp.zeros((5, 1))
->>> params, opt_state, losses = step(params, opt_state, x, y)
+>>> params, state, opt_state, losses = step(params, state, opt_state, x, y)
 >>> losses.shape
 (3,)
 """
@@ -117,28 +117,33 @@ def make_train_step(
     loss: Loss,
     optimizer: optax.GradientTransformation,
     *,
-    l2: float = 0.0,
-    stateful: bool = False,
     shared_data: bool = True,
-    gradients: str = "hand",
+    gradients: str | Callable = "hand",
 ) -> Callable:
-    """One jitted step of every member: :func:`jaxnn.make_train_step` under ``jax.vmap``.
+    """One jitted step of every member: :func:`jaxnn.make_train_step`'s step under ``jax.vmap``.
 
     Args:
-      model, loss, optimizer, l2, stateful, gradients: as for :func:`jaxnn.make_train_step`.
+      model, loss, optimizer, gradients: as for :func:`jaxnn.make_train_step`.
       shared_data: if true every member trains on the same batch ``(x, y)``; if false ``x`` and
         ``y`` carry a leading member axis (a bootstrap sample per member, say).
 
     Returns:
-      The step with :func:`jaxnn.make_train_step`'s signature on stacked params, (model state,)
-      and optimizer state; the loss comes back per member, shape ``(K,)``. In the stateful form
-      ``key`` is one key per member (shape ``(K,)``).
+      ``step(params, state, opt_state, x, y, key=None) -> (params, state, opt_state, loss)`` on
+      stacked params, model state and optimizer state; the loss comes back per member, shape
+      ``(K,)``. ``state`` is ``()`` for stateless members (shared) or stacked; ``key`` is
+      ``None`` or one key per member (shape ``(K,)``).
     """
-    step = _make_train_step(model, loss, optimizer, l2=l2, stateful=stateful,
-                            gradients=gradients, jit=False)
+    step = _make_train_step(model, loss, optimizer, gradients=gradients, jit=False)
     data = None if shared_data else 0
-    in_axes = (0, 0, 0, data, data, 0) if stateful else (0, 0, data, data)
-    return jax.jit(jax.vmap(step, in_axes=in_axes))
+
+    @jax.jit
+    def ensemble_step(params, state, opt_state, x, y, key=None):
+        state_axis = 0 if jax.tree.leaves(state) else None
+        in_axes = (0, state_axis, 0, data, data, None if key is None else 0)
+        return jax.vmap(step, in_axes=in_axes, out_axes=(0, state_axis, 0, 0))(
+            params, state, opt_state, x, y, key)
+
+    return ensemble_step
 
 
 def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.Array:

@@ -84,8 +84,7 @@ def make_epoch(
     optimizer: optax.GradientTransformation,
     *,
     batch_size: int,
-    l2: float = 0.0,
-    gradients: str = "hand",
+    gradients: str | Callable = "hand",
     mesh: Mesh | None = None,
 ) -> Callable:
     """One epoch as a single jitted function.
@@ -98,8 +97,7 @@ def make_epoch(
       losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
       so the function compiles once for given shapes and serves every epoch.
     """
-    step = make_train_step(model, loss, optimizer, l2=l2, stateful=True, gradients=gradients,
-                           jit=False)
+    step = make_train_step(model, loss, optimizer, gradients=gradients, jit=False)
 
     @jax.jit
     def epoch_fn(params, state, opt_state, x, y, key, epoch):
@@ -115,11 +113,8 @@ def make_epoch(
             if mesh is not None:
                 xb, yb = jax.lax.with_sharding_constraint(
                     (xb, yb), NamedSharding(mesh, P(data_parallel.DATA_AXIS)))
-            params, new_state, opt_state, value = step(params, state, opt_state, xb, yb,
-                                                       step_key)
-            if not jax.tree.leaves(state) and not jax.tree.leaves(new_state):
-                new_state = state  # () for a stateless network; a serial returns ((), (), …)
-            return (params, new_state, opt_state), value
+            params, state, opt_state, value = step(params, state, opt_state, xb, yb, step_key)
+            return (params, state, opt_state), value
 
         (params, state, opt_state), losses = jax.lax.scan(
             body, (params, state, opt_state), (indices, step_keys))
@@ -128,33 +123,33 @@ def make_epoch(
     return epoch_fn
 
 
-def fit(
-    model: Layer,
-    loss: Loss,
-    optimizer: optax.GradientTransformation,
-    params: Any,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    epochs: int,
-    batch_size: int,
-    key: jax.Array,
-    l2: float = 0.0,
-    state: Any = (),
-    opt_state: Any = None,
-    start_epoch: int = 0,
-    gradients: str = "hand",
-    mesh: Mesh | None = None,
-    on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None,
-) -> FitResult:
+def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: int,
+                         mesh: Mesh | None) -> None:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
+    _check_batching(x.shape[0], batch_size)
+    if mesh is not None and batch_size % mesh.size:
+        raise ValueError(f"fit: batch_size {batch_size} does not divide over the {mesh.size} "
+                         f"devices of the mesh; use a multiple of {mesh.size}")
+
+
+def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, params: Any,
+        x: jax.Array, y: jax.Array, *, epochs: int, batch_size: int, key: jax.Array,
+        state: Any = (), opt_state: Any = None, start_epoch: int = 0,
+        gradients: str | Callable = "hand", mesh: Mesh | None = None,
+        on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None
+        ) -> FitResult:
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
 
-    Every step is :func:`jaxnn.make_train_step`'s (``stateful=True`` form: the model's state is
-    carried from step to step, each step gets its own key), on the batches of
-    :func:`epoch_batches`. The result equals the Python loop over the same batches.
+    Every step is :func:`jaxnn.make_train_step`'s (the model's state is carried from step to
+    step, each step gets its own key), on the batches of :func:`epoch_batches`. The result
+    equals the Python loop over the same batches.
 
     Args:
-      model, loss, optimizer, l2, gradients: as for :func:`jaxnn.make_train_step`.
+      model, loss, optimizer, gradients: as for :func:`jaxnn.make_train_step` (L2, loss scaling
+        or DP-SGD's aggregation are chained into ``optimizer``).
       params: the initial parameters.
       x, y: the whole training set, examples on the leading axis (kept on the device).
       epochs: the number of epochs to run.
@@ -163,9 +158,8 @@ def fit(
       state: the model's initial state (batch-norm statistics); ``()`` for stateless models.
       opt_state: the optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
       start_epoch: the index of the first epoch (to resume a run with the same shuffles).
-      mesh: train data-parallel over this mesh's devices (e.g.
-        :func:`jaxnn.data_parallel.data_mesh`): parameters, states and the training set are
-        replicated on every device, and each mini-batch is split over the ``"data"`` axis, so
+      mesh: train data-parallel over this mesh (:func:`jaxnn.data_parallel.data_mesh`):
+        everything is replicated and each mini-batch split over the ``"data"`` axis, so
         ``batch_size`` must be a multiple of the device count.
       on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
         state)`` with that epoch's step losses; returning ``True`` stops training.
@@ -182,19 +176,12 @@ def fit(
     >>> result.losses.shape  # 3 epochs of 10 // 4 = 2 steps
     (3, 2)
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
-    _check_batching(x.shape[0], batch_size)
-    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2,
-                          gradients=gradients, mesh=mesh)
+    _check_fit_arguments(x, y, epochs, batch_size, mesh)
+    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
+                          mesh=mesh)
     if opt_state is None:
         opt_state = optimizer.init(params)
     if mesh is not None:
-        if batch_size % mesh.size:
-            raise ValueError(f"fit: batch_size {batch_size} does not divide over the {mesh.size} "
-                             f"devices of the mesh; use a multiple of {mesh.size}")
         params, state, opt_state, x, y, key = data_parallel.replicate(
             (params, state, opt_state, x, y, key), mesh)
     history = []
@@ -204,6 +191,5 @@ def fit(
         history.append(losses)
         if on_epoch is not None and on_epoch(epoch, losses, params, state):
             break
-    steps = x.shape[0] // batch_size
-    losses = jnp.stack(history) if history else jnp.zeros((0, steps))
+    losses = jnp.stack(history) if history else jnp.zeros((0, x.shape[0] // batch_size))
     return FitResult(params, state, opt_state, losses)

@@ -449,7 +449,7 @@ def check_model(
 
         leaves, treedef = jax.tree.flatten(params)
         names = [f"{layer}|{param}" for layer, param in _parameter_names(model, params)]
-        explicit = value_and_grad(model, loss, has_state=True, train=train)
+        explicit = value_and_grad(model, loss, train=train)
 
         def reference(*arrays):
             p = jax.tree.unflatten(treedef, arrays)

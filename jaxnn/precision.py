@@ -22,6 +22,13 @@ step whose gradients are not finite (the scale was too large, float16 overflowed
 skipped — parameters and optimizer state unchanged — and ``S`` is divided by ``factor``; after
 ``growth_interval`` finite steps in a row ``S`` is multiplied by ``factor``.
 
+Both plug into the one training step, for stateless and stateful models alike: the gradient
+function :func:`value_and_grad` and the optax transformation :func:`loss_scaling` (which keeps
+``S`` and skips non-finite steps with ``optax.apply_if_finite``)::
+
+    step = jaxnn.make_train_step(model, loss, loss_scaling(optax.adam(1e-3), dynamic_loss_scale()),
+                                 gradients=value_and_grad(model, loss, policy))
+
 Gradient checks stay float64: :mod:`jaxnn.gradcheck` casts everything to float64 and checks the
 layers' own backward passes; a policy whose compute dtype is float64 is a pure wrapper the check
 passes through (see the tests), while a half-precision policy is judged by training, not by the
@@ -38,18 +45,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnn.chain import fuse, l2_penalty, value_and_grad, weight_mask
+from jaxnn.chain import fuse
+from jaxnn.chain import value_and_grad as chain_value_and_grad
 from jaxnn.core import Layer, map_leaves
 from jaxnn.losses import Loss
 
 __all__ = [
     "LossScale",
+    "LossScalingState",
     "Policy",
     "apply_policy",
     "dynamic_loss_scale",
-    "make_train_step",
-    "scaled_value_and_grad",
+    "loss_scaling",
     "static_loss_scale",
+    "value_and_grad",
 ]
 
 
@@ -150,7 +159,7 @@ class LossScale:
 
     Make one with :func:`static_loss_scale` or :func:`dynamic_loss_scale`; it is a pytree (its
     arrays are ``scale`` and ``good_steps``; ``dynamic``, ``growth_interval`` and ``factor`` are
-    static), carried from step to step by :func:`make_train_step`.
+    static), carried from step to step in :func:`loss_scaling`'s optimizer state.
     """
 
     scale: jax.Array
@@ -203,78 +212,79 @@ def dynamic_loss_scale(initial: float = 2.0**15, *, growth_interval: int = 2000,
                      growth_interval, float(factor))
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+class LossScalingState(NamedTuple):
+    """The state of :func:`loss_scaling`: the loss scale and ``optax.apply_if_finite``'s state
+    around the inner optimizer's."""
+
+    loss_scale: LossScale
+    guarded: optax.ApplyIfFiniteState
 
 
-def scaled_value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
-    """The loss and its float32 gradients under ``policy`` with loss scaling.
+def loss_scaling(optimizer: optax.GradientTransformation,
+                 loss_scale: LossScale) -> optax.GradientTransformation:
+    """``optimizer`` with a loss scale in its state and non-finite steps skipped.
+
+    ``update`` runs ``optimizer`` inside ``optax.apply_if_finite``: when a gradient is not
+    finite the update is zero (parameters unchanged) and the inner optimizer state is kept.
+    Then the scale is adjusted (:meth:`LossScale.adjust`). :func:`value_and_grad` reads ``S``
+    from this state; make it the outermost transformation (the one given to
+    :func:`jaxnn.make_train_step`).
+
+    Args:
+      optimizer: the optimizer (L2 may be chained into it).
+      loss_scale: :func:`static_loss_scale` (``static_loss_scale(1.0)``: no scaling, enough
+        for bfloat16) or :func:`dynamic_loss_scale` (float16).
+    """
+    if not isinstance(loss_scale, LossScale):
+        raise TypeError(f"loss_scaling: loss_scale must be a jaxnn.precision.LossScale, got "
+                        f"{type(loss_scale).__name__}")
+    # never give up on skipping: a dynamic scale comes down until steps are finite again
+    guarded = optax.apply_if_finite(optimizer, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
+
+    def init(params):
+        return LossScalingState(loss_scale, guarded.init(params))
+
+    def update(grads, state, params=None):
+        updates, inner = guarded.update(grads, state.guarded, params)
+        return updates, LossScalingState(state.loss_scale.adjust(inner.last_finite), inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _loss_scale_in(opt_state: Any) -> LossScale:
+    found = [node for node in jax.tree.leaves(
+        opt_state, is_leaf=lambda n: isinstance(n, LossScalingState))
+        if isinstance(node, LossScalingState)]
+    if len(found) > 1:
+        raise ValueError(f"precision.value_and_grad: the optimizer state holds {len(found)} "
+                         f"loss_scaling states; use one")
+    return found[0].loss_scale if found else static_loss_scale(1.0)
+
+
+def value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
+    """The loss and its float32 gradients under ``policy``, with the loss scale of the
+    optimizer state: a gradient function for :func:`jaxnn.make_train_step`.
 
     Returns:
-      ``(params, loss_scale, x, y) -> (value, grads, finite)``: the explicit hand-derived chain
-      (:func:`jaxnn.value_and_grad`) through :func:`apply_policy`'s model with ``dJ/dA[L]``
-      multiplied by ``S`` (in float32, before any cast to the compute dtype) and the
-      parameter gradients divided by ``S``; ``finite`` tells whether every gradient is finite.
+      ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``:
+      the explicit hand-derived chain (:func:`jaxnn.value_and_grad`) through
+      :func:`apply_policy`'s model (after :func:`jaxnn.fuse`) with ``dJ/dA[L]`` multiplied by
+      ``S`` (in float32, before any cast to the compute dtype) and the parameter gradients
+      divided by ``S``. ``S`` is read from the :func:`loss_scaling` state inside ``opt_state``
+      (``1`` when there is none). The model may have state (batch norm) and randomness.
     """
     model, loss = fuse(apply_policy(model, policy), loss)
 
-    def fn(params, loss_scale, x, y):
+    def fn(params, state, x, y, key=None, opt_state=None):
+        loss_scale = _loss_scale_in(opt_state)
         scale = loss_scale.scale
 
         def scaled_grad(a, t):
             g = loss.grad(a, t)
             return g * scale.astype(g.dtype)
 
-        value, grads = value_and_grad(model, loss._replace(grad=scaled_grad))(params, x, y)
-        grads = loss_scale.unscale(grads)
-        return value, grads, _all_finite(grads)
+        chain = chain_value_and_grad(model, loss._replace(grad=scaled_grad), train=True)
+        (value, new_state), grads = chain(params, state, x, y, key)
+        return (value, new_state), loss_scale.unscale(grads)
 
     return fn
-
-
-def make_train_step(
-    model: Layer,
-    loss: Loss,
-    optimizer: optax.GradientTransformation,
-    policy: Policy,
-    *,
-    l2: float = 0.0,
-    jit: bool = True,
-) -> Callable:
-    """A mixed-precision training step with loss scaling.
-
-    The model runs under ``policy`` (:func:`apply_policy`); the gradient is the explicit
-    hand-derived chain (:func:`jaxnn.value_and_grad`) with the loss's derivative multiplied by
-    the scale ``S``, and the float32 gradients divided by ``S``. A step with non-finite
-    gradients leaves parameters and optimizer state unchanged and adjusts a dynamic scale.
-
-    Args:
-      model, loss, optimizer, l2: as for :func:`jaxnn.make_train_step` (stateless models).
-      policy: the dtype policy; the parameters passed to the step should be in
-        ``policy.param_dtype`` (``policy.cast_params``).
-      jit: compile the step.
-
-    Returns:
-      ``step(params, opt_state, loss_scale, x, y) -> (params, opt_state, loss_scale, loss)``
-      with a :class:`LossScale` from :func:`static_loss_scale` (``static_loss_scale(1.0)``: no
-      scaling, enough for bfloat16) or :func:`dynamic_loss_scale` (float16).
-    """
-    value_and_scaled_grad = scaled_value_and_grad(model, loss, policy)
-
-    def step(params, opt_state, loss_scale, x, y):
-        value, grads, finite = value_and_scaled_grad(params, loss_scale, x, y)
-        if l2:
-            value = value + l2_penalty(params, l2)
-            grads = jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params,
-                                 weight_mask(params))
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-
-        def keep(new, old):  # a non-finite step changes nothing
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
-        return (keep(new_params, params), keep(new_opt_state, opt_state),
-                loss_scale.adjust(finite), value)
-
-    return jax.jit(step) if jit else step

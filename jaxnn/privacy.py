@@ -8,37 +8,41 @@ together, one vector per example, by ``jax.vmap`` of the hand-derived chain):
 * sum, add Gaussian noise of standard deviation ``σ·C`` to every entry and divide by ``B``:
   ``g̃ = (Σ_i ĝ_i + N(0, σ²C² I)) / B``.
 
-``σ`` is the noise multiplier; the privacy accounting that turns ``(σ, B/n, steps)`` into
-``(ε, δ)`` is outside this module (e.g. the ``dp_accounting`` package). An L2 penalty's gradient
-``λ·W`` depends on no example, so it is added after the noise, unclipped.
+``σ`` is the noise multiplier; :func:`epsilon` turns ``(σ, q = B/n, steps)`` into the ``ε``
+spent at a given ``δ`` with the ``dp-accounting`` package's RDP accountant (the ``privacy``
+extra).
 
-Two forms, one computation (:func:`clipped_noisy_mean`):
+DP-SGD is two pieces of the one training step, for stateless and stateful models alike:
 
-* :func:`make_private_train_step` — a jitted step ``(params, opt_state, x, y, key) ->
-  (params, opt_state, loss)`` with any optax optimizer after the aggregation;
-* :func:`private_aggregate` — an ``optax.GradientTransformation`` that takes per-example
-  gradients (leading batch axis, e.g. from :func:`jaxnn.per_example_grads`) and returns the
-  noisy mean, keeping its PRNG key in its state; chain it before any optimizer.
+* the gradient function :func:`per_example_value_and_grad` (``jax.vmap`` of the hand-derived
+  chain over examples; each example gets its own key; the new model state is the mean over
+  examples);
+* :func:`private_aggregate`, an ``optax.GradientTransformation`` that takes those per-example
+  gradients and returns the noisy mean, keeping its PRNG key in its state; chain it before any
+  optimizer. An L2 term (:func:`jaxnn.l2_regularization`) chained after it depends on no
+  example, so it is added after the noise, unclipped::
+
+    optimizer = optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))
+    step = jaxnn.make_train_step(model, loss, optimizer,
+                                 gradients=per_example_value_and_grad(model, loss))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnn.chain import fuse, l2_penalty, value_and_grad, weight_mask
-from jaxnn.core import Layer
-from jaxnn.losses import Loss
+from jaxnn.chain import per_example_value_and_grad
 
 __all__ = [
     "PrivateAggregateState",
     "clip_per_example",
     "clipped_noisy_mean",
-    "make_private_train_step",
+    "epsilon",
+    "per_example_value_and_grad",
     "private_aggregate",
 ]
 
@@ -130,53 +134,37 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
     return optax.GradientTransformation(init, update)
 
 
-def _per_example_values_and_grads(model: Layer, loss: Loss) -> Callable:
-    chain = value_and_grad(*fuse(model, loss), train=True)
+def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
+            delta: float) -> float:
+    """The privacy spent: ``ε`` at ``δ`` after ``steps`` DP-SGD steps, by the RDP accountant of
+    the ``dp-accounting`` package (``pip install "jaxnn[privacy]"``).
 
-    def per_example(params, x, y):
-        return jax.vmap(lambda xi, yi: chain(params, xi[None], yi[None]))(x, y)
-
-    return per_example
-
-
-def make_private_train_step(
-    model: Layer,
-    loss: Loss,
-    optimizer: optax.GradientTransformation,
-    *,
-    clip_norm: float,
-    noise_multiplier: float,
-    l2: float = 0.0,
-    jit: bool = True,
-) -> Callable:
-    """A DP-SGD training step: per-example gradients, clipping, noise, then ``optimizer``.
+    Each step is the Poisson-subsampled Gaussian mechanism (each example in the batch with
+    probability ``q = sampling_rate``, e.g. ``B / n``; noise multiplier ``σ``), composed
+    ``steps`` times; Rényi DP is converted to ``(ε, δ)``-DP.
 
     Args:
-      model, loss, optimizer: as for :func:`jaxnn.make_train_step` (stateless models).
-      clip_norm: ``C``, the bound on each example's gradient norm.
-      noise_multiplier: ``σ``; the noise has standard deviation ``σ·C`` before the division
-        by the batch size. ``0`` gives clipping alone.
-      l2: λ of ``(λ/2) Σ ‖W‖²``; its gradient ``λ·W`` is added after the noise.
-      jit: compile the step.
-
-    Returns:
-      ``step(params, opt_state, x, y, key) -> (params, opt_state, loss)``; ``key`` draws this
-      step's noise (:func:`clipped_noisy_mean`), ``loss`` is the mean per-example loss (plus
-      the penalty).
+      noise_multiplier: ``σ`` of :func:`private_aggregate` (positive).
+      sampling_rate: ``q`` in ``(0, 1]``.
+      steps: the number of steps taken (non-negative int).
+      delta: ``δ`` in ``(0, 1)``.
     """
-    _check_positive("clip_norm", clip_norm)
-    _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-    per_example = _per_example_values_and_grads(model, loss)
-
-    def step(params, opt_state, x, y, key):
-        values, grads = per_example(params, x, y)
-        grads = clipped_noisy_mean(grads, clip_norm, noise_multiplier, key)
-        value = jnp.mean(values)
-        if l2:
-            value = value + l2_penalty(params, l2)
-            grads = jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params,
-                                 weight_mask(params))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return jax.jit(step) if jit else step
+    _check_positive("noise_multiplier", noise_multiplier)
+    if not 0 < sampling_rate <= 1:
+        raise ValueError(f"privacy: sampling_rate must be in (0, 1], got {sampling_rate!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"privacy: steps must be a non-negative int, got {steps!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"privacy: delta must be in (0, 1), got {delta!r}")
+    try:
+        import dp_accounting  # an optional extra: imported only when ε is asked for
+    except ImportError as error:
+        raise ImportError("privacy.epsilon needs the dp-accounting package: "
+                          "pip install 'jaxnn[privacy]' (or pip install dp-accounting)") from error
+    if steps == 0:
+        return 0.0
+    event = dp_accounting.PoissonSampledDpEvent(
+        sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(event, steps)
+    return float(accountant.get_epsilon(delta))

@@ -1,10 +1,20 @@
-"""Training: the explicit hand-derived chain, jitted optax steps, L2, per-example gradients.
+"""Training: the one step, composed from a gradient function and any optax transformation.
 
-:func:`value_and_grad` is the classic backward propagation with no autodiff at all: forward
-through the network, ``dA[L] = loss.grad(A[L], Y)``, then every layer's ``backward`` in reverse.
-:func:`make_train_step` wraps it (after :func:`jaxnn.losses.fuse`, so a sigmoid output with
-binary cross-entropy trains on the stable ``dZ[L] = (a − y)/m``) with any optax
-``GradientTransformation`` into one jitted, pure step.
+:func:`make_train_step` is the only training step: ``step(params, state, opt_state, x, y, key)
+-> (params, state, opt_state, loss)`` for every model (a stateless one passes ``state=()`` and
+``key=None``). Every feature plugs into it as one of two pieces:
+
+* a gradient function ``(params, state, x, y, key, opt_state) -> ((value, new_state), grads)``:
+  the explicit hand-derived chain (``"hand"``, :func:`jaxnn.value_and_grad`, after
+  :func:`jaxnn.fuse`, so a sigmoid output with binary cross-entropy trains on the stable
+  ``dZ[L] = (a − y)/m``), plain autodiff of the same forward (``"autodiff"``), mixed precision
+  (:func:`jaxnn.precision.value_and_grad`) or per-example gradients for DP-SGD
+  (:func:`jaxnn.privacy.per_example_value_and_grad`);
+* an optax ``GradientTransformation``: the optimizer, chained after L2
+  (:func:`jaxnn.l2_regularization`), loss scaling (:func:`jaxnn.precision.loss_scaling`) or
+  DP-SGD's aggregation (:func:`jaxnn.privacy.private_aggregate`).
+
+:mod:`jaxnn.fit`, :mod:`jaxnn.ensemble` and :mod:`jaxnn.data_parallel` wrap this same step.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnn.chain import fuse, l2_penalty, value_and_grad, weight_mask
+from jaxnn.chain import fuse, value_and_grad
 from jaxnn.core import Layer, apply, reference_apply
 from jaxnn.losses import Loss
 
@@ -29,92 +39,95 @@ def make_train_step(
     loss: Loss,
     optimizer: optax.GradientTransformation,
     *,
-    l2: float = 0.0,
-    stateful: bool = False,
-    gradients: str = "hand",
+    gradients: str | Callable = "hand",
     jit: bool = True,
     donate: bool = False,
 ) -> Callable:
-    """One jitted, pure training step with any optax optimizer.
+    """The training step: gradients, then ``optimizer``, then the parameter update.
 
     Args:
       model: the network.
       loss: the loss; a final ``sigmoid`` with :data:`binary_cross_entropy` is fused into the
-        stable logits form first (:func:`jaxnn.losses.fuse`).
+        stable logits form first (:func:`jaxnn.fuse`).
       optimizer: an ``optax.GradientTransformation`` (``optax.sgd(0.0075)`` is the classic
-        gradient descent).
-      l2: λ of the penalty ``(λ/2) Σ ‖W‖²`` on weights only (biases are not regularized); the
-        gradient gets ``+ λ·W`` and the returned loss includes the penalty.
-      stateful: if false the step is ``(params, opt_state, x, y) -> (params, opt_state, loss)``
-        and the model runs in train mode with empty state and no key. If true it is
-        ``(params, state, opt_state, x, y, key) -> (params, state, opt_state, loss)``, for layers
-        with state (batch norm) or randomness (dropout).
-      gradients: ``"hand"`` (the explicit hand-derived chain, the default) or ``"autodiff"``
-        (``jax.grad`` of the same forward, the reference path: for comparisons).
+        gradient descent); chain L2, loss scaling or DP-SGD's aggregation into it.
+      gradients: ``"hand"`` (the explicit hand-derived chain, the default), ``"autodiff"``
+        (``jax.grad`` of the same forward, the reference path: for comparisons), or a gradient
+        function ``(params, state, x, y, key, opt_state) -> ((value, new_state), grads)``
+        (then ``model`` and ``loss`` are those it was built from).
       jit: compile the step with ``jax.jit`` (it is traced once for given shapes and dtypes).
-      donate: donate the params and optimizer-state buffers to the step (the caller must not
-        reuse the arrays it passed in).
+      donate: donate the params, state and optimizer-state buffers to the step (the caller must
+        not reuse the arrays it passed in).
+
+    Returns:
+      ``step(params, state, opt_state, x, y, key=None) -> (params, state, opt_state, loss)``:
+      the model runs in training mode; ``key`` is its randomness (dropout); ``loss`` is the value
+      the gradient function reports (the data loss, before any L2 penalty).
     """
-    if gradients not in ("hand", "autodiff"):
-        raise ValueError(f"make_train_step: gradients must be 'hand' or 'autodiff', got "
-                         f"{gradients!r}")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"make_train_step: optimizer must be an optax.GradientTransformation, "
                         f"got {type(optimizer).__name__}")
-    model, loss = fuse(model, loss)
+    gradient = _gradient_function(model, loss, gradients)
 
+    def step(params, state, opt_state, x, y, key=None):
+        (value, new_state), grads = gradient(params, state, x, y, key, opt_state)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, _same_empty_state(state, new_state), opt_state, value
+
+    if jit:
+        step = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    return step
+
+
+def _gradient_function(model: Layer, loss: Loss, gradients: str | Callable) -> Callable:
+    if callable(gradients):
+        return gradients
     if gradients == "hand":
-        chain = value_and_grad(model, loss, has_state=True, train=True)
-    else:
+        return value_and_grad(*fuse(model, loss), train=True)
+    if gradients == "autodiff":
+        model, loss = fuse(model, loss)
 
         def objective(params, state, x, y, key):
             a, new_state = reference_apply(model, params, state, x, key=key, train=True)
             return loss.value(a, y), new_state
 
-        chain = jax.value_and_grad(objective, has_aux=True)
+        autodiff = jax.value_and_grad(objective, has_aux=True)
+        return lambda params, state, x, y, key=None, opt_state=None: autodiff(
+            params, state, x, y, key)
+    raise ValueError(f"make_train_step: gradients must be 'hand', 'autodiff' or a gradient "
+                     f"function, got {gradients!r}")
 
-    def step_with_state(params, state, opt_state, x, y, key):
-        (value, new_state), grads = chain(params, state, x, y, key)
-        if l2:
-            value = value + l2_penalty(params, l2)
-            mask = weight_mask(params)
-            grads = jax.tree.map(lambda g, w, m: g + l2 * w if m else g, grads, params, mask)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, new_state, opt_state, value
 
-    if stateful:
-        step = step_with_state
-        donated = (0, 1, 2)
-    else:
-
-        def step(params, opt_state, x, y):
-            params, _, opt_state, value = step_with_state(params, (), opt_state, x, y, None)
-            return params, opt_state, value
-
-        donated = (0, 1)
-    if jit:
-        step = jax.jit(step, donate_argnums=donated if donate else ())
-    return step
+def _same_empty_state(state: Any, new_state: Any) -> Any:
+    # a network without state takes () and must hand () back, so that a scan's carry keeps its
+    # structure while combinators of stateless layers still return one () per sublayer
+    if not jax.tree.leaves(state) and not jax.tree.leaves(new_state):
+        return state
+    return new_state
 
 
 @functools.partial(jax.jit, static_argnames=("step", "n_steps"))
-def run_steps(step: Callable, params: Any, opt_state: Any, x: jax.Array, y: jax.Array,
-              n_steps: int) -> tuple[Any, Any, jax.Array]:
+def run_steps(step: Callable, params: Any, state: Any, opt_state: Any, x: jax.Array,
+              y: jax.Array, n_steps: int, key: jax.Array | None = None
+              ) -> tuple[Any, Any, Any, jax.Array]:
     """``n_steps`` full-batch steps fused into one compiled ``lax.scan``.
 
-    ``step`` is a step from :func:`make_train_step` (``stateful=False``). Returns the final
-    params and optimizer state and the loss of every step, shape ``(n_steps,)``. Equal to calling
+    ``step`` is a step from :func:`make_train_step`; step ``s`` gets the key
+    ``split(key, n_steps)[s]`` (``None`` without a key). Returns the final params, model state
+    and optimizer state and the loss of every step, shape ``(n_steps,)``. Equal to calling
     ``step`` ``n_steps`` times from Python, without a dispatch per step.
     """
+    keys = None if key is None else jax.random.split(key, n_steps)
 
-    def body(carry, _):
-        p, s = carry
-        p, s, value = step(p, s, x, y)
-        return (p, s), value
+    def body(carry, step_key):
+        p, s, o = carry
+        p, s, o, value = step(p, s, o, x, y, step_key)
+        return (p, s, o), value
 
-    (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), None, length=n_steps)
-    return params, opt_state, losses
+    (params, state, opt_state), losses = jax.lax.scan(
+        body, (params, state, opt_state), keys, length=n_steps)
+    return params, state, opt_state, losses
 
 
 def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.Array:

@@ -41,7 +41,7 @@ def _problem(m=16, n_in=3, seed=0):
 
 def _run_steps(step, params, opt_state, x, y, n=3):
     for _ in range(n):
-        params, opt_state, value = step(params, opt_state, x, y)
+        params, _, opt_state, value = step(params, (), opt_state, x, y, None)
     return params, opt_state, value
 
 
@@ -85,10 +85,10 @@ def _child_indivisible_batch_is_a_clear_error():
     step = data_parallel.shard_train_step(jaxnn.make_train_step(net, jaxnn.binary_cross_entropy,
                                                            optimizer))
     try:
-        step(params, optimizer.init(params), x, y)
+        step(params, (), optimizer.init(params), x, y)
     except ValueError as error:
         message = str(error)
-        assert "argument 2" in message and "10 examples" in message, message
+        assert "argument 3" in message and "10 examples" in message, message
         assert "4 devices" in message and "multiple of 4 (e.g. 8 or 12)" in message, message
     else:
         raise AssertionError("no error for a batch of 10 on 4 devices")
@@ -97,10 +97,10 @@ def _child_indivisible_batch_is_a_clear_error():
 def _child_stateful_step_with_keys_equals_one_device():
     net, params, x, y = _problem()
     optimizer = optax.sgd(0.3)
-    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer, stateful=True)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
     args = (params, ((),) * 4, optimizer.init(params), x, y, jax.random.key(3))
     single = step(*jax.device_put(args, jax.devices()[0]))
-    sharded = data_parallel.shard_train_step(step, stateful=True)(*args)
+    sharded = data_parallel.shard_train_step(step)(*args)
     chex.assert_trees_all_close(sharded, single, rtol=1e-12, atol=1e-14)
 
 
@@ -108,10 +108,10 @@ def _child_fit_style_scan_on_sharded_data_equals_one_device():
     net, params, x, y = _problem(m=32)
     optimizer = optax.sgd(0.3)
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
-    single = jaxnn.run_steps(step, *jax.device_put((params, optimizer.init(params), x, y),
+    single = jaxnn.run_steps(step, *jax.device_put((params, (), optimizer.init(params), x, y),
                                                    jax.devices()[0]), n_steps=5)
     mesh = data_parallel.data_mesh()
-    replicated = data_parallel.replicate((params, optimizer.init(params)), mesh)
+    replicated = data_parallel.replicate((params, (), optimizer.init(params)), mesh)
     sharded = jaxnn.run_steps(step, *replicated, *data_parallel.shard_batch((x, y), mesh),
                               n_steps=5)
     chex.assert_trees_all_close(sharded, single, rtol=1e-12, atol=1e-14)
@@ -192,8 +192,8 @@ def test_sharded_step_on_the_default_mesh_equals_the_plain_step():
     net, params, x, y = _problem()
     optimizer = optax.sgd(0.2)
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
-    expected = step(params, optimizer.init(params), x, y)
-    got = data_parallel.shard_train_step(step)(params, optimizer.init(params), x, y)
+    expected = step(params, (), optimizer.init(params), x, y)
+    got = data_parallel.shard_train_step(step)(params, (), optimizer.init(params), x, y)
     chex.assert_trees_all_close(got, expected, rtol=1e-12)
 
 
@@ -206,7 +206,7 @@ def test_a_mesh_without_a_data_axis_is_a_clear_error():
 def test_a_missing_batch_argument_is_a_clear_error():
     net, params, x, y = _problem()
     step = data_parallel.shard_train_step(jaxnn.make_train_step(net, jaxnn.binary_cross_entropy,
-                                                           optax.sgd(0.1)), stateful=True)
+                                                           optax.sgd(0.1)))
     with pytest.raises(ValueError, match="batch argument 4 is missing"):
         step(params, (), x, y)
 

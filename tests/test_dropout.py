@@ -78,13 +78,13 @@ def test_evaluation_mode_is_the_identity_and_needs_no_key(key):
 def test_training_without_a_key_is_a_clear_error():
     with pytest.raises(ValueError, match="dropout: training mode needs a PRNG key, got key=None"):
         jaxnn.apply(jaxnn.dropout(0.5), (), (), jnp.ones((2, 3)), train=True)
-    # make_train_step without state passes no key: the message points to stateful=True
+    # a training step called without a key: the message says where the key goes
     net = jaxnn.serial(jaxnn.dense(2), jaxnn.dropout(0.5))
     _, params, _ = net.init(jax.random.key(0), (-1, 3))
     optimizer = optax.sgd(0.1)
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
-    with pytest.raises(ValueError, match="stateful=True"):
-        step(params, optimizer.init(params), jnp.ones((4, 3)), jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"step\(params, state, opt_state, x, y, key\)"):
+        step(params, (), optimizer.init(params), jnp.ones((4, 3)), jnp.ones((4, 2)))
 
 
 def test_rate_zero_is_the_identity_even_in_training_without_a_key(key):

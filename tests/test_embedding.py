@@ -119,10 +119,10 @@ def test_sizes_must_be_positive_ints(num, features):
 def test_the_table_is_not_decayed_by_l2(key):
     net = jaxnn.serial(jaxnn.embedding(8, 4), jaxnn.dense(2))
     _, params, _ = net.init(key, (-1,))
-    mask = jaxnn.weight_mask(params)
+    mask = jaxnn.weight_mask(net, params)
     assert mask[0] == {"embedding": False}
     assert mask[1]["W"]
-    penalty = jaxnn.l2_penalty(params, 1.0)
+    penalty = jaxnn.l2_penalty(net, params, 1.0)
     np.testing.assert_allclose(penalty, 0.5 * np.sum(np.square(params[1]["W"])), rtol=1e-6)
 
 
@@ -140,5 +140,6 @@ def test_an_embedding_network_learns_per_id_targets(key):
     _, params, _ = net.init(k_init, (-1,))
     optimizer = optax.adam(0.05)
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
-    params, _, losses = jaxnn.run_steps(step, params, optimizer.init(params), ids, targets, 200)
+    params, _, _, losses = jaxnn.run_steps(step, params, (), optimizer.init(params), ids,
+                                           targets, 200)
     assert float(losses[-1]) < 0.01 * float(losses[0])

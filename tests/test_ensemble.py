@@ -9,6 +9,7 @@ import pytest
 
 import jaxnn
 from jaxnn import ensemble
+from tests.helpers import noisy_counter
 
 
 def _net():
@@ -49,7 +50,7 @@ def test_members_with_their_own_learning_rates_equal_separate_runs(key):
     step = ensemble.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
     trained = params
     for _ in range(5):
-        trained, opt_state, losses = step(trained, opt_state, x, y)
+        trained, _, opt_state, losses = step(trained, (), opt_state, x, y)
     assert step._cache_size() == 1
     chex.assert_shape(losses, (3,))
 
@@ -58,7 +59,7 @@ def test_members_with_their_own_learning_rates_equal_separate_runs(key):
         single_step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, single_opt)
         p, s = ensemble.member(params, k), single_opt.init(ensemble.member(params, k))
         for _ in range(5):
-            p, s, value = single_step(p, s, x, y)
+            p, _, s, value = single_step(p, (), s, x, y)
         chex.assert_trees_all_close(ensemble.member(trained, k), p, rtol=1e-10, atol=1e-12)
         chex.assert_trees_all_close(losses[k], value, rtol=1e-10)
 
@@ -68,15 +69,15 @@ def test_members_on_their_own_data_equal_separate_runs(key):
     _, params, _ = ensemble.init(net, key, (-1, 3), members=2)
     params = _float64(params)
     x, y = _data(jax.random.key(2), members=2)
-    optimizer = optax.sgd(0.2)
+    optimizer = optax.chain(jaxnn.l2_regularization(net, 0.01), optax.sgd(0.2))
     opt_state = ensemble.init_optimizer(optimizer, params)
-    step = ensemble.make_train_step(net, jaxnn.binary_cross_entropy, optimizer, l2=0.01,
+    step = ensemble.make_train_step(net, jaxnn.binary_cross_entropy, optimizer,
                                     shared_data=False)
-    trained, _, _ = step(params, opt_state, x, y)
-    single = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer, l2=0.01)
+    trained, _, _, _ = step(params, (), opt_state, x, y)
+    single = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
     for k in range(2):
         p = ensemble.member(params, k)
-        expected, _, _ = single(p, optimizer.init(p), x[k], y[k])
+        expected, _, _, _ = single(p, (), optimizer.init(p), x[k], y[k])
         chex.assert_trees_all_close(ensemble.member(trained, k), expected, rtol=1e-10)
 
 
@@ -104,35 +105,19 @@ def test_hyperparameters_need_inject_hyperparams_and_one_value_per_member(key):
         ensemble.init(net, key, (-1, 3))
 
 
-def _noisy_counter():
-    """Additive noise from the key in training and a step counter in the state."""
-
-    def init(key, in_shape):
-        return tuple(in_shape), (), {"count": jnp.zeros((), jnp.int32)}
-
-    def forward(params, state, x, *, key=None, train=False):
-        noise = 0.1 * jax.random.normal(key, x.shape, x.dtype) if train else 0 * x
-        return x + noise, {"count": state["count"] + 1}, None
-
-    def backward(params, residuals, dy):
-        return (), dy
-
-    return jaxnn.core.leaf_layer("noisy_counter", init, forward, backward)
-
-
 def test_stateful_members_with_their_own_keys_equal_separate_runs(key):
-    net = jaxnn.serial(jaxnn.dense(4), _noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
     _, params, state = ensemble.init(net, key, (-1, 3), members=2)
     params = _float64(params)
     x, _ = _data(jax.random.key(4))
     y = jnp.sin(x[:, :1])
     optimizer = optax.sgd(0.1)
-    step = ensemble.make_train_step(net, jaxnn.mean_squared_error, optimizer, stateful=True)
+    step = ensemble.make_train_step(net, jaxnn.mean_squared_error, optimizer)
     keys = jax.random.split(jax.random.key(5), 2)
     trained, new_state, _, _ = step(params, state, ensemble.init_optimizer(optimizer, params),
                                     x, y, keys)
     chex.assert_trees_all_equal(new_state[1]["count"], jnp.array([1, 1], jnp.int32))
-    single = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer, stateful=True)
+    single = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
     for k in range(2):
         p, s = ensemble.member(params, k), ensemble.member(state, k)
         expected, _, _, _ = single(p, s, optimizer.init(p), x, y, keys[k])

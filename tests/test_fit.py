@@ -9,6 +9,7 @@ import pytest
 
 import jaxnn
 from jaxnn.fit import epoch_batches, make_epoch
+from tests.helpers import noisy_counter
 
 
 def _problem(key, m=22, n_in=3):
@@ -21,10 +22,9 @@ def _problem(key, m=22, n_in=3):
     return net, params, x, y
 
 
-def _python_loop(net, loss, optimizer, params, x, y, *, epochs, batch_size, key, state=(),
-                 stateful=False):
+def _python_loop(net, loss, optimizer, params, x, y, *, epochs, batch_size, key, state=()):
     """The reference: make_train_step called from Python on the documented batches."""
-    step = jaxnn.make_train_step(net, loss, optimizer, stateful=stateful)
+    step = jaxnn.make_train_step(net, loss, optimizer)
     opt_state = optimizer.init(params)
     n = x.shape[0]
     steps = n // batch_size
@@ -35,11 +35,8 @@ def _python_loop(net, loss, optimizer, params, x, y, *, epochs, batch_size, key,
         step_keys = jax.random.split(step_key, steps)
         for s in range(steps):
             rows = perm[s * batch_size:(s + 1) * batch_size]
-            if stateful:
-                params, state, opt_state, value = step(params, state, opt_state, x[rows],
-                                                       y[rows], step_keys[s])
-            else:
-                params, opt_state, value = step(params, opt_state, x[rows], y[rows])
+            params, state, opt_state, value = step(params, state, opt_state, x[rows], y[rows],
+                                                   step_keys[s])
             losses.append(value)
     return params, state, jnp.stack(losses).reshape(epochs, steps)
 
@@ -90,24 +87,8 @@ def test_the_epoch_is_traced_once_for_every_epoch(key):
     assert epoch_fn._cache_size() == 1
 
 
-def _noisy_counter():
-    """A test layer with state (a step counter) and randomness (additive noise in training)."""
-
-    def init(key, in_shape):
-        return tuple(in_shape), (), {"count": jnp.zeros((), jnp.int32)}
-
-    def forward(params, state, x, *, key=None, train=False):
-        noise = 0.1 * jax.random.normal(key, x.shape, x.dtype) if train else jnp.zeros_like(x)
-        return x + noise, {"count": state["count"] + 1}, None
-
-    def backward(params, residuals, dy):
-        return (), dy
-
-    return jaxnn.core.leaf_layer("noisy_counter", init, forward, backward)
-
-
 def test_fit_carries_state_and_gives_each_step_its_key(key):
-    net = jaxnn.serial(jaxnn.dense(4), _noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
     k1, k2 = jax.random.split(key)
     _, params, state = net.init(k1, (-1, 2))
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
@@ -118,7 +99,7 @@ def test_fit_carries_state_and_gives_each_step_its_key(key):
                        batch_size=4, key=jax.random.key(5), state=state)
     expected, expected_state, expected_losses = _python_loop(
         net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2, batch_size=4,
-        key=jax.random.key(5), state=state, stateful=True)
+        key=jax.random.key(5), state=state)
     assert int(result.state[1]["count"]) == 6 == int(expected_state[1]["count"])
     chex.assert_trees_all_close(result.params, expected, rtol=1e-10, atol=1e-12)
     chex.assert_trees_all_close(result.losses, expected_losses, rtol=1e-10)
@@ -140,6 +121,19 @@ def test_on_epoch_reports_each_epoch_and_can_stop_early(key):
                        epochs=5, batch_size=11, key=jax.random.key(0), on_epoch=on_epoch)
     assert seen == [(0, (2,)), (1, (2,))]
     chex.assert_shape(result.losses, (2, 2))
+
+
+def test_l2_is_chained_into_the_optimizer(key):
+    net, params, x, y = _problem(key)
+    regularized = optax.chain(jaxnn.l2_regularization(net, 0.05), optax.sgd(0.1))
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, regularized, params, x, y, epochs=2,
+                       batch_size=5, key=jax.random.key(7))
+    expected, _, _ = _python_loop(net, jaxnn.binary_cross_entropy, regularized, params, x, y,
+                                  epochs=2, batch_size=5, key=jax.random.key(7))
+    chex.assert_trees_all_close(result.params, expected, rtol=1e-10, atol=1e-12)
+    plain = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y, epochs=2,
+                      batch_size=5, key=jax.random.key(7))
+    assert float(jnp.sum(result.params[0]["W"] ** 2)) < float(jnp.sum(plain.params[0]["W"] ** 2))
 
 
 def test_resuming_with_start_epoch_equals_one_long_run(key):

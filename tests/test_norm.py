@@ -272,7 +272,7 @@ def test_stateful_training_with_batch_norm_and_dropout_lowers_the_loss_and_moves
     _, params, state0 = net.init(k_init, (-1, 4))
     optimizer = optax.adam(1e-2)
     opt_state = optimizer.init(params)
-    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer, stateful=True)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
     state, losses = state0, []
     for k in jax.random.split(k_steps, 100):
         params, state, opt_state, loss = step(params, state, opt_state, x, y, k)

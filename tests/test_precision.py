@@ -34,8 +34,13 @@ def _relative_error(a, b):
 
 
 def _grads(net, loss, policy, params, x, y, loss_scale=None):
+    """``(value, grads, finite)`` with the scale read from a loss_scaling optimizer state."""
     loss_scale = precision.static_loss_scale(1.0) if loss_scale is None else loss_scale
-    return jax.jit(precision.scaled_value_and_grad(net, loss, policy))(params, loss_scale, x, y)
+    opt_state = precision.loss_scaling(optax.sgd(0.1), loss_scale).init(params)
+    fn = jax.jit(precision.value_and_grad(net, loss, policy))
+    (value, _), grads = fn(params, (), x, y, None, opt_state)
+    finite = all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    return value, grads, finite
 
 
 def test_every_leaf_computes_in_the_compute_dtype_and_gradients_arrive_in_float32(key):
@@ -84,12 +89,13 @@ def test_bfloat16_gradients_are_close_to_float32_and_training_lowers_the_loss(ke
     chex.assert_trees_all_equal_dtypes(grads, params)
     assert _relative_error(grads, ref) < 0.05  # bfloat16 keeps 8 bits of mantissa
 
-    optimizer = optax.adam(1e-2)
-    step = precision.make_train_step(net, mse, optimizer, Policy(compute_dtype=jnp.bfloat16))
-    opt_state, scale = optimizer.init(params), precision.static_loss_scale(1.0)
+    optimizer = precision.loss_scaling(optax.adam(1e-2), precision.static_loss_scale(1.0))
+    step = jaxnn.make_train_step(net, mse, optimizer, gradients=precision.value_and_grad(
+        net, mse, Policy(compute_dtype=jnp.bfloat16)))
+    opt_state = optimizer.init(params)
     losses = []
     for _ in range(60):
-        params, opt_state, scale, loss = step(params, opt_state, scale, x, y)
+        params, _, opt_state, loss = step(params, (), opt_state, x, y)
         losses.append(float(loss))
     assert losses[-1] < 0.3 * losses[0]
     assert params[0]["W"].dtype == jnp.float32
@@ -116,22 +122,52 @@ def test_float16_gradients_flush_to_zero_without_loss_scaling_and_survive_with_i
     assert _relative_error(scaled, ref) < 0.01
 
 
+def _float16_step(net, loss, inner, scale):
+    optimizer = precision.loss_scaling(inner, scale)
+    gradients = precision.value_and_grad(net, loss, Policy(compute_dtype=jnp.float16))
+    return optimizer, jaxnn.make_train_step(net, loss, optimizer, gradients=gradients)
+
+
 def test_a_float16_overflow_skips_the_step_and_halves_a_dynamic_scale(key):
     net, params, x, y = _problem(key)
-    optimizer = optax.adam(1e-2)
-    step = precision.make_train_step(net, jaxnn.mean_squared_error, optimizer,
-                                     Policy(compute_dtype=jnp.float16))
+    # dJ/dA · 2³⁰ overflows float16's 65504
+    optimizer, step = _float16_step(net, jaxnn.mean_squared_error, optax.adam(1e-2),
+                                    precision.dynamic_loss_scale(2.0**30))
     opt_state = optimizer.init(params)
-    scale = precision.dynamic_loss_scale(2.0**30)  # dJ/dA · 2³⁰ overflows float16's 65504
-    new_params, new_opt_state, scale, _ = step(params, opt_state, scale, x, y)
+    new_params, _, new_opt_state, _ = step(params, (), opt_state, x, y)
     chex.assert_trees_all_equal(new_params, params)
-    chex.assert_trees_all_equal(new_opt_state, opt_state)
+    chex.assert_trees_all_equal(new_opt_state.guarded.inner_state,
+                                opt_state.guarded.inner_state)
+    scale = new_opt_state.loss_scale
     assert float(scale.scale) == 2.0**29 and int(scale.good_steps) == 0
     # the scale comes down until steps are finite, then parameters move
+    opt_state = new_opt_state
     for _ in range(20):
-        new_params, opt_state, scale, _ = step(new_params, opt_state, scale, x, y)
+        new_params, _, opt_state, _ = step(new_params, (), opt_state, x, y)
+    scale = opt_state.loss_scale
     assert int(scale.good_steps) > 0 and float(scale.scale) < 2.0**29  # finite steps again
     assert not np.allclose(new_params[0]["W"], params[0]["W"])
+
+
+def test_a_stateful_model_with_dropout_and_batch_norm_trains_in_float16(key):
+    net = jaxnn.serial(jaxnn.dense(16), jaxnn.batch_norm(), jaxnn.relu(), jaxnn.dropout(0.1),
+                       jaxnn.dense(1))
+    _, params, state = net.init(key, (-1, 4))
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    state = jax.tree.map(lambda a: a.astype(jnp.float32), state)
+    _, _, x, y = _problem(key)
+    optimizer, step = _float16_step(net, jaxnn.mean_squared_error, optax.adam(1e-2),
+                                    precision.dynamic_loss_scale(2.0**10))
+    opt_state = optimizer.init(params)
+    first = None
+    for step_key in jax.random.split(jax.random.key(1), 60):
+        params, new_state, opt_state, loss = step(params, state, opt_state, x, y, step_key)
+        first = float(loss) if first is None else first
+        chex.assert_trees_all_equal_dtypes(new_state, state)
+        state = new_state
+    assert float(loss) < 0.5 * first
+    assert not np.allclose(state[1]["mean"], 0.0)  # the running statistics moved
+    assert params[0]["W"].dtype == jnp.float32
 
 
 def test_a_dynamic_scale_grows_after_its_interval_of_finite_steps():
@@ -150,13 +186,16 @@ def test_a_float64_policy_with_a_static_scale_equals_the_plain_step(key):
     net, params, x, y = _problem(key)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     x, y = x.astype(jnp.float64), y.astype(jnp.float64)
-    optimizer = optax.sgd(0.1)
+    inner = optax.chain(jaxnn.l2_regularization(net, 0.01), optax.sgd(0.1))
+    optimizer = precision.loss_scaling(inner, precision.static_loss_scale(1024.0))
     policy = Policy(param_dtype=jnp.float64, compute_dtype=jnp.float64)
-    step = precision.make_train_step(net, jaxnn.mean_squared_error, optimizer, policy, l2=0.01)
-    got, _, _, loss = step(params, optimizer.init(params), precision.static_loss_scale(1024.0),
-                           x, y)
-    plain = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer, l2=0.01)
-    expected, _, expected_loss = plain(params, optimizer.init(params), x, y)
+    step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer,
+                                 gradients=precision.value_and_grad(net,
+                                                                    jaxnn.mean_squared_error,
+                                                                    policy))
+    got, _, _, loss = step(params, (), optimizer.init(params), x, y)
+    plain = jaxnn.make_train_step(net, jaxnn.mean_squared_error, inner)
+    expected, _, _, expected_loss = plain(params, (), inner.init(params), x, y)
     chex.assert_trees_all_close(got, expected, rtol=1e-12)
     chex.assert_trees_all_close(loss, expected_loss, rtol=1e-12)
 
@@ -181,3 +220,6 @@ def test_bad_policies_and_scales_are_clear_errors():
         precision.static_loss_scale(0.0)
     with pytest.raises(ValueError, match="factor must be > 1"):
         precision.dynamic_loss_scale(factor=1.0)
+    with pytest.raises(TypeError, match="loss_scale must be a jaxnn.precision.LossScale, got "
+                                        "float"):
+        precision.loss_scaling(optax.sgd(0.1), 1024.0)

@@ -9,6 +9,7 @@ import pytest
 
 import jaxnn
 from jaxnn import privacy
+from tests.helpers import noisy_counter
 
 
 def _problem(key, m=8, n_in=3, hidden=4):
@@ -26,7 +27,7 @@ def _loop_clipped_mean(net, loss, params, x, y, clip_norm):
     total, norms, values = None, [], []
     chain = jax.jit(jaxnn.value_and_grad(net, loss))
     for i in range(x.shape[0]):
-        value, g = chain(params, x[i:i + 1], y[i:i + 1])
+        (value, _), g = chain(params, (), x[i:i + 1], y[i:i + 1])
         flat = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)])
         norm = np.linalg.norm(flat)
         norms.append(norm)
@@ -53,16 +54,66 @@ def test_clipped_mean_equals_a_loop_over_examples(key):
     chex.assert_trees_all_close(mean, expected, rtol=1e-12)
 
 
+def _private_step(net, loss, optimizer, clip_norm, noise_multiplier, noise_key, l2=0.0):
+    """The one step with DP-SGD's two pieces; L2 after the aggregation, unclipped."""
+    pieces = [privacy.private_aggregate(clip_norm, noise_multiplier, noise_key)]
+    pieces += [jaxnn.l2_regularization(net, l2)] if l2 else []
+    private = optax.chain(*pieces, optimizer)
+    step = jaxnn.make_train_step(net, loss, private,
+                                 gradients=privacy.per_example_value_and_grad(net, loss))
+    return private, step
+
+
 def test_private_step_equals_the_loop_then_sgd(key):
     net, params, x, y = _problem(key)
-    step = privacy.make_private_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(0.5),
-                                           clip_norm=1.5, noise_multiplier=0.0, l2=0.01)
-    new_params, _, value = step(params, optax.sgd(0.5).init(params), x, y, jax.random.key(0))
+    private, step = _private_step(net, jaxnn.binary_cross_entropy, optax.sgd(0.5), 1.5, 0.0,
+                                  jax.random.key(0), l2=0.01)
+    new_params, _, _, value = step(params, (), private.init(params), x, y)
     mean, _, loss = _loop_clipped_mean(net, jaxnn.binary_cross_entropy, params, x, y, 1.5)
-    mask = jaxnn.weight_mask(params)
+    mask = jaxnn.weight_mask(net, params)
     expected = jax.tree.map(lambda p, g, m: p - 0.5 * (g + 0.01 * p * m), params, mean, mask)
     chex.assert_trees_all_close(new_params, expected, rtol=1e-12)
-    np.testing.assert_allclose(value, loss + float(jaxnn.l2_penalty(params, 0.01)), rtol=1e-12)
+    np.testing.assert_allclose(value, loss, rtol=1e-12)
+
+
+def test_a_stateful_model_with_dropout_gets_one_key_per_example_and_the_mean_state(key):
+    net = jaxnn.serial(jaxnn.dense(8), noisy_counter(), jaxnn.tanh(), jaxnn.dropout(0.2),
+                       jaxnn.dense(1))
+    k1, k2 = jax.random.split(key)
+    _, params, state = net.init(k1, (-1, 3))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(k2, (32, 3))
+    y = jnp.sin(x[:, :1])
+    loss = jaxnn.mean_squared_error
+    step_key = jax.random.key(7)
+    (value, new_state), grads = privacy.per_example_value_and_grad(net, loss)(
+        params, state, x, y, step_key)
+    assert int(new_state[1]["count"]) == 1  # every example advanced the counter once
+    chain = jax.jit(jaxnn.value_and_grad(net, loss))
+    values = []
+    for i, example_key in enumerate(jax.random.split(step_key, 32)):
+        (v, _), g = chain(params, state, x[i:i + 1], y[i:i + 1], example_key)
+        values.append(v)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], grads), g, rtol=1e-10,
+                                    atol=1e-15)
+    np.testing.assert_allclose(value, np.mean(values), rtol=1e-12)
+    # and it trains inside the one step, carrying the state
+    private, step = _private_step(net, loss, optax.adam(0.02), 1.0, 0.3, jax.random.key(1))
+    opt_state, losses = private.init(params), []
+    for step_key in jax.random.split(jax.random.key(2), 60):
+        params, state, opt_state, value = step(params, state, opt_state, x, y, step_key)
+        losses.append(float(value))
+    assert int(state[1]["count"]) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_batch_norm_whose_statistics_mix_examples_is_refused_per_example(key):
+    net = jaxnn.serial(jaxnn.dense(4), jaxnn.batch_norm(), jaxnn.dense(1))
+    _, params, state = net.init(key, (-1, 3))
+    x = jax.random.normal(key, (8, 3))
+    with pytest.raises(ValueError, match="batch_norm: training mode needs more than one value"):
+        privacy.per_example_value_and_grad(net, jaxnn.mean_squared_error)(
+            params, state, x, x[:, :1])
 
 
 def test_noise_has_standard_deviation_sigma_c_over_b_and_follows_the_key(key):
@@ -99,12 +150,12 @@ def test_optax_transformation_chains_with_any_optimizer(key):
 def test_private_training_still_learns(key):
     net, params, x, y = _problem(key, m=64)
     y = (x[:, :1] > 0).astype(x.dtype)
-    step = privacy.make_private_train_step(net, jaxnn.binary_cross_entropy, optax.adam(0.05),
-                                           clip_norm=1.0, noise_multiplier=0.5)
-    opt_state = optax.adam(0.05).init(params)
+    private, step = _private_step(net, jaxnn.binary_cross_entropy, optax.adam(0.05), 1.0, 0.5,
+                                  jax.random.key(0))
+    opt_state = private.init(params)
     losses = []
-    for i in range(30):
-        params, opt_state, value = step(params, opt_state, x, y, jax.random.key(i))
+    for _ in range(30):
+        params, _, opt_state, value = step(params, (), opt_state, x, y)
         losses.append(float(value))
     assert losses[-1] < 0.7 * losses[0]
 
@@ -113,8 +164,64 @@ def test_private_training_still_learns(key):
     (dict(clip_norm=0.0, noise_multiplier=1.0), "clip_norm must be positive, got 0.0"),
     (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise_multiplier must be non-negative"),
 ])
-def test_bad_privacy_settings_are_clear_errors(key, kwargs, message):
-    net, _, _, _ = _problem(key)
+def test_bad_privacy_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        privacy.make_private_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(0.1),
-                                        **kwargs)
+        privacy.private_aggregate(key=jax.random.key(0), **kwargs)
+
+
+def _gaussian_mechanism_delta(eps, sigma):
+    """The exact δ(ε) of one Gaussian mechanism with sensitivity 1 and noise σ (Balle & Wang
+    2018): Φ(1/(2σ) − εσ) − e^ε Φ(−1/(2σ) − εσ)."""
+    from math import erfc, exp, sqrt
+
+    def phi(t):
+        return 0.5 * erfc(-t / sqrt(2))
+
+    return phi(0.5 / sigma - eps * sigma) - exp(eps) * phi(-0.5 / sigma - eps * sigma)
+
+
+def test_epsilon_is_bounded_by_the_exact_gaussian_mechanism_and_the_classic_rdp_bound():
+    pytest.importorskip("dp_accounting")
+    sigma, delta = 2.0, 1e-5
+    eps = privacy.epsilon(noise_multiplier=sigma, sampling_rate=1.0, steps=1, delta=delta)
+    # one full-batch step is the Gaussian mechanism: RDP's ε is an upper bound on the exact ε
+    # (δ(ε) decreases in ε, so the exact δ at the reported ε is at most the target)
+    assert _gaussian_mechanism_delta(eps, sigma) <= delta
+    assert _gaussian_mechanism_delta(0.8 * eps, sigma) > delta  # and not a loose one
+    # the classic conversion min_α α/(2σ²) + log(1/δ)/(α − 1) bounds it from above
+    classic = min(a / (2 * sigma**2) + np.log(1 / delta) / (a - 1)
+                  for a in np.linspace(1.01, 200, 20000))
+    assert eps <= classic
+
+
+def test_epsilon_grows_with_steps_and_sampling_and_falls_with_noise():
+    pytest.importorskip("dp_accounting")
+
+    def eps(**kw):
+        args = dict(noise_multiplier=1.1, sampling_rate=0.01, steps=1000, delta=1e-5) | kw
+        return privacy.epsilon(**args)
+
+    assert eps(steps=0) == 0.0
+    assert eps(steps=100) < eps(steps=1000) < eps(steps=10_000)
+    assert eps(sampling_rate=0.001) < eps() < eps(sampling_rate=0.1)
+    assert eps(noise_multiplier=2.0) < eps() < eps(noise_multiplier=0.8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sampling_rate=0.0), r"sampling_rate must be in \(0, 1\]"),
+    (dict(delta=1.0), r"delta must be in \(0, 1\)"),
+    (dict(steps=1.5), "steps must be a non-negative int"),
+    (dict(noise_multiplier=0.0), "noise_multiplier must be positive"),
+])
+def test_bad_accounting_arguments_are_clear_errors(kwargs, message):
+    args = dict(noise_multiplier=1.1, sampling_rate=0.01, steps=10, delta=1e-5) | kwargs
+    with pytest.raises(ValueError, match=message):
+        privacy.epsilon(**args)
+
+
+def test_epsilon_without_dp_accounting_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import raises ImportError
+    with pytest.raises(ImportError, match=r"jaxnn\[privacy\]"):
+        privacy.epsilon(noise_multiplier=1.1, sampling_rate=0.01, steps=10, delta=1e-5)

@@ -93,8 +93,8 @@ def test_check_mode_passes_finite_runs_and_returns_the_same_values():
     out, _ = checked_apply(net, params, (), x)
     chex.assert_trees_all_close(out, jaxnn.predict(net, params, x))
     (value, _), grads = checked_value_and_grad(net, jaxnn.binary_cross_entropy, params, x, y)
-    value2, grads2 = jaxnn.value_and_grad(*jaxnn.fuse(net, jaxnn.binary_cross_entropy))(
-        params, x, y)
+    (value2, _), grads2 = jaxnn.value_and_grad(*jaxnn.fuse(net, jaxnn.binary_cross_entropy))(
+        params, (), x, y)
     chex.assert_trees_all_close((value, grads), (value2, grads2), rtol=1e-12)
 
 
@@ -109,7 +109,7 @@ def _train(seed, steps=30):
     key = jax.random.key(seed)
     for epoch in range(3):
         for bx, by in jaxnn.data.batches(jax.random.fold_in(key, epoch), x, y, 16):
-            params, opt_state, _ = step(params, opt_state, bx, by)
+            params, _, opt_state, _ = step(params, (), opt_state, bx, by)
     return params
 
 
@@ -131,10 +131,10 @@ def test_train_step_makes_no_host_transfer_and_is_traced_once():
     x = jax.device_put(jax.random.normal(jax.random.key(1), (8, 5)))
     y = jax.device_put(jnp.arange(8) % 3)
     params, opt_state = jax.device_put((params, opt_state))
-    step(params, opt_state, x, y)  # compile outside the guard
+    step(params, (), opt_state, x, y)  # compile outside the guard
     with jax.transfer_guard("disallow"):
         for _ in range(3):
-            params, opt_state, loss = step(params, opt_state, x, y)
+            params, _, opt_state, loss = step(params, (), opt_state, x, y)
     assert np.isfinite(float(loss))
 
 
@@ -145,7 +145,7 @@ def test_a_step_given_host_data_under_the_guard_is_refused():
     opt = optax.sgd(0.1)
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, opt)
     with jax.transfer_guard("disallow"), pytest.raises(Exception, match="host-to-device"):
-        step(params, opt.init(params), np.ones((2, 2)), np.ones((2, 2)))
+        step(params, (), opt.init(params), np.ones((2, 2)), np.ones((2, 2)))
 
 
 # --- checkpoints -----------------------------------------------------------------------------

@@ -64,8 +64,8 @@ def _pair(key, blocks, n_in=4, m=8):
 def test_gradients_are_unchanged_by_remat(key):
     plain, wrapped, p, rp, _, _, x, y, as_remat = _pair(key, [_block(), _block()])
     mse = jaxnn.mean_squared_error
-    value, grads = jaxnn.value_and_grad(plain, mse)(p, x, y)
-    r_value, r_grads = jax.jit(jaxnn.value_and_grad(wrapped, mse))(rp, x, y)
+    (value, _), grads = jaxnn.value_and_grad(plain, mse)(p, (), x, y)
+    (r_value, _), r_grads = jax.jit(jaxnn.value_and_grad(wrapped, mse))(rp, (), x, y)
     np.testing.assert_allclose(r_value, value, rtol=1e-14)
     chex.assert_trees_all_close(r_grads, as_remat(grads), rtol=1e-12)
     # and through jax.grad of apply (the custom_vjp path)
@@ -79,8 +79,8 @@ def test_gradients_are_unchanged_by_remat(key):
 def test_a_random_stateful_block_recomputes_the_same_noise_and_updates_state_once(key):
     block = jaxnn.serial(jaxnn.dense(5), _noisy(), jaxnn.tanh())
     plain, wrapped, p, rp, s, rs, x, y, as_remat = _pair(key, [block])
-    chain = jaxnn.value_and_grad(plain, jaxnn.mean_squared_error, has_state=True)
-    r_chain = jaxnn.value_and_grad(wrapped, jaxnn.mean_squared_error, has_state=True)
+    chain = jaxnn.value_and_grad(plain, jaxnn.mean_squared_error)
+    r_chain = jaxnn.value_and_grad(wrapped, jaxnn.mean_squared_error)
     noise_key = jax.random.key(11)
     (value, new_state), grads = chain(p, s, x, y, noise_key)
     (r_value, r_new_state), r_grads = r_chain(rp, rs, x, y, noise_key)
@@ -112,7 +112,7 @@ def test_the_lowered_step_recomputes_behind_an_optimization_barrier(key):
 
     def lowered(model, params):
         step = jaxnn.make_train_step(model, jaxnn.mean_squared_error, optax.sgd(0.1), jit=False)
-        return jax.jit(step).lower(params, optax.sgd(0.1).init(params), x, y).as_text()
+        return jax.jit(step).lower(params, (), optax.sgd(0.1).init(params), x, y).as_text()
 
     plain_text, remat_text = lowered(plain, p), lowered(wrapped, rp)
     # each of the 4 dense layers in the blocks runs its forward product once more

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import jaxnn
+from tests.helpers import noisy_counter
 
 
 def _problem(key, m=16, n_in=3, hidden=5):
@@ -23,7 +24,7 @@ def _problem(key, m=16, n_in=3, hidden=5):
 
 def test_explicit_chain_equals_jax_grad_through_apply(key):
     net, params, x, y = _problem(key)
-    value, grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, x, y)
+    (value, _), grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, (), x, y)
 
     def objective(p):
         out, _ = jaxnn.apply(net, p, (), x, train=True)
@@ -55,7 +56,7 @@ def test_train_step_is_traced_once_and_lowers_the_loss(key):
     step = jax.jit(chex.assert_max_traces(step, n=1))
     losses = []
     for _ in range(50):
-        params, opt_state, loss = step(params, opt_state, x, y)
+        params, _, opt_state, loss = step(params, (), opt_state, x, y, None)
         losses.append(float(loss))
     assert losses[-1] < 0.9 * losses[0]
 
@@ -64,13 +65,13 @@ def test_train_step_is_pure_and_matches_a_hand_written_sgd_update(key):
     net, params, x, y = _problem(key)
     lr = 0.1
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr))
-    new_params, _, loss = step(params, optax.sgd(lr).init(params), x, y)
-    value, grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, x, y)
+    new_params, _, _, loss = step(params, (), optax.sgd(lr).init(params), x, y)
+    (value, _), grads = jaxnn.value_and_grad(net, jaxnn.binary_cross_entropy)(params, (), x, y)
     chex.assert_trees_all_close(new_params, jax.tree.map(lambda p, g: p - lr * g, params, grads),
                                 rtol=1e-9)
     chex.assert_trees_all_close(loss, value, rtol=1e-9)
     # calling it again with the same inputs gives the same outputs: nothing hidden changed
-    again, _, _ = step(params, optax.sgd(lr).init(params), x, y)
+    again, _, _, _ = step(params, (), optax.sgd(lr).init(params), x, y)
     chex.assert_trees_all_equal(new_params, again)
 
 
@@ -79,8 +80,8 @@ def test_hand_and_autodiff_steps_agree(key):
     opt = optax.adam(1e-3)
     hand = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
     auto = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt, gradients="autodiff")
-    out_hand = hand(params, opt.init(params), x, y)
-    out_auto = auto(params, opt.init(params), x, y)
+    out_hand = hand(params, (), opt.init(params), x, y)
+    out_auto = auto(params, (), opt.init(params), x, y)
     chex.assert_trees_all_close(out_hand, out_auto, rtol=1e-9)
 
 
@@ -88,20 +89,69 @@ def test_l2_applies_lambda_w_to_weights_and_not_to_biases(key):
     net, params, x, y = _problem(key)
     lam, lr = 0.3, 1.0
     plain = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr))
-    reg = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optax.sgd(lr), l2=lam)
-    p0, _, loss0 = plain(params, optax.sgd(lr).init(params), x, y)
-    p1, _, loss1 = reg(params, optax.sgd(lr).init(params), x, y)
+    regularized = optax.chain(jaxnn.l2_regularization(net, lam), optax.sgd(lr))
+    reg = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, regularized)
+    p0, _, _, loss0 = plain(params, (), optax.sgd(lr).init(params), x, y)
+    p1, _, _, loss1 = reg(params, (), regularized.init(params), x, y)
     for i in (0, 2, 4):  # the dense layers
         chex.assert_trees_all_close(p1[i]["W"], p0[i]["W"] - lr * lam * params[i]["W"],
                                     rtol=1e-9)
         chex.assert_trees_all_close(p1[i]["b"], p0[i]["b"], rtol=1e-12)
+    np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-12)  # the data loss
+    # the decay is the gradient of the penalty (λ/2) Σ ‖W‖² on the weights alone
     penalty = 0.5 * lam * sum(float(jnp.sum(params[i]["W"] ** 2)) for i in (0, 2, 4))
-    np.testing.assert_allclose(float(loss1), float(loss0) + penalty, rtol=1e-9)
+    np.testing.assert_allclose(float(jaxnn.l2_penalty(net, params, lam)), penalty, rtol=1e-12)
+    decay = jax.grad(lambda p: jaxnn.l2_penalty(net, p, lam))(params)
+    chex.assert_trees_all_close(jax.tree.map(lambda a, b: (a - b) / lr, p0, p1), decay,
+                                rtol=1e-7, atol=1e-12)
 
 
-def test_weight_mask_marks_only_W():
-    mask = jaxnn.weight_mask(({"W": 1, "b": 2}, (), {"W": 3}))
-    assert mask == ({"W": True, "b": False}, (), {"W": True})
+def test_weight_mask_marks_what_each_layer_declares(key):
+    net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu(), jaxnn.dense(1))
+    _, params, _ = net.init(key, (-1, 3))
+    assert jaxnn.weight_mask(net, params) == ({"W": True, "b": False}, (),
+                                              {"W": True, "b": False})
+    # combinators inside combinators: the mask follows the sublayers
+    nested = jaxnn.serial(jaxnn.residual(jaxnn.serial(jaxnn.dense(3), jaxnn.tanh())),
+                          jaxnn.layer_norm())
+    _, params, _ = nested.init(key, (-1, 3))
+    mask = jaxnn.weight_mask(nested, params)
+    assert mask[0] == (({"W": True, "b": False}, ()),)
+    assert not any(jax.tree.leaves(mask[1]))
+
+
+def _attention_like(declared):
+    """A user's own leaf with a parameter named Wq (no naming convention applies)."""
+
+    def init(key, in_shape):
+        return tuple(in_shape), {"Wq": jnp.ones((in_shape[-1], in_shape[-1])),
+                                 "scale": jnp.ones(())}, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        return params["scale"] * (x @ params["Wq"]), state, x
+
+    def backward(params, x, dy):
+        z = x @ params["Wq"]
+        return ({"Wq": x.T @ (params["scale"] * dy), "scale": jnp.sum(dy * z)},
+                params["scale"] * dy @ params["Wq"].T)
+
+    return jaxnn.core.leaf_layer("attention_like", init, forward, backward,
+                                 weights=("Wq",) if declared else ())
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_users_layer_is_decayed_when_it_declares_its_weight(key, declared):
+    net = jaxnn.serial(_attention_like(declared), jaxnn.dense(1))
+    _, params, _ = net.init(key, (-1, 2))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    assert jaxnn.weight_mask(net, params)[0] == {"Wq": declared, "scale": False}
+    decay = jaxnn.l2_regularization(net, 0.5)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = decay.update(zeros, decay.init(params), params)
+    expected_wq = 0.5 * params[0]["Wq"] if declared else jnp.zeros_like(params[0]["Wq"])
+    chex.assert_trees_all_close(updates[0]["Wq"], expected_wq)
+    chex.assert_trees_all_close(updates[0]["scale"], jnp.zeros(()))
+    chex.assert_trees_all_close(updates[1]["W"], 0.5 * params[1]["W"])
 
 
 def test_train_step_works_under_vmap_over_stacked_models(key):
@@ -112,11 +162,12 @@ def test_train_step_works_under_vmap_over_stacked_models(key):
     stacked = jax.vmap(lambda k: net.init(k, (-1, 3))[1])(keys)
     stacked = jax.tree.map(lambda a: a.astype(jnp.float64), stacked)
     opt_states = jax.vmap(opt.init)(stacked)
-    new, _, losses = jax.vmap(step, in_axes=(0, 0, None, None))(stacked, opt_states, x, y)
+    new, _, _, losses = jax.vmap(step, in_axes=(0, None, 0, None, None))(stacked, (),
+                                                                         opt_states, x, y)
     chex.assert_shape(losses, (3,))
     for i in range(3):
         one = jax.tree.map(lambda a, i=i: a[i], stacked)
-        expected, _, loss = step(one, opt.init(one), x, y)
+        expected, _, _, loss = step(one, (), opt.init(one), x, y)
         chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], new), expected, rtol=1e-9)
         np.testing.assert_allclose(losses[i], loss, rtol=1e-9)
 
@@ -126,11 +177,11 @@ def test_per_example_gradients_by_vmap_equal_a_python_loop(key):
     per_example = jaxnn.per_example_grads(net, jaxnn.binary_cross_entropy, params, x, y)
     chain = jaxnn.value_and_grad(*jaxnn.fuse(net, jaxnn.binary_cross_entropy))
     for i in range(6):
-        _, expected = chain(params, x[i:i + 1], y[i:i + 1])
+        _, expected = chain(params, (), x[i:i + 1], y[i:i + 1])
         chex.assert_trees_all_close(jax.tree.map(lambda g, i=i: g[i], per_example), expected,
                                     rtol=1e-10, atol=1e-15)
     # the mean of per-example gradients is the batch gradient
-    _, batch = chain(params, x, y)
+    _, batch = chain(params, (), x, y)
     chex.assert_trees_all_close(jax.tree.map(lambda g: g.mean(0), per_example), batch,
                                 rtol=1e-9, atol=1e-15)
 
@@ -168,8 +219,36 @@ def test_run_steps_fuses_steps_into_one_scan_equal_to_a_python_loop(key):
     p, s = params, opt.init(params)
     loop_losses = []
     for _ in range(7):
-        p, s, loss = step(p, s, x, y)
+        p, _, s, loss = step(p, (), s, x, y)
         loop_losses.append(loss)
-    p2, s2, losses = jaxnn.run_steps(step, params, opt.init(params), x, y, 7)
+    p2, _, s2, losses = jaxnn.run_steps(step, params, (), opt.init(params), x, y, 7)
     chex.assert_trees_all_close((p2, s2), (p, s), rtol=1e-10)
     chex.assert_trees_all_close(losses, jnp.stack(loop_losses), rtol=1e-10)
+
+
+def test_run_steps_carries_state_and_gives_each_step_its_key(key):
+    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    k1, k2 = jax.random.split(key)
+    _, params, state = net.init(k1, (-1, 2))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(k2, (8, 2))
+    y = jnp.sin(x[:, :1])
+    opt = optax.sgd(0.1)
+    step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, opt)
+    p, s, o = params, state, opt.init(params)
+    loop_losses = []
+    for step_key in jax.random.split(jax.random.key(3), 4):
+        p, s, o, loss = step(p, s, o, x, y, step_key)
+        loop_losses.append(loss)
+    p2, s2, _, losses = jaxnn.run_steps(step, params, state, opt.init(params), x, y, 4,
+                                        jax.random.key(3))
+    assert int(s2[1]["count"]) == 4 == int(s[1]["count"])
+    chex.assert_trees_all_close(p2, p, rtol=1e-10)
+    chex.assert_trees_all_close(losses, jnp.stack(loop_losses), rtol=1e-10)
+
+
+def test_unknown_gradients_are_a_clear_error():
+    net = jaxnn.serial(jaxnn.dense(1))
+    with pytest.raises(ValueError, match="gradients must be 'hand', 'autodiff' or a gradient "
+                                         "function, got 'finite'"):
+        jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1), gradients="finite")

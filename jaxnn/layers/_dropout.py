@@ -24,8 +24,8 @@ __all__ = ["dropout"]
 def dropout(rate: float) -> Layer:
     """Inverted dropout: zeroes each entry with probability ``rate`` in training mode.
 
-    Training mode needs a PRNG key (``jaxnn.apply(..., key=k, train=True)``, or
-    ``jaxnn.make_train_step(..., stateful=True)``, which takes one per step); each call with
+    Training mode needs a PRNG key (``jaxnn.apply(..., key=k, train=True)``, or the last
+    argument of a training step, ``step(params, state, opt_state, x, y, key)``); each call with
     the same key drops the same entries. Evaluation mode is the identity. ``rate=0`` is the
     identity in both modes and needs no key.
 
@@ -68,7 +68,7 @@ def dropout(rate: float) -> Layer:
             raise ValueError(
                 "dropout: training mode needs a PRNG key, got key=None; pass "
                 "jaxnn.apply(..., key=jax.random.key(seed), train=True), or use "
-                "jaxnn.make_train_step(..., stateful=True) and give each step a key"
+                "give the training step a key: step(params, state, opt_state, x, y, key)"
             )
         keep = jax.random.bernoulli(key, keep_probability, x.shape)
         y = jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
