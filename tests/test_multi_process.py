@@ -40,9 +40,10 @@ def _env() -> dict:
 
 
 def _start(args: list[str], log: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
-                            start_new_session=True)
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
+                                start_new_session=True)
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:

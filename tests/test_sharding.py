@@ -182,10 +182,11 @@ def _child_fsdp_gathers_weights_and_reduces_gradients_to_shards():
     counts = {op: hlo.count(f"{op}(") for op in
               ("all-gather", "reduce-scatter", "all-reduce", "dynamic-slice")}
     assert counts["all-gather"] >= 3, counts  # each split weight gathered for the forward
-    # gradients summed over the data axis and cut to each device's shard: a reduce-scatter,
-    # or (XLA's CPU pipeline does not fuse the pair) an all-reduce followed by a dynamic-slice
-    assert counts["reduce-scatter"] >= 3 or (counts["all-reduce"] >= 3
-                                             and counts["dynamic-slice"] >= 3), counts
+    # gradients summed over the data axis and cut to each device's shard: reduce-scatters, or
+    # (XLA's CPU pipeline does not fuse the pair) an all-reduce, which XLA combines into one
+    # over all gradients, followed by one dynamic-slice per split parameter
+    assert counts["reduce-scatter"] >= 1 or (counts["all-reduce"] >= 1
+                                             and counts["dynamic-slice"] >= 6), counts
     return counts
 
 
