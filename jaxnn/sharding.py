@@ -45,11 +45,13 @@ __all__ = [
     "STRATEGIES",
     "TENSOR_RULES",
     "bytes_per_device_fraction",
+    "layout",
     "make_mesh",
     "opt_state_specs",
     "param_specs",
     "place",
     "shard_train_step",
+    "shardings",
     "to_host",
 ]
 
@@ -219,9 +221,22 @@ def opt_state_specs(optimizer: optax.GradientTransformation, opt_state: Any,
                                  is_leaf=lambda x: isinstance(x, P))
 
 
+def layout(model: Layer, optimizer: optax.GradientTransformation, params: Any, opt_state: Any,
+           mesh: Mesh, strategy: str = "fsdp") -> tuple[Any, Any]:
+    """The specs of the parameters and of the optimizer state under ``strategy``."""
+    specs = param_specs(model, params, mesh, strategy)
+    return specs, opt_state_specs(optimizer, opt_state, specs)
+
+
+def shardings(specs: Any, mesh: Mesh) -> Any:
+    """The ``NamedSharding`` on ``mesh`` of every spec in a tree of ``PartitionSpec``."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
 def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
     """``tree`` with every leaf put on ``mesh`` by its spec."""
-    return jax.device_put(tree, _shardings(specs, mesh))
+    return jax.device_put(tree, shardings(specs, mesh))
 
 
 def bytes_per_device_fraction(tree: Any) -> float:
@@ -254,11 +269,6 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def _shardings(specs: Any, mesh: Mesh) -> Any:
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                        is_leaf=lambda x: isinstance(x, P))
-
-
 def shard_train_step(step: Callable, mesh: Mesh, param_specs_: Any,
                      opt_state_specs_: Any) -> Callable:
     """``step(params, state, opt_state, x, y, key)`` compiled over ``mesh`` with sharded
@@ -271,8 +281,8 @@ def shard_train_step(step: Callable, mesh: Mesh, param_specs_: Any,
     """
     batch = NamedSharding(mesh, P(DATA_AXIS))
     replicated = NamedSharding(mesh, P())
-    params_sh = _shardings(param_specs_, mesh)
-    opt_sh = _shardings(opt_state_specs_, mesh)
+    params_sh = shardings(param_specs_, mesh)
+    opt_sh = shardings(opt_state_specs_, mesh)
     return jax.jit(step,
                    in_shardings=(params_sh, replicated, opt_sh, batch, batch, replicated),
                    out_shardings=(params_sh, replicated, opt_sh, replicated))

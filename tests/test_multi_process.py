@@ -93,6 +93,7 @@ def single_process(tmp_path_factory) -> dict[str, np.ndarray]:
     return _params(out / "single.npz")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_processes_agree_with_each_other_and_with_one_process(n, tmp_path, single_process):
     logs = _run_group(n, tmp_path)
@@ -110,6 +111,7 @@ def test_processes_agree_with_each_other_and_with_one_process(n, tmp_path, singl
                                    err_msg=f"{n} processes vs one: {name}")
 
 
+@pytest.mark.slow
 def test_a_process_that_fails_takes_the_group_down_in_bounded_time(tmp_path):
     # a global batch that does not divide over 3 processes: every process exits with an error,
     # and the harness returns (no process left behind) well within its limit

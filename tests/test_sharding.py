@@ -15,6 +15,7 @@ import subprocess
 import sys
 import traceback
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -188,6 +189,31 @@ def _child_fsdp_gathers_weights_and_reduces_gradients_to_shards():
     assert counts["reduce-scatter"] >= 1 or (counts["all-reduce"] >= 1
                                              and counts["dynamic-slice"] >= 6), counts
     return counts
+
+
+def _child_fit_with_sharded_parameters_equals_one_device():
+    net, params, state, x, y = _problem("cnn", batch=64)
+    optimizer = optax.adam(1e-2)
+
+    def run(**mesh_args):
+        return jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2,
+                         batch_size=16, key=jax.random.key(3), state=state, **mesh_args)
+
+    reference = run()
+    fractions = {}
+    for strategy, data, model in [("fsdp", 8, 1), ("tensor", 2, 4), ("replicated", 4, 2)]:
+        result = run(mesh=sharding.make_mesh(data, model), shard_params=strategy)
+        chex_close(result.params, reference.params, 1e-5)
+        chex_close(result.losses, reference.losses, 1e-5)
+        fractions[strategy] = sharding.bytes_per_device_fraction(
+            (result.params, result.opt_state))
+    assert fractions["replicated"] == 1.0 and fractions["fsdp"] < 0.2, fractions
+    assert fractions["tensor"] < 0.5, fractions
+    return fractions
+
+
+def chex_close(a, b, atol):
+    chex.assert_trees_all_close(a, b, atol=atol, rtol=0)
 
 
 CHILD_CHECKS = [name for name in list(globals()) if name.startswith("_child_")]
