@@ -4,7 +4,10 @@ On a CPU-only machine the script asks XLA for 4 host devices (unless ``XLA_FLAGS
 set), so the batch really is split; on a GPU or TPU host it runs unchanged over the
 accelerators. It trains a small classifier for a few steps twice — once with the step sharded
 over all devices by :func:`jaxnn.data_parallel.shard_train_step`, once on a single device — and
-prints the largest parameter difference as its last line.
+trains it a third time with :func:`jaxnn.fit` and its parameters and optimizer state split over
+the devices (FSDP, :mod:`jaxnn.sharding`), printing each device's share of their bytes
+(``param_bytes_per_device_fraction=``), and prints the largest parameter difference from the
+single device as its last line.
 
 Several hosts: start the same script on every host after ``jax.distributed.initialize()``
 (see ``docs/design.md``); ``jax.devices()`` then spans all of them.
@@ -52,8 +55,16 @@ def main(steps: int = 20, per_device_batch: int = 32) -> float:
         if i % 5 == 0 or i == steps - 1:
             print(f"step {i:3d}  loss {float(loss):.4f}")
 
+    # The same model with its parameters and Adam's moments split over the devices (FSDP):
+    # each device keeps 1/devices of them, and the result is the replicated run's.
+    fsdp = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=steps,
+                     batch_size=batch, key=jax.random.key(1),
+                     mesh=jaxnn.sharding.make_mesh(), shard_params="fsdp")
+    fraction = jaxnn.sharding.bytes_per_device_fraction((fsdp.params, fsdp.opt_state))
+    print(f"param_bytes_per_device_fraction={fraction:.4f}")
+
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                         sharded[0], single[0])
+                         (sharded[0], fsdp.params), (single[0], single[0]))
     max_diff = max(jax.tree.leaves(diffs))
     print(f"max_abs_diff_vs_single_device={max_diff:.3e}")
     return max_diff

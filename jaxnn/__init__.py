@@ -13,6 +13,7 @@ from jaxnn import layers as layers
 from jaxnn import losses as losses
 from jaxnn import precision as precision
 from jaxnn import privacy as privacy
+from jaxnn import sharding as sharding
 from jaxnn.chain import fuse as fuse
 from jaxnn.chain import l2_penalty as l2_penalty
 from jaxnn.chain import l2_regularization as l2_regularization
@@ -122,6 +123,7 @@ __all__ = [
     "rms_norm",
     "run_steps",
     "serial",
+    "sharding",
     "sigmoid",
     "silu",
     "softmax",

@@ -30,7 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxnn import data_parallel
+from jaxnn import data_parallel, sharding
 from jaxnn.core import Layer
 from jaxnn.losses import Loss
 from jaxnn.train import make_train_step
@@ -86,11 +86,14 @@ def make_epoch(
     batch_size: int,
     gradients: str | Callable = "hand",
     mesh: Mesh | None = None,
+    carry_specs: tuple[Any, Any] | None = None,
 ) -> Callable:
     """One epoch as a single jitted function.
 
     With a ``mesh`` (:func:`jaxnn.data_parallel.data_mesh`), every mini-batch is split over the
-    mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps.
+    mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps. With
+    ``carry_specs``, the ``PartitionSpec`` trees of the parameters and of the optimizer state
+    (:func:`jaxnn.sharding.param_specs`), both stay split that way from step to step.
 
     Returns:
       ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
@@ -114,6 +117,9 @@ def make_epoch(
                 xb, yb = jax.lax.with_sharding_constraint(
                     (xb, yb), NamedSharding(mesh, P(data_parallel.DATA_AXIS)))
             params, state, opt_state, value = step(params, state, opt_state, xb, yb, step_key)
+            if carry_specs is not None:
+                params, opt_state = jax.lax.with_sharding_constraint(
+                    (params, opt_state), sharding.shardings(carry_specs, mesh))
             return (params, state, opt_state), value
 
         (params, state, opt_state), losses = jax.lax.scan(
@@ -139,6 +145,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         x: jax.Array, y: jax.Array, *, epochs: int, batch_size: int, key: jax.Array,
         state: Any = (), opt_state: Any = None, start_epoch: int = 0,
         gradients: str | Callable = "hand", mesh: Mesh | None = None,
+        shard_params: str = "replicated",
         on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None
         ) -> FitResult:
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
@@ -161,6 +168,9 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       mesh: train data-parallel over this mesh (:func:`jaxnn.data_parallel.data_mesh`):
         everything is replicated and each mini-batch split over the ``"data"`` axis, so
         ``batch_size`` must be a multiple of the device count.
+      shard_params: with a ``mesh``, how parameters and optimizer state are laid out over it:
+        ``"replicated"`` (a full copy on every device), ``"fsdp"`` (split over ``"data"``) or
+        ``"tensor"`` (split over ``"model"``, Megatron style); see :mod:`jaxnn.sharding`.
       on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
         state)`` with that epoch's step losses; returning ``True`` stops training.
 
@@ -177,13 +187,15 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
     (3, 2)
     """
     _check_fit_arguments(x, y, epochs, batch_size, mesh)
-    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
-                          mesh=mesh)
     if opt_state is None:
         opt_state = optimizer.init(params)
+    carry_specs = None
     if mesh is not None:
-        params, state, opt_state, x, y, key = data_parallel.replicate(
-            (params, state, opt_state, x, y, key), mesh)
+        carry_specs = sharding.layout(model, optimizer, params, opt_state, mesh, shard_params)
+        params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
+        state, x, y, key = data_parallel.replicate((state, x, y, key), mesh)
+    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
+                          mesh=mesh, carry_specs=carry_specs)
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,

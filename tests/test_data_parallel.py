@@ -223,6 +223,8 @@ def test_example_runs_on_forced_cpu_devices_and_matches_one_device():
     name, value = lines[-1].split("=")
     assert name == "max_abs_diff_vs_single_device"
     assert float(value) < 1e-5
+    fraction = float(proc.stdout.split("param_bytes_per_device_fraction=")[1].split()[0])
+    assert 1 / 4 <= fraction < 1 / 4 + 0.01  # 4 devices; the output bias (1,) stays whole
 
 
 if __name__ == "__main__":
