@@ -267,13 +267,26 @@ def lstm(
     name = "lstm"
     _check_hidden(name, hidden)
     names = _input_names(lengths, ("h0", "c0") if initial_state else ())
-
-    def b_init(size, dt):
-        return jnp.zeros((size,), dt).at[hidden:2 * hidden].set(forget_bias)
-
     init = _init_fn(name, names, hidden, 4, return_sequences,
                     initializers.glorot_uniform() if w_init is None else w_init,
-                    jax.nn.initializers.orthogonal() if u_init is None else u_init, b_init, dtype)
+                    jax.nn.initializers.orthogonal() if u_init is None else u_init,
+                    _forget_bias_init(hidden, forget_bias), dtype)
+    forward, backward = _lstm_rule(names, hidden, return_sequences)
+    return Layer(name, init, forward, backward, weights=("W", "U"))
+
+
+def _forget_bias_init(hidden: int, forget_bias: float):
+    """``b`` of ``4H`` entries: ``forget_bias`` in the forget-gate block, zeros elsewhere."""
+
+    def init(size, dtype):
+        return jnp.zeros((size,), dtype).at[hidden:2 * hidden].set(forget_bias)
+
+    return init
+
+
+def _lstm_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
+    """The LSTM's ``forward`` and hand-derived ``backward`` for one input form."""
+    name = "lstm"
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
@@ -293,7 +306,7 @@ def lstm(
         grads["b"] = grads["b"].astype(params["b"].dtype)
         return grads, _input_gradient(names, dx, (dh0, dc0))
 
-    return Layer(name, init, forward, backward, weights=("W", "U"))
+    return forward, backward
 
 
 def _lstm_scan(params, xs, mask, h0, c0):
@@ -398,13 +411,17 @@ def gru(
     name = "gru"
     _check_hidden(name, hidden)
     names = _input_names(lengths, ("h0",) if initial_state else ())
-
-    def b_init(size, dt):
-        return jnp.zeros((size,), dt)
-
     init = _init_fn(name, names, hidden, 3, return_sequences,
                     initializers.glorot_uniform() if w_init is None else w_init,
-                    jax.nn.initializers.orthogonal() if u_init is None else u_init, b_init, dtype)
+                    jax.nn.initializers.orthogonal() if u_init is None else u_init,
+                    lambda size, dt: jnp.zeros((size,), dt), dtype)
+    forward, backward = _gru_rule(names, hidden, return_sequences)
+    return Layer(name, init, forward, backward, weights=("W", "U"))
+
+
+def _gru_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
+    """The GRU's ``forward`` and hand-derived ``backward`` for one input form."""
+    name = "gru"
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
@@ -424,7 +441,7 @@ def gru(
         grads["b"] = grads["b"].astype(params["b"].dtype)
         return grads, _input_gradient(names, dx, (dh0,))
 
-    return Layer(name, init, forward, backward, weights=("W", "U"))
+    return forward, backward
 
 
 def _gru_scan(params, xs, mask, h0):
