@@ -22,8 +22,6 @@ time over jaxnn's (> 1: jaxnn is faster); ``lstm_temp_memory_vs_autodiff`` is ja
 memory over autodiff's (< 1: jaxnn needs less); the same for ``gru_*``.
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import platform

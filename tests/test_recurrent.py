@@ -320,3 +320,24 @@ def test_wrong_rank_or_features_are_an_error(make, key):
         jaxnn.apply(layer, params, (), jnp.ones((2, 4, 6)))
     with pytest.raises(ValueError, match=rf"{layer.name}: the shape of x must be \(N, T, C\)"):
         layer.init(key, (4, 5))
+
+
+# --- the benchmark's quick mode -------------------------------------------------------------------
+
+
+def test_the_benchmark_quick_mode_prints_every_result_key(capsys):
+    import importlib.util
+    import math
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "recurrent.py"
+    spec = importlib.util.spec_from_file_location("recurrent_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT ")
+    result = dict(item.split("=", 1) for item in last.split()[1:])
+    assert result.keys() == {"lstm_vs_autodiff", "lstm_temp_memory_vs_autodiff",
+                             "gru_vs_autodiff", "gru_temp_memory_vs_autodiff"}
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in result.values())
