@@ -500,6 +500,9 @@ def _default_layer_checks() -> dict[str, Callable[[], LayerCheck]]:
                                       {"train": True}),
         "embedding": lambda: LayerCheck(lambda: L.embedding(6, 3), (4, 5), "embedding(6, 3)",
                                         {"input_dtype": jnp.int32}),
+        "lstm": lambda: LayerCheck(lambda: L.lstm(3), (2, 5, 4), "lstm(3)"),
+        "gru": lambda: LayerCheck(lambda: L.gru(3, return_sequences=False), (2, 5, 4),
+                                  "gru(3), last state"),
     })
     return checks
 
