@@ -272,3 +272,24 @@ def test_a_network_with_some_state_keeps_the_aligned_structure(key):
     positional = jaxnn.serial(jaxnn.dense(3), jaxnn.residual(jaxnn.batch_norm()))
     _, _, state = positional.init(key, (-1, 2))
     assert state[0] == () and len(state[1]) == 1 and set(state[1][0]) == {"mean", "var"}
+
+
+def test_the_check_mode_names_the_layer_by_its_name():
+    net = jaxnn.serial(enc=jaxnn.dense(2), act=jaxnn.relu(), head=jaxnn.dense(1))
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    params = {**params, "head": {**params["head"], "b": jnp.array([jnp.inf])}}
+    with pytest.raises(jaxnn.debug.NonFiniteError, match=r"parameters of serial/head:dense"):
+        jaxnn.debug.checked_apply(net, params, (), jnp.ones((1, 2)))
+
+
+def test_checkpoint_paths_and_mismatch_messages_name_the_layers(key, tmp_path):
+    net = _named_net()
+    _, params, _ = net.init(key, (-1, 3))
+    path = str(tmp_path / "named.npz")
+    jaxnn.checkpoint.save(path, params)
+    restored = jaxnn.checkpoint.load(path, params)
+    chex.assert_trees_all_equal(restored, params)
+    _, other, _ = jaxnn.serial(enc=jaxnn.serial(jaxnn.dense(4), jaxnn.tanh()),
+                               out=jaxnn.dense(2)).init(key, (-1, 3))
+    with pytest.raises(jaxnn.checkpoint.CheckpointError, match=r"\['out'\]\['W'\]"):
+        jaxnn.checkpoint.load(path, other)
