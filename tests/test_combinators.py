@@ -204,7 +204,7 @@ def test_bad_names_are_clear_errors(combinator):
         combinator(("a", d), d)
     with pytest.raises(ValueError, match=r"duplicate layer names \['a'\]"):
         combinator(("a", d), ("b", d), ("a", d))
-    for bad in ("", "a/b", "a:b", "two words", "0"):
+    for bad in ("", "a/b", "a:b", "two words", "0", 3, None):
         with pytest.raises(ValueError, match=f"layer name {bad!r} is invalid"):
             combinator((bad, d), ("ok", d))
     with pytest.raises(TypeError, match=r"layer 'head' is .*forget the parentheses"):

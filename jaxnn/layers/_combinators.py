@@ -77,14 +77,18 @@ def _sublayers(name: str, layers: tuple, named: dict) -> tuple[tuple[Layer, ...]
 
     Accepts positional layers, ``(name, layer)`` pairs, or keyword arguments, not a mix.
     """
-    pairs = [isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str) for a in layers]
+    pairs = [isinstance(a, tuple) and not isinstance(a, Layer) and len(a) == 2
+             and isinstance(a[1], Layer) for a in layers]
     if named and layers:
         raise TypeError(f"{name}: give the layers either all by position or all by name "
                         f"(keywords or (name, layer) pairs), not both")
     if any(pairs) and not all(pairs):
         raise TypeError(f"{name}: argument {pairs.index(False)} is not a (name, layer) pair, "
                         f"but others are: name every layer or none")
-    entries = list(named.items()) if named else [tuple(a) for a in layers] if any(pairs) else []
+    if not named and not any(pairs):
+        _check_layers(name, layers)
+        return tuple(layers), ()
+    entries = list(named.items()) if named else [tuple(pair) for pair in layers]
     for label, _ in entries:
         if not _valid_name(label):
             raise ValueError(f"{name}: layer name {label!r} is invalid: a name is {_NAME_RULE}")
@@ -92,7 +96,7 @@ def _sublayers(name: str, layers: tuple, named: dict) -> tuple[tuple[Layer, ...]
     duplicated = sorted({label for label in names if names.count(label) > 1})
     if duplicated:
         raise ValueError(f"{name}: duplicate layer names {duplicated}: every name must be unique")
-    sublayers = tuple(layer for _, layer in entries) if entries else tuple(layers)
+    sublayers = tuple(layer for _, layer in entries)
     _check_layers(name, sublayers, names)
     return sublayers, names
 
