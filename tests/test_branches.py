@@ -25,6 +25,9 @@ GRADCHECK_CASES = {
                   (2, 5, 3)),
         LayerCase(lambda: jaxnn.parallel(jaxnn.batch_norm(), jaxnn.dense(2)), (5, 3),
                   {"train": True}),
+        # named: params and state are dicts keyed by the names, flattened in sorted order
+        LayerCase(lambda: jaxnn.parallel(wide=jaxnn.dense(3), norm=jaxnn.batch_norm(),
+                                         act=jaxnn.tanh()), (5, 3), {"train": True}),
     ],
     "concatenate": [
         LayerCase(lambda: jaxnn.concatenate(), ((4, 3), (4, 2))),
