@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxnn
 from tests.gradcases import LayerCase, run_layer_case
@@ -121,6 +123,23 @@ def test_named_serial_computes_what_the_positional_one_does(key):
     grads = jax.grad(loss)(params, positional)
     named_grads = jax.grad(loss)(named_params, named)
     chex.assert_trees_all_close(named_grads, dict(zip("abc", grads, strict=True)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(widths=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+       names=st.lists(st.from_regex(r"[a-z_][a-z0-9_-]{0,5}", fullmatch=True), min_size=4,
+                      max_size=4, unique=True))
+def test_any_valid_names_give_the_positional_networks_output(widths, names):
+    layers = [jaxnn.dense(w) for w in widths]
+    positional = jaxnn.serial(*layers)
+    named = jaxnn.serial(*zip(names, layers, strict=False))
+    _, params, state = positional.init(jax.random.key(0), (-1, 2))
+    _, named_params, named_state = named.init(jax.random.key(0), (-1, 2))
+    assert list(named_params) == names[:len(widths)] and state == named_state == ()
+    chex.assert_trees_all_equal(tuple(named_params.values()), params)
+    x = jnp.arange(6.0).reshape(3, 2)
+    chex.assert_trees_all_close(jaxnn.apply(named, named_params, (), x),
+                                jaxnn.apply(positional, params, (), x))
 
 
 def test_named_params_are_found_by_name_not_dict_order(key):
