@@ -201,19 +201,24 @@ def sublayer_labels(layer: Layer) -> tuple[str, ...]:
 def children(layer: Layer, tree: Any, what: str = "params") -> list[tuple[str, Layer, Any]]:
     """The entries of a combinator's params or state, aligned with its sublayers.
 
-    ``tree`` is a tuple with one entry per sublayer (positional sublayers) or a dict keyed by
-    the sublayers' names (``layer.names``; looked up by name, so a dict rebuilt in another key
-    order by ``jax.tree.map`` is fine). ``()`` stands for a tree with nothing in it (the state
-    of a network without state) and gives ``()`` to every sublayer. Every walk over a network's
-    params (summaries, masks, gradient-check names) goes through here.
+    Code that walks a network's params or state (a weight mask, per-block optimizer labels)
+    goes through here rather than indexing by position, so it works for named layers too.
+
+    Args:
+      layer: a combinator (``serial``, ``parallel``, ``residual``, ``remat``, a user's own).
+      tree: its params or state: a tuple with one entry per sublayer (positional sublayers) or
+        a dict keyed by ``layer.names`` (looked up by name, so a dict that ``jax.tree.map``
+        rebuilt in sorted key order is fine). ``()`` stands for a tree with nothing in it (the
+        state of a network without state) and gives ``()`` to every sublayer.
+      what: how ``tree`` is called in error messages (``"params"``, ``"state"``).
 
     Returns:
       ``[(label, sublayer, subtree), …]`` in sublayer order; ``label`` is the name or the
       position as a string.
 
     Raises:
-      ValueError: ``tree`` does not have one entry per sublayer (the message says what
-        ``what`` should be).
+      ValueError: ``tree`` does not have one entry per sublayer; the message names the
+        combinator and says what was expected.
 
     >>> import jax, jaxnn
     >>> net = jaxnn.serial(enc=jaxnn.dense(2), head=jaxnn.dense(1))

@@ -493,8 +493,11 @@ def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
     out = []
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         layer, where, keys = model, model.name, list(path)
-        while keys and layer.sublayers and _sublayer_key(layer, keys[0]) is not None:
-            label = _sublayer_key(layer, keys.pop(0))
+        while keys and layer.sublayers:
+            label = _sublayer_key(layer, keys[0])
+            if label is None:
+                break
+            keys.pop(0)
             i = sublayer_labels(layer).index(label)
             layer = layer.sublayers[i]
             where = f"{where}/{label}:{layer.name}"

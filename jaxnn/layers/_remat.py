@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 
 from jaxnn.core import Layer, children
-from jaxnn.layers._combinators import _pack_state
+from jaxnn.layers._combinators import _entries, _pack_state
 
 __all__ = ["remat"]
 
@@ -73,8 +73,7 @@ def remat(block: Layer) -> Layer:
         return out_shape, (params,), _pack_state((), [state])
 
     def forward(params, state, x, *, key=None, train=False):
-        [(_, _, p)] = children(net, params)
-        [(_, _, s)] = children(net, state, "state")
+        [(_, p, s)] = _entries(net, params, state)
         y, new_state, _ = block.forward(p, s, x, key=key, train=train)
         return y, _pack_state((), [new_state]), _Saved(s, x, key, train)
 
@@ -90,4 +89,3 @@ def remat(block: Layer) -> Layer:
 
     net = Layer("remat", init, forward, backward, (block,), lambda subs: remat(*subs))
     return net
-
