@@ -303,15 +303,3 @@ def check_float(layer_name: str, x: Array, argument: str = "input") -> None:
             f"convert it with x.astype(jnp.float32)"
         )
 
-
-def children(layer: Layer, tree: Any) -> list[tuple[str, Layer, Any]]:
-    """``(label, sublayer, subtree)`` for each sublayer of a combinator: ``tree`` (its params or
-    state) is a tuple aligned with ``sublayers`` (labels ``"0"``, ``"1"``, …) or a dict keyed by
-    the sublayers' names; ``()`` gives every sublayer ``()``."""
-    if isinstance(tree, dict):
-        return [(str(k), sub, v) for (k, v), sub in zip(tree.items(), layer.sublayers,
-                                                         strict=True)]
-    if tree == ():
-        tree = ((),) * len(layer.sublayers)
-    return [(str(i), sub, t) for i, (sub, t) in enumerate(zip(layer.sublayers, tree,
-                                                                strict=True))]
