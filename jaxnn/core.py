@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -248,6 +247,7 @@ def check_positive_int(layer_name: str, argument: str, value: Any) -> int:
     Any integer type is accepted (``3``, ``np.int64(3)``); ``True`` is refused, as are floats
     (``3.0``) and arrays.
 
+    >>> import numpy as np
     >>> check_positive_int("dense", "features", np.int64(3))
     3
     """
@@ -304,6 +304,8 @@ def _check_param_entry(layer_name: str, name: str, value: Any,
         raise TypeError(f"{layer_name}: params[{name!r}] must be a floating-point array, got "
                         f"{'dtype ' + str(dtype) if dtype is not None else type(value).__name__}")
     got = tuple(value.shape)
-    if len(got) != len(shape) or any(e is not None and e != g for e, g in zip(shape, got)):
+    if len(got) != len(shape) or any(
+        e is not None and e != g for e, g in zip(shape, got, strict=True)
+    ):
         raise ValueError(f"{layer_name}: params[{name!r}] must have shape "
                          f"{_shape_text(shape)}, got {got}")

@@ -27,6 +27,7 @@ Backward, by the chain rule on that sum (each is one more ``lax.conv_general_dil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -87,33 +88,11 @@ def conv(
     ((-1, 14, 14, 8), (3, 3, 1, 8))
     """
     features = check_positive_int("conv", "features", features)
-    geometry = _geometry(kernel_size, strides, padding, dilation, feature_group_count)
-    if features % geometry.groups:
-        raise ValueError(f"conv: features ({features}) must be divisible by "
-                         f"feature_group_count ({geometry.groups})")
+    geometry = _geometry(features, kernel_size, strides, padding, dilation, feature_group_count)
     w_init = initializers.lecun_normal() if w_init is None else w_init
-
-    def init(key, in_shape):
-        return _init(geometry, key, in_shape, features, use_bias, w_init, b_init, dtype)
-
-    def forward(params, state, x, *, key=None, train=False):
-        del key, train
-        pads = _check_params_and_input(geometry, params, x, features, use_bias)
-        w = params["W"]
-        dtype_ = jnp.result_type(x, w)
-        z = lax.conv_general_dilated(
-            x.astype(dtype_), w.astype(dtype_), window_strides=geometry.strides, padding=pads,
-            rhs_dilation=geometry.dilation, dimension_numbers=geometry.image,
-            feature_group_count=geometry.groups,
-        )
-        if use_bias:
-            # an explicit reshape: jaxnn never relies on implicit rank promotion
-            z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
-        return z, state, x
-
-    def backward(params, x, dz):
-        return _backward(geometry, params, x, dz)
-
+    init = functools.partial(_init, geometry, features, use_bias, w_init, b_init, dtype)
+    forward = functools.partial(_forward, geometry, features, use_bias)
+    backward = functools.partial(_backward, geometry)
     return Layer("conv", init, forward, backward, weights=("W",))
 
 
@@ -134,7 +113,9 @@ class _Geometry(NamedTuple):
         return _spatial.explicit_padding(self.padding, spatial, self.window_eff, self.strides)
 
 
-def _geometry(kernel_size, strides, padding, dilation, feature_group_count) -> _Geometry:
+def _geometry(features: int, kernel_size, strides, padding, dilation, feature_group_count
+              ) -> _Geometry:
+    """The checked arguments; ``features`` must be divisible by the number of groups."""
     name = "conv"
     rank = _spatial.window_rank(name, "kernel_size", kernel_size)
     window = _spatial.positive_tuple(name, "kernel_size", tuple(kernel_size), rank)
@@ -142,6 +123,9 @@ def _geometry(kernel_size, strides, padding, dilation, feature_group_count) -> _
     dilation = _spatial.positive_tuple(name, "dilation", dilation, rank)
     padding = _spatial.check_padding(name, padding, rank)
     groups = check_positive_int(name, "feature_group_count", feature_group_count)
+    if features % groups:
+        raise ValueError(f"{name}: features ({features}) must be divisible by "
+                         f"feature_group_count ({groups})")
     letters = _SPATIAL_LETTERS[rank]
     # forward and dx: x is (N, *spatial, C), the kernel (*window, I, O)
     image = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
@@ -152,8 +136,8 @@ def _geometry(kernel_size, strides, padding, dilation, feature_group_count) -> _
                      _spatial.effective_window(window, dilation), image, kernel_grad)
 
 
-def _init(geometry: _Geometry, key, in_shape, features: int, use_bias: bool, w_init, b_init,
-          dtype):
+def _init(geometry: _Geometry, features: int, use_bias: bool, w_init, b_init, dtype, key,
+          in_shape):
     """``W`` of shape ``(*window, C_in / G, features)``, ``b`` of shape ``(features,)``."""
     g = geometry
     in_shape = _spatial.check_in_shape("conv", in_shape, g.rank)
@@ -180,6 +164,24 @@ def _check_params_and_input(geometry: _Geometry, params, x, features: int, use_b
     pads = geometry.pads(spatial)
     _spatial.output_spatial("conv", spatial, geometry.window_eff, geometry.strides, pads)
     return pads
+
+
+def _forward(geometry: _Geometry, features: int, use_bias: bool, params, state, x, *, key=None,
+             train=False):
+    """``Z = x ⋆ W + b``: one ``lax.conv_general_dilated``, the bias added per channel."""
+    del key, train
+    pads = _check_params_and_input(geometry, params, x, features, use_bias)
+    w = params["W"]
+    dtype_ = jnp.result_type(x, w)
+    z = lax.conv_general_dilated(
+        x.astype(dtype_), w.astype(dtype_), window_strides=geometry.strides, padding=pads,
+        rhs_dilation=geometry.dilation, dimension_numbers=geometry.image,
+        feature_group_count=geometry.groups,
+    )
+    if use_bias:
+        # an explicit reshape: jaxnn never relies on implicit rank promotion
+        z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
+    return z, state, x
 
 
 def _backward(geometry: _Geometry, params, x, dz):
