@@ -23,7 +23,8 @@ State (batch-norm running statistics, say) flows forward only: its cotangent is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -303,3 +304,72 @@ def check_float(layer_name: str, x: Array, argument: str = "input") -> None:
             f"convert it with x.astype(jnp.float32)"
         )
 
+
+def check_positive_int(layer_name: str, argument: str, value: Any) -> int:
+    """``value`` as a Python int, or a clear error unless it is an integer ``>= 1``.
+
+    Any integer type is accepted (``3``, ``np.int64(3)``); ``True`` is refused, as are floats
+    (``3.0``) and arrays.
+
+    >>> import numpy as np
+    >>> check_positive_int("dense", "features", np.int64(3))
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{layer_name}: {argument} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    inner = ", ".join("any" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def check_params(layer_name: str, params: Params,
+                 expected: Mapping[str, Sequence[int | None]]) -> None:
+    """A clear error unless ``params`` holds exactly the entries ``expected`` describes.
+
+    Called in ``forward`` while tracing (so under ``jit`` too). ``expected`` maps each entry's
+    name to its shape, ``None`` standing for a size the input decides (checked against the
+    input by :func:`check_features`). Every entry must be a floating-point array. A layer
+    without parameters passes ``{}`` and accepts any pytree without arrays (``()``, ``{}``).
+
+    Raises:
+      ValueError: naming the layer and the missing, extra or mis-shaped entry, with the
+        expected and the actual shape.
+      TypeError: naming the layer and the entry that is not a floating-point array.
+    """
+    if not expected:
+        leaves = jax.tree_util.tree_leaves(params)
+        if leaves:
+            raise ValueError(f"{layer_name}: takes no parameters, got params with "
+                             f"{len(leaves)} array(s): {params!r:.200}; pass ()")
+        return
+    wanted = ", ".join(f"{name!r} {_shape_text(shape)}" for name, shape in expected.items())
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{layer_name}: params must be a dict with the entries {wanted}, got "
+                         f"{type(params).__name__}")
+    for name in expected:
+        if name not in params:
+            raise ValueError(f"{layer_name}: params lack the entry {name!r}; expected the "
+                             f"entries {wanted}, got {sorted(params)}")
+    for name in params:
+        if name not in expected:
+            raise ValueError(f"{layer_name}: params have an unexpected entry {name!r}; expected "
+                             f"the entries {wanted}")
+    for name, shape in expected.items():
+        _check_param_entry(layer_name, name, params[name], tuple(shape))
+
+
+def _check_param_entry(layer_name: str, name: str, value: Any,
+                       shape: tuple[int | None, ...]) -> None:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{layer_name}: params[{name!r}] must be a floating-point array, got "
+                        f"{'dtype ' + str(dtype) if dtype is not None else type(value).__name__}")
+    got = tuple(value.shape)
+    if len(got) != len(shape) or any(
+        e is not None and e != g for e, g in zip(shape, got, strict=True)
+    ):
+        raise ValueError(f"{layer_name}: params[{name!r}] must have shape "
+                         f"{_shape_text(shape)}, got {got}")

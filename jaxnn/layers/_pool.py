@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnn.core import Array, Layer, check_float, stateless_init
+from jaxnn.core import Array, Layer, check_float, check_params, stateless_init
 from jaxnn.layers import _spatial
 
 
@@ -137,6 +137,7 @@ def max_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         spatial, pads, out = _checked_geometry(name, x, rank, window, strides, padding)
         low = jnp.array(-jnp.inf, x.dtype)
         # the init value as a Python scalar: reduce_window has a reverse-mode rule only for a
@@ -201,6 +202,7 @@ def avg_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         spatial, pads, _ = _checked_geometry(name, x, rank, window, strides, padding)
         # a Python-scalar init: the only form reduce_window can differentiate under jit
         total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
@@ -235,6 +237,7 @@ def global_avg_pool() -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         check_float(name, x)
         if x.ndim < 3:
             raise ValueError(f"{name}: expected an input (batch, *spatial, channels) with at "
