@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -36,7 +37,8 @@ def _load_params(folder, sizes, seed=0, activation="relu", dropout=0.0):
     _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
     meta = checkpoint.load_metadata(folder / "checkpoint.npz")
     opt = cli.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"])
-    template = {"params": params, "state": state, "opt_state": opt.init(params)}
+    template = {"params": params, "state": state, "opt_state": opt.init(params),
+                "costs": np.zeros(meta["step"], np.float32)}
     return checkpoint.load(folder / "checkpoint.npz", template), meta
 
 
@@ -67,7 +69,7 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 60 and 0 <= metrics["test_accuracy"] <= 1
     restored, meta = _load_params(run, [2, 20, 7, 5, 1])
-    assert meta["step"] == 60 and len(meta["costs"]) == 60
+    assert meta["step"] == 60 and restored["costs"].shape == (60,)
     assert meta["config"]["layers"] == "2,20,7,5,1" and meta["config"]["dataset"] is None
     # the saved parameters are the trained ones: they reproduce the reported accuracy
     ds = cli.load_dataset(None, None, None, seed=0)
@@ -75,7 +77,7 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     acc = jaxnn.accuracy(jaxnn.predict(model, restored["params"], ds.x_test), ds.y_test)
     assert float(acc) == pytest.approx(metrics["test_accuracy"])
     # and the costs went down
-    assert meta["costs"][-1] < meta["costs"][0]
+    assert restored["costs"][-1] < restored["costs"][0]
 
 
 @pytest.mark.slow
@@ -94,21 +96,22 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, monkeypatch
                                                            extra):
     sizes = [2, 8, 1]
     common = ["--layers", "2,8,1", "--seed", "3", "--no-progress", *extra]
-    assert run_main(monkeypatch, tmp_path, "train", *common, "--steps", 14, "--out",
+    steps_per_epoch = 320 // int(extra[extra.index("--batch-size") + 1])
+    assert run_main(monkeypatch, tmp_path, "train", *common, "--epochs", 4, "--out",
                     "whole") == 0
-    assert run_main(monkeypatch, tmp_path, "train", *common, "--steps", 7, "--out",
+    assert run_main(monkeypatch, tmp_path, "train", *common, "--epochs", 2, "--out",
                     "split") == 0
     capsys.readouterr()
-    # 7 steps, then resumed up to 14: the same batches, dropout masks and optimizer state
-    assert run_main(monkeypatch, tmp_path, "train", "--resume", "split", "--steps", 14,
+    # 2 epochs, then resumed up to 4: the same batches, dropout masks and optimizer state
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "split", "--epochs", 4,
                     "--no-progress") == 0
-    assert "steps 7→14" in capsys.readouterr().out
+    assert f"steps {2 * steps_per_epoch}→{4 * steps_per_epoch}" in capsys.readouterr().out
     dropout = 0.2 if "--dropout" in extra else 0.0
     a, meta_a = _load_params(tmp_path / "whole", sizes, seed=3, dropout=dropout)
     b, meta_b = _load_params(tmp_path / "split", sizes, seed=3, dropout=dropout)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert meta_a["costs"] == meta_b["costs"] and len(meta_b["costs"]) == 14
+    assert meta_a["step"] == meta_b["step"] == len(b["costs"]) == 4 * steps_per_epoch
 
 
 def test_resume_refuses_changed_options(short_run, tmp_path, monkeypatch, capsys):
@@ -338,31 +341,40 @@ def test_the_real_benchmark_exposes_main_with_a_quick_mode():
 def test_epochs_count_steps_per_pass_over_the_training_set(tmp_path, monkeypatch, capsys):
     assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--epochs", 2,
                     "--batch-size", 100, "--no-progress") == 0
-    assert "steps 0→8, batch 100" in capsys.readouterr().out  # 320 examples: 4 batches/epoch
-    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 8
+    # 320 examples: 3 batches of 100 per epoch, 20 examples of each shuffle left out
+    assert "steps 0→6, batch 100 (3 steps per epoch" in capsys.readouterr().out
+    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 6
+
+
+def test_steps_round_up_to_whole_epochs(tmp_path, monkeypatch, capsys):
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 7,
+                    "--batch-size", 100, "--no-progress") == 0
+    assert "steps 0→9, batch 100" in capsys.readouterr().out
+
+
+def _signal_after_epochs(monkeypatch, signum, epochs):
+    """Delivers ``signum`` to this process at the end of epoch ``epochs`` of ``jaxnn.fit``."""
+    real = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def on_epoch_then_signal(epoch, *rest):
+            if epoch + 1 == epochs:
+                os.kill(os.getpid(), signum)
+            return on_epoch(epoch, *rest)
+
+        return real(*args, on_epoch=on_epoch_then_signal, **kwargs)
+
+    monkeypatch.setattr(jaxnn, "fit", fit)
 
 
 def test_an_interrupted_run_saves_a_checkpoint_it_can_resume_from(tmp_path, monkeypatch,
                                                                   capsys):
-    real = jaxnn.make_train_step
-
-    def interrupted_after_5(*args, **kwargs):
-        step, calls = real(*args, **kwargs), []
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) > 5:
-                raise KeyboardInterrupt
-            return step(*a)
-
-        return wrapped
-
-    monkeypatch.setattr(jaxnn, "make_train_step", interrupted_after_5)
+    _signal_after_epochs(monkeypatch, signal.SIGINT, 5)
     assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 10,
                     "--no-progress") == 130
-    assert "interrupted at step 5" in capsys.readouterr().err
-    meta = checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")
-    assert meta["step"] == 5 and len(meta["costs"]) == 5
+    assert "interrupted (SIGINT) at step 5" in capsys.readouterr().err
+    params, meta = _load_params(tmp_path / "jaxnn-out", [2, 4, 1])
+    assert meta["step"] == 5 and len(params["costs"]) == 5
 
 
 def test_summary_prints_the_layers_and_the_parameter_count(capsys):
@@ -375,10 +387,11 @@ def test_summary_prints_the_layers_and_the_parameter_count(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["--print-every", "0"], "--print-every must be at least 1, got 0"),
-    (["--lr", "-0.1"], "--lr must be positive and --l2 non-negative, got -0.1 and 0.0"),
-    (["--steps", "0"], "--steps/--epochs must be positive, got 0"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--print-every", "0"], "--print-every 0: must be at least 1"),
+    (["--lr", "-0.1"], "--lr -0.1: the learning rate must be a positive finite number"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--epochs", "-1"], "--epochs -1: must be at least 1"),
 ])
 def test_out_of_range_numbers_are_refused_by_name(tmp_path, monkeypatch, capsys, args, message):
     assert run_main(monkeypatch, tmp_path, "train", *args) == 1
