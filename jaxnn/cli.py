@@ -79,8 +79,6 @@ def build_model(sizes: Sequence[int], activation: str = "relu", dropout: float =
     if activation not in ACTIVATIONS:
         raise CommandError(f"unknown activation {activation!r}; choose one of "
                            f"{', '.join(ACTIVATIONS)}")
-    if dropout and not hasattr(jaxnn, "dropout"):
-        raise CommandError("--dropout: this version of jaxnn has no dropout layer")
     if not 0 <= dropout < 1:
         raise CommandError(f"--dropout: the rate must lie in [0, 1), got {dropout}")
     layers = []
@@ -911,11 +909,7 @@ def summary(args: argparse.Namespace) -> int:
 
     sizes = parse_layers(args.layers)
     model = build_model(sizes, args.activation or "relu", args.dropout or 0.0)
-    if not hasattr(jaxnn, "summary"):
-        raise CommandError("jaxnn summary needs jaxnn.summary, which this version lacks")
-    table = jaxnn.summary(model, (-1, sizes[0]))
-    if table is not None:
-        print(table)
+    print(jaxnn.summary(model, (-1, sizes[0])))
     return 0
 
 
