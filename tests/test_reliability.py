@@ -189,7 +189,7 @@ checkpoint.save(path, {"W": jnp.zeros(1000)}, step=2)
 """
 
 
-def test_a_crash_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+def test_a_save_killed_mid_write_leaves_the_old_checkpoint_and_the_next_save_cleans_up(tmp_path):
     import subprocess
     import sys
 
@@ -206,3 +206,7 @@ def test_a_crash_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadabl
     assert checkpoint.load_metadata(path)["step"] == 1
     restored = checkpoint.load(path, {"W": jnp.zeros(1000, jnp.float32)})
     np.testing.assert_array_equal(restored["W"], np.ones(1000))
+    # the next save removes the dead writer's leftover, and only its own
+    (tmp_path / ".tmp-other.npz.1.x.npz").write_bytes(b"")
+    checkpoint.save(path, {"W": jnp.zeros(1000)}, step=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.npz.1.x.npz", "c.npz"]
