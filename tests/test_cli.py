@@ -1,5 +1,6 @@
 """The ``jaxnn`` command, run as a subprocess the way users run it."""
 
+import errno
 import json
 import os
 import signal
@@ -33,9 +34,9 @@ def run_main(monkeypatch, cwd, *args):
 
 def _load_params(folder, sizes, seed=0, activation="relu", dropout=0.0):
     """The params saved in ``folder``'s checkpoint, read against a freshly built template."""
-    model = cli.build_model(sizes, activation, dropout)
-    _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
     meta = checkpoint.load_metadata(folder / "checkpoint.npz")
+    model = cli.build_model(sizes, activation, meta["config"]["dropout"])
+    _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
     opt = cli.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"])
     template = {"params": params, "state": state, "opt_state": opt.init(params),
                 "costs": np.zeros(meta["step"], np.float32)}
@@ -404,3 +405,186 @@ def test_train_without_the_cli_extra_names_it(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "needs the optional package 'matplotlib'" in err
     assert 'install it with pip install "jaxnn[cli]"' in err
+
+
+# --- runs that never lose work ----------------------------------------------------------------
+
+TINY = ["--layers", "2,4,1", "--no-progress"]
+
+
+def _run_and_read(monkeypatch, cwd, out, *args):
+    status = run_main(monkeypatch, cwd, "train", *TINY, "--out", out, *args)
+    params, meta = _load_params(cwd / out, [2, 4, 1])
+    return status, params, meta
+
+
+def test_the_cost_history_grows_on_the_host_and_is_saved_as_an_array(tmp_path, monkeypatch):
+    history = cli.CostHistory()
+    chunks = [np.full(n, n, np.float32) for n in (3, 1000, 1, 5000, 7)]
+    buffers = set()
+    for chunk in chunks:
+        history.extend(chunk)
+        buffers.add(id(history._buffer))
+    np.testing.assert_array_equal(history.values, np.concatenate(chunks))
+    assert len(buffers) <= 4  # regrown by doubling, not once per epoch
+    # the checkpoint holds the history as one float32 array, not as JSON numbers
+    _, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 12,
+                                    "--save-every", 5)
+    assert "costs" not in meta and params["costs"].dtype == np.float32
+    assert params["costs"].shape == (12,)
+
+
+@pytest.mark.parametrize("signum,epochs", [(signal.SIGINT, 1), (signal.SIGINT, 3),
+                                           (signal.SIGINT, 8), (signal.SIGTERM, 4)])
+def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
+        tmp_path, monkeypatch, capsys, signum, epochs):
+    common = ["--batch-size", "100", "--optimizer", "adam", "--dropout", "0.1", "--seed", "5"]
+    _signal_after_epochs(monkeypatch, signum, epochs)
+    status, cut, meta = _run_and_read(monkeypatch, tmp_path, "cut", *common, "--epochs", 9)
+    assert status == 128 + signum
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}) at step {3 * epochs}" in capsys.readouterr().err
+    # step, parameters and history agree: the history has exactly `step` costs
+    assert meta["step"] == 3 * epochs and cut["costs"].shape == (3 * epochs,)
+    monkeypatch.undo()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "cut", "--epochs", 9,
+                    "--no-progress") == 0
+    status, whole, _ = _run_and_read(monkeypatch, tmp_path, "whole", *common, "--epochs", 9)
+    resumed, _ = _load_params(tmp_path / "cut", [2, 4, 1])
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_second_signal_while_saving_is_ignored(tmp_path, monkeypatch, capsys):
+    real = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def twice(epoch, *rest):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            return on_epoch(epoch, *rest)
+
+        return real(*args, on_epoch=twice, **kwargs)
+
+    monkeypatch.setattr(jaxnn, "fit", fit)
+    status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 10)
+    assert status == 130 and meta["step"] == 1 and params["costs"].shape == (1,)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_end_writes_what_it_can_and_exits_1_with_one_line(
+        tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--steps", 3) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxnn train: error: could not write jaxnn-out/checkpoint.npz (No space "
+                   "left on device)"]
+    out = tmp_path / "jaxnn-out"
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3
+    assert (out / "cost.png").exists() and (out / "decision_boundary.png").exists()
+
+
+def _h5(path, x, y):
+    with h5py.File(path, "w") as f:
+        f["train_set_x"] = x
+        if isinstance(y, str):
+            f.create_group("train_set_y")
+        else:
+            f["train_set_y"] = y
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("out-is-a-file", ["--out", "afile"], "--out afile: exists and is not a folder"),
+    ("out-under-a-file", ["--out", "afile/run"], "--out afile/run: cannot create the folder"),
+    ("seed-negative", ["--seed", "-1"], "--seed -1: the seed must lie in [0, 4294967295]"),
+    ("seed-huge", ["--seed", str(2**70)], f"--seed {2**70}: the seed must lie in"),
+    ("lr-nan", ["--lr", "nan"], "--lr nan: the learning rate must be a positive finite number"),
+    ("lr-inf", ["--lr", "inf"], "--lr inf: the learning rate must be a positive finite number"),
+    ("l2-nan", ["--l2", "nan"], "--l2 nan: λ must be a finite number >= 0"),
+    ("two-examples", ["--data", "two.h5", "--layers", "4,1"],
+     "two.h5: 2 examples are too few to hold 20% out for testing"),
+    ("string-labels", ["--data", "text.h5", "--layers", "4,1"],
+     "text.h5: train_set_y: labels must be class numbers 0, 1, …, got dtype |S3"),
+    ("minus-one-plus-one", ["--data", "pm.h5", "--layers", "4,1"],
+     "map −1/+1 labels to 0/1 with (y + 1) / 2"),
+    ("fractional-labels", ["--data", "soft.h5", "--layers", "4,1"],
+     "labels must be whole class numbers 0, 1, …, got 0.1"),
+    ("group", ["--data", "group.h5", "--layers", "4,1"],
+     "group.h5: train_set_y is an HDF5 group, expected a dataset"),
+    ("idx-overflow", ["--data", "huge,lab", "--layers", "4,1"], "huge: truncated: dimensions"),
+])
+def test_bad_places_seeds_numbers_and_files_get_one_line_and_exit_1(
+        tmp_path, monkeypatch, capsys, case, args, message):
+    (tmp_path / "afile").write_text("")
+    x = np.zeros((10, 2, 2), np.uint8)
+    _h5(tmp_path / "two.h5", x[:2], np.array([0, 1]))
+    _h5(tmp_path / "text.h5", x, np.array([b"cat", b"dog"] * 5))
+    _h5(tmp_path / "pm.h5", x, np.array([-1, 1] * 5))
+    _h5(tmp_path / "soft.h5", x, np.array([0.1, 0.9] * 5))
+    _h5(tmp_path / "group.h5", x, "group")
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 8, 4]) + np.full(4, 65536, ">u4").tobytes())
+    (tmp_path / "lab").write_bytes(bytes([0, 0, 8, 1]) + np.array([1], ">u4").tobytes() + b"\0")
+    assert run_main(monkeypatch, tmp_path, "train", *TINY[2:], "--steps", 2, *args) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metrics_json_is_strict_json_when_the_cost_is_not_finite(tmp_path, monkeypatch):
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--steps", 3, "--lr", "1e30") == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text(),
+                         parse_constant=refuse)
+    assert metrics["final_cost"] is None
+
+
+def test_the_progress_rate_leaves_out_the_first_epoch(tmp_path, monkeypatch):
+    clock = [0.0]
+    bars = []
+    real = cli._progress_bar
+
+    def bar_on_a_fake_clock(*args):
+        bar = real(*args)
+        bar._time = lambda: clock[0]
+        bar.start_t = bar.last_print_t = 0.0
+        bars.append(bar)
+        return bar
+
+    real_fit = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def timed(epoch, *rest):
+            clock[0] += 100.0 if epoch == 0 else 0.01  # compilation, then 100 steps/s
+            return on_epoch(epoch, *rest)
+
+        return real_fit(*args, on_epoch=timed, **kwargs)
+
+    monkeypatch.setattr(cli, "_progress_bar", bar_on_a_fake_clock)
+    monkeypatch.setattr(jaxnn, "fit", fit)
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 11) == 0
+    meter = bars[0].format_meter(**{**bars[0].format_dict, "ncols": 200})
+    assert "100.00step/s" in meter, meter
+
+
+def test_resume_messages_quote_options_as_typed_and_accept_equal_values(tmp_path, monkeypatch,
+                                                                         capsys):
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--lr", "0.2",
+                    "--steps", 2, "--no-progress") == 0
+    capsys.readouterr()
+    # the same values written differently are the same run
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--layers",
+                    "2, 4, 1", "--lr", "0.20", "--steps", 3, "--no-progress") == 0
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--lr", "2e-1",
+                    "--layers", " 2,4 ,1", "--steps", 4, "--no-progress") == 0
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--layers",
+                    "2, 5, 1", "--steps", 5) == 1
+    assert "--layers 2, 5, 1 differs from the resumed run's 2,4,1" in capsys.readouterr().err
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--epochs",
+                    "-1") == 1
+    assert "--epochs -1: must be at least 1" in capsys.readouterr().err
