@@ -674,11 +674,11 @@ def train(args: argparse.Namespace) -> int:
     start = run.step
     _print_plan(plan, start, loss)
     began = time.perf_counter()
-    with StopSignals() as stop:
+    with StopSignals() as stop:  # until everything is written: a signal never loses the run
         _train_loop(plan, model, loss, optimizer, run, stop, args)
-        if stop.signum is not None:
+        if stop.signum is not None and run.step < plan.total:
             return _interrupted(plan, run, stop.signum)
-    return _report(plan, model, run, time.perf_counter() - began, start)
+        return _report(plan, model, run, time.perf_counter() - began, start)
 
 
 # --- gradcheck --------------------------------------------------------------------------------
