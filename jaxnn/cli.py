@@ -1,7 +1,7 @@
 """The ``jaxnn`` command: train, verify and report.
 
 ``jaxnn train`` trains the classic L-layer classifier (dense/activation … dense, sigmoid or
-softmax output) with :func:`jaxnn.make_train_step` on a built-in data set or a user's files,
+softmax output) with :func:`jaxnn.fit` on a built-in data set or a user's files,
 prints the cost and the accuracy, draws ``cost.png`` (and ``decision_boundary.png`` for 2-D data)
 and saves a checkpoint it can resume from. ``jaxnn gradcheck`` checks every built-in layer and
 loss (or a model given by flags) against ``jax.grad`` and finite differences. ``jaxnn summary``
