@@ -21,6 +21,7 @@ loss to take example weights; dropping is what ``drop_remainder=True`` input pip
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -128,6 +129,22 @@ def make_epoch(
     return epoch_fn
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_epoch(model, loss, optimizer, batch_size, l2, gradients, mesh) -> Callable:
+    return make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2, gradients=gradients,
+                      mesh=mesh)
+
+
+def _epoch_for(model, loss, optimizer, batch_size, l2, gradients, mesh) -> Callable:
+    """:func:`make_epoch`, the same compiled function for the same pieces, so that training in
+    several :func:`fit` calls (between checkpoints, say) compiles once."""
+    try:
+        return _cached_epoch(model, loss, optimizer, batch_size, l2, gradients, mesh)
+    except TypeError:  # an unhashable piece: a fresh epoch function
+        return make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2,
+                          gradients=gradients, mesh=mesh)
+
+
 def fit(
     model: Layer,
     loss: Loss,
@@ -187,8 +204,7 @@ def fit(
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
     _check_batching(x.shape[0], batch_size)
-    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, l2=l2,
-                          gradients=gradients, mesh=mesh)
+    epoch_fn = _epoch_for(model, loss, optimizer, batch_size, l2, gradients, mesh)
     if opt_state is None:
         opt_state = optimizer.init(params)
     if mesh is not None:

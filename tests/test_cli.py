@@ -588,3 +588,19 @@ def test_resume_messages_quote_options_as_typed_and_accept_equal_values(tmp_path
     assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--epochs",
                     "-1") == 1
     assert "--epochs -1: must be at least 1" in capsys.readouterr().err
+
+
+def test_checkpoints_between_epochs_do_not_recompile_the_epoch(tmp_path, monkeypatch):
+    fit_module = sys.modules["jaxnn.fit"]
+    made = []
+    real = fit_module.make_epoch
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "make_epoch", counted)
+    fit_module._cached_epoch.cache_clear()
+    status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 6,
+                                         "--save-every", 2)
+    assert status == 0 and meta["step"] == 6 and len(made) == 1
