@@ -20,7 +20,10 @@ a layer followed by batch normalization — are judged on the gradient's scale i
 dividing by ~0. A real error still shows: against ``jax.grad`` an entry of size ``g`` that is
 wrong by 100% gives a relative error of at least ``min(1, 1000·g/scale)``. A comparison
 passes when the relative error is within ``rtol_autodiff`` (default 1e-9) against ``jax.grad``
-and ``rtol_fd`` (default 1e-6) against finite differences.
+and ``rtol_fd`` (default 1e-6) against finite differences (both fields of :class:`Tolerances`).
+
+Every exported layer and loss is checked at the configurations of :data:`LAYER_CASES` and
+:data:`LOSS_CASES` (``jaxnn/_gradcases.py``), by :func:`check_case`.
 
 A user's own layer is checked by the same call:
 
@@ -33,31 +36,63 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn._gradcases import (
+    LAYER_CASES,
+    LOSS_CASES,
+    NOT_LAYERS_OR_LOSSES,
+    LayerCase,
+    LossCase,
+    case_input,
+)
 from jaxnn.chain import value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply
 from jaxnn.losses import Loss
 
 __all__ = [
+    "LAYER_CASES",
+    "LOSS_CASES",
+    "NOT_LAYERS_OR_LOSSES",
     "Comparison",
     "GradcheckReport",
+    "LayerCase",
+    "LossCase",
+    "Tolerances",
+    "case_input",
+    "check_case",
     "check_layer",
     "check_loss",
     "check_model",
     "compare",
 ]
 
-RTOL_AUTODIFF = 1e-9
-RTOL_FD = 1e-6
-FD_EPS = 1e-3
-MAX_FD_ENTRIES = 1024
+
+
+class Tolerances(NamedTuple):
+    """The pass thresholds of a check and its finite-difference settings.
+
+    Attributes:
+      rtol_autodiff: the largest relative error against ``jax.grad``.
+      rtol_fd: the largest relative error against finite differences.
+      fd_eps: the finite-difference step ``ε``.
+      max_fd_entries: entries per array estimated by finite differences (sampled beyond it).
+    """
+
+    rtol_autodiff: float = 1e-9
+    rtol_fd: float = 1e-6
+    fd_eps: float = 1e-3
+    max_fd_entries: int = 1024
+
+
+DEFAULT_TOLERANCES = Tolerances()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,33 +266,35 @@ def _largest(arrays: Sequence) -> float:
     return max((float(np.max(np.abs(np.asarray(a)))) for a in arrays if np.size(a)), default=0.0)
 
 
-def _compare_trees(layer_name: str, names: Sequence[str], hand: Sequence, reference: Sequence,
-                   label: str, tolerance: float, report: GradcheckReport,
-                   scale: float = 0.0) -> None:
-    for name, h, r in zip(names, hand, reference, strict=True):
-        abs_err, rel_err = compare(h, r, scale)
-        report.comparisons.append(Comparison(layer_name, name, label, abs_err, rel_err, tolerance))
-
-
 def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, arrays: list,
-                  names: list[str], *, rtol_autodiff: float, rtol_fd: float, fd_eps: float,
-                  max_fd_entries: int, seed: int) -> GradcheckReport:
+                  names: list[str], tolerances: Tolerances, seed: int) -> GradcheckReport:
     """Checks the gradient of scalar ``fn(*arrays)`` w.r.t. every floating-point array."""
-    report = GradcheckReport()
     wrt = [i for i, a in enumerate(arrays) if _is_float(a) and a.size]
     hand = jax.grad(hand_fn, argnums=wrt)(*arrays)
+    return _compare_with_references([(layer_name, names[i]) for i in wrt], hand, reference_fn,
+                                    arrays, tolerances, seed, wrt)
+
+
+def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
+                             reference_fn: Callable, arrays: list, tolerances: Tolerances,
+                             seed: int, wrt: Sequence[int] | None = None) -> GradcheckReport:
+    """Compares ``hand[j]``, the gradient w.r.t. ``arrays[wrt[j]]`` named ``names[j]`` (layer,
+    parameter), with ``jax.grad`` of ``reference_fn`` and with its finite differences."""
+    wrt = list(range(len(arrays))) if wrt is None else list(wrt)
     auto = jax.grad(reference_fn, argnums=wrt)(*arrays)
     scale = _largest(auto)
-    _compare_trees(layer_name, [names[i] for i in wrt], hand, auto, "jax.grad", rtol_autodiff,
-                   report, scale)
     rng = np.random.default_rng(seed)
-    ref_jit = jax.jit(reference_fn)
-    for j, i in enumerate(wrt):
-        positions, estimates = _finite_differences(ref_jit, arrays, i, fd_eps, max_fd_entries,
-                                                   rng)
-        h = np.asarray(hand[j]).reshape(-1)[positions]
-        _compare_trees(layer_name, [names[i]], [h], [estimates], "finite differences", rtol_fd,
-                       report, scale)
+    reference_jit = jax.jit(reference_fn)
+    report = GradcheckReport()
+    for (layer, parameter), h, a, i in zip(names, hand, auto, wrt, strict=True):
+        abs_err, rel_err = compare(h, a, scale)
+        report.comparisons.append(Comparison(layer, parameter, "jax.grad", abs_err, rel_err,
+                                             tolerances.rtol_autodiff))
+        positions, estimates = _finite_differences(reference_jit, arrays, i, tolerances.fd_eps,
+                                                   tolerances.max_fd_entries, rng)
+        abs_err, rel_err = compare(np.asarray(h).reshape(-1)[positions], estimates, scale)
+        report.comparisons.append(Comparison(layer, parameter, "finite differences", abs_err,
+                                             rel_err, tolerances.rtol_fd))
     return report
 
 
@@ -276,10 +313,7 @@ def check_layer(
     seed: int = 0,
     input_dtype: Any = None,
     name: str | None = None,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
     """Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
 
@@ -297,24 +331,17 @@ def check_layer(
       train: the mode to check (batch statistics, dropout masks).
       seed: seeds the parameters, input, cotangent and finite-difference sampling.
       name: the name used in the report (default ``layer.name``).
+      tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
       A :class:`GradcheckReport` with a row per parameter and for the input (``"input"``, or
       ``"input[i]"`` per entry of a tuple input), against ``jax.grad`` and against finite
-      differences. A tuple-valued output gets a cotangent per entry:
-      ``S = Σ_i Σ v_i ⊙ y_i``.
+      differences, for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
     """
     with jax.enable_x64(True):
         k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
         if x is None:
-            if in_shape is None:
-                raise ValueError("check_layer: give in_shape or x")
-            if in_shape and all(isinstance(d, Sequence) for d in in_shape):  # a tuple input
-                x = tuple(_draw_input(k, s, input_dtype)
-                          for k, s in zip(jax.random.split(k_x, len(in_shape)), in_shape,
-                                          strict=True))
-            else:
-                x = _draw_input(k_x, in_shape, input_dtype)
+            x = _draw_layer_input(k_x, in_shape, input_dtype)
         x = _to_float64(x)
         if params is None or state is None:
             _, p0, s0 = layer.init(k_init, _shape_of(x))
@@ -323,54 +350,59 @@ def check_layer(
         params, state = _to_float64(params), _to_float64(state)
         if key is None and train:
             key = k_fwd
-        y, _ = reference_apply(layer, params, state, x, key=key, train=train)
-        y_leaves, y_def = jax.tree.flatten(y)
-        if isinstance(y, tuple | list):  # one cotangent per output entry
-            v_leaves = [jax.random.normal(k, leaf.shape, jnp.float64) for k, leaf in
-                        zip(jax.random.split(k_v, len(y_leaves)), y_leaves, strict=True)]
-        else:
-            v_leaves = [jax.random.normal(k_v, y.shape, jnp.float64)]
-
-        leaves, treedef = jax.tree.flatten(params)
-        x_leaves, x_def = jax.tree.flatten(x)
-
-        def scalar(path_fn):
-            def s(*arrays):
-                p = jax.tree.unflatten(treedef, arrays[:len(leaves)])
-                inp = jax.tree.unflatten(x_def, arrays[len(leaves):])
-                out, _ = path_fn(layer, p, state, inp, key=key, train=train)
-                out_leaves, out_def = jax.tree.flatten(out)
-                if out_def != y_def:
-                    raise ValueError(f"check_layer: the output's structure {out_def} differs "
-                                     f"from the reference's {y_def}")
-                return sum(jnp.sum(v * o) for v, o in zip(v_leaves, out_leaves, strict=True))
-
-            return s
-
+        call = functools.partial(_layer_scalar, layer, params, state, x, k_v, key, train)
+        leaves = [*jax.tree.leaves(params), *jax.tree.leaves(x)]
         input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(x)]
         names = [*_leaf_names(params), *input_names]
-        return _check_scalar(
-            name or layer.name, scalar(apply), scalar(reference_apply), [*leaves, *x_leaves],
-            names,
-            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
-            max_fd_entries=max_fd_entries, seed=seed,
-        )
+        return _check_scalar(name or layer.name, call(apply), call(reference_apply), leaves,
+                             names, tolerances, seed)
+
+
+def _draw_layer_input(key: jax.Array, in_shape: Sequence | None, input_dtype: Any) -> Any:
+    """An input of ``in_shape``: one array, or a tuple of arrays for a tuple of shapes."""
+    if in_shape is None:
+        raise ValueError("check_layer: give in_shape or x")
+    if in_shape and all(isinstance(d, Sequence) for d in in_shape):  # a tuple input
+        keys = jax.random.split(key, len(in_shape))
+        return tuple(_draw_input(k, s, input_dtype) for k, s in zip(keys, in_shape, strict=True))
+    return _draw_input(key, in_shape, input_dtype)
+
+
+def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key, train: bool,
+                  path_fn: Callable) -> Callable:
+    """``S(*param_leaves, *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through ``path_fn``.
+
+    ``path_fn`` is :func:`jaxnn.apply` (the hand-derived backward) or
+    :func:`jaxnn.reference_apply`; the cotangents ``v_i`` are drawn once from ``cotangent_key``
+    for the reference output's leaves.
+    """
+    y, _ = reference_apply(layer, params, state, x, key=key, train=train)
+    y_leaves, y_def = jax.tree.flatten(y)
+    keys = jax.random.split(cotangent_key, len(y_leaves)) if len(y_leaves) > 1 else [
+        cotangent_key]
+    cotangents = [jax.random.normal(k, leaf.shape, jnp.float64)
+                  for k, leaf in zip(keys, y_leaves, strict=True)]
+    treedef, n_params = jax.tree.structure(params), len(jax.tree.leaves(params))
+    x_def = jax.tree.structure(x)
+
+    def scalar(*arrays):
+        p = jax.tree.unflatten(treedef, arrays[:n_params])
+        inp = jax.tree.unflatten(x_def, arrays[n_params:])
+        out, _ = path_fn(layer, p, state, inp, key=key, train=train)
+        out_leaves, out_def = jax.tree.flatten(out)
+        if out_def != y_def:
+            raise ValueError(f"check_layer: the output's structure {out_def} differs from the "
+                             f"reference's {y_def}")
+        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True))
+
+    return scalar
 
 
 # --- losses ------------------------------------------------------------------------------------
 
 
-def check_loss(
-    loss: Loss,
-    prediction: Any,
-    target: Any,
-    *,
-    seed: int = 0,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
-) -> GradcheckReport:
+def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
+               tolerances: Tolerances = DEFAULT_TOLERANCES) -> GradcheckReport:
     """Checks ``loss.grad`` (the hand-derived ``dJ/dprediction``) in float64."""
     with jax.enable_x64(True):
         prediction, target = _to_float64(prediction), _to_float64(target)
@@ -381,11 +413,25 @@ def check_loss(
         def reference(p):
             return loss.value(p, target)
 
-        return _check_scalar(
-            loss.name, hand, reference, [prediction], ["prediction"],
-            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
-            max_fd_entries=max_fd_entries, seed=seed,
-        )
+        return _check_scalar(loss.name, hand, reference, [prediction], ["prediction"],
+                             tolerances, seed)
+
+
+# --- the registered cases ----------------------------------------------------------------------
+
+
+def check_case(case: LayerCase | LossCase, seed: int = 0) -> GradcheckReport:
+    """Checks one case of :data:`LAYER_CASES` / :data:`LOSS_CASES` (or a user's own case)."""
+    if isinstance(case, LossCase):
+        prediction, target = case.make_inputs(np.random.default_rng(seed))
+        return check_loss(case.loss, prediction, target, seed=seed)
+    options = {k: v for k, v in case.options.items() if k not in Tolerances._fields}
+    tolerances = DEFAULT_TOLERANCES._replace(
+        **{k: v for k, v in case.options.items() if k in Tolerances._fields})
+    x = case_input(case, seed)
+    if x is not None:
+        options.setdefault("x", x)
+    return check_layer(case.make(), case.in_shape, seed=seed, tolerances=tolerances, **options)
 
 
 # --- whole models ------------------------------------------------------------------------------
@@ -419,10 +465,7 @@ def check_model(
     train: bool = False,
     seed: int = 0,
     per_layer: bool = True,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
     """Checks a whole network and its loss, and names the layer whose backward is wrong.
 
@@ -435,53 +478,37 @@ def check_model(
     2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
        model (so a wrong backward in a layer without parameters is named too);
     3. the loss's own derivative at the model's output.
-
-    Finite differences assume the function is smooth around the point. A ``max_pool`` after a
-    ``relu`` receives many exact zeros, i.e. ties, where the maximum has no derivative: its
-    per-layer finite-difference row can then fail while the hand-derived gradient still equals
-    ``jax.grad`` exactly (the whole-model rows are unaffected, since perturbing a weight moves
-    no tied zero). For such models read the ``jax.grad`` rows, or pass ``per_layer=False``.
     """
     with jax.enable_x64(True):
         params, state = _to_float64(params), _to_float64(state)
         x, y = _to_float64(x), _to_float64(y)
-        report = GradcheckReport()
-
-        leaves, treedef = jax.tree.flatten(params)
-        names = [f"{layer}|{param}" for layer, param in _parameter_names(model, params)]
-        explicit = value_and_grad(model, loss, has_state=True, train=train)
-
-        def reference(*arrays):
-            p = jax.tree.unflatten(treedef, arrays)
-            out, _ = reference_apply(model, p, state, x, key=key, train=train)
-            return loss.value(out, y)
-
-        (_, _), hand_grads = explicit(params, state, x, y, key)
-        hand_leaves = jax.tree.leaves(hand_grads)
-        auto_leaves = jax.grad(reference, argnums=tuple(range(len(leaves))))(*leaves)
-        rng = np.random.default_rng(seed)
-        ref_jit = jax.jit(reference)
-        scale = _largest(auto_leaves)
-        for i, (nm, h, a) in enumerate(zip(names, hand_leaves, auto_leaves, strict=True)):
-            layer_name, param = nm.split("|", 1)
-            _compare_trees(layer_name, [param], [h], [a], "jax.grad", rtol_autodiff, report,
-                           scale)
-            positions, estimates = _finite_differences(ref_jit, list(leaves), i, fd_eps,
-                                                       max_fd_entries, rng)
-            _compare_trees(layer_name, [param], [np.asarray(h).reshape(-1)[positions]],
-                           [estimates], "finite differences", rtol_fd, report, scale)
-
+        report = _check_model_parameters(model, loss, params, state, x, y, key, train,
+                                         tolerances, seed)
         if per_layer:
             for path, leaf, p, s, inp, k in _record_inputs(model, params, state, x, key, train):
-                report.extend(check_layer(
-                    leaf, params=p, state=s, x=inp, key=k, train=train, seed=seed,
-                    name=f"{path} (alone)", rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd,
-                    fd_eps=fd_eps, max_fd_entries=max_fd_entries,
-                ))
+                report.extend(check_layer(leaf, params=p, state=s, x=inp, key=k, train=train,
+                                          seed=seed, name=f"{path} (alone)",
+                                          tolerances=tolerances))
         out, _ = reference_apply(model, params, state, x, key=key, train=train)
-        report.extend(check_loss(loss, out, y, seed=seed, rtol_autodiff=rtol_autodiff,
-                                 rtol_fd=rtol_fd, fd_eps=fd_eps, max_fd_entries=max_fd_entries))
+        report.extend(check_loss(loss, out, y, seed=seed, tolerances=tolerances))
         return report
+
+
+def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, train: bool,
+                            tolerances: Tolerances, seed: int) -> GradcheckReport:
+    """Part 1 of :func:`check_model`: every parameter's gradient through the explicit chain."""
+    leaves, treedef = jax.tree.flatten(params)
+    explicit = value_and_grad(model, loss, has_state=True, train=train)
+    (_, _), hand_grads = explicit(params, state, x, y, key)
+
+    def reference(*arrays):
+        out, _ = reference_apply(model, jax.tree.unflatten(treedef, arrays), state, x, key=key,
+                                 train=train)
+        return loss.value(out, y)
+
+    names = _parameter_names(model, params)
+    return _compare_with_references(names, jax.tree.leaves(hand_grads), reference, leaves,
+                                    tolerances, seed)
 
 
 def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
