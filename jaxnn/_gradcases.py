@@ -136,7 +136,8 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
     "parallel": (
         LayerCase(lambda: L.parallel(L.dense(2), L.tanh()), (4, 3)),
         LayerCase(lambda: L.parallel(L.dense(3), L.identity(), L.sigmoid()), (2, 5, 3)),
-        LayerCase(lambda: L.parallel(L.batch_norm(), L.dense(2)), (5, 3), options=_TRAIN),
+        LayerCase(lambda: L.parallel(L.batch_norm(), L.dense(2)), (5, 3),
+                  options=_TRAIN),
     ),
     "concatenate": (
         LayerCase(lambda: L.concatenate(), ((4, 3), (4, 2))),
