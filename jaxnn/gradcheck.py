@@ -205,8 +205,8 @@ def compare(actual, expected, scale: float = 0.0) -> tuple[float, float]:
     return float(np.max(diff)), float(np.max(rel))
 
 
-# offsets of the perturbed points, in steps ε: two central stencils (ε and ε/2) share ±ε
-_OFFSETS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
+# offsets of the evaluated points, in steps ε: two central stencils (ε and ε/2) share ±ε
+_OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
 def _finite_differences(fn: Callable, arrays: list, wrt: Sequence[int],
@@ -238,14 +238,13 @@ def _finite_differences(fn: Callable, arrays: list, wrt: Sequence[int],
     theta = jnp.concatenate([jnp.ravel(arrays[i]) for i in wrt])
     table = jax.jit(lambda t, idx: jax.lax.map(lambda k: perturbed(t, k), idx, batch_size=128))(
         theta, jnp.asarray(flat_index))
-    estimates, smooth = _stencils(np.asarray(table), float(jax.jit(at)(theta)), eps,
-                                  tolerances.rtol_fd / 2, scale)
+    estimates, smooth = _stencils(np.asarray(table), eps, tolerances.rtol_fd / 2, scale)
     bounds = np.cumsum([0, *(len(p) for p in positions)])
     return [(p, estimates[a:b], smooth[a:b])
             for p, a, b in zip(positions, bounds[:-1], bounds[1:], strict=True)]
 
 
-def _stencils(table: np.ndarray, center: float, eps: float, tolerance: float,
+def _stencils(table: np.ndarray, eps: float, tolerance: float,
               scale: float) -> tuple[np.ndarray, np.ndarray]:
     """The derivative estimates of a row of ``S`` at ``_OFFSETS``, and where they can be trusted.
 
@@ -255,7 +254,7 @@ def _stencils(table: np.ndarray, center: float, eps: float, tolerance: float,
     for a smooth ``S``; at a kink it stays the jump of the slope. Both are judged on
     ``tolerance·max(|estimate|, 1e-3·scale)``, as :func:`compare` judges errors.
     """
-    m2, m1, mh, ph, p1, p2 = table.T
+    m2, m1, mh, center, ph, p1, p2 = table.T
     estimate = (8 * (p1 - m1) - (p2 - m2)) / (12 * eps)
     half_step = (8 * (ph - mh) - (p1 - m1)) / (6 * eps)
     gap_change = (p1 - 2 * center + m1) / eps - 2 * (ph - 2 * center + mh) / (eps / 2)
@@ -320,23 +319,25 @@ def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, ar
                   in_shape: tuple = ()) -> GradcheckReport:
     """Checks the gradient of scalar ``fn(*arrays)`` w.r.t. every floating-point array."""
     wrt = [i for i, a in enumerate(arrays) if _is_float(a) and a.size]
-    hand = jax.jit(jax.grad(hand_fn, argnums=wrt))(*arrays)
-    return _compare_with_references([(layer_name, names[i]) for i in wrt], hand, reference_fn,
-                                    arrays, tolerances, seed, wrt, in_shape)
+    both = jax.jit(lambda *a: (jax.grad(hand_fn, argnums=wrt)(*a),
+                               jax.grad(reference_fn, argnums=wrt)(*a)))  # one compilation
+    hand, auto = both(*arrays)
+    return _compare_with_references([(layer_name, names[i]) for i in wrt], hand, auto,
+                                    reference_fn, arrays, tolerances, seed, wrt, in_shape)
 
 
 def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
-                             reference_fn: Callable, arrays: list, tolerances: Tolerances,
-                             seed: int, wrt: Sequence[int] | None = None,
+                             auto: Sequence, reference_fn: Callable, arrays: list,
+                             tolerances: Tolerances, seed: int, wrt: Sequence[int] | None = None,
                              in_shape: tuple = ()) -> GradcheckReport:
     """Compares ``hand[j]``, the gradient w.r.t. ``arrays[wrt[j]]`` named ``names[j]`` (layer,
-    parameter), with ``jax.grad`` of ``reference_fn`` and with its finite differences.
+    parameter), with ``auto[j]`` (``jax.grad`` of ``reference_fn``) and with finite differences
+    of ``reference_fn``.
 
     Finite-difference entries at a point where ``reference_fn`` is not smooth within the step
     are skipped and counted in :attr:`Comparison.skipped`, never failed.
     """
     wrt = list(range(len(arrays))) if wrt is None else list(wrt)
-    auto = jax.jit(jax.grad(reference_fn, argnums=wrt))(*arrays)
     scale = _largest(auto)
     estimates = _finite_differences(reference_fn, arrays, wrt, tolerances, scale,
                                     np.random.default_rng(seed))
@@ -577,16 +578,21 @@ def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, 
     """Part 1 of :func:`check_model`: every parameter's gradient through the explicit chain."""
     leaves, treedef = jax.tree.flatten(params)
     explicit = value_and_grad(model, loss, has_state=True, train=train)
-    (_, _), hand_grads = explicit(params, state, x, y, key)
 
     def reference(*arrays):
         out, _ = reference_apply(model, jax.tree.unflatten(treedef, arrays), state, x, key=key,
                                  train=train)
         return loss.value(out, y)
 
-    names = _parameter_names(model, params)
-    return _compare_with_references(names, jax.tree.leaves(hand_grads), reference, leaves,
-                                    tolerances, seed)
+    def both(p):  # one compilation for the explicit chain and jax.grad
+        (_, _), hand_grads = explicit(p, state, x, y, key)
+        leaves = jax.tree.leaves(p)
+        return jax.tree.leaves(hand_grads), jax.grad(reference, argnums=tuple(range(len(leaves))))(
+            *leaves)
+
+    hand, auto = jax.jit(both)(params)
+    return _compare_with_references(_parameter_names(model, params), hand, auto, reference,
+                                    leaves, tolerances, seed, in_shape=_shape_of(x))
 
 
 def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
