@@ -10,7 +10,14 @@ differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
 * **finite differences**: the fourth-order central difference
   ``[8(S(θ + εe_i) − S(θ − εe_i)) − (S(θ + 2εe_i) − S(θ − 2εe_i))] / 12ε`` (``ε = 1e-3``) for
   each entry ``θ_i`` of every parameter and of the input (at most ``max_fd_entries`` entries
-  per array, sampled at random beyond that).
+  per array, sampled at random beyond that). All perturbed points of a check are evaluated by
+  one compiled, vmapped function. An entry where the function is not smooth within the step
+  (a ReLU's kink, a tie of ``max_pool``) is detected — the stencil at ``ε/2`` disagrees, or the
+  gap between the right and left slopes does not halve with the step — and skipped, counted
+  in :attr:`Comparison.skipped`; it never fails the check. ``jax.grad`` still sees it.
+
+:func:`check_layer` checks at the given input shape and at batch 1 (2 in training mode), since
+a backward can be right at one batch size and wrong at another.
 
 The error of one array is reported as the largest absolute difference and the largest relative
 difference ``|a_i − b_i| / max(|a_i|, |b_i|, floor)``, where ``floor`` is 1e-3 times the
@@ -384,8 +391,7 @@ def check_layer(
       x: the input, an array or a tuple of arrays; standard normal entries when omitted
         (integer ids in ``[0, 4)`` when ``input_dtype`` is an integer type: then only the
         parameters' gradients are checked).
-      key: the PRNG key handed to ``forward`` (dropout); derived from ``seed`` when omitted and
-        ``train`` is true.
+      key: the PRNG key handed to ``forward`` (dropout); from ``seed`` when omitted in training.
       train: the mode to check (batch statistics, dropout masks).
       seed: seeds the parameters, input, cotangent and finite-difference sampling.
       name: the name used in the report (default ``layer.name``).
@@ -395,9 +401,8 @@ def check_layer(
       tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
-      A :class:`GradcheckReport` with a row per parameter and for the input (``"input"``, or
-      ``"input[i]"`` per entry of a tuple input), against ``jax.grad`` and against finite
-      differences, for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
+      A :class:`GradcheckReport`: a row per parameter and input (``"input[i]"`` per entry of a
+      tuple), for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
     """
     with jax.enable_x64(True):
         k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
