@@ -259,6 +259,12 @@ def apply(
     Returns:
       ``(y, new_state)``. ``jax.grad`` of any function of ``y`` runs ``layer.backward``.
 
+    Reverse mode only: JAX refuses forward mode (``jax.jvp``, ``jax.jacfwd``,
+    ``jax.linearize``) through a ``custom_vjp`` function, so for forward-mode derivatives use
+    :func:`reference_apply` (the same forward under plain autodiff). Second derivatives work
+    here, because they differentiate the hand-derived backward, which is plain JAX:
+    ``jax.hessian`` (forward over reverse) and ``jax.jacrev(jax.jacrev(f))``.
+
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> layer = jaxnn.dense(3)
     >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))

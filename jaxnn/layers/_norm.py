@@ -130,6 +130,29 @@ def _feature_count(name: str, in_shape: tuple, axis: int) -> int:
 # --- batch norm --------------------------------------------------------------------------------
 
 
+def _check_state(name: str, params, state, x: Array, ax: int) -> None:
+    """The running statistics must be init's dict and fit the input; the error says which of
+    input and state is wrong, and how to carry the state."""
+    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+        raise ValueError(
+            f"{name}: state must be the dict {{'mean', 'var'}} made by init, got {state!r}; a "
+            f"model with batch norm carries state: keep the state init returns "
+            f"(_, params, state = model.init(key, in_shape)), pass it to apply or to the train "
+            f"step, and pass the new state it returns to the next call"
+        )
+    sizes = {entry: tuple(jnp.shape(state[entry])) for entry in ("mean", "var")}
+    reference = next((params[e] for e in ("scale", "offset") if e in params), None)
+    features = sizes["mean"][0] if reference is None else reference.shape[0]
+    check_features(name, x, features, ax)
+    for entry, size in sizes.items():
+        if size != (features,):
+            raise ValueError(
+                f"{name}: state[{entry!r}] has shape {size}, but the input and the parameters "
+                f"have {features} features (expected ({features},)); the state belongs to "
+                f"another network: use the state init made for this one"
+            )
+
+
 def batch_norm(
     *,
     momentum: float = 0.99,
@@ -160,7 +183,8 @@ def batch_norm(
 
     (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
     batch mean and the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the
-    population variance the original batch-norm paper uses at inference (and PyTorch keeps).
+    population variance the original batch-norm paper uses at inference (and PyTorch keeps;
+    Flax's ``BatchNorm`` keeps the biased ``σ²_B``, see docs/porting.md).
     The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
     statistics are used and the state is returned unchanged. The state's cotangent is dropped,
     as for all state.
@@ -224,11 +248,8 @@ def batch_norm(
             raise ValueError(f"{name}: expected an input (batch, ..., features), got shape "
                              f"{tuple(x.shape)}")
         ax = feature_axis(x.ndim)
-        if not isinstance(state, dict) or set(state) != {"mean", "var"}:
-            raise ValueError(f"{name}: state must be the dict {{'mean', 'var'}} made by init, "
-                             f"got {state!r}")
+        _check_state(name, params, state, x, ax)
         features = state["mean"].shape[0]
-        check_features(name, x, features, ax)
         for entry in ("scale", "offset"):
             if entry in params and tuple(params[entry].shape) != (features,):
                 raise ValueError(f"{name}: params[{entry!r}] must have shape ({features},) like "
@@ -299,7 +320,8 @@ def layer_norm(
     The same in training and evaluation; no state.
 
     Args:
-      epsilon: ``ε`` added to the variance.
+      epsilon: ``ε`` added to the variance. The default 1e-5 is PyTorch's; Flax's ``LayerNorm``
+        uses 1e-6 (see docs/porting.md).
       use_scale, use_offset: learn ``γ`` (``"scale"``) and ``β`` (``"offset"``), shape ``(F,)``.
       scale_init, offset_init: their initializers (ones, zeros).
       dtype: dtype of the parameters.
