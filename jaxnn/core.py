@@ -177,10 +177,10 @@ def _check_cotangent(layer: Layer, what: str, reference: Any, cotangent: Any) ->
     got_leaves = jax.tree.leaves(cotangent, is_leaf=lambda v: v is None)
     for (path, ref), got in zip(ref_leaves, got_leaves, strict=False):
         got_shape = None if got is None else tuple(jnp.shape(got))
-        if got_shape is not None and got_shape != tuple(ref.shape):
+        if got_shape is not None and got_shape != tuple(jnp.shape(ref)):
             raise ValueError(
                 f"{layer.name}: backward returned {what}{jax.tree_util.keystr(path)} of shape "
-                f"{got_shape}, expected {tuple(ref.shape)} (the shape of "
+                f"{got_shape}, expected {tuple(jnp.shape(ref))} (the shape of "
                 f"{'params' if what == 'dparams' else 'x'}{jax.tree_util.keystr(path)})"
             )
 
