@@ -121,8 +121,8 @@ class Layer(Record):
 
 def _refuse_parameters(layer: Layer, x: Any) -> None:
     """``layer(x)`` is for layers without parameters or state; others are told what to write."""
-    shape = tuple(jnp.shape(x))
     try:
+        shape = jax.tree.map(lambda a: tuple(jnp.shape(a)), x)  # a tuple of shapes for branches
         made = jax.eval_shape(lambda key: layer.init(key, shape)[1:], jax.random.key(0))
     except Exception:  # noqa: BLE001 - an input init refuses is reported by forward below
         return

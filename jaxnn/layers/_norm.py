@@ -142,15 +142,16 @@ def _check_state(name: str, params, state, x: Array, ax: int) -> None:
         )
     sizes = {entry: tuple(jnp.shape(state[entry])) for entry in ("mean", "var")}
     reference = next((params[e] for e in ("scale", "offset") if e in params), None)
-    features = sizes["mean"][0] if reference is None else reference.shape[0]
-    check_features(name, x, features, ax)
+    # the one that disagrees with the other two is blamed: input, state or (later) params
+    features = sizes["mean"][0] if reference is None else jnp.shape(reference)[0]
     for entry, size in sizes.items():
-        if size != (features,):
+        if size != (features,) and (x.shape[ax] == features or reference is None):
             raise ValueError(
                 f"{name}: state[{entry!r}] has shape {size}, but the input and the parameters "
                 f"have {features} features (expected ({features},)); the state belongs to "
                 f"another network: use the state init made for this one"
             )
+    check_features(name, x, sizes["mean"][0], ax)
 
 
 def batch_norm(
