@@ -309,7 +309,7 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
     starts = jnp.arange(k_blocks.shape[0]) * size
 
     def step(carry, block):
-        m, l, acc = carry
+        m, row_sum, acc = carry
         k_b, v_b, valid_b, start = block
         visible = _visible(valid_b, start, t_q, size, causal)
         s = jnp.where(visible, jnp.einsum("nhqd,nhkd->nhqk", q, k_b) * scale, -jnp.inf)
@@ -318,15 +318,15 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
         p = jnp.exp(s - m_safe[..., None])
         rescale = jnp.exp(m - m_safe)
-        l = rescale * l + jnp.sum(p, axis=-1)
+        row_sum = rescale * row_sum + jnp.sum(p, axis=-1)
         acc = rescale[..., None] * acc + jnp.einsum("nhqk,nhkd->nhqd", p, v_b)
-        return (m_new, l, acc), None
+        return (m_new, row_sum, acc), None
 
     init = (jnp.full((n, h, t_q), -jnp.inf, q.dtype), jnp.zeros((n, h, t_q), q.dtype),
             jnp.zeros_like(q))
-    (m, l, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, starts))
-    seen = l > 0
-    l_safe = jnp.where(seen, l, 1.0)
+    (m, row_sum, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, starts))
+    seen = row_sum > 0
+    l_safe = jnp.where(seen, row_sum, 1.0)
     o = acc / l_safe[..., None]
     lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(l_safe), 0.0)
     return o, lse
