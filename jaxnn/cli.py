@@ -501,6 +501,18 @@ def _default_layer_checks() -> dict[str, Callable[[], LayerCheck]]:
         "embedding": lambda: LayerCheck(lambda: L.embedding(6, 3), (4, 5), "embedding(6, 3)",
                                         {"input_dtype": jnp.int32}),
     })
+    checks.update({  # attention and transformers
+        "multi_head_attention": lambda: LayerCheck(
+            lambda: L.multi_head_attention(2, causal=True, block_size=2), (2, 5, 4),
+            "multi_head_attention(2, causal, block_size 2)"),
+        "positional_embedding": lambda: LayerCheck(lambda: L.positional_embedding(6), (2, 5, 3),
+                                                   "positional_embedding(6)"),
+        "sinusoidal_positional_embedding": lambda: LayerCheck(
+            L.sinusoidal_positional_embedding, (2, 5, 4), "sinusoidal_positional_embedding"),
+        "transformer_block": lambda: LayerCheck(
+            lambda: L.transformer_block(2, causal=True, block_size=2), (2, 5, 4),
+            "transformer_block(2, causal)"),
+    })
     return checks
 
 

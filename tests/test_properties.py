@@ -161,7 +161,47 @@ def _remat(draw):
     return jaxnn.remat(layer), x, kwargs
 
 
+@st.composite
+def _attention(draw):
+    """Shapes, heads, causal on/off, block sizes that do and do not divide T, optional cross
+    inputs and key masks (rows with no visible key included)."""
+    n, heads, head_width, t_q = draw(SMALL), draw(st.integers(1, 2)), draw(SMALL), draw(SMALL)
+    causal = draw(st.booleans())
+    t_k = t_q if causal else draw(SMALL)
+    layer = jaxnn.multi_head_attention(heads, features=heads * head_width, causal=causal,
+                                       block_size=draw(st.integers(1, 4)))
+    queries = draw(_array((n, t_q, draw(SMALL))))
+    cross = draw(st.booleans())
+    x = (queries, draw(_array((n, t_k, draw(SMALL))))) if cross else (queries,)
+    if draw(st.booleans()):
+        x = (*x, jnp.asarray(draw(hnp.arrays(np.bool_, (n, x[-1].shape[1])))))
+    x = x[0] if len(x) == 1 else x
+    return layer, x, {"in_shape": jax.tree.map(jnp.shape, x)}
+
+
+@st.composite
+def _transformer_block(draw):
+    heads = draw(st.integers(1, 2))
+    x = draw(_array((draw(SMALL), draw(SMALL), heads * draw(SMALL)),
+                    st.floats(-2, 2, allow_nan=False, width=64)))
+    return jaxnn.transformer_block(heads, mlp_ratio=draw(st.integers(1, 2)),
+                                   causal=draw(st.booleans()),
+                                   block_size=draw(st.integers(1, 4))), x, {}
+
+
+@st.composite
+def _positional(draw):
+    x = draw(_features_input(3, 3))
+    return jaxnn.positional_embedding(x.shape[1] + draw(st.integers(0, 2))), x, {}
+
+
 LAYER_STRATEGIES = {
+    # attention and transformers
+    "multi_head_attention": _attention(),
+    "transformer_block": _transformer_block(),
+    "positional_embedding": _positional(),
+    "sinusoidal_positional_embedding": st.builds(
+        lambda x: (jaxnn.sinusoidal_positional_embedding(), x, {}), _features_input(3, 3)),
     "conv": _conv(),
     "max_pool": _pool(jaxnn.max_pool),
     "avg_pool": _pool(jaxnn.avg_pool),
