@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--time-up-to", type=int, default=4096,
                         help="time the steps only up to this T (memory is always measured)")

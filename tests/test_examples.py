@@ -21,3 +21,11 @@ def test_classic_l_layer_binary_classifier_reaches_90_percent(capsys):
     out = capsys.readouterr().out
     assert "cost after step 0:" in out and "cost after step 1000:" in out
     assert acc >= 0.90
+
+
+@pytest.mark.slow
+def test_char_transformer_reaches_1_85_bits_per_character(capsys):
+    load_example("char_transformer").main(["--sample-length", "100"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("val_bits_per_char=")
+    assert float(lines[-1].split("=")[1]) <= 1.85

@@ -100,7 +100,7 @@ def multi_head_attention(
     *,
     features: int | None = None,
     causal: bool = False,
-    block_size: int = 256,
+    block_size: int = 128,
     use_bias: bool = True,
     w_init: initializers.Initializer | None = None,
     dtype=jnp.float32,

@@ -156,7 +156,7 @@ def transformer_block(
     mlp_ratio: int = 4,
     *,
     causal: bool = False,
-    block_size: int = 256,
+    block_size: int = 128,
 ) -> Layer:
     """A pre-norm transformer block on ``(N, T, D)``, made of the library's own layers.
 
