@@ -182,7 +182,9 @@ def _attention(draw):
 @st.composite
 def _transformer_block(draw):
     heads = draw(st.integers(1, 2))
-    x = draw(_array((draw(SMALL), draw(SMALL), heads * draw(SMALL)),
+    # widths ≥ 3: layer_norm over 2 features outputs ±1 whatever the input, a zero gradient
+    # whose rounding noise no relative comparison can pass
+    x = draw(_array((draw(SMALL), draw(SMALL), heads * draw(st.integers(3, 4))),
                     st.floats(-2, 2, allow_nan=False, width=64)))
     return jaxnn.transformer_block(heads, mlp_ratio=draw(st.integers(1, 2)),
                                    causal=draw(st.booleans()),

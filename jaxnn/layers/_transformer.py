@@ -118,8 +118,8 @@ def sinusoidal_positional_embedding() -> Layer:
     Backward: ``dx = dy``.
 
     >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.sinusoidal_positional_embedding()(jnp.zeros((1, 3, 2)))[0, :, 1].tolist()
-    [1.0, 1.0, 1.0]
+    >>> jaxnn.sinusoidal_positional_embedding()(jnp.zeros((1, 3, 2)))[0, 0].tolist()
+    [0.0, 1.0]
     """
     name = "sinusoidal_positional_embedding"
 
