@@ -168,8 +168,11 @@ def _attention(draw):
     n, heads, head_width, t_q = draw(SMALL), draw(st.integers(1, 2)), draw(SMALL), draw(SMALL)
     causal = draw(st.booleans())
     t_k = t_q if causal else draw(SMALL)
+    # no biases here: softmax ignores a shift shared by a row's scores, so bk's gradient is
+    # exactly 0 and its rounding noise fails any per-leaf relative comparison (the gradcheck
+    # cases in tests/test_attention.py check the biases against the report-wide scale)
     layer = jaxnn.multi_head_attention(heads, features=heads * head_width, causal=causal,
-                                       block_size=draw(st.integers(1, 4)))
+                                       block_size=draw(st.integers(1, 4)), use_bias=False)
     queries = draw(_array((n, t_q, draw(SMALL))))
     cross = draw(st.booleans())
     x = (queries, draw(_array((n, t_k, draw(SMALL))))) if cross else (queries,)
