@@ -43,7 +43,9 @@ from jaxnn.layers import layer_norm as layer_norm
 from jaxnn.layers import leaky_relu as leaky_relu
 from jaxnn.layers import lstm as lstm
 from jaxnn.layers import max_pool as max_pool
+from jaxnn.layers import multi_head_attention as multi_head_attention
 from jaxnn.layers import parallel as parallel
+from jaxnn.layers import positional_embedding as positional_embedding
 from jaxnn.layers import relu as relu
 from jaxnn.layers import remat as remat
 from jaxnn.layers import reshape as reshape
@@ -52,9 +54,11 @@ from jaxnn.layers import rms_norm as rms_norm
 from jaxnn.layers import serial as serial
 from jaxnn.layers import sigmoid as sigmoid
 from jaxnn.layers import silu as silu
+from jaxnn.layers import sinusoidal_positional_embedding as sinusoidal_positional_embedding
 from jaxnn.layers import softmax as softmax
 from jaxnn.layers import softplus as softplus
 from jaxnn.layers import tanh as tanh
+from jaxnn.layers import transformer_block as transformer_block
 from jaxnn.losses import Loss as Loss
 from jaxnn.losses import binary_cross_entropy as binary_cross_entropy
 from jaxnn.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
@@ -137,4 +141,12 @@ __all__ = [
     "tanh",
     "value_and_grad",
     "weight_mask",
+]
+
+# attention and transformers
+__all__ += [
+    "multi_head_attention",
+    "positional_embedding",
+    "sinusoidal_positional_embedding",
+    "transformer_block",
 ]

@@ -110,6 +110,15 @@ def _sequence_input(shape, lengths, hidden=None, states=0, seed=0) -> tuple:
     return tuple(parts)
 
 
+def _attention_input(*shapes, mask, seed=0) -> tuple:
+    """``(queries[, keys_values], key_mask)``: normal inputs and a boolean ``(N, T_k)`` mask
+    whose last row is all False (an example that attends to no key)."""
+    rng = np.random.default_rng(seed)
+    key_mask = rng.random(mask) > 0.4
+    key_mask[-1] = False
+    return (*(rng.normal(size=s) for s in shapes), key_mask)
+
+
 def _conv(*args, **kwargs) -> Callable[[], Layer]:
     return lambda: L.conv(*args, **kwargs)
 
@@ -265,6 +274,33 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
                   options={"x": _sequence_input((3, 5, 2), [5, 2, 0], hidden=4, states=1)}),
         LayerCase(lambda: L.gru(3, initial_state=True, return_sequences=False), (2, 3, 2),
                   options={"x": _sequence_input((2, 3, 2), None, hidden=3, states=1)}),
+    ),
+    "multi_head_attention": (
+        LayerCase(lambda: L.multi_head_attention(2, causal=True, block_size=2), (2, 5, 4)),
+        LayerCase(lambda: L.multi_head_attention(3, block_size=3), (1, 7, 6)),
+        LayerCase(lambda: L.multi_head_attention(2, features=4, block_size=4),
+                  ((2, 3, 5), (2, 6, 3))),
+        # cross-attention with a key padding mask; the last example attends to no key
+        LayerCase(lambda: L.multi_head_attention(2, block_size=4), ((2, 5, 4), (2, 6, 3)),
+                  options={"x": _attention_input((2, 5, 4), (2, 6, 3), mask=(2, 6))}),
+        LayerCase(lambda: L.multi_head_attention(1, causal=True, block_size=3),
+                  ((3, 4, 2), (3, 4)),
+                  options={"x": _attention_input((3, 4, 2), mask=(3, 4), seed=1)}),
+    ),
+    "positional_embedding": (
+        LayerCase(lambda: L.positional_embedding(5), (2, 5, 3)),
+        LayerCase(lambda: L.positional_embedding(9), (3, 4, 2)),
+        LayerCase(lambda: L.positional_embedding(2), (1, 1, 5)),
+    ),
+    "sinusoidal_positional_embedding": (
+        LayerCase(L.sinusoidal_positional_embedding, (2, 5, 4)),
+        LayerCase(L.sinusoidal_positional_embedding, (1, 3, 3)),
+        LayerCase(L.sinusoidal_positional_embedding, (3, 1, 1)),
+    ),
+    "transformer_block": (
+        LayerCase(lambda: L.transformer_block(2, causal=True, block_size=2), (2, 5, 4)),
+        LayerCase(lambda: L.transformer_block(1, mlp_ratio=2), (1, 3, 3)),
+        LayerCase(lambda: L.transformer_block(3, mlp_ratio=1, causal=True), (2, 4, 6)),
     ),
 }
 """Exported layer name -> its configurations. Register a new layer here, and nowhere else."""

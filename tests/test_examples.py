@@ -29,3 +29,11 @@ def test_lstm_reading_digits_row_by_row_reaches_95_percent(capsys):
     out = capsys.readouterr().out
     assert f"test accuracy: {acc:.4f}" in out.splitlines()[-1]
     assert acc >= 0.95
+
+
+@pytest.mark.slow
+def test_char_transformer_reaches_1_85_bits_per_character(capsys):
+    load_example("char_transformer").main(["--sample-length", "100"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("val_bits_per_char=")
+    assert float(lines[-1].split("=")[1]) <= 1.85

@@ -217,10 +217,55 @@ def _case_values(case, shape, seed):
     return _normal(shape, seed) if x is None else x
 
 
+@st.composite
+def _attention(draw):
+    """Shapes, heads, causal on/off, block sizes that do and do not divide T, optional cross
+    inputs and key masks (rows with no visible key included)."""
+    n, heads, head_width, t_q = draw(SMALL), draw(st.integers(1, 2)), draw(SMALL), draw(SMALL)
+    causal = draw(st.booleans())
+    t_k = t_q if causal else draw(SMALL)
+    # no biases here: softmax ignores a shift shared by a row's scores, so bk's gradient is
+    # exactly 0 and its rounding noise fails any per-leaf relative comparison (the gradcheck
+    # cases in tests/test_attention.py check the biases against the report-wide scale)
+    layer = jaxnn.multi_head_attention(heads, features=heads * head_width, causal=causal,
+                                       block_size=draw(st.integers(1, 4)), use_bias=False)
+    queries = draw(_array((n, t_q, draw(SMALL))))
+    cross = draw(st.booleans())
+    x = (queries, draw(_array((n, t_k, draw(SMALL))))) if cross else (queries,)
+    if draw(st.booleans()):
+        x = (*x, jnp.asarray(draw(hnp.arrays(np.bool_, (n, x[-1].shape[1])))))
+    x = x[0] if len(x) == 1 else x
+    return layer, x, {"in_shape": jax.tree.map(jnp.shape, x)}
+
+
+@st.composite
+def _transformer_block(draw):
+    heads = draw(st.integers(1, 2))
+    # widths ≥ 3: layer_norm over 2 features outputs ±1 whatever the input, a zero gradient
+    # whose rounding noise no relative comparison can pass
+    x = draw(_array((draw(SMALL), draw(SMALL), heads * draw(st.integers(3, 4))),
+                    st.floats(-2, 2, allow_nan=False, width=64)))
+    return jaxnn.transformer_block(heads, mlp_ratio=draw(st.integers(1, 2)),
+                                   causal=draw(st.booleans()),
+                                   block_size=draw(st.integers(1, 4))), x, {}
+
+
+@st.composite
+def _positional(draw):
+    x = draw(_features_input(3, 3))
+    return jaxnn.positional_embedding(x.shape[1] + draw(st.integers(0, 2))), x, {}
+
+
 # random configurations beyond the registered ones, for the layers that have many
 EXTRA_STRATEGIES = {
     "lstm": _recurrent(jaxnn.lstm, 2),
     "gru": _recurrent(jaxnn.gru, 1),
+    # attention and transformers
+    "multi_head_attention": _attention(),
+    "transformer_block": _transformer_block(),
+    "positional_embedding": _positional(),
+    "sinusoidal_positional_embedding": st.builds(
+        lambda x: (jaxnn.sinusoidal_positional_embedding(), x, {}), _features_input(3, 3)),
     "conv": _conv(),
     "max_pool": _pool(jaxnn.max_pool),
     "avg_pool": _pool(jaxnn.avg_pool),
@@ -288,8 +333,11 @@ def check_gradient_equals_autodiff(layer, x, kwargs):
     argnums = (0, 1) if _float_input(x) else (0,)
     hand = jax.grad(scalar(jaxnn.apply), argnums=argnums)(params, x)
     auto = jax.grad(scalar(jaxnn.reference_apply), argnums=argnums)(params, x)
+    # judged like the gradient check: relative to the whole check's largest entry, so an
+    # exactly-zero gradient (attention's key bias) is not judged on its rounding noise
+    scale = max((float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(auto) if a.size), default=0)
     for h, a in zip(jax.tree.leaves(hand), jax.tree.leaves(auto), strict=True):
-        _, rel = gradcheck.compare(h, a)
+        _, rel = gradcheck.compare(h, a, scale)
         assert rel <= 1e-9, (layer.name, rel)
 
 

@@ -1,7 +1,8 @@
 """Layer constructors. Each returns a :class:`jaxnn.Layer`; put them in :func:`jaxnn.serial`.
 
 One private module per family (``_dense``, ``_conv``, ``_pool``, ``_norm``, ``_dropout``,
-``_shape``, ``_embedding``, ``_activations``, ``_combinators``, ``_remat``); the names below are
+``_shape``, ``_embedding``, ``_activations``, ``_combinators``, ``_remat``,
+``_attention``, ``_transformer``); the names below are
 the public ones. Layers depend only on :mod:`jaxnn.core` and :mod:`jaxnn.initializers`.
 """
 
@@ -15,6 +16,7 @@ from jaxnn.layers._activations import silu_layer as silu
 from jaxnn.layers._activations import softmax_layer as softmax
 from jaxnn.layers._activations import softplus_layer as softplus
 from jaxnn.layers._activations import tanh_layer as tanh
+from jaxnn.layers._attention import multi_head_attention
 from jaxnn.layers._combinators import concatenate, parallel, residual, serial
 from jaxnn.layers._conv import conv
 from jaxnn.layers._dense import dense, weight_gradient
@@ -25,6 +27,11 @@ from jaxnn.layers._pool import avg_pool, global_avg_pool, max_pool
 from jaxnn.layers._recurrent import gru, lstm
 from jaxnn.layers._remat import remat
 from jaxnn.layers._shape import flatten, reshape
+from jaxnn.layers._transformer import (
+    positional_embedding,
+    sinusoidal_positional_embedding,
+    transformer_block,
+)
 
 __all__ = [
     "avg_pool",
@@ -57,4 +64,12 @@ __all__ = [
     "softplus",
     "tanh",
     "weight_gradient",
+]
+
+# attention and transformers (jaxnn.layers._attention, jaxnn.layers._transformer)
+__all__ += [
+    "multi_head_attention",
+    "positional_embedding",
+    "sinusoidal_positional_embedding",
+    "transformer_block",
 ]

@@ -1,0 +1,362 @@
+"""Multi-head attention, memory-linear: a blockwise forward beside its hand-derived backward.
+
+Per head, with ``Q = x_q Wq``, ``K = x_kv Wk``, ``V = x_kv Wv`` split into ``h`` heads of width
+``d`` and the output ``y = concat_heads(O) Wo``::
+
+    S = Q Kᵀ / √d   (masked entries −∞),   P = softmax_rows(S),   O = P V
+
+The forward never forms ``S`` whole: it runs over blocks of keys keeping, per query row, the
+running maximum ``m``, the running sum ``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``,
+rescaling all three by ``exp(m_old − m_new)`` when the maximum grows. It saves ``Q, K, V, O`` and
+the per-row log-sum-exp ``L = m + log l``, nothing of size ``T × T``.
+
+The backward recomputes ``P = exp(S − L)`` block by block (``dO`` the gradient of ``O``)::
+
+    D  = rowsum(dO ⊙ O)
+    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − D)
+    dQ = dS K / √d,   dK = dSᵀ Q / √d
+
+then the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...).
+A query row whose keys are all masked outputs ``O = 0`` and passes no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import initializers
+from jaxnn.core import Layer, check_float
+
+__all__ = ["multi_head_attention"]
+
+_NAME = "multi_head_attention"
+
+
+# --- inputs: x, (x, key_mask), (queries, keys_values), (queries, keys_values, key_mask) -------
+
+
+def _is_mask(a) -> bool:
+    dtype = getattr(a, "dtype", None)
+    return dtype is not None and dtype == jnp.bool_
+
+
+def _split_inputs(x):
+    """``(queries, keys_values or None, key_mask or None)``; ``None`` keys mean self-attention."""
+    if not isinstance(x, tuple | list):
+        return x, None, None
+    if len(x) == 2:
+        return (x[0], None, x[1]) if _is_mask(x[1]) else (x[0], x[1], None)
+    if len(x) == 3:
+        if not _is_mask(x[2]):
+            raise TypeError(f"{_NAME}: the key_mask (third input) must be a boolean array, got "
+                            f"dtype {getattr(x[2], 'dtype', type(x[2]).__name__)}")
+        return tuple(x)
+    raise ValueError(f"{_NAME}: expected x, (x, key_mask), (queries, keys_values) or (queries, "
+                     f"keys_values, key_mask), got a tuple of {len(x)} inputs")
+
+
+def _split_shapes(in_shape):
+    """The same split for ``init``'s shapes: the rank-2 entry is the key mask ``(N, T_k)``."""
+    in_shape = tuple(in_shape)
+    if all(isinstance(d, int) for d in in_shape):
+        return in_shape, None, None
+    shapes = [tuple(s) for s in in_shape]
+    if len(shapes) == 2:
+        return (shapes[0], None, shapes[1]) if len(shapes[1]) == 2 else (*shapes, None)
+    if len(shapes) == 3:
+        return tuple(shapes)
+    raise ValueError(f"{_NAME}: in_shape must be a shape or a tuple of 2 or 3 shapes, got "
+                     f"{in_shape}")
+
+
+def _check_inputs(queries, keys_values, key_mask, causal: bool) -> None:
+    """Trace-time checks naming the layer and the argument."""
+    for arg, a in (("queries", queries), ("keys_values", keys_values)):
+        check_float(_NAME, a, arg)
+        if a.ndim != 3:
+            raise ValueError(f"{_NAME}: {arg} must be (batch, time, features), got shape "
+                             f"{tuple(a.shape)}")
+    if queries.shape[0] != keys_values.shape[0]:
+        raise ValueError(f"{_NAME}: queries and keys_values must have the same batch size, got "
+                         f"{tuple(queries.shape)} and {tuple(keys_values.shape)}")
+    if causal and queries.shape[1] != keys_values.shape[1]:
+        raise ValueError(f"{_NAME}: causal=True needs as many queries as keys, got "
+                         f"{queries.shape[1]} and {keys_values.shape[1]}")
+    if key_mask is not None:
+        expected = (keys_values.shape[0], keys_values.shape[1])
+        if tuple(key_mask.shape) != expected:
+            raise ValueError(f"{_NAME}: key_mask must have shape (batch, keys) = {expected}, "
+                             f"got {tuple(key_mask.shape)}")
+
+
+# --- the constructor ------------------------------------------------------------------------
+
+
+def multi_head_attention(
+    num_heads: int,
+    *,
+    features: int | None = None,
+    causal: bool = False,
+    block_size: int = 128,
+    use_bias: bool = True,
+    w_init: initializers.Initializer | None = None,
+    dtype=jnp.float32,
+) -> Layer:
+    """Multi-head scaled dot-product attention, ``softmax(QKᵀ/√d) V``, memory-linear in time.
+
+    Inputs: ``x`` of shape ``(N, T, D_in)`` (self-attention), ``(x, key_mask)``,
+    ``(queries, keys_values)`` (cross-attention) or ``(queries, keys_values, key_mask)``, where
+    ``key_mask`` is a boolean ``(N, T_k)`` array, ``True`` for the keys that may be attended to.
+    Output: ``(N, T_q, features)``. With ``causal=True`` query ``i`` sees keys ``j ≤ i``. A
+    query row with no visible key outputs the bias ``bo`` (its attention output is 0).
+
+    The forward runs over blocks of ``block_size`` keys (the last block padded with masked
+    keys) and keeps only ``Q, K, V``, the attention output and each row's log-sum-exp for the
+    backward, which recomputes the probabilities block by block (derivation in the module
+    docstring and docs/design.md).
+
+    Args:
+      num_heads: the number of heads ``h``; ``features`` must be divisible by it.
+      features: the width ``D`` of ``Q``, ``K``, ``V`` and the output (default: the queries'
+        width).
+      causal: mask the keys after each query.
+      block_size: keys per block of the forward and backward loops.
+      use_bias: add biases ``bq, bk, bv, bo``.
+      w_init: initializer of ``Wq, Wk, Wv, Wo`` (default lecun normal).
+      dtype: dtype of the parameters.
+
+    Returns:
+      A :class:`jaxnn.Layer` with params ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv, D),
+      "Wo": (D, D)}`` and biases ``"bq", "bk", "bv", "bo"`` of shape ``(D,)``.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.multi_head_attention(2, causal=True)
+    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 5, 4))
+    >>> y, _ = jaxnn.apply(layer, params, (), jnp.ones((3, 5, 4)))
+    >>> out_shape, y.shape
+    ((-1, 5, 4), (3, 5, 4))
+    """
+    for arg, value in (("num_heads", num_heads), ("block_size", block_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{_NAME}: {arg} must be a positive int, got {value!r}")
+    if features is not None:
+        _check_width(features, num_heads)
+    w_init = initializers.lecun_normal() if w_init is None else w_init
+
+    def init(key, in_shape):
+        q_shape, kv_shape, _ = _split_shapes(in_shape)
+        kv_shape = q_shape if kv_shape is None else kv_shape
+        for arg, shape in (("queries", q_shape), ("keys_values", kv_shape)):
+            if len(shape) != 3:
+                raise ValueError(f"{_NAME}: {arg} must be (batch, time, features), got in_shape "
+                                 f"{shape}")
+        width = q_shape[-1] if features is None else features
+        _check_width(width, num_heads)
+        params = _init_params(key, q_shape[-1], kv_shape[-1], width, use_bias, w_init, dtype)
+        return q_shape[:-1] + (width,), params, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        y, residuals = _forward(params, x, num_heads, causal, block_size, use_bias)
+        return y, state, residuals
+
+    def backward(params, residuals, dy):
+        return _backward(params, residuals, dy, num_heads, causal, block_size, use_bias)
+
+    return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"))
+
+
+def _check_width(width, num_heads: int) -> None:
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"{_NAME}: features must be a positive int, got {width!r}")
+    if width % num_heads:
+        raise ValueError(f"{_NAME}: features (the width, {width}) must be divisible by "
+                         f"num_heads ({num_heads})")
+
+
+def _init_params(key, q_width, kv_width, width, use_bias, w_init, dtype) -> dict:
+    k_q, k_k, k_v, k_o = jax.random.split(key, 4)
+    params = {"Wq": w_init(k_q, (q_width, width), dtype),
+              "Wk": w_init(k_k, (kv_width, width), dtype),
+              "Wv": w_init(k_v, (kv_width, width), dtype),
+              "Wo": w_init(k_o, (width, width), dtype)}
+    if use_bias:
+        params.update({b: jnp.zeros((width,), dtype) for b in ("bq", "bk", "bv", "bo")})
+    return params
+
+
+# --- projections: a dense per Q, K, V, O ---------------------------------------------------
+
+
+def _project(params, x, w: str, b: str, use_bias: bool):
+    z = x @ params[w]
+    if use_bias:
+        z = z + params[b].reshape(1, 1, -1)
+    return z
+
+
+def _to_heads(z, num_heads: int):
+    n, t, width = z.shape
+    return z.reshape(n, t, num_heads, width // num_heads).transpose(0, 2, 1, 3)
+
+
+def _from_heads(z):
+    n, h, t, d = z.shape
+    return z.transpose(0, 2, 1, 3).reshape(n, t, h * d)
+
+
+def _forward(params, x, num_heads, causal, block_size, use_bias):
+    queries, keys_values, key_mask = _split_inputs(x)
+    self_attention = keys_values is None
+    keys_values = queries if self_attention else keys_values
+    _check_inputs(queries, keys_values, key_mask, causal)
+    _check_params(params, queries, keys_values, num_heads)
+    q = _to_heads(_project(params, queries, "Wq", "bq", use_bias), num_heads)
+    k = _to_heads(_project(params, keys_values, "Wk", "bk", use_bias), num_heads)
+    v = _to_heads(_project(params, keys_values, "Wv", "bv", use_bias), num_heads)
+    o, lse = attention_forward(q, k, v, key_mask, causal, block_size)
+    y = _project(params, _from_heads(o), "Wo", "bo", use_bias)
+    residuals = (queries, None if self_attention else keys_values, key_mask, q, k, v, o, lse)
+    return y, residuals
+
+
+def _check_params(params, queries, keys_values, num_heads: int) -> None:
+    width = params["Wo"].shape[1]
+    expected = {"Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width),
+                "Wv": (keys_values.shape[-1], width), "Wo": (width, width)}
+    for w, shape in expected.items():
+        if tuple(params[w].shape) != shape:
+            raise ValueError(f"{_NAME}: expected params[{w!r}] of shape {shape} for inputs "
+                             f"{tuple(queries.shape)} and {tuple(keys_values.shape)}, got "
+                             f"{tuple(params[w].shape)}")
+    _check_width(width, num_heads)
+
+
+def _backward(params, residuals, dy, num_heads, causal, block_size, use_bias):
+    queries, keys_values, key_mask, q, k, v, o, lse = residuals
+    self_attention = keys_values is None
+    keys_values = queries if self_attention else keys_values
+    grads = {}
+    d_merged = _dense_backward(params, _from_heads(o), dy, "Wo", "bo", use_bias, grads)
+    dq, dk, dv = attention_backward(q, k, v, o, lse, _to_heads(d_merged, num_heads), key_mask,
+                                    causal, block_size)
+    dx_q = _dense_backward(params, queries, _from_heads(dq), "Wq", "bq", use_bias, grads)
+    dx_k = _dense_backward(params, keys_values, _from_heads(dk), "Wk", "bk", use_bias, grads)
+    dx_v = _dense_backward(params, keys_values, _from_heads(dv), "Wv", "bv", use_bias, grads)
+    grads = {name: grads[name] for name in params}  # the params' own order
+    if self_attention:
+        dx = dx_q + dx_k + dx_v
+        return grads, (dx if key_mask is None else (dx, None))
+    dx = (dx_q, dx_k + dx_v)
+    return grads, (dx if key_mask is None else (*dx, None))
+
+
+def _dense_backward(params, x, dz, w: str, b: str, use_bias: bool, grads: dict):
+    """The classic dense backward: ``dW = xᵀ dZ``, ``db = Σ dZ`` into ``grads``; returns
+    ``dx = dZ Wᵀ``."""
+    x2 = x.reshape(-1, x.shape[-1])
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    grads[w] = (x2.T @ dz2).astype(params[w].dtype)
+    if use_bias:
+        grads[b] = jnp.sum(dz2, axis=0).astype(params[b].dtype)
+    return (dz @ params[w].T).astype(x.dtype)
+
+
+# --- the blockwise core ---------------------------------------------------------------------
+
+
+def _key_blocks(k, v, key_mask, block_size: int):
+    """K, V and the key-validity mask as ``(blocks, N, h, B, d)`` / ``(blocks, N, B)``; the last
+    block padded with masked keys."""
+    n, h, t_k, d = k.shape
+    size = min(block_size, t_k)
+    blocks = -(-t_k // size)
+    pad = blocks * size - t_k
+    valid = jnp.ones((n, t_k), bool) if key_mask is None else key_mask
+    if pad:
+        k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        valid = jnp.pad(valid, ((0, 0), (0, pad)))
+
+    def split(a):
+        return jnp.moveaxis(a.reshape(n, h, blocks, size, d), 2, 0)
+
+    return split(k), split(v), jnp.moveaxis(valid.reshape(n, blocks, size), 1, 0), size
+
+
+def _visible(valid_block, start, t_q: int, size: int, causal: bool):
+    """``(N, 1, T_q, B)``: which keys of the block each query row may attend to."""
+    visible = valid_block[:, None, None, :]
+    if causal:
+        rows = jnp.arange(t_q)[:, None]
+        cols = start + jnp.arange(size)[None, :]
+        visible = visible & (cols <= rows)[None, None]
+    return visible
+
+
+def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
+    """``(O, L)``: ``O = softmax(QKᵀ/√d) V`` and the row log-sum-exp ``L``, over key blocks.
+
+    ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, h, T_k, d)``. Rows with no visible key get
+    ``O = 0`` and ``L = 0``.
+    """
+    n, h, t_q, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
+    starts = jnp.arange(k_blocks.shape[0]) * size
+
+    def step(carry, block):
+        m, row_sum, acc = carry
+        k_b, v_b, valid_b, start = block
+        visible = _visible(valid_b, start, t_q, size, causal)
+        s = jnp.where(visible, jnp.einsum("nhqd,nhkd->nhqk", q, k_b) * scale, -jnp.inf)
+        # the maximum only keeps exp() in range: the result does not depend on it
+        m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        p = jnp.exp(s - m_safe[..., None])
+        rescale = jnp.exp(m - m_safe)
+        row_sum = rescale * row_sum + jnp.sum(p, axis=-1)
+        acc = rescale[..., None] * acc + jnp.einsum("nhqk,nhkd->nhqd", p, v_b)
+        return (m_new, row_sum, acc), None
+
+    init = (jnp.full((n, h, t_q), -jnp.inf, q.dtype), jnp.zeros((n, h, t_q), q.dtype),
+            jnp.zeros_like(q))
+    (m, row_sum, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, starts))
+    seen = row_sum > 0
+    l_safe = jnp.where(seen, row_sum, 1.0)
+    o = acc / l_safe[..., None]
+    lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(l_safe), 0.0)
+    return o, lse
+
+
+def attention_backward(q, k, v, o, lse, do, key_mask, causal: bool, block_size: int):
+    """``(dQ, dK, dV)`` from the saved ``Q, K, V, O, L``, recomputing ``P`` block by block."""
+    n, h, t_q, d = q.shape
+    t_k = k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
+    starts = jnp.arange(k_blocks.shape[0]) * size
+    row_dot = jnp.sum(do * o, axis=-1)  # D = rowsum(dO ⊙ O)
+
+    def step(dq, block):
+        k_b, v_b, valid_b, start = block
+        visible = _visible(valid_b, start, t_q, size, causal)
+        s = jnp.einsum("nhqd,nhkd->nhqk", q, k_b) * scale
+        p = jnp.where(visible, jnp.exp(jnp.where(visible, s, 0.0) - lse[..., None]), 0.0)
+        dv_b = jnp.einsum("nhqk,nhqd->nhkd", p, do)  # dV = Pᵀ dO
+        dp = jnp.einsum("nhqd,nhkd->nhqk", do, v_b)  # dP = dO Vᵀ
+        ds = p * (dp - row_dot[..., None])  # dS = P ⊙ (dP − D)
+        dq = dq + jnp.einsum("nhqk,nhkd->nhqd", ds, k_b) * scale
+        dk_b = jnp.einsum("nhqk,nhqd->nhkd", ds, q) * scale
+        return dq, (dk_b, dv_b)
+
+    dq, (dk_blocks, dv_blocks) = jax.lax.scan(
+        step, jnp.zeros_like(q), (k_blocks, v_blocks, valid_blocks, starts))
+
+    def merge(blocks):
+        return jnp.moveaxis(blocks, 0, 2).reshape(n, h, -1, d)[:, :, :t_k]
+
+    return dq, merge(dk_blocks), merge(dv_blocks)

@@ -1,0 +1,191 @@
+"""Positions and the transformer block, each forward beside its hand-derived backward.
+
+Positional embeddings add a ``(T, D)`` table to a ``(N, T, D)`` sequence, ``y = x + P[:T]``:
+
+* learned (:func:`positional_embedding`): ``P`` is a parameter; ``dP[:T] = Σ_batch dy``, the
+  rows past ``T`` get 0; ``dx = dy``;
+* sinusoidal (:func:`sinusoidal_positional_embedding`): ``P[t, 2i] = sin(t / 10000^(2i/D))``,
+  ``P[t, 2i+1] = cos(t / 10000^(2i/D))``, fixed; ``dx = dy``.
+
+:func:`transformer_block` is the pre-norm block made of the library's own layers::
+
+    x + attention(layer_norm(x)),  then  x + dense(D)(gelu(dense(r·D)(layer_norm(x))))
+
+so its backward is the chain of their hand-derived backward passes.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnn import initializers
+from jaxnn.core import Layer, check_float
+from jaxnn.layers._activations import gelu_layer
+from jaxnn.layers._attention import multi_head_attention
+from jaxnn.layers._combinators import residual, serial
+from jaxnn.layers._dense import dense
+from jaxnn.layers._norm import layer_norm
+
+__all__ = ["positional_embedding", "sinusoidal_positional_embedding", "transformer_block"]
+
+
+def _check_sequence(name: str, x, max_length: int | None) -> None:
+    check_float(name, x)
+    if x.ndim != 3:
+        raise ValueError(f"{name}: expected a sequence of shape (batch, time, features), got "
+                         f"shape {tuple(x.shape)}")
+    if max_length is not None and x.shape[1] > max_length:
+        raise ValueError(f"{name}: the sequence has {x.shape[1]} positions, more than "
+                         f"max_length={max_length}")
+
+
+def _sequence_shape(name: str, in_shape, max_length: int | None) -> tuple:
+    in_shape = tuple(in_shape)
+    if len(in_shape) != 3 or not all(isinstance(d, int) for d in in_shape):
+        raise ValueError(f"{name}: in_shape must be (batch, time, features), got {in_shape}")
+    if max_length is not None and in_shape[1] > max_length:
+        raise ValueError(f"{name}: in_shape has {in_shape[1]} positions, more than "
+                         f"max_length={max_length}")
+    return in_shape
+
+
+def positional_embedding(
+    max_length: int,
+    *,
+    w_init: initializers.Initializer | None = None,
+    dtype=jnp.float32,
+) -> Layer:
+    """A learned position table added to a sequence: ``y[n, t] = x[n, t] + P[t]``.
+
+    Backward: ``dP[t] = Σ_n dy[n, t]`` for ``t < T`` (0 for the rows past ``T``), ``dx = dy``.
+    The table is not a weight: L2 does not act on it.
+
+    Args:
+      max_length: the number of rows of ``P``; sequences may be shorter.
+      w_init: initializer of ``P`` (default normal with stddev 0.02).
+      dtype: dtype of ``P``.
+
+    Returns:
+      A :class:`jaxnn.Layer` with params ``{"positions": (max_length, D)}``.
+
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> layer = jaxnn.positional_embedding(16)
+    >>> _, params, _ = layer.init(jax.random.key(0), (-1, 5, 3))
+    >>> y, _ = jaxnn.apply(layer, params, (), jnp.zeros((2, 5, 3)))
+    >>> bool((y[1] == params["positions"][:5]).all())
+    True
+    """
+    name = "positional_embedding"
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError(f"{name}: max_length must be a positive int, got {max_length!r}")
+    w_init = initializers.normal(0.02) if w_init is None else w_init
+
+    def init(key, in_shape):
+        in_shape = _sequence_shape(name, in_shape, max_length)
+        return in_shape, {"positions": w_init(key, (max_length, in_shape[2]), dtype)}, ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        _check_sequence(name, x, max_length)
+        table = params["positions"]
+        if table.shape[1] != x.shape[2]:
+            raise ValueError(f"{name}: the table has {table.shape[1]} features, the input "
+                             f"{x.shape[2]} (shape {tuple(x.shape)})")
+        return x + table[None, : x.shape[1]].astype(x.dtype), state, x.shape[1]
+
+    def backward(params, length, dy):
+        table = params["positions"]
+        d_rows = jnp.sum(dy, axis=0).astype(table.dtype)
+        return {"positions": jnp.zeros_like(table).at[:length].set(d_rows)}, dy
+
+    return Layer(name, init, forward, backward)
+
+
+def sinusoidal_table(length: int, features: int) -> np.ndarray:
+    """``P[t, 2i] = sin(t / 10000^(2i/D))``, ``P[t, 2i+1] = cos(t / 10000^(2i/D))``."""
+    positions = np.arange(length)[:, None]
+    frequencies = 1.0 / 10000.0 ** (np.arange(0, features, 2) / features)
+    table = np.zeros((length, features))
+    table[:, 0::2] = np.sin(positions * frequencies)
+    table[:, 1::2] = np.cos(positions * frequencies[: features // 2])
+    return table
+
+
+def sinusoidal_positional_embedding() -> Layer:
+    """The fixed sinusoidal positions added to a sequence: ``y = x + P[:T]`` (no parameters).
+
+    Backward: ``dx = dy``.
+
+    >>> import jax.numpy as jnp, jaxnn
+    >>> jaxnn.sinusoidal_positional_embedding()(jnp.zeros((1, 3, 2)))[0, 0].tolist()
+    [0.0, 1.0]
+    """
+    name = "sinusoidal_positional_embedding"
+
+    def init(key, in_shape):
+        del key
+        return _sequence_shape(name, in_shape, None), (), ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        del key, train
+        _check_sequence(name, x, None)
+        table = jnp.asarray(sinusoidal_table(x.shape[1], x.shape[2]), x.dtype)
+        return x + table[None], state, None
+
+    def backward(params, residuals, dy):
+        return (), dy
+
+    return Layer(name, init, forward, backward)
+
+
+def _width_dense(ratio: int, widen: bool) -> Layer:
+    """The library's :func:`dense`, with its output width ``ratio ×`` (or ``1/ratio ×``) its
+    input's, fixed at ``init``: its forward and backward read the widths from the params."""
+    template = dense(1)
+
+    def init(key, in_shape):
+        n_in = in_shape[-1]
+        return dense(n_in * ratio if widen else n_in // ratio).init(key, in_shape)
+
+    return template._replace(init=init)
+
+
+def transformer_block(
+    num_heads: int,
+    mlp_ratio: int = 4,
+    *,
+    causal: bool = False,
+    block_size: int = 128,
+) -> Layer:
+    """A pre-norm transformer block on ``(N, T, D)``, made of the library's own layers.
+
+    ``x ← x + multi_head_attention(layer_norm(x))``, then
+    ``x ← x + dense(D)(gelu(dense(mlp_ratio·D)(layer_norm(x))))``; ``D`` is the input's width
+    (divisible by ``num_heads``). It is a :func:`jaxnn.serial` of two :func:`jaxnn.residual`
+    branches (params nest the same way), so its backward is theirs.
+
+    Args:
+      num_heads: the attention's heads.
+      mlp_ratio: the MLP's hidden width as a multiple of ``D``.
+      causal: causal attention (a language model).
+      block_size: the attention's key block size.
+
+    >>> import jax, jaxnn
+    >>> block = jaxnn.transformer_block(2, causal=True)
+    >>> block.init(jax.random.key(0), (-1, 6, 8))[0]
+    (-1, 6, 8)
+    """
+    if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio < 1:
+        raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got "
+                         f"{mlp_ratio!r}")
+    attention = multi_head_attention(num_heads, causal=causal, block_size=block_size)
+    mlp = serial(layer_norm(), _width_dense(mlp_ratio, True), gelu_layer(),
+                 _width_dense(mlp_ratio, False))
+    return _named_block(residual(serial(layer_norm(), attention)), residual(mlp))
+
+
+def _named_block(*branches: Layer) -> Layer:
+    block = serial(*branches)
+    return block._replace(name="transformer_block",
+                          rebuild=lambda subs: _named_block(*subs))

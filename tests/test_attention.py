@@ -1,0 +1,195 @@
+"""multi_head_attention: the blockwise forward equals softmax(QKᵀ/√d)V, the hand-derived
+backward equals autodiff, masks and causality, no T×T residual, clear errors."""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnn
+from jaxnn.layers._attention import attention_backward, attention_forward
+from tests.gradcases import registered, run_layer_case
+
+
+def _inputs(*shapes, seed=0):
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return tuple(jax.random.normal(k, s, jnp.float64) for k, s in zip(keys, shapes, strict=True))
+
+
+def _mask(n, t, seed=0, empty_row=True):
+    mask = np.random.default_rng(seed).random((n, t)) > 0.4
+    if empty_row:
+        mask[-1] = False  # one example attends to nothing
+    return jnp.asarray(mask)
+
+
+GRADCHECK_CASES = registered("multi_head_attention")
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES["multi_head_attention"], ids=repr)
+def test_backward_matches_autodiff_and_finite_differences(case):
+    report = run_layer_case(case)
+    names = {c.parameter for c in report.comparisons}
+    assert {"Wq", "Wk", "Wv", "Wo", "bq", "bk", "bv", "bo"} <= names
+
+
+def _dense_attention(params, queries, keys_values, num_heads, key_mask, causal):
+    """The textbook computation with the whole T_q × T_k score matrix."""
+    def heads(z):
+        n, t, width = z.shape
+        return z.reshape(n, t, num_heads, width // num_heads).transpose(0, 2, 1, 3)
+
+    q = heads(queries @ params["Wq"] + params["bq"][None, None])
+    k = heads(keys_values @ params["Wk"] + params["bk"][None, None])
+    v = heads(keys_values @ params["Wv"] + params["bv"][None, None])
+    s = jnp.einsum("nhqd,nhkd->nhqk", q, k) / math.sqrt(q.shape[-1])
+    visible = jnp.ones(s.shape, bool)
+    if key_mask is not None:
+        visible = visible & key_mask[:, None, None, :]
+    if causal:
+        visible = visible & jnp.tril(jnp.ones(s.shape[-2:], bool))[None, None]
+    p = jnp.where(visible, jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1), 0.0)
+    p = jnp.nan_to_num(p)  # rows with no visible key
+    o = jnp.einsum("nhqk,nhkd->nhqd", p, v).transpose(0, 2, 1, 3).reshape(queries.shape[:2]
+                                                                         + (-1,))
+    return o @ params["Wo"] + params["bo"][None, None]
+
+
+@pytest.mark.parametrize(("t_q", "t_k", "block_size", "causal", "masked"), [
+    (5, 5, 2, True, False), (7, 7, 3, False, True), (6, 6, 6, True, True),
+    (4, 9, 4, False, True), (3, 8, 256, False, False), (8, 8, 1, True, False)])
+def test_forward_equals_the_whole_score_matrix_computation(t_q, t_k, block_size, causal,
+                                                           masked):
+    layer = jaxnn.multi_head_attention(2, causal=causal, block_size=block_size)
+    self_attention = t_q == t_k and causal
+    queries, keys_values = _inputs((3, t_q, 4), (3, t_k, 4))
+    keys_values = queries if self_attention else keys_values
+    mask = _mask(3, t_k) if masked else None
+    x = queries if self_attention else (queries, keys_values)
+    if masked:
+        x = (x, mask) if self_attention else (*x, mask)
+    _, params, _ = layer.init(jax.random.key(1), jax.tree.map(jnp.shape, x))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    y, _ = jaxnn.apply(layer, params, (), x)
+    expected = _dense_attention(params, queries, keys_values, 2, mask, causal)
+    chex.assert_trees_all_close(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_with_no_visible_key_output_the_bias_and_give_no_nan(key):
+    layer = jaxnn.multi_head_attention(2, causal=True, block_size=2)
+    x = _inputs((2, 5, 4))[0]
+    mask = jnp.zeros((2, 5), bool).at[0, 2:].set(True)  # example 0: rows 0, 1 see nothing
+    _, params, _ = layer.init(key, (x.shape, mask.shape))
+    params = jax.tree.map(lambda a: a + 0.1, params)
+
+    def objective(p, inp):
+        return jnp.sum(jaxnn.apply(layer, p, (), (inp, mask))[0] ** 2)
+
+    y, _ = jaxnn.apply(layer, params, (), (x, mask))
+    chex.assert_trees_all_close(y[1], jnp.broadcast_to(params["bo"], (5, 4)))
+    chex.assert_trees_all_close(y[0, :2], jnp.broadcast_to(params["bo"], (2, 4)))
+    grads = jax.grad(objective, argnums=(0, 1))(params, x)
+    chex.assert_tree_all_finite(grads)
+    chex.assert_tree_all_finite(jax.grad(lambda p, i: jnp.sum(
+        jaxnn.reference_apply(layer, p, (), (i, mask))[0] ** 2), argnums=(0, 1))(params, x))
+    np.testing.assert_array_equal(grads[1][1], 0.0)  # nothing flows back from example 1
+
+
+def test_residuals_hold_no_time_by_time_array(key):
+    n, t, width, heads = 2, 64, 8, 2
+    layer = jaxnn.multi_head_attention(heads, causal=True, block_size=16)
+    _, params, _ = layer.init(key, (n, t, width))
+    _, _, residuals = layer.forward(params, (), jnp.ones((n, t, width)))
+    sizes = [a.size for a in jax.tree.leaves(residuals)]
+    assert max(sizes) <= n * t * width < n * heads * t * t
+
+
+def test_block_backward_formulas_equal_autodiff_of_softmax_attention():
+    q, k, v, do = _inputs((2, 3, 6, 4), (2, 3, 7, 4), (2, 3, 7, 4), (2, 3, 6, 4))
+    mask = _mask(2, 7, empty_row=False)
+    o, lse = attention_forward(q, k, v, mask, True, 3)
+
+    def reference(q, k, v):
+        s = jnp.einsum("nhqd,nhkd->nhqk", q, k) / 2.0
+        visible = mask[:, None, None, :] & jnp.tril(jnp.ones((6, 7), bool))[None, None]
+        p = jax.nn.softmax(jnp.where(visible, s, -1e300), axis=-1)
+        return jnp.sum(jnp.einsum("nhqk,nhkd->nhqd", p, v) * do)
+
+    expected = jax.grad(reference, argnums=(0, 1, 2))(q, k, v)
+    got = attention_backward(q, k, v, o, lse, do, mask, True, 3)
+    chex.assert_trees_all_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("causal", "masked"), list(itertools.product([False, True], repeat=2)))
+def test_vmap_equals_a_loop(causal, masked):
+    layer = jaxnn.multi_head_attention(2, causal=causal, block_size=3)
+    x = _inputs((3, 2, 5, 4))[0]
+    masks = jnp.stack([_mask(2, 5, seed=s) for s in range(3)])
+    _, params, _ = layer.init(jax.random.key(0), (2, 5, 4))
+
+    def one(inp, mask):
+        return jaxnn.apply(layer, params, (), (inp, mask) if masked else inp)[0]
+
+    batched = jax.vmap(one)(x, masks)
+    for i in range(3):
+        chex.assert_trees_all_close(batched[i], one(x[i], masks[i]), rtol=1e-12, atol=1e-12)
+
+
+def test_train_step_is_traced_once(key):
+    model = jaxnn.serial(jaxnn.multi_head_attention(2, causal=True, block_size=4),
+                         jaxnn.dense(3))
+    _, params, _ = model.init(key, (-1, 6, 4))
+    optimizer = __import__("optax").adam(1e-2)
+    step = jaxnn.make_train_step(model, jaxnn.softmax_cross_entropy, optimizer, jit=False)
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    opt_state = optimizer.init(params)
+    x = _inputs((5, 6, 4))[0]
+    y = jnp.asarray(np.random.default_rng(0).integers(0, 3, (5, 6)))
+    losses = []
+    for _ in range(4):
+        params, opt_state, loss = step(params, opt_state, x, y)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+
+
+def test_width_not_divisible_by_heads_is_a_clear_error(key):
+    with pytest.raises(ValueError, match=r"multi_head_attention: features .*divisible by "
+                                         r"num_heads \(3\)"):
+        jaxnn.multi_head_attention(3).init(key, (-1, 5, 4))
+    with pytest.raises(ValueError, match="multi_head_attention: features"):
+        jaxnn.multi_head_attention(4, features=6)
+
+
+def test_mask_of_the_wrong_shape_or_dtype_is_a_clear_error(key):
+    layer = jaxnn.multi_head_attention(2)
+    _, params, _ = layer.init(key, (2, 5, 4))
+    x = jnp.ones((2, 5, 4))
+    with pytest.raises(ValueError, match=r"multi_head_attention: key_mask must have shape "
+                                         r"\(batch, keys\) = \(2, 5\), got \(2, 4\)"):
+        jaxnn.apply(layer, params, (), (x, jnp.ones((2, 4), bool)))
+    with pytest.raises(TypeError, match="multi_head_attention: the key_mask"):
+        jaxnn.apply(layer, params, (), (x, x, jnp.ones((2, 5))))
+
+
+def test_causal_cross_attention_of_different_lengths_is_an_error(key):
+    layer = jaxnn.multi_head_attention(2, causal=True)
+    _, params, _ = layer.init(key, ((2, 5, 4), (2, 6, 4)))
+    with pytest.raises(ValueError, match="causal=True needs as many queries as keys"):
+        jaxnn.apply(layer, params, (), (jnp.ones((2, 5, 4)), jnp.ones((2, 6, 4))))
+
+
+@pytest.mark.parametrize("in_shape", [(-1, 5, 4), (3, 1, 6), ((2, 3, 4), (2, 7, 5)),
+                                      ((2, 3, 4), (2, 3)), ((2, 3, 4), (2, 6, 2), (2, 6))])
+def test_init_shape_equals_forward_shape(in_shape, key):
+    layer = jaxnn.multi_head_attention(2)
+    out_shape, params, state = layer.init(key, in_shape)
+    concrete = jax.tree.map(lambda d: 2 if d == -1 else d, in_shape)
+    shapes = concrete if isinstance(concrete[0], tuple) else (concrete,)
+    x = tuple(jnp.ones(s) if len(s) == 3 else jnp.ones(s, bool) for s in shapes)
+    y, _ = jaxnn.apply(layer, params, state, x if len(x) > 1 else x[0])
+    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
+    assert layer.weights == ("Wq", "Wk", "Wv", "Wo")
