@@ -42,6 +42,7 @@ from jaxnn.data_parallel import DATA_AXIS
 
 __all__ = [
     "MODEL_AXIS",
+    "SELF_CONTAINED",
     "STRATEGIES",
     "TENSOR_RULES",
     "bytes_per_device_fraction",
@@ -111,6 +112,9 @@ def _attention_rule(params: dict, column: bool) -> dict[str, P]:
             specs[name] = split_in
     return specs
 
+
+#: Layers whose rule is a complete column-then-row pair (the next layer starts a new pair).
+SELF_CONTAINED = frozenset({"multi_head_attention"})
 
 #: Tensor-parallel rules by leaf-layer name: ``rule(params, column) -> {param name: spec}``;
 #: ``column`` alternates over the layers that have a rule (the first is column-split). A rule
@@ -203,7 +207,9 @@ def param_specs(model: Layer, params: Any, mesh: Mesh, strategy: str = "fsdp", *
     for path, leaf, p in _leaf_params(model, params, model.name):
         leaf_spec = _leaf_specs(leaf, p, strategy, mesh, column)
         if strategy == "tensor" and leaf.name in TENSOR_RULES:
-            column = not column
+            # a matrix layer flips column/row; attention is a whole column-row pair by itself,
+            # so the layer after it starts a new pair with a column split
+            column = leaf.name in SELF_CONTAINED or not column
         if overrides is not None and isinstance(p, dict):
             for name, array in p.items():
                 chosen = overrides(path, leaf, name, array)

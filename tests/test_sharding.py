@@ -41,15 +41,20 @@ def _cnn():
                         jaxnn.dense(8))
 
 
-PROBLEMS = {"mlp": (_mlp, (16,)), "cnn": (_cnn, (8, 8, 2))}
+def _transformer():
+    return jaxnn.serial(jaxnn.transformer_block(4, mlp_ratio=2, causal=True, block_size=4),
+                        jaxnn.dense(8))
+
+
+PROBLEMS = {"mlp": (_mlp, (16,)), "cnn": (_cnn, (8, 8, 2)), "transformer": (_transformer, (6, 16))}
 
 
 def _problem(name: str, batch: int = 32):
     make, feature_shape = PROBLEMS[name]
     net = make()
-    _, params, state = net.init(jax.random.key(0), (-1, *feature_shape))
+    out_shape, params, state = net.init(jax.random.key(0), (-1, *feature_shape))
     x = jax.random.normal(jax.random.key(1), (batch, *feature_shape))
-    y = jax.random.normal(jax.random.key(2), (batch, 8))
+    y = jax.random.normal(jax.random.key(2), (batch, *out_shape[1:]))
     return net, params, state, x, y
 
 
@@ -89,6 +94,17 @@ def test_tensor_parallel_splits_a_conv_kernel_on_its_channel_axes():
     specs = sharding.param_specs(net, params, _abstract(1, 8), "tensor")
     assert specs[0] == {"W": P(None, None, None, "model"), "b": P("model")}
     assert specs[4] == {"W": P("model", None), "b": P()}
+
+
+def test_tensor_parallel_splits_attention_by_heads_and_pairs_the_mlp():
+    net, params, *_ = _problem("transformer")
+    specs = sharding.param_specs(net, params, _abstract(2, 4), "tensor")
+    attention = specs[0][0][0][1]        # residual(serial(layer_norm, attention))
+    assert attention["Wq"] == P(None, "model") and attention["bq"] == P("model")
+    assert attention["Wo"] == P("model", None) and attention["bo"] == P()
+    mlp = specs[0][1][0]                 # residual(serial(layer_norm, dense, gelu, dense))
+    assert mlp[1] == {"W": P(None, "model"), "b": P("model")}  # column first
+    assert mlp[3] == {"W": P("model", None), "b": P()}         # then row
 
 
 def test_overrides_choose_per_parameter():
