@@ -4,7 +4,8 @@ One row per (layer or function, parameter or leaf): the largest relative error a
 ``jax.grad`` and against finite differences, the index of the worst entry, and pass/fail. Notes
 (finite-difference entries skipped at non-smooth points, arguments left out) follow the table.
 :class:`jaxnn.gradcheck.GradcheckReport` renders itself through these functions (``table()``,
-``markdown()``, ``_repr_html_()`` for notebooks).
+``markdown()``, ``_repr_html_()`` for notebooks); :func:`plot_errors` draws where the error sits
+in each parameter.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import html as html_escape
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+
 if TYPE_CHECKING:
     from jaxnn.gradcheck import Comparison, GradcheckReport
 
-__all__ = ["HEADER", "Row", "html", "markdown", "notes", "rows", "text"]
+__all__ = ["HEADER", "Row", "html", "markdown", "notes", "plot_errors", "plotted", "rows",
+           "text"]
 
 AUTODIFF, FINITE_DIFFERENCES = "jax.grad", "finite differences"
 HEADER = ("layer", "parameter", "rel. err vs jax.grad", "rel. err vs finite diff.",
@@ -109,3 +113,77 @@ def html(report: GradcheckReport) -> str:
     items = "".join(f"<li>{escape(n)}</li>" for n in notes(report))
     return (f"<table><caption>gradient check {verdict}</caption><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>" + (f"<ul>{items}</ul>" if items else ""))
+
+
+def _as_matrix(errors) -> np.ndarray:
+    """Entries as a matrix: rows of a weight stay rows; leading axes are merged."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.ndim == 0:
+        return errors.reshape(1, 1)
+    if errors.ndim == 1:
+        return errors.reshape(1, -1)
+    return errors.reshape(-1, errors.shape[-1])
+
+
+def plotted(report: GradcheckReport) -> list[Comparison]:
+    """The comparisons a plot shows: per (layer, parameter) the worst one that kept its
+    per-entry errors, against ``jax.grad`` where there is one, else finite differences."""
+    chosen: dict[tuple[str, str], Comparison] = {}
+    for c in report.comparisons:
+        if c.errors is None:
+            continue
+        key = (c.layer, c.parameter)
+        held = chosen.get(key)
+        prefer = held is None or (c.reference == AUTODIFF) > (held.reference == AUTODIFF) or (
+            c.reference == held.reference and _badness(c) > _badness(held))
+        if prefer:
+            chosen[key] = c
+    return list(chosen.values())
+
+
+def plot_errors(report: GradcheckReport, path: str, *, columns: int = 3) -> list[str]:
+    """Draws one heat map of ``log₁₀`` relative error per parameter and saves it to ``path``.
+
+    Each panel shows a parameter's entries (leading axes merged into rows, the last axis as
+    columns), so a wrong row or column of a weight gradient stands out; entries not compared
+    (unsampled or skipped finite differences) are blank. A failing parameter's title is red.
+
+    Returns:
+      The panel titles, in order.
+
+    Raises:
+      ValueError: the report kept no per-entry errors (only :func:`check_function` and the layer
+        checks keep them).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = plotted(report)
+    if not panels:
+        raise ValueError("plot_errors: the report kept no per-entry errors to draw")
+    columns = max(1, min(columns, len(panels)))
+    n_rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns, 3.4 * n_rows),
+                             squeeze=False)
+    titles = []
+    for ax, c in zip(axes.flat, panels, strict=False):
+        log_error = np.log10(np.maximum(_as_matrix(c.errors), 1e-17))
+        image = ax.imshow(log_error, cmap="viridis", aspect="auto", interpolation="nearest",
+                          vmin=-17, vmax=max(0.0, float(np.nanmax(log_error, initial=-17))))
+        fig.colorbar(image, ax=ax, label="log₁₀ relative error")
+        title = f"{c.layer}: {c.parameter} vs {c.reference}\nmax {c.max_relative_error:.1e}"
+        ax.set_title(title, fontsize=9, color="black" if c.passed else "#b00020")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("last axis")
+        ax.set_ylabel("other axes (merged)")
+        titles.append(title.replace("\n", ", "))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return titles

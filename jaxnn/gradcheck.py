@@ -569,9 +569,10 @@ def check_function(
             if rules:
                 ref_scalar = _cotangent_scalar(plain, name, target, out_tree, cotangents)
             else:
-                report.notes.append(f"{name} uses no custom_vjp/custom_jvp rule: compared with "
-                                    f"finite differences only (pass reference= to compare "
-                                    f"with another implementation's autodiff)")
+                report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside "
+                                    f"scan/while/cond bodies), compared with finite "
+                                    f"differences only; pass reference= to compare with "
+                                    f"another implementation's autodiff")
         tolerances = (rtol_autodiff, rtol_fd, fd_eps, max_fd_entries)
         report.extend(_compare_leaves(name, target, scalar, ref_scalar, tolerances, seed))
         return report

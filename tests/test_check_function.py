@@ -189,7 +189,7 @@ def test_logsumexp_without_a_rule_is_checked_by_finite_differences_and_a_referen
     (a,) = normal(4, (3, 5))
     alone = assert_gradients_match(jax.nn.logsumexp, a)
     assert {c.reference for c in alone.comparisons} == {"finite differences"}
-    assert "no custom_vjp/custom_jvp rule" in alone.table()
+    assert "no custom_vjp/custom_jvp rule found" in alone.table()
     naive = assert_gradients_match(jax.nn.logsumexp, a,
                                    reference=lambda a: jnp.log(jnp.sum(jnp.exp(a))))
     assert {c.reference for c in naive.comparisons} == {"jax.grad", "finite differences"}
