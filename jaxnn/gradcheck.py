@@ -559,22 +559,26 @@ def check_function(
         if not target.names:
             report.notes.append(f"{name}: no floating-point argument to differentiate")
             return report
-        out_tree, cotangents = _cotangents(fn, name, args, jax.random.key(seed))
-        scalar = _cotangent_scalar(fn, name, target, out_tree, cotangents)
+        arrays = [target.leaves[i] for i in target.indices]
+        checked = target.bind(fn)  # a function of the differentiated leaves only
+        out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
+        scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
         ref_scalar = None
         if reference is not None:
-            ref_scalar = _cotangent_scalar(reference, "reference", target, out_tree, cotangents)
+            ref_scalar = _cotangent_scalar(target.bind(reference), "reference", out_tree,
+                                           cotangents)
         else:
-            plain, rules = undecorated(fn, *args)
+            plain, rules = undecorated(checked, *arrays)
             if rules:
-                ref_scalar = _cotangent_scalar(plain, name, target, out_tree, cotangents)
+                ref_scalar = _cotangent_scalar(plain, name, out_tree, cotangents)
             else:
                 report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside "
                                     f"scan/while/cond bodies), compared with finite "
                                     f"differences only; pass reference= to compare with "
                                     f"another implementation's autodiff")
         tolerances = (rtol_autodiff, rtol_fd, fd_eps, max_fd_entries)
-        report.extend(_compare_leaves(name, target, scalar, ref_scalar, tolerances, seed))
+        report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
+                                      tolerances, seed))
         return report
 
 
@@ -587,12 +591,17 @@ class _Target(NamedTuple):
     names: list[str]  # their row names
     notes: list[str]  # the leaves left out, and why
 
-    def arguments(self, differentiated: Sequence) -> tuple:
-        """The argument tuple with the differentiated leaves replaced by ``differentiated``."""
-        leaves = list(self.leaves)
-        for i, value in zip(self.indices, differentiated, strict=True):
-            leaves[i] = value
-        return jax.tree.unflatten(self.tree, leaves)
+    def bind(self, fn: Callable) -> Callable:
+        """``fn`` as a function of the differentiated leaves; the other leaves are closed over,
+        so that they stay what they are (a Python int stays static, never a tracer)."""
+
+        def bound(*differentiated):
+            leaves = list(self.leaves)
+            for i, value in zip(self.indices, differentiated, strict=True):
+                leaves[i] = value
+            return fn(*jax.tree.unflatten(self.tree, leaves))
+
+        return bound
 
 
 def _function_name(fn: Callable) -> str:
@@ -663,10 +672,10 @@ def _differentiated_leaves(fn: Callable, name: str, args: tuple,
     return _Target(leaves, tree, indices, names, notes)
 
 
-def _cotangents(fn: Callable, name: str, args: tuple, key: jax.Array) -> tuple[Any, list]:
+def _cotangents(fn: Callable, name: str, arrays: list, key: jax.Array) -> tuple[Any, list]:
     """The output's structure and a standard normal cotangent per floating-point output leaf
     (``None`` for the others, which do not enter ``S``)."""
-    out = jax.eval_shape(fn, *args)
+    out = jax.eval_shape(fn, *arrays)
     out_leaves, out_tree = jax.tree.flatten(out)
     keys = jax.random.split(key, max(len(out_leaves), 1))
     cotangents = [jax.random.normal(k, o.shape, jnp.float64)
@@ -677,12 +686,12 @@ def _cotangents(fn: Callable, name: str, args: tuple, key: jax.Array) -> tuple[A
     return out_tree, cotangents
 
 
-def _cotangent_scalar(f: Callable, label: str, target: _Target, out_tree,
-                      cotangents: list) -> Callable:
-    """``S(*differentiated) = Σ v ⊙ f(*args)`` over the floating-point output leaves."""
+def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Callable:
+    """``S(*differentiated) = Σ v ⊙ f(*differentiated)`` over the floating-point output
+    leaves."""
 
     def scalar(*differentiated):
-        out = f(*target.arguments(differentiated))
+        out = f(*differentiated)
         out_leaves, tree = jax.tree.flatten(out)
         if tree != out_tree:
             raise ValueError(f"check_function: {label} returns structure {tree}, expected "
@@ -725,12 +734,11 @@ def _located_comparison(layer: str, parameter: str, reference: str, errors: np.n
                       tolerance, skipped=skipped, worst_index=index, errors=errors)
 
 
-def _compare_leaves(name: str, target: _Target, scalar: Callable, reference: Callable | None,
-                    tolerances: tuple, seed: int) -> GradcheckReport:
+def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
+                    reference: Callable | None, tolerances: tuple, seed: int) -> GradcheckReport:
     """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
     of ``scalar``, one pair of rows per differentiated leaf."""
     rtol_autodiff, rtol_fd, fd_eps, max_fd_entries = tolerances
-    arrays = [target.leaves[i] for i in target.indices]
     wrt = tuple(range(len(arrays)))
     hand = [np.asarray(g) for g in jax.jit(jax.grad(scalar, argnums=wrt))(*arrays)]
     auto = None if reference is None else [
@@ -740,7 +748,7 @@ def _compare_leaves(name: str, target: _Target, scalar: Callable, reference: Cal
                  for i in wrt]
     scale = _largest(auto if auto is not None else [e for _, e in estimates])
     report = GradcheckReport()
-    for j, parameter in enumerate(target.names):
+    for j, parameter in enumerate(names):
         if auto is not None:
             errors = _relative_errors(hand[j], auto[j], scale)
             report.comparisons.append(_located_comparison(

@@ -4,6 +4,7 @@ Two kinds of evidence: functions nobody in this project wrote (jax.nn, jax.numpy
 and deliberately broken custom rules fail at every seed with the failing row on the broken leaf.
 """
 
+import functools
 import re
 
 import jax
@@ -279,3 +280,17 @@ def test_markdown_and_html_show_every_row_and_verdict():
     html = report._repr_html_()
     assert "dense&lt;tanh&gt;" in html and "<caption>gradient check FAILED</caption>" in html
     assert html.count("<tr") == 4  # header and one row per leaf
+
+
+def test_a_python_int_stays_static_for_nondiff_argnums():
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def power(x, n):
+        return x ** n
+
+    power.defvjp(lambda x, n: (x ** n, x), lambda n, x, g: (n * x ** (n - 1) * g,))
+    (x,) = normal(11, (4,))
+    report = assert_gradients_match(power, x, 3)
+    assert [n for n in report.notes if n.startswith("n (int)")]
+    broken = functools.partial(jax.custom_vjp, nondiff_argnums=(1,))(lambda x, n: x ** n)
+    broken.defvjp(lambda x, n: (x ** n, x), lambda n, x, g: ((n - 1) * x ** (n - 1) * g,))
+    assert failing_rows(check_function(broken, x, 3)) == ["x"]
