@@ -37,9 +37,11 @@ from jaxnn.layers import embedding as embedding
 from jaxnn.layers import flatten as flatten
 from jaxnn.layers import gelu as gelu
 from jaxnn.layers import global_avg_pool as global_avg_pool
+from jaxnn.layers import gru as gru
 from jaxnn.layers import identity as identity
 from jaxnn.layers import layer_norm as layer_norm
 from jaxnn.layers import leaky_relu as leaky_relu
+from jaxnn.layers import lstm as lstm
 from jaxnn.layers import max_pool as max_pool
 from jaxnn.layers import parallel as parallel
 from jaxnn.layers import relu as relu
@@ -97,6 +99,7 @@ __all__ = [
     "fuse",
     "gelu",
     "global_avg_pool",
+    "gru",
     "gradcheck",
     "identity",
     "initializers",
@@ -105,6 +108,7 @@ __all__ = [
     "layer_norm",
     "layers",
     "leaky_relu",
+    "lstm",
     "losses",
     "make_train_step",
     "map_leaves",

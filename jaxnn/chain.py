@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnn.core import Layer
+from jaxnn.core import Layer, children
 from jaxnn.layers import identity
 from jaxnn.losses import Loss
 
@@ -86,14 +86,10 @@ def weight_mask(model: Layer, params: Any) -> Any:
     ({'W': True, 'b': False}, ())
     """
     if model.sublayers:
-        children = params.values() if isinstance(params, dict) else params
-        if len(children) != len(model.sublayers):
-            raise ValueError(f"weight_mask: {model.name} has {len(model.sublayers)} sublayers "
-                             f"but its params have {len(children)} entries")
-        masks = [weight_mask(sub, p) for sub, p in zip(model.sublayers, children, strict=True)]
+        masks = [(label, weight_mask(sub, p)) for label, sub, p in children(model, params)]
         if isinstance(params, dict):
-            return dict(zip(params.keys(), masks, strict=True))
-        return type(params)(masks)
+            return dict(masks)
+        return tuple(mask for _, mask in masks)
     weights = frozenset(model.weights)
     if isinstance(params, dict):
         return {name: jax.tree.map(lambda _, w=name in weights: w, p)

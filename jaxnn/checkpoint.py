@@ -13,7 +13,8 @@ shapes and dtypes are checked against the template first, and the first mismatch
 
 Writes are atomic: the file is written to a temporary file in the same folder, flushed to
 disk (``fsync``) and renamed over the destination (``os.replace``), so a crash leaves either
-the old checkpoint or the new one, never half of one.
+the old checkpoint or the new one, never half of one. The next save to the same file removes
+what a killed one left behind, and a checkpoint written over keeps its file mode.
 
 >>> import jax.numpy as jnp, optax, tempfile, os
 >>> from jaxnn import checkpoint
@@ -44,6 +45,7 @@ __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_metadata", "save"]
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "__metadata__"
+_TMP_PREFIX = ".tmp-"  # then the destination's name, the writer's pid, a random part
 
 
 class CheckpointError(ValueError):
@@ -115,9 +117,11 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
     arrays[_METADATA_KEY] = np.frombuffer(meta_bytes, np.uint8)
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    _remove_stale_temporaries(path)
+    prefix = f"{_TMP_PREFIX}{os.path.basename(path)}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".npz", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → the usual mode of a new file
+        os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -137,6 +141,41 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
         pass
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: str) -> int:
+    """The mode of the checkpoint ``path`` replaces (0600 stays 0600), else that of a new file
+    (mkstemp's 0600 would make every checkpoint private)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Removes the temporary files of saves to ``path`` by processes that no longer run (a save
+    killed mid-write leaves one); a running process's save in progress is left alone."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f"{_TMP_PREFIX}{name}."
+    for entry in os.listdir(folder):
+        if not (entry.startswith(prefix) and entry.endswith(".npz")):
+            continue
+        pid = entry[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process, say: it exists
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """The ``jaxnn`` command: train, verify and report.
 
 ``jaxnn train`` trains the classic L-layer classifier (dense/activation … dense, sigmoid or
-softmax output) with :func:`jaxnn.make_train_step` on a built-in data set or a user's files,
+softmax output) with :func:`jaxnn.fit` on a built-in data set or a user's files,
 prints the cost and the accuracy, draws ``cost.png`` (and ``decision_boundary.png`` for 2-D data)
 and saves a checkpoint it can resume from. ``jaxnn gradcheck`` checks every built-in layer and
 loss (or a model given by flags) against ``jax.grad`` and finite differences. ``jaxnn summary``
@@ -17,8 +17,10 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import os
 import pathlib
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -77,8 +79,6 @@ def build_model(sizes: Sequence[int], activation: str = "relu", dropout: float =
     if activation not in ACTIVATIONS:
         raise CommandError(f"unknown activation {activation!r}; choose one of "
                            f"{', '.join(ACTIVATIONS)}")
-    if dropout and not hasattr(jaxnn, "dropout"):
-        raise CommandError("--dropout: this version of jaxnn has no dropout layer")
     if not 0 <= dropout < 1:
         raise CommandError(f"--dropout: the rate must lie in [0, 1), got {dropout}")
     layers = []
@@ -98,16 +98,23 @@ def loss_for(sizes: Sequence[int]):
     return jaxnn.binary_cross_entropy if sizes[-1] == 1 else jaxnn.softmax_cross_entropy
 
 
-def make_optimizer(name: str, lr: float):
+def make_optimizer(name: str, lr: float, model: Any = None, l2: float = 0.0):
+    """The optax optimizer ``name``, after L2 on ``model``'s weights when ``l2 > 0``."""
     import optax
 
+    import jaxnn
+
     if name == "sgd":
-        return optax.sgd(lr)
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    if name == "adam":
-        return optax.adam(lr)
-    raise CommandError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        optimizer = optax.sgd(lr)
+    elif name == "momentum":
+        optimizer = optax.sgd(lr, momentum=0.9)
+    elif name == "adam":
+        optimizer = optax.adam(lr)
+    else:
+        raise CommandError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if l2:
+        return optax.chain(jaxnn.l2_regularization(model, l2), optimizer)
+    return optimizer
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -147,6 +154,16 @@ def _n_classes(*ys) -> int:
     return int(max(int(np.max(np.asarray(y))) for y in ys)) + 1
 
 
+def _split(x, y, seed: int, what: str):
+    """80/20 split by ``seed``; too few examples to split is the user's to fix."""
+    from jaxnn import data
+
+    if x.shape[0] < 5:
+        raise CommandError(f"{what}: {x.shape[0]} examples are too few to hold 20% out for "
+                           f"testing; give at least 5, or a separate --test-data file")
+    return data.train_test_split(x, y, test_fraction=0.2, seed=seed)
+
+
 def load_dataset(dataset: str | None, data_path: str | None, test_path: str | None,
                  seed: int) -> Dataset:
     """The training and test sets: built-in (split 80/20 by ``seed`` and standardized with the
@@ -160,7 +177,7 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
             raise CommandError("--test-data needs --data")
         name = dataset or "flower"
         x, y = data.load_builtin(name)
-        x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.2, seed=seed)
+        x_tr, y_tr, x_te, y_te = _split(x, y, seed, "--dataset " + name)
         _, stats = data.standardize(x_tr)
         prepare = lambda raw: data.standardize(raw, stats)[0]  # noqa: E731
         return Dataset(name, prepare(x_tr), y_tr, prepare(x_te), y_te, _n_classes(y),
@@ -169,7 +186,7 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
         raise CommandError("give either --dataset or --data, not both")
     x, y = _load_file(data_path)
     if test_path is None:
-        x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=0.2, seed=seed)
+        x_tr, y_tr, x_te, y_te = _split(x, y, seed, "--data " + data_path)
     else:
         x_tr, y_tr = x, y
         x_te, y_te = _load_file(test_path)
@@ -185,15 +202,138 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
 
 
 # --- train ------------------------------------------------------------------------------------
+#
+# ``train`` is four steps: plan the run (options, data, model sizes, run length), restore or
+# initialize its state, loop (``jaxnn.fit`` by segments between checkpoints), report (accuracy,
+# pictures, metrics.json, the last checkpoint).
+
+SEED_LIMIT = 2**32  # seeds are uint32, like numpy's
 
 
-def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
-    """The run's configuration; on ``--resume`` the saved one, which explicit options must
-    agree with."""
+@dataclasses.dataclass
+class RunPlan:
+    """Everything a run needs, decided before the first step."""
+
+    config: dict  # the options that define the run, saved in the checkpoint
+    typed: dict  # option → the text the user typed, to quote it back
+    out: str
+    data: Dataset
+    sizes: list[int]
+    y_train: Any  # as the loss wants them: (m, 1) floats, or (m,) class indices
+    y_test: Any
+    batch_size: int
+    steps_per_epoch: int
+    total: int  # the step to reach, a whole number of epochs
+    resumed: dict | None  # the checkpoint's metadata when resuming
+    resumed_path: str | None  # and its file
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.out, CHECKPOINT_FILE)
+
+
+class CostHistory:
+    """The cost of every step, kept on the host in a buffer that doubles when full, so that
+    recording an epoch and saving cost no more than the new values (no stack of scalars)."""
+
+    def __init__(self, costs: Any = ()) -> None:
+        self._buffer = np.array(costs, np.float32).reshape(-1)
+        self._size = self._buffer.size
+
+    def extend(self, costs: Any) -> None:
+        new = np.asarray(costs, np.float32).reshape(-1)
+        if self._size + new.size > self._buffer.size:
+            grown = np.empty(max(2 * self._buffer.size, self._size + new.size, 1024), np.float32)
+            grown[: self._size] = self._buffer[: self._size]
+            self._buffer = grown
+        self._buffer[self._size: self._size + new.size] = new
+        self._size += new.size
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    def __len__(self) -> int:
+        return self._size
+
+
+class StopSignals:
+    """While active, Ctrl-C (SIGINT) and SIGTERM ask the run to stop at the end of the current
+    epoch instead of killing it; ``signum`` is the first one received (``None`` if none)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this "
+                  f"epoch", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run is: its parameters, model and optimizer state, step and cost history. The
+    loop updates all of them together, between epochs, so that a checkpoint of it agrees."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    step: int
+    history: CostHistory
+
+
+class _Typed(argparse.Action):
+    """Stores an option converted by ``kind``, and the text as typed in ``namespace.typed``
+    (messages quote options as the user wrote them)."""
+
+    def __init__(self, *args, kind: Callable[[str], Any] = str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def __call__(self, parser, namespace, text, option_string=None) -> None:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentError(
+                self, f"invalid {self.kind.__name__} value: {text!r}") from None
+        setattr(namespace, self.dest, value)
+        namespace.typed = {**namespace.typed, self.dest: text}
+
+
+def _as_typed(args: argparse.Namespace, option: str, value: Any = None) -> str:
+    """``--option TEXT`` as the user typed it (``value`` when it was not typed)."""
+    text = args.typed.get(option, value)
+    return f"--{option.replace('_', '-')} {text}"
+
+
+def _given_options(args: argparse.Namespace) -> dict:
+    """The run options given on the command line, in the form they are saved in."""
     given = {k: getattr(args, k) for k in RUN_OPTIONS}
     for k in ("data", "test_data"):  # absolute, so that a run resumes from any folder
         if given[k] is not None:
             given[k] = ",".join(os.path.abspath(p) for p in given[k].split(","))
+    if given["layers"] is not None:  # "2, 4, 1" is "2,4,1"
+        given["layers"] = ",".join(map(str, parse_layers(given["layers"])))
+    return given
+
+
+def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """The run's configuration; on ``--resume`` the saved one, which explicit options must
+    agree with. Returns ``(config, the checkpoint's metadata or None)``."""
+    given = _given_options(args)
     if args.resume is None:
         config = dict(given)
         config["activation"] = config["activation"] or "relu"
@@ -214,9 +354,130 @@ def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
                            f"by jaxnn train?)")
     for k, value in given.items():
         if value is not None and value != saved.get(k):
-            raise CommandError(f"--{k.replace('_', '-')} {value} differs from the resumed run's "
+            raise CommandError(f"{_as_typed(args, k, value)} differs from the resumed run's "
                                f"{saved.get(k)} ({path}); leave it out to continue that run")
     return dict(saved), meta
+
+
+def _check_numbers(config: dict, args: argparse.Namespace) -> None:
+    """Refuses counts below their minimum, a non-finite or non-positive ``--lr``, a non-finite
+    or negative ``--l2`` and a seed outside ``[0, 2**32)``, quoting the option as typed."""
+    for option, value, low in (("batch_size", config["batch_size"], 1),
+                               ("print_every", args.print_every, 1),
+                               ("save_every", args.save_every, 0),
+                               ("steps", args.steps, 1), ("epochs", args.epochs, 1)):
+        if value is not None and value < low:
+            raise CommandError(f"{_as_typed(args, option, value)}: must be at least {low}")
+    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise CommandError(f"{_as_typed(args, 'lr', config['lr'])}: the learning rate must be "
+                           f"a positive finite number")
+    if not (math.isfinite(config["l2"]) and config["l2"] >= 0):
+        raise CommandError(f"{_as_typed(args, 'l2', config['l2'])}: λ must be a finite number "
+                           f">= 0")
+    if not 0 <= config["seed"] < SEED_LIMIT:
+        raise CommandError(f"{_as_typed(args, 'seed', config['seed'])}: the seed must lie in "
+                           f"[0, {SEED_LIMIT - 1}]")
+
+
+def _model_sizes(config: dict, ds: Dataset) -> list[int]:
+    """``--layers`` checked against the data, or the default sizes for them."""
+    n_x = ds.x_train.shape[1]
+    want_out = 1 if ds.n_classes == 2 else ds.n_classes
+    if not config["layers"]:
+        return [n_x, *DEFAULT_HIDDEN, want_out]
+    sizes = parse_layers(config["layers"])
+    if sizes[0] != n_x:
+        raise CommandError(f"--layers starts with {sizes[0]} inputs but the data have {n_x} "
+                           f"features per example")
+    if sizes[-1] != want_out and not (ds.n_classes == 2 and sizes[-1] == 2):
+        raise CommandError(f"--layers ends with {sizes[-1]} outputs but the data have "
+                           f"{ds.n_classes} classes: end with {want_out}")
+    return sizes
+
+
+def _run_length(args: argparse.Namespace, resumed: dict | None, steps_per_epoch: int) -> int:
+    """The step to reach: ``--epochs`` whole epochs, or ``--steps`` rounded up to whole
+    epochs (``jaxnn.fit`` runs whole epochs)."""
+    if args.epochs is not None:
+        return args.epochs * steps_per_epoch
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS if resumed is None else None
+    if steps is None:
+        raise CommandError("--resume: say how far to train with --steps N or --epochs N (the "
+                           "total, counted from the start of the run)")
+    return -(-steps // steps_per_epoch) * steps_per_epoch
+
+
+def _prepare_out(out: str) -> None:
+    """Creates the output folder, or says why it cannot be written into."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"--out {out}: exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: this folder is not writable")
+
+
+def _plan_run(args: argparse.Namespace) -> RunPlan:
+    """Every decision of a run, made and checked before anything is trained."""
+    config, resumed = _resolve_run_config(args)
+    _check_numbers(config, args)
+    ds = load_dataset(config["dataset"], config["data"], config["test_data"], config["seed"])
+    sizes = _model_sizes(config, ds)
+    config["layers"] = ",".join(map(str, sizes))
+    y_train, y_test = ds.y_train, ds.y_test
+    if sizes[-1] > 1:  # softmax cross-entropy on integer class indices
+        y_train, y_test = (np.asarray(y)[:, 0].astype(np.int32) for y in (y_train, y_test))
+    m = ds.x_train.shape[0]
+    batch_size = min(config["batch_size"] or m, m)
+    steps_per_epoch = m // batch_size
+    total = _run_length(args, resumed, steps_per_epoch)
+    out = args.out or args.resume or "jaxnn-out"
+    _prepare_out(out)
+    return RunPlan(config, args.typed, out, ds, sizes, y_train, y_test, batch_size,
+                   steps_per_epoch, total, resumed,
+                   args.resume and os.path.join(args.resume, CHECKPOINT_FILE))
+
+
+def _restore(plan: RunPlan, model: Any, optimizer: Any) -> RunState:
+    """A fresh run's initial state, or the one saved in the ``--resume`` checkpoint."""
+    import jax
+
+    from jaxnn import checkpoint
+
+    key = jax.random.fold_in(jax.random.key(plan.config["seed"]), 0)
+    _, params, state = model.init(key, (-1, plan.sizes[0]))
+    opt_state = optimizer.init(params)
+    if plan.resumed is None:
+        return RunState(params, state, opt_state, 0, CostHistory())
+    where, m = os.path.dirname(plan.resumed_path), plan.data.x_train.shape[0]
+    if plan.resumed.get("train_examples") != m:
+        raise CommandError(f"the run in {where} trained on {plan.resumed.get('train_examples')} "
+                           f"examples, the data now have {m}: the data changed")
+    start = int(plan.resumed["step"])
+    if start >= plan.total:
+        raise CommandError(f"the checkpoint in {where} is at step {start}; ask for more with "
+                           f"--steps N (N > {start})")
+    if start % plan.steps_per_epoch:
+        raise CommandError(f"the checkpoint in {where} is at step {start}, inside an epoch of "
+                           f"{plan.steps_per_epoch} steps; it was written by an older jaxnn")
+    template = {"params": params, "state": state, "opt_state": opt_state,
+                "costs": np.zeros(start, np.float32)}
+    saved = checkpoint.load(plan.resumed_path, template)
+    return RunState(saved["params"], saved["state"], saved["opt_state"], start,
+                    CostHistory(saved["costs"]))
+
+
+def _save(plan: RunPlan, run: RunState) -> None:
+    """Checkpoints the run: parameters, states, the cost history (an array), step and config."""
+    from jaxnn import checkpoint
+
+    tree = {"params": run.params, "state": run.state, "opt_state": run.opt_state,
+            "costs": run.history.values}
+    checkpoint.save(plan.checkpoint_path, tree, step=run.step,
+                    metadata={"config": plan.config, "train_examples": plan.data.x_train.shape[0],
+                              "steps_per_epoch": plan.steps_per_epoch})
 
 
 def _plot_cost(path: str, costs: np.ndarray, title: str) -> None:
@@ -256,173 +517,176 @@ def _plot_decision_boundary(path: str, predict_fn: Callable, raw_x: np.ndarray,
     plt.close(fig)
 
 
-def train(args: argparse.Namespace) -> int:
-    """``jaxnn train``: see ``jaxnn train --help``."""
-    matplotlib = _require("matplotlib", "cli", "jaxnn train (its pictures)")
-    matplotlib.use("Agg")
+def _progress_bar(plan: RunPlan, start: int, disable: bool):
     tqdm = _require("tqdm", "cli", "jaxnn train (its progress bar)").tqdm
+    # smoothing=0: the rate is steps / time since the count was last restarted
+    return tqdm(total=plan.total, initial=start, disable=disable, desc="train", unit="step",
+                file=sys.stderr, dynamic_ncols=True, smoothing=0)
+
+
+def _restart_rate(bar) -> None:
+    """Counts the bar's rate from now on, so that it leaves out the first epoch's compilation."""
+    if not bar.disable:
+        bar.initial = bar.n
+        bar.start_t = bar.last_print_t = bar._time()
+
+
+def _segment_end(step: int, plan: RunPlan, save_every: int) -> int:
+    """The step at which the segment starting at ``step`` stops to save: the end of the first
+    epoch at or past the next multiple of ``save_every``, or the end of the run."""
+    if not save_every:
+        return plan.total
+    next_save = (step // save_every + 1) * save_every
+    return min(plan.total, -(-next_save // plan.steps_per_epoch) * plan.steps_per_epoch)
+
+
+def _train_loop(plan: RunPlan, model: Any, loss: Any, optimizer: Any, run: RunState,
+                stop: StopSignals, args: argparse.Namespace) -> None:
+    """Trains ``run`` up to ``plan.total`` with :func:`jaxnn.fit`, one call per segment between
+    checkpoints; stops at the end of an epoch when ``stop`` has caught a signal."""
     import jax
+
+    import jaxnn
+
+    key = jax.random.fold_in(jax.random.key(plan.config["seed"]), 1)
+    print_every = args.print_every or max(1, plan.total // 10)
+    bar = _progress_bar(plan, run.step, args.no_progress)
+    compiled = False
+
+    def on_epoch(epoch, losses, params, state):
+        nonlocal compiled
+        costs = np.asarray(losses)
+        run.history.extend(costs)
+        for s in range(run.step, run.step + costs.size):
+            if s % print_every == 0 or s == plan.total - 1:
+                bar.write(f"cost after step {s}: {costs[s - run.step]:.6f}")
+        run.step += costs.size
+        bar.set_postfix(loss=f"{costs[-1]:.4f}", refresh=False)
+        if compiled:
+            bar.update(costs.size)
+        else:  # the first epoch's time is mostly compilation: count the rate from its end
+            bar.n += costs.size
+            _restart_rate(bar)
+            bar.refresh()
+            compiled = True
+        return stop.signum is not None
+
+    try:
+        while run.step < plan.total and stop.signum is None:
+            end = _segment_end(run.step, plan, args.save_every)
+            result = jaxnn.fit(model, loss, optimizer, run.params, plan.data.x_train,
+                               plan.y_train, epochs=(end - run.step) // plan.steps_per_epoch,
+                               batch_size=plan.batch_size, key=key,
+                               state=run.state, opt_state=run.opt_state,
+                               start_epoch=run.step // plan.steps_per_epoch, on_epoch=on_epoch)
+            run.params, run.state, run.opt_state = result.params, result.state, result.opt_state
+            if run.step < plan.total and stop.signum is None:
+                _save(plan, run)
+    finally:
+        bar.close()
+
+
+def _print_plan(plan: RunPlan, start: int, loss: Any) -> None:
+    config, ds, m = plan.config, plan.data, plan.data.x_train.shape[0]
+    print(f"data: {ds.name}, {m} training and {ds.x_test.shape[0]} test examples, "
+          f"{ds.x_train.shape[1]} features, {ds.n_classes} classes")
+    print(f"model: {config['layers']} ({config['activation']} hidden, "
+          f"{'sigmoid' if plan.sizes[-1] == 1 else 'softmax'} output, {loss.name})"
+          + (f", dropout {config['dropout']}" if config["dropout"] else "")
+          + (f", l2 {config['l2']}" if config["l2"] else ""))
+    batches = ("full batch" if plan.batch_size == m else
+               f"{plan.steps_per_epoch} steps per epoch, the last {m % plan.batch_size} "
+               f"examples of each shuffle left out")
+    print(f"training: {config['optimizer']} lr {config['lr']}, steps {start}→{plan.total}, "
+          f"batch {plan.batch_size} ({batches}), seed {config['seed']}")
+
+
+def _interrupted(plan: RunPlan, run: RunState, signum: int) -> int:
+    """Saves the run stopped by ``signum``; the exit status is 128 + the signal's number."""
+    try:
+        _save(plan, run)
+    except OSError as err:
+        raise CommandError(f"interrupted at step {run.step}, and the checkpoint could not be "
+                           f"written: {plan.checkpoint_path}: {err.strerror or err}") from None
+    print(f"interrupted ({signal.Signals(signum).name}) at step {run.step}; checkpoint saved to "
+          f"{plan.checkpoint_path}; continue with jaxnn train --resume {plan.out} --steps "
+          f"{plan.total}", file=sys.stderr)
+    return 128 + signum
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _write_metrics(path: str, plan: RunPlan, run: RunState, accuracies: tuple) -> None:
+    costs = run.history.values
+    metrics = {"step": run.step, "train_accuracy": accuracies[0],
+               "test_accuracy": accuracies[1],
+               "final_cost": _finite_or_none(float(costs[-1])) if costs.size else None,
+               "config": plan.config}
+    with open(path, "w") as f:  # strict JSON: a NaN cost is written as null
+        json.dump(metrics, f, indent=1, allow_nan=False)
+
+
+def _report(plan: RunPlan, model: Any, run: RunState, elapsed: float, start: int) -> int:
+    """Prints the accuracies; writes the checkpoint, metrics.json and the pictures, each one
+    whatever happens to the others (a full disk: exit 1 with one line naming what failed)."""
     import jax.numpy as jnp
 
     import jaxnn
-    from jaxnn import checkpoint
 
-    if args.steps is not None and args.epochs is not None:
-        raise CommandError("give --steps or --epochs, not both")
-    config, resumed = _resolve_run_config(args)
-    out = args.out or args.resume or "jaxnn-out"
-    ds = load_dataset(config["dataset"], config["data"], config["test_data"], config["seed"])
-    n_x = ds.x_train.shape[1]
-    sizes = (parse_layers(config["layers"]) if config["layers"]
-             else [n_x, *DEFAULT_HIDDEN, 1 if ds.n_classes == 2 else ds.n_classes])
-    if sizes[0] != n_x:
-        raise CommandError(f"--layers starts with {sizes[0]} inputs but the data have {n_x} "
-                           f"features per example")
-    want_out = 1 if ds.n_classes == 2 else ds.n_classes
-    if sizes[-1] != want_out and not (ds.n_classes == 2 and sizes[-1] == 2):
-        raise CommandError(f"--layers ends with {sizes[-1]} outputs but the data have "
-                           f"{ds.n_classes} classes: end with {want_out}")
-    config["layers"] = ",".join(map(str, sizes))
-    y_train, y_test = ds.y_train, ds.y_test
-    if sizes[-1] > 1:  # softmax cross-entropy on integer class indices
-        y_train, y_test = (y[:, 0].astype(jnp.int32) for y in (y_train, y_test))
-
-    for option, value, low in (("batch-size", config["batch_size"], 1),
-                               ("print-every", args.print_every, 1),
-                               ("save-every", args.save_every, 0)):
-        if value is not None and value < low:
-            raise CommandError(f"--{option} must be at least {low}, got {value}")
-    if config["lr"] <= 0 or config["l2"] < 0:
-        raise CommandError(f"--lr must be positive and --l2 non-negative, got {config['lr']} "
-                           f"and {config['l2']}")
-    m = ds.x_train.shape[0]
-    batch_size = min(config["batch_size"] or m, m)
-    steps_per_epoch = -(-m // batch_size)
-    if args.epochs is not None:
-        total = args.epochs * steps_per_epoch
-    elif args.steps is not None:
-        total = args.steps
-    else:
-        total = DEFAULT_STEPS if resumed is None else None
-    if total is None:
-        raise CommandError("--resume: say how far to train with --steps N or --epochs N (the "
-                           "total, counted from the start of the run)")
-    if total < 1:
-        raise CommandError(f"--steps/--epochs must be positive, got {total}")
-
-    model = build_model(sizes, config["activation"], config["dropout"])
-    loss = loss_for(sizes)
-    optimizer = make_optimizer(config["optimizer"], config["lr"])
-    root = jax.random.key(config["seed"])
-    init_key, data_key, dropout_key = (jax.random.fold_in(root, i) for i in range(3))
-    _, params, state = model.init(init_key, (-1, n_x))
-    opt_state = optimizer.init(params)
-    stateful = bool(config["dropout"])
-    step_fn = jaxnn.make_train_step(model, loss, optimizer, l2=config["l2"], stateful=stateful)
-
-    ckpt_path = os.path.join(out, CHECKPOINT_FILE)
-    costs: list = []
-    start = 0
-    if resumed is not None:
-        template = {"params": params, "state": state, "opt_state": opt_state}
-        restored = checkpoint.load(os.path.join(args.resume, CHECKPOINT_FILE), template)
-        params, state, opt_state = restored["params"], restored["state"], restored["opt_state"]
-        saved_m = resumed.get("train_examples")
-        if saved_m != m:
-            raise CommandError(f"the run in {args.resume} trained on {saved_m} examples, the "
-                               f"data now have {m}: the data changed")
-        start = int(resumed["step"])
-        costs = list(np.asarray(resumed.get("costs", []), np.float32))
-        if start >= total:
-            raise CommandError(f"the checkpoint in {args.resume} is at step {start}; ask for "
-                               f"more with --steps N (N > {start})")
-    os.makedirs(out, exist_ok=True)
-
-    def save(step: int, recorded: list) -> None:
-        history = [float(c) for c in np.asarray(jnp.stack(recorded))] if recorded else []
-        checkpoint.save(ckpt_path, {"params": params, "state": state, "opt_state": opt_state},
-                        step=step, metadata={"config": config, "costs": history,
-                                             "train_examples": m,
-                                             "steps_per_epoch": steps_per_epoch})
-
-    print(f"data: {ds.name}, {m} training and {ds.x_test.shape[0]} test examples, {n_x} "
-          f"features, {ds.n_classes} classes")
-    print(f"model: {config['layers']} ({config['activation']} hidden, "
-          f"{'sigmoid' if sizes[-1] == 1 else 'softmax'} output, {loss.name})"
-          + (f", dropout {config['dropout']}" if stateful else "")
-          + (f", l2 {config['l2']}" if config["l2"] else ""))
-    print(f"training: {config['optimizer']} lr {config['lr']}, steps {start}→{total}, batch "
-          f"{batch_size}{' (full batch)' if batch_size == m else ''}, seed {config['seed']}")
-
-    print_every = args.print_every or max(1, total // 10)
-    bar = tqdm(total=total, initial=start, disable=args.no_progress, desc="train", unit="step",
-               file=sys.stderr, dynamic_ncols=True)
-    epoch_batches: list = []
-    current_epoch = -1
-    recorded = [jnp.asarray(c) for c in costs]
-    s = start
-    began = time.perf_counter()
-    try:
-        while s < total:
-            epoch, index = divmod(s, steps_per_epoch)
-            if batch_size == m:
-                # one batch of everything: its gradient does not depend on the order
-                xb, yb = ds.x_train, y_train
-            else:
-                if epoch != current_epoch:
-                    # the order of epoch e is a pure function of (seed, e): resumable anywhere
-                    epoch_batches = list(jaxnn.data.batches(
-                        jax.random.fold_in(data_key, epoch), ds.x_train, y_train, batch_size))
-                    current_epoch = epoch
-                xb, yb = epoch_batches[index]
-            if stateful:
-                params, state, opt_state, cost = step_fn(
-                    params, state, opt_state, xb, yb, jax.random.fold_in(dropout_key, s))
-            else:
-                params, opt_state, cost = step_fn(params, opt_state, xb, yb)
-            recorded.append(cost)
-            if s % print_every == 0 or s == total - 1:
-                bar.write(f"cost after step {s}: {float(cost):.6f}")
-                bar.set_postfix(loss=f"{float(cost):.4f}")
-            s += 1
-            bar.update(1)
-            if args.save_every and s % args.save_every == 0 and s < total:
-                save(s, recorded)
-    except KeyboardInterrupt:
-        bar.close()
-        save(s, recorded)
-        print(f"interrupted at step {s}; checkpoint saved to {ckpt_path}; continue with "
-              f"jaxnn train --resume {out} --steps {total}", file=sys.stderr)
-        return 130
-    bar.close()
-    elapsed = time.perf_counter() - began
-    save(total, recorded)
-    cost_history = np.asarray(jnp.stack(recorded))
+    ds = plan.data
 
     def predict(x):
-        return jaxnn.predict(model, params, x, state=state)
+        return jaxnn.predict(model, run.params, x, state=run.state)
 
-    train_acc = float(jaxnn.accuracy(predict(ds.x_train), y_train))
-    test_acc = float(jaxnn.accuracy(predict(ds.x_test), y_test))
-    print(f"{total - start} steps in {elapsed:.2f} s")
-    print(f"train accuracy: {train_acc:.4f}")
-    print(f"test accuracy: {test_acc:.4f}")
-
-    written = [os.path.join(out, "cost.png")]
-    _plot_cost(written[0], cost_history,
-               f"{ds.name}: {config['layers']}, {config['optimizer']} lr {config['lr']}")
-    if n_x == 2:
-        written.append(os.path.join(out, "decision_boundary.png"))
-        raw = np.asarray(ds.raw_train)
-        _plot_decision_boundary(
-            written[-1], lambda g: predict(ds.prepare(jnp.asarray(g))), raw,
+    accuracies = tuple(float(jaxnn.accuracy(predict(x), y)) for x, y in
+                       ((ds.x_train, plan.y_train), (ds.x_test, plan.y_test)))
+    print(f"{run.step - start} steps in {elapsed:.2f} s")
+    print(f"train accuracy: {accuracies[0]:.4f}\ntest accuracy: {accuracies[1]:.4f}")
+    title = f"{ds.name}: {plan.config['layers']}, {plan.config['optimizer']} lr " \
+            f"{plan.config['lr']}"
+    writers = {CHECKPOINT_FILE: lambda path: _save(plan, run),
+               "metrics.json": lambda path: _write_metrics(path, plan, run, accuracies),
+               "cost.png": lambda path: _plot_cost(path, run.history.values, title)}
+    if ds.x_train.shape[1] == 2:
+        writers["decision_boundary.png"] = lambda path: _plot_decision_boundary(
+            path, lambda g: predict(ds.prepare(jnp.asarray(g))), np.asarray(ds.raw_train),
             np.asarray(ds.y_train).reshape(-1),
-            f"{ds.name}: train accuracy {train_acc:.2f}, test {test_acc:.2f}")
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"step": total, "train_accuracy": train_acc, "test_accuracy": test_acc,
-                   "final_cost": float(cost_history[-1]), "config": config}, f, indent=1)
-    print("wrote " + ", ".join([*written, ckpt_path, os.path.join(out, "metrics.json")]))
+            f"{ds.name}: train accuracy {accuracies[0]:.2f}, test {accuracies[1]:.2f}")
+    written, failed = [], []
+    for name, write in writers.items():
+        path = os.path.join(plan.out, name)
+        try:
+            write(path)
+            written.append(path)
+        except OSError as err:
+            failed.append(f"{path} ({err.strerror or err})")
+    if written:
+        print("wrote " + ", ".join(written))
+    if failed:
+        raise CommandError("could not write " + ", ".join(failed))
     return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    """``jaxnn train``: plan, restore, loop, report (see ``jaxnn train --help``)."""
+    _require("matplotlib", "cli", "jaxnn train (its pictures)").use("Agg")
+    _require("tqdm", "cli", "jaxnn train (its progress bar)")
+    plan = _plan_run(args)
+    model = build_model(plan.sizes, plan.config["activation"], plan.config["dropout"])
+    loss = loss_for(plan.sizes)
+    optimizer = make_optimizer(plan.config["optimizer"], plan.config["lr"], model,
+                               plan.config["l2"])
+    run = _restore(plan, model, optimizer)
+    start = run.step
+    _print_plan(plan, start, loss)
+    began = time.perf_counter()
+    with StopSignals() as stop:  # until everything is written: a signal never loses the run
+        _train_loop(plan, model, loss, optimizer, run, stop, args)
+        if stop.signum is not None and run.step < plan.total:
+            return _interrupted(plan, run, stop.signum)
+        return _report(plan, model, run, time.perf_counter() - began, start)
 
 
 # --- gradcheck --------------------------------------------------------------------------------
@@ -500,6 +764,9 @@ def _default_layer_checks() -> dict[str, Callable[[], LayerCheck]]:
                                       {"train": True}),
         "embedding": lambda: LayerCheck(lambda: L.embedding(6, 3), (4, 5), "embedding(6, 3)",
                                         {"input_dtype": jnp.int32}),
+        "lstm": lambda: LayerCheck(lambda: L.lstm(3), (2, 5, 4), "lstm(3)"),
+        "gru": lambda: LayerCheck(lambda: L.gru(3, return_sequences=False), (2, 5, 4),
+                                  "gru(3), last state"),
     })
     return checks
 
@@ -653,11 +920,7 @@ def summary(args: argparse.Namespace) -> int:
 
     sizes = parse_layers(args.layers)
     model = build_model(sizes, args.activation or "relu", args.dropout or 0.0)
-    if not hasattr(jaxnn, "summary"):
-        raise CommandError("jaxnn summary needs jaxnn.summary, which this version lacks")
-    table = jaxnn.summary(model, (-1, sizes[0]))
-    if table is not None:
-        print(table)
+    print(jaxnn.summary(model, (-1, sizes[0])))
     return 0
 
 
@@ -691,49 +954,51 @@ def bench(args: argparse.Namespace) -> int:
 # --- the command line -------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train_command(commands) -> None:
     from jaxnn import data
-
-    parser = argparse.ArgumentParser(
-        prog="jaxnn", description="Train, verify and report jaxnn networks.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser(
         "train", help="train the classic L-layer classifier; draw its cost and decision boundary",
-        description="Train the classic L-layer classifier with jaxnn.make_train_step. With no "
-        "options: the built-in planar flower (2 features, 2 classes), layers 2,20,7,5,1, relu, "
+        description="Train the classic L-layer classifier with jaxnn.fit. With no options: the "
+        "built-in planar flower (2 features, 2 classes), layers 2,20,7,5,1, relu, full-batch "
         "gradient descent. Writes cost.png, decision_boundary.png (2-D data), metrics.json and "
-        "checkpoint.npz into --out.")
-    p.add_argument("--layers", help="sizes, input first, e.g. 2,20,7,5,1 (default: n_x,20,7,5,"
-                   "1 or the number of classes)")
+        "checkpoint.npz into --out. Ctrl-C or SIGTERM saves a checkpoint and stops.")
+    p.set_defaults(run=train, typed={})
+
+    def typed(name, kind, help):
+        p.add_argument(name, action=_Typed, kind=kind, help=help)
+
+    typed("--layers", str, "sizes, input first, e.g. 2,20,7,5,1 (default: n_x,20,7,5,1 or the "
+          "number of classes)")
     p.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default relu)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd (gradient descent)")
-    p.add_argument("--lr", type=float, help="learning rate (default: sgd "
-                   f"{DEFAULT_LR['sgd']}, momentum {DEFAULT_LR['momentum']}, adam "
-                   f"{DEFAULT_LR['adam']})")
+    typed("--lr", float, f"learning rate (default: sgd {DEFAULT_LR['sgd']}, momentum "
+          f"{DEFAULT_LR['momentum']}, adam {DEFAULT_LR['adam']})")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help=f"optimizer steps in all (default "
-                        f"{DEFAULT_STEPS}); with --resume, the total to reach")
-    length.add_argument("--epochs", type=int, help="passes over the training set instead")
-    p.add_argument("--batch-size", type=int, help="examples per step (default: all of them)")
-    p.add_argument("--seed", type=int, help="seeds the initialization, the train/test split, "
-                   "the batch order and dropout (default 0)")
-    p.add_argument("--dataset", choices=tuple(data.BUILTIN),
-                   help="a built-in data set (default flower); digits and breast-cancer need "
-                   'pip install "jaxnn[data]"')
-    p.add_argument("--data", help="training data: an HDF5 file (train_set_x/train_set_y) or an "
-                   "MNIST-format pair IMAGES,LABELS (IDX, raw or gzip)")
-    p.add_argument("--test-data", help="test data in the same formats (default: 20%% of --data)")
+    length.add_argument("--steps", action=_Typed, kind=int, help=f"optimizer steps in all "
+                        f"(default {DEFAULT_STEPS}), rounded up to whole epochs; with --resume, "
+                        f"the total to reach")
+    length.add_argument("--epochs", action=_Typed, kind=int, help="passes over the training set")
+    typed("--batch-size", int, "examples per step (default: all of them); each epoch leaves "
+          "out the remainder of its shuffle")
+    typed("--seed", int, "seeds the initialization, the train/test split, the batch order and "
+          "dropout (default 0)")
+    p.add_argument("--dataset", choices=tuple(data.BUILTIN), help="a built-in data set (default "
+                   'flower); digits and breast-cancer need pip install "jaxnn[data]"')
+    typed("--data", str, "training data: an HDF5 file (train_set_x/train_set_y) or an "
+          "MNIST-format pair IMAGES,LABELS (IDX, raw or gzip)")
+    typed("--test-data", str, "test data in the same formats (default: 20%% of --data)")
     p.add_argument("--out", help="output folder (default jaxnn-out, or the --resume folder)")
-    p.add_argument("--l2", type=float, help="λ of the penalty (λ/2)·Σ‖W‖² on weights")
-    p.add_argument("--dropout", type=float, help="drop rate after each hidden activation")
+    typed("--l2", float, "λ of the penalty (λ/2)·Σ‖W‖² on weights")
+    typed("--dropout", float, "drop rate after each hidden activation")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
-    p.add_argument("--print-every", type=int, help="print the cost every N steps")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
+    typed("--print-every", int, "print the cost every N steps")
+    p.add_argument("--save-every", action=_Typed, kind=int, default=0,
+                   help="also checkpoint every N steps (at the end of that epoch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=train)
 
+
+def _add_other_commands(commands) -> None:
     p = commands.add_parser(
         "gradcheck", help="verify every built-in layer and loss (or a model) in float64",
         description="Check hand-derived gradients against jax.grad (≤ 1e-9 relative) and "
@@ -756,6 +1021,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "arguments (e.g. --rounds 7) go to the benchmark.")
     p.add_argument("--full", action="store_true", help="the full benchmark, not --quick")
     p.set_defaults(run=bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxnn`` argument parser: train, gradcheck, summary, bench."""
+    parser = argparse.ArgumentParser(
+        prog="jaxnn", description="Train, verify and report jaxnn networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_command(commands)
+    _add_other_commands(commands)
     return parser
 
 
@@ -777,3 +1052,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:  # an optional package, named by the data loaders
         print(f"jaxnn {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before or after training, which saves on its own
+        print(f"jaxnn {args.command}: interrupted", file=sys.stderr)
+        return 130

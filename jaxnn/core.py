@@ -23,7 +23,8 @@ State (batch-norm running statistics, say) flows forward only: its cotangent is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -51,7 +52,8 @@ class Layer(NamedTuple):
       backward: ``(params, residuals, dy) -> (dparams, dx)``; ``dparams`` has the structure of
         ``params``; ``dx`` is ``None`` for inputs that take no gradient (integer ids).
       sublayers: the layers a combinator is made of, in order; ``()`` for a leaf layer. A
-        combinator's params and state are tuples aligned with ``sublayers``.
+        combinator's params and state are tuples aligned with ``sublayers`` (or dicts keyed by
+        ``names``); :func:`children` pairs their entries with the sublayers.
       rebuild: for a combinator, ``rebuild(new_sublayers)`` makes the same combinator over other
         layers (used to wrap every leaf, e.g. to record inputs or to rematerialize); ``None``
         for a leaf.
@@ -59,6 +61,10 @@ class Layer(NamedTuple):
         regularization and weight decay act on (``("W",)`` for ``dense`` and ``conv``); biases,
         normalization scales and embedding tables are not listed. A user's own layer lists its
         own (``weights=("Wq", "Wk")``): no naming convention is assumed.
+      names: for a combinator whose sublayers were given names (``serial(enc=…, head=…)``),
+        the names aligned with ``sublayers``; its params and state are then dicts keyed by
+        them, and paths read ``"serial/head:dense"``. ``()`` for positional sublayers (params
+        and state are tuples, paths read ``"serial/1:dense"``) and for leaves.
     """
 
     name: str
@@ -68,6 +74,7 @@ class Layer(NamedTuple):
     sublayers: tuple[Layer, ...] = ()
     rebuild: Callable[[tuple[Layer, ...]], Layer] | None = None
     weights: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
 
     def __call__(self, x: Array) -> Array:
         """Applies a layer without parameters or state (an activation) to ``x``.
@@ -79,7 +86,9 @@ class Layer(NamedTuple):
 
     def __repr__(self) -> str:
         if self.sublayers:
-            inner = ", ".join(repr(s) for s in self.sublayers)
+            prefixes = [f"{name}=" for name in self.names] or [""] * len(self.sublayers)
+            inner = ", ".join(f"{prefix}{sub!r}"
+                              for prefix, sub in zip(prefixes, self.sublayers, strict=True))
             return f"{self.name}({inner})"
         return self.name
 
@@ -185,21 +194,77 @@ def leaf_layer(
                  weights=tuple(weights))
 
 
+def sublayer_labels(layer: Layer) -> tuple[str, ...]:
+    """How ``layer``'s sublayers are labelled in paths: their names, or ``"0"``, ``"1"``, …"""
+    return layer.names or tuple(str(i) for i in range(len(layer.sublayers)))
+
+
+def children(layer: Layer, tree: Any, what: str = "params") -> list[tuple[str, Layer, Any]]:
+    """The entries of a combinator's params or state, aligned with its sublayers.
+
+    Code that walks a network's params or state (a weight mask, per-block optimizer labels)
+    goes through here rather than indexing by position, so it works for named layers too.
+
+    Args:
+      layer: a combinator (``serial``, ``parallel``, ``residual``, ``remat``, a user's own).
+      tree: its params or state: a tuple with one entry per sublayer (positional sublayers) or
+        a dict keyed by ``layer.names`` (looked up by name, so a dict that ``jax.tree.map``
+        rebuilt in sorted key order is fine). ``()`` stands for a tree with nothing in it (the
+        state of a network without state) and gives ``()`` to every sublayer.
+      what: how ``tree`` is called in error messages (``"params"``, ``"state"``).
+
+    Returns:
+      ``[(label, sublayer, subtree), …]`` in sublayer order; ``label`` is the name or the
+      position as a string.
+
+    Raises:
+      ValueError: ``tree`` does not have one entry per sublayer; the message names the
+        combinator and says what was expected.
+
+    >>> import jax, jaxnn
+    >>> net = jaxnn.serial(enc=jaxnn.dense(2), head=jaxnn.dense(1))
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+    >>> [(label, sub.name, p["W"].shape) for label, sub, p in jaxnn.core.children(net, params)]
+    [('enc', 'dense', (3, 2)), ('head', 'dense', (2, 1))]
+    """
+    subs, n = layer.sublayers, len(layer.sublayers)
+    if isinstance(tree, tuple) and not tree:
+        return [(label, sub, ()) for label, sub in zip(sublayer_labels(layer), subs, strict=True)]
+    if layer.names:
+        if not isinstance(tree, dict) or set(tree) != set(layer.names):
+            got = f"keys {list(tree)}" if isinstance(tree, dict) else _describe(tree)
+            raise ValueError(f"{layer.name}: {what} must be a dict with keys {list(layer.names)} "
+                             f"(one per named layer), got {got}")
+        return [(name, sub, tree[name]) for name, sub in zip(layer.names, subs, strict=True)]
+    if not isinstance(tree, tuple) or len(tree) != n:
+        raise ValueError(f"{layer.name}: {what} must be a tuple of {n} entries (one per layer), "
+                         f"got {_describe(tree)}")
+    return [(str(i), sub, t) for i, (sub, t) in enumerate(zip(subs, tree, strict=True))]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
 def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None = None) -> Layer:
     """Rebuilds ``layer`` with every leaf layer replaced by ``fn(leaf, path)``.
 
-    ``path`` names where the leaf sits, e.g. ``"serial/2:dense"`` for the third layer of a
-    serial; combinators are kept.
+    ``path`` names where the leaf sits: ``"serial/2:dense"`` for the third layer of a serial,
+    ``"serial/head:dense"`` for the layer named ``head``; combinators are kept (with their
+    names).
     """
     path = layer.name if path is None else path
     if not layer.sublayers:
         return fn(layer, path)
     if layer.rebuild is None:
         raise ValueError(f"combinator {layer.name!r} has sublayers but no rebuild function")
-    children = tuple(
-        map_leaves(fn, sub, f"{path}/{i}:{sub.name}") for i, sub in enumerate(layer.sublayers)
+    rebuilt = tuple(
+        map_leaves(fn, sub, f"{path}/{label}:{sub.name}")
+        for label, sub in zip(sublayer_labels(layer), layer.sublayers, strict=True)
     )
-    return layer.rebuild(children)
+    return layer.rebuild(rebuilt)
 
 
 def stateless_init(
@@ -240,14 +305,71 @@ def check_float(layer_name: str, x: Array, argument: str = "input") -> None:
         )
 
 
-def children(layer: Layer, tree: Any) -> list[tuple[str, Layer, Any]]:
-    """``(label, sublayer, subtree)`` for each sublayer of a combinator: ``tree`` (its params or
-    state) is a tuple aligned with ``sublayers`` (labels ``"0"``, ``"1"``, …) or a dict keyed by
-    the sublayers' names; ``()`` gives every sublayer ``()``."""
-    if isinstance(tree, dict):
-        return [(str(k), sub, v) for (k, v), sub in zip(tree.items(), layer.sublayers,
-                                                         strict=True)]
-    if tree == ():
-        tree = ((),) * len(layer.sublayers)
-    return [(str(i), sub, t) for i, (sub, t) in enumerate(zip(layer.sublayers, tree,
-                                                                strict=True))]
+def check_positive_int(layer_name: str, argument: str, value: Any) -> int:
+    """``value`` as a Python int, or a clear error unless it is an integer ``>= 1``.
+
+    Any integer type is accepted (``3``, ``np.int64(3)``); ``True`` is refused, as are floats
+    (``3.0``) and arrays.
+
+    >>> import numpy as np
+    >>> check_positive_int("dense", "features", np.int64(3))
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{layer_name}: {argument} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    inner = ", ".join("any" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def check_params(layer_name: str, params: Params,
+                 expected: Mapping[str, Sequence[int | None]]) -> None:
+    """A clear error unless ``params`` holds exactly the entries ``expected`` describes.
+
+    Called in ``forward`` while tracing (so under ``jit`` too). ``expected`` maps each entry's
+    name to its shape, ``None`` standing for a size the input decides (checked against the
+    input by :func:`check_features`). Every entry must be a floating-point array. A layer
+    without parameters passes ``{}`` and accepts any pytree without arrays (``()``, ``{}``).
+
+    Raises:
+      ValueError: naming the layer and the missing, extra or mis-shaped entry, with the
+        expected and the actual shape.
+      TypeError: naming the layer and the entry that is not a floating-point array.
+    """
+    if not expected:
+        leaves = jax.tree_util.tree_leaves(params)
+        if leaves:
+            raise ValueError(f"{layer_name}: takes no parameters, got params with "
+                             f"{len(leaves)} array(s): {params!r:.200}; pass ()")
+        return
+    wanted = ", ".join(f"{name!r} {_shape_text(shape)}" for name, shape in expected.items())
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{layer_name}: params must be a dict with the entries {wanted}, got "
+                         f"{type(params).__name__}")
+    for name in expected:
+        if name not in params:
+            raise ValueError(f"{layer_name}: params lack the entry {name!r}; expected the "
+                             f"entries {wanted}, got {sorted(params)}")
+    for name in params:
+        if name not in expected:
+            raise ValueError(f"{layer_name}: params have an unexpected entry {name!r}; expected "
+                             f"the entries {wanted}")
+    for name, shape in expected.items():
+        _check_param_entry(layer_name, name, params[name], tuple(shape))
+
+
+def _check_param_entry(layer_name: str, name: str, value: Any,
+                       shape: tuple[int | None, ...]) -> None:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{layer_name}: params[{name!r}] must be a floating-point array, got "
+                        f"{'dtype ' + str(dtype) if dtype is not None else type(value).__name__}")
+    got = tuple(value.shape)
+    if len(got) != len(shape) or any(
+        e is not None and e != g for e, g in zip(shape, got, strict=True)
+    ):
+        raise ValueError(f"{layer_name}: params[{name!r}] must have shape "
+                         f"{_shape_text(shape)}, got {got}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import math
 import os
 import zlib
 from collections.abc import Callable, Iterator
@@ -64,9 +65,30 @@ def _require(module: str, extra: str, what: str):
         ) from err
 
 
-def _labels(y: np.ndarray) -> jax.Array:
-    """``(m, 1)`` labels: float32 0/1 for two classes, int32 class indices otherwise."""
+def _labels(y: np.ndarray, where: str = "labels") -> jax.Array:
+    """``(m, 1)`` labels: float32 0/1 for two classes, int32 class indices otherwise.
+
+    Raises:
+      DataFileError: labels that are not class numbers 0, 1, …: text, NaN, fractions (0.1/0.9
+        would otherwise truncate to 0) or negative values (−1/+1 files), naming the fix.
+    """
     y = np.asarray(y).reshape(-1, 1)
+    if y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataFileError(f"{where}: labels must be class numbers 0, 1, …, got dtype {y.dtype} "
+                            f"(convert text labels to class numbers)")
+    if not np.all(np.isfinite(y)):
+        raise DataFileError(f"{where}: labels must be class numbers 0, 1, …, got NaN or inf")
+    fractional = y[y != np.round(y)]
+    if fractional.size:
+        raise DataFileError(f"{where}: labels must be whole class numbers 0, 1, …, got "
+                            f"{fractional[0]}; threshold soft labels first (y > 0.5)")
+    if y.size and y.min() < 0:
+        hint = ("; map −1/+1 labels to 0/1 with (y + 1) / 2"
+                if set(np.unique(y).tolist()) == {-1, 1} else "")
+        raise DataFileError(f"{where}: labels must be class numbers 0, 1, …, got "
+                            f"{y.min():g}{hint}")
     if y.size and set(np.unique(y).tolist()) <= {0, 1}:
         return jnp.asarray(y, jnp.float32)
     return jnp.asarray(y, jnp.int32)
@@ -196,13 +218,57 @@ def load_builtin(name: str, seed: int = 1) -> tuple[jax.Array, jax.Array]:
 # --- HDF5 files -------------------------------------------------------------------------------
 
 
+def _h5_split(f, path: str, split: str | None) -> str:
+    """The split to read: ``split``, or the only one the file holds."""
+    present = [s for s in ("train", "test") if f"{s}_set_x" in f and f"{s}_set_y" in f]
+    if split is None:
+        if len(present) != 1:
+            found = ", ".join(sorted(f.keys())) or "nothing"
+            raise DataFileError(
+                f"{path}: expected one pair of datasets train_set_x/train_set_y or "
+                f"test_set_x/test_set_y (or pass split=), found: {found}"
+            )
+        return present[0]
+    if split not in present:
+        raise DataFileError(f"{path}: no {split}_set_x/{split}_set_y datasets; found "
+                            f"{', '.join(sorted(f.keys()))}")
+    return split
+
+
+def _h5_dataset(f, path: str, name: str) -> np.ndarray:
+    """The array of dataset ``name`` (an error naming it when it is a group)."""
+    h5py = _require("h5py", "data", "jaxnn.data.load_h5")
+    node = f[name]
+    if not isinstance(node, h5py.Dataset):
+        raise DataFileError(f"{path}: {name} is an HDF5 {type(node).__name__.lower()}, "
+                            f"expected a dataset")
+    try:
+        return np.asarray(node[()])
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise DataFileError(f"{path}: cannot read {name} ({err})") from err
+
+
+def _h5_images(x: np.ndarray, path: str, split: str) -> jax.Array:
+    """``(m, ...)`` images 0…255 → ``(m, features)`` in [0, 1]."""
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataFileError(f"{path}: {split}_set_x must hold (m, ...) images with m >= 1, got "
+                            f"shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataFileError(f"{path}: {split}_set_x has non-numeric dtype {x.dtype}")
+    x = x.reshape(x.shape[0], -1).astype(np.float32)
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise DataFileError(f"{path}: {split}_set_x values must lie in [0, 255], got "
+                            f"[{x.min()}, {x.max()}]")
+    return jnp.asarray(x / 255.0)
+
+
 def load_h5(path: str | os.PathLike, split: str | None = None):
     """Images and labels from an HDF5 file in the classic cat-vs-non-cat layout.
 
     The file holds ``{split}_set_x`` (``m`` images, ``(m, h, w, c)`` or ``(m, h, w)``, pixel
-    values 0…255), ``{split}_set_y`` (``m`` labels, shape ``(m,)``, ``(m, 1)`` or ``(1, m)``)
-    and optionally ``list_classes``. Images are flattened to ``(m, h·w·c)`` and scaled to
-    [0, 1]; labels become ``(m, 1)``.
+    values 0…255), ``{split}_set_y`` (``m`` class numbers, shape ``(m,)``, ``(m, 1)`` or
+    ``(1, m)``) and optionally ``list_classes``. Images are flattened to ``(m, h·w·c)`` and
+    scaled to [0, 1]; labels become ``(m, 1)``.
 
     Args:
       path: the ``.h5`` file.
@@ -221,43 +287,20 @@ def load_h5(path: str | os.PathLike, split: str | None = None):
     except OSError as err:
         raise DataFileError(f"{path}: not a readable HDF5 file ({err})") from err
     with f:
-        present = [s for s in ("train", "test") if f"{s}_set_x" in f and f"{s}_set_y" in f]
-        if split is None:
-            if len(present) != 1:
-                found = ", ".join(sorted(f.keys())) or "nothing"
-                raise DataFileError(
-                    f"{path}: expected one pair of datasets train_set_x/train_set_y or "
-                    f"test_set_x/test_set_y (or pass split=), found: {found}"
-                )
-            split = present[0]
-        elif split not in present:
-            raise DataFileError(f"{path}: no {split}_set_x/{split}_set_y datasets; found "
-                                f"{', '.join(sorted(f.keys()))}")
-        try:
-            x = np.asarray(f[f"{split}_set_x"][()])
-            y = np.asarray(f[f"{split}_set_y"][()])
-            classes = (
-                [c.decode() if isinstance(c, bytes) else str(c) for c in f["list_classes"][()]]
-                if "list_classes" in f else None
-            )
-        except (OSError, KeyError, ValueError) as err:
-            raise DataFileError(f"{path}: cannot read {split} set ({err})") from err
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise DataFileError(f"{path}: {split}_set_x must hold (m, ...) images with m >= 1, got "
-                            f"shape {x.shape}")
+        split = _h5_split(f, path, split)
+        x = _h5_dataset(f, path, f"{split}_set_x")
+        y = _h5_dataset(f, path, f"{split}_set_y")
+        classes = ([c.decode() if isinstance(c, bytes) else str(c)
+                    for c in _h5_dataset(f, path, "list_classes")]
+                   if "list_classes" in f else None)
+    x = _h5_images(x, path, split)
     m = x.shape[0]
     if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == m and m != 1:
         y = y.reshape(-1)
     if y.size != m or (y.ndim == 2 and y.shape[1] != 1) or y.ndim > 2:
         raise DataFileError(f"{path}: {split}_set_y has shape {y.shape}, expected {m} labels "
                             f"for the {m} images of {split}_set_x")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataFileError(f"{path}: {split}_set_x has non-numeric dtype {x.dtype}")
-    x = x.reshape(m, -1).astype(np.float32)
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise DataFileError(f"{path}: {split}_set_x values must lie in [0, 255], got "
-                            f"[{x.min()}, {x.max()}]")
-    return jnp.asarray(x / 255.0), _labels(y.astype(np.int64)), classes
+    return x, _labels(y, f"{path}: {split}_set_y"), classes
 
 
 # --- IDX (MNIST-format) files -----------------------------------------------------------------
@@ -310,7 +353,7 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
                             f"the file has {len(raw)}")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # a Python int: no overflow
     got = len(raw) - header
     if got != expected:
         what = "truncated" if got < expected else "has trailing bytes"
@@ -338,7 +381,7 @@ def load_mnist(images: str | os.PathLike, labels: str | os.PathLike):
                             f"{os.fspath(labels)} has {y.shape[0]} labels")
     if x.dtype == np.uint8:
         x = x / 255.0
-    return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32), _labels(y.astype(np.int64))
+    return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32), _labels(y, os.fspath(labels))
 
 
 # --- preparation ------------------------------------------------------------------------------

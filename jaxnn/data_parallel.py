@@ -16,6 +16,10 @@ process, so :func:`data_mesh` spans all hosts. Each process passes its own part 
 batch (its ``local batch``, examples ``[p·b, (p+1)·b)`` for process ``p``, say): :func:`shard_batch`
 assembles the global array with ``jax.make_array_from_process_local_data``. Everything else is
 the same program on every process; the library adds no orchestration of its own.
+``examples/multi_process.py`` is the recipe (CPU collectives through gloo), and
+``tests/test_multi_process.py`` runs it as 2 and 4 processes against one. To split the
+parameters and optimizer state themselves instead of replicating them, see
+:mod:`jaxnn.sharding`.
 """
 
 from __future__ import annotations

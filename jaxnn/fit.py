@@ -21,6 +21,7 @@ loss to take example weights; dropping is what ``drop_remainder=True`` input pip
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -129,6 +130,24 @@ def make_epoch(
     return epoch_fn
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh) -> Callable:
+    return make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
+                      mesh=mesh)
+
+
+def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs) -> Callable:
+    """:func:`make_epoch`, the same compiled function for the same pieces, so that training in
+    several :func:`fit` calls (between checkpoints, say) compiles once."""
+    if carry_specs is None:
+        try:
+            return _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh)
+        except TypeError:  # an unhashable piece: a fresh epoch function
+            pass
+    return make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
+                      mesh=mesh, carry_specs=carry_specs)
+
+
 def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: int,
                          mesh: Mesh | None) -> None:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
@@ -194,8 +213,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         carry_specs = sharding.layout(model, optimizer, params, opt_state, mesh, shard_params)
         params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
         state, x, y, key = data_parallel.replicate((state, x, y, key), mesh)
-    epoch_fn = make_epoch(model, loss, optimizer, batch_size=batch_size, gradients=gradients,
-                          mesh=mesh, carry_specs=carry_specs)
+    epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
     history = []
     for epoch in range(start_epoch, start_epoch + epochs):
         params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,

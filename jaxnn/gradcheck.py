@@ -46,7 +46,7 @@ import numpy as np
 from jaxnn import _report_render
 from jaxnn._undecorated import undecorated
 from jaxnn.chain import value_and_grad
-from jaxnn.core import Layer, apply, map_leaves, reference_apply
+from jaxnn.core import Layer, apply, map_leaves, reference_apply, sublayer_labels
 from jaxnn.losses import Loss
 
 __all__ = [
@@ -486,17 +486,34 @@ def check_model(
 
 
 def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
-    """``(layer_path, parameter_name)`` for every leaf of ``params``, in flattening order."""
+    """``(layer_path, parameter_name)`` for every leaf of ``params``, in flattening order.
+
+    The layer path names each sublayer by its name in a named combinator
+    (``serial/head:dense``) or by its position (``serial/1:dense``).
+    """
     out = []
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         layer, where, keys = model, model.name, list(path)
-        while keys and layer.sublayers and isinstance(keys[0], jax.tree_util.SequenceKey):
-            i = keys.pop(0).idx
+        while keys and layer.sublayers:
+            label = _sublayer_key(layer, keys[0])
+            if label is None:
+                break
+            keys.pop(0)
+            i = sublayer_labels(layer).index(label)
             layer = layer.sublayers[i]
-            where = f"{where}/{i}:{layer.name}"
+            where = f"{where}/{label}:{layer.name}"
         param = "".join(_key_name(k) for k in keys).lstrip(".") or "(array)"
         out.append((where, param))
     return out
+
+
+def _sublayer_key(layer: Layer, key) -> str | None:
+    """The label of the sublayer a tree-path key selects in a combinator's params, or None."""
+    if layer.names and isinstance(key, jax.tree_util.DictKey) and key.key in layer.names:
+        return key.key
+    if not layer.names and isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    return None
 
 
 # --- any function with a custom derivative rule -----------------------------------------------

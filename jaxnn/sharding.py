@@ -170,10 +170,11 @@ def _rebuild_like(model: Layer, params: Any, leaf_specs: Iterator[Any]) -> Any:
     """``params``' container structure with every leaf layer's entry from ``leaf_specs``."""
     if not model.sublayers:
         return next(leaf_specs)
-    entries = [_rebuild_like(sub, p, leaf_specs) for _, sub, p in children(model, params)]
+    entries = [(label, _rebuild_like(sub, p, leaf_specs))
+               for label, sub, p in children(model, params)]
     if isinstance(params, dict):
-        return dict(zip(params.keys(), entries, strict=True))
-    return tuple(entries)
+        return dict(entries)
+    return tuple(entry for _, entry in entries)
 
 
 def param_specs(model: Layer, params: Any, mesh: Mesh, strategy: str = "fsdp", *,

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from jaxnn.core import Layer
+from jaxnn.core import Layer, sublayer_labels
 
 __all__ = ["summary"]
 
@@ -43,8 +43,9 @@ def _instrument(layer: Layer, path: str, depth: int, rows: list[_Row]) -> Layer:
         if layer.rebuild is None:
             raise ValueError(f"summary: combinator {layer.name!r} has sublayers but no rebuild "
                              f"function")
-        children = tuple(_instrument(sub, f"{path}/{i}:{sub.name}", depth + 1, rows)
-                         for i, sub in enumerate(layer.sublayers))
+        children = tuple(_instrument(sub, f"{path}/{label}:{sub.name}", depth + 1, rows)
+                         for label, sub in zip(sublayer_labels(layer), layer.sublayers,
+                                               strict=True))
         layer = layer.rebuild(children)
     inner, leaf = layer.init, not layer.sublayers
 
@@ -85,8 +86,9 @@ def summary(model: Layer, in_shape: Sequence[int], *, key: jax.Array | None = No
 
     Returns:
       The table as a string (``print`` it). Rows are named by path as in gradient-check
-      reports (``serial/3:dense``), combinators before the layers they contain; the parameter
-      count of a combinator's row is the total of its block. The last lines give the total
+      reports (``serial/3:dense``, or ``serial/head:dense`` for a named layer), combinators
+      before the layers they contain; the parameter count of a combinator's row is the total
+      of its block. The last lines give the total
       number of parameters and, if any layer keeps state (running statistics), of state
       entries.
 

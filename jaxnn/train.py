@@ -73,7 +73,7 @@ def make_train_step(
         (value, new_state), grads = gradient(params, state, x, y, key, opt_state)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, _same_empty_state(state, new_state), opt_state, value
+        return params, new_state, opt_state, value
 
     if jit:
         step = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
@@ -97,14 +97,6 @@ def _gradient_function(model: Layer, loss: Loss, gradients: str | Callable) -> C
             params, state, x, y, key)
     raise ValueError(f"make_train_step: gradients must be 'hand', 'autodiff' or a gradient "
                      f"function, got {gradients!r}")
-
-
-def _same_empty_state(state: Any, new_state: Any) -> Any:
-    # a network without state takes () and must hand () back, so that a scan's carry keeps its
-    # structure while combinators of stateless layers still return one () per sublayer
-    if not jax.tree.leaves(state) and not jax.tree.leaves(new_state):
-        return state
-    return new_state
 
 
 @functools.partial(jax.jit, static_argnames=("step", "n_steps"))

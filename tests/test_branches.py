@@ -25,6 +25,9 @@ GRADCHECK_CASES = {
                   (2, 5, 3)),
         LayerCase(lambda: jaxnn.parallel(jaxnn.batch_norm(), jaxnn.dense(2)), (5, 3),
                   {"train": True}),
+        # named: params and state are dicts keyed by the names, flattened in sorted order
+        LayerCase(lambda: jaxnn.parallel(wide=jaxnn.dense(3), norm=jaxnn.batch_norm(),
+                                         act=jaxnn.tanh()), (5, 3), {"train": True}),
     ],
     "concatenate": [
         LayerCase(lambda: jaxnn.concatenate(), ((4, 3), (4, 2))),
@@ -192,11 +195,12 @@ def test_residual_forward_adds_the_input_and_backward_adds_dy(key):
                          jaxnn.dense(3, dtype=jnp.float64))
     block = jaxnn.residual(inner)
     _, params, state = block.init(key, (-1, 3))
-    assert len(params) == 1 and len(state) == 1
+    assert len(params) == 1 and state == ()  # nothing inside has state
     x = jax.random.normal(key, (5, 3))
     dy = jax.random.normal(jax.random.key(1), (5, 3))
-    y, _, residuals = block.forward(params, state, x)
-    fx, _, r = inner.forward(params[0], state[0], x)
+    y, new_state, residuals = block.forward(params, state, x)
+    assert new_state == ()
+    fx, _, r = inner.forward(params[0], (), x)
     np.testing.assert_allclose(y, x + fx, rtol=1e-15)
     grads, dx = block.backward(params, residuals, dy)
     g_inner, dx_inner = inner.backward(params[0], r, dy)

@@ -139,3 +139,14 @@ def test_a_checkpoint_gets_the_mode_of_an_ordinary_new_file(tmp_path):
     checkpoint.save(tmp_path / "c.npz", {"W": jnp.ones(1)})
     (tmp_path / "plain").write_bytes(b"")
     assert (tmp_path / "c.npz").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_overwriting_a_checkpoint_keeps_its_file_mode(tmp_path):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"W": jnp.ones(1)}, step=1)
+    os.chmod(path, 0o600)
+    checkpoint.save(path, {"W": jnp.ones(1)}, step=2)
+    assert path.stat().st_mode & 0o777 == 0o600
+    os.chmod(path, 0o640)
+    checkpoint.save(path, {"W": jnp.ones(1)}, step=3)
+    assert path.stat().st_mode & 0o777 == 0o640

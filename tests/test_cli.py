@@ -1,7 +1,9 @@
 """The ``jaxnn`` command, run as a subprocess the way users run it."""
 
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,11 +34,13 @@ def run_main(monkeypatch, cwd, *args):
 
 def _load_params(folder, sizes, seed=0, activation="relu", dropout=0.0):
     """The params saved in ``folder``'s checkpoint, read against a freshly built template."""
-    model = cli.build_model(sizes, activation, dropout)
-    _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
     meta = checkpoint.load_metadata(folder / "checkpoint.npz")
-    opt = cli.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"])
-    template = {"params": params, "state": state, "opt_state": opt.init(params)}
+    model = cli.build_model(sizes, activation, meta["config"]["dropout"])
+    _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
+    opt = cli.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"], model,
+                             meta["config"]["l2"])
+    template = {"params": params, "state": state, "opt_state": opt.init(params),
+                "costs": np.zeros(meta["step"], np.float32)}
     return checkpoint.load(folder / "checkpoint.npz", template), meta
 
 
@@ -67,7 +71,7 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 60 and 0 <= metrics["test_accuracy"] <= 1
     restored, meta = _load_params(run, [2, 20, 7, 5, 1])
-    assert meta["step"] == 60 and len(meta["costs"]) == 60
+    assert meta["step"] == 60 and restored["costs"].shape == (60,)
     assert meta["config"]["layers"] == "2,20,7,5,1" and meta["config"]["dataset"] is None
     # the saved parameters are the trained ones: they reproduce the reported accuracy
     ds = cli.load_dataset(None, None, None, seed=0)
@@ -75,7 +79,7 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     acc = jaxnn.accuracy(jaxnn.predict(model, restored["params"], ds.x_test), ds.y_test)
     assert float(acc) == pytest.approx(metrics["test_accuracy"])
     # and the costs went down
-    assert meta["costs"][-1] < meta["costs"][0]
+    assert restored["costs"][-1] < restored["costs"][0]
 
 
 @pytest.mark.slow
@@ -94,21 +98,22 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, monkeypatch
                                                            extra):
     sizes = [2, 8, 1]
     common = ["--layers", "2,8,1", "--seed", "3", "--no-progress", *extra]
-    assert run_main(monkeypatch, tmp_path, "train", *common, "--steps", 14, "--out",
+    steps_per_epoch = 320 // int(extra[extra.index("--batch-size") + 1])
+    assert run_main(monkeypatch, tmp_path, "train", *common, "--epochs", 4, "--out",
                     "whole") == 0
-    assert run_main(monkeypatch, tmp_path, "train", *common, "--steps", 7, "--out",
+    assert run_main(monkeypatch, tmp_path, "train", *common, "--epochs", 2, "--out",
                     "split") == 0
     capsys.readouterr()
-    # 7 steps, then resumed up to 14: the same batches, dropout masks and optimizer state
-    assert run_main(monkeypatch, tmp_path, "train", "--resume", "split", "--steps", 14,
+    # 2 epochs, then resumed up to 4: the same batches, dropout masks and optimizer state
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "split", "--epochs", 4,
                     "--no-progress") == 0
-    assert "steps 7→14" in capsys.readouterr().out
+    assert f"steps {2 * steps_per_epoch}→{4 * steps_per_epoch}" in capsys.readouterr().out
     dropout = 0.2 if "--dropout" in extra else 0.0
     a, meta_a = _load_params(tmp_path / "whole", sizes, seed=3, dropout=dropout)
     b, meta_b = _load_params(tmp_path / "split", sizes, seed=3, dropout=dropout)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert meta_a["costs"] == meta_b["costs"] and len(meta_b["costs"]) == 14
+    assert meta_a["step"] == meta_b["step"] == len(b["costs"]) == 4 * steps_per_epoch
 
 
 def test_resume_refuses_changed_options(short_run, tmp_path, monkeypatch, capsys):
@@ -338,31 +343,40 @@ def test_the_real_benchmark_exposes_main_with_a_quick_mode():
 def test_epochs_count_steps_per_pass_over_the_training_set(tmp_path, monkeypatch, capsys):
     assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--epochs", 2,
                     "--batch-size", 100, "--no-progress") == 0
-    assert "steps 0→8, batch 100" in capsys.readouterr().out  # 320 examples: 4 batches/epoch
-    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 8
+    # 320 examples: 3 batches of 100 per epoch, 20 examples of each shuffle left out
+    assert "steps 0→6, batch 100 (3 steps per epoch" in capsys.readouterr().out
+    assert checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["step"] == 6
+
+
+def test_steps_round_up_to_whole_epochs(tmp_path, monkeypatch, capsys):
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 7,
+                    "--batch-size", 100, "--no-progress") == 0
+    assert "steps 0→9, batch 100" in capsys.readouterr().out
+
+
+def _signal_after_epochs(monkeypatch, signum, epochs):
+    """Delivers ``signum`` to this process at the end of epoch ``epochs`` of ``jaxnn.fit``."""
+    real = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def on_epoch_then_signal(epoch, *rest):
+            if epoch + 1 == epochs:
+                os.kill(os.getpid(), signum)
+            return on_epoch(epoch, *rest)
+
+        return real(*args, on_epoch=on_epoch_then_signal, **kwargs)
+
+    monkeypatch.setattr(jaxnn, "fit", fit)
 
 
 def test_an_interrupted_run_saves_a_checkpoint_it_can_resume_from(tmp_path, monkeypatch,
                                                                   capsys):
-    real = jaxnn.make_train_step
-
-    def interrupted_after_5(*args, **kwargs):
-        step, calls = real(*args, **kwargs), []
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) > 5:
-                raise KeyboardInterrupt
-            return step(*a)
-
-        return wrapped
-
-    monkeypatch.setattr(jaxnn, "make_train_step", interrupted_after_5)
+    _signal_after_epochs(monkeypatch, signal.SIGINT, 5)
     assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 10,
                     "--no-progress") == 130
-    assert "interrupted at step 5" in capsys.readouterr().err
-    meta = checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")
-    assert meta["step"] == 5 and len(meta["costs"]) == 5
+    assert "interrupted (SIGINT) at step 5" in capsys.readouterr().err
+    params, meta = _load_params(tmp_path / "jaxnn-out", [2, 4, 1])
+    assert meta["step"] == 5 and len(params["costs"]) == 5
 
 
 def test_summary_prints_the_layers_and_the_parameter_count(capsys):
@@ -375,10 +389,11 @@ def test_summary_prints_the_layers_and_the_parameter_count(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["--print-every", "0"], "--print-every must be at least 1, got 0"),
-    (["--lr", "-0.1"], "--lr must be positive and --l2 non-negative, got -0.1 and 0.0"),
-    (["--steps", "0"], "--steps/--epochs must be positive, got 0"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--print-every", "0"], "--print-every 0: must be at least 1"),
+    (["--lr", "-0.1"], "--lr -0.1: the learning rate must be a positive finite number"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--epochs", "-1"], "--epochs -1: must be at least 1"),
 ])
 def test_out_of_range_numbers_are_refused_by_name(tmp_path, monkeypatch, capsys, args, message):
     assert run_main(monkeypatch, tmp_path, "train", *args) == 1
@@ -391,3 +406,202 @@ def test_train_without_the_cli_extra_names_it(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "needs the optional package 'matplotlib'" in err
     assert 'install it with pip install "jaxnn[cli]"' in err
+
+
+# --- runs that never lose work ----------------------------------------------------------------
+
+TINY = ["--layers", "2,4,1", "--no-progress"]
+
+
+def _run_and_read(monkeypatch, cwd, out, *args):
+    status = run_main(monkeypatch, cwd, "train", *TINY, "--out", out, *args)
+    params, meta = _load_params(cwd / out, [2, 4, 1])
+    return status, params, meta
+
+
+def test_the_cost_history_grows_on_the_host_and_is_saved_as_an_array(tmp_path, monkeypatch):
+    history = cli.CostHistory()
+    chunks = [np.full(n, n, np.float32) for n in (3, 1000, 1, 5000, 7)]
+    buffers = set()
+    for chunk in chunks:
+        history.extend(chunk)
+        buffers.add(id(history._buffer))
+    np.testing.assert_array_equal(history.values, np.concatenate(chunks))
+    assert len(buffers) <= 4  # regrown by doubling, not once per epoch
+    # the checkpoint holds the history as one float32 array, not as JSON numbers
+    _, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 12,
+                                    "--save-every", 5)
+    assert "costs" not in meta and params["costs"].dtype == np.float32
+    assert params["costs"].shape == (12,)
+
+
+@pytest.mark.parametrize("signum,epochs", [(signal.SIGINT, 1), (signal.SIGINT, 3),
+                                           (signal.SIGINT, 8), (signal.SIGTERM, 4)])
+def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
+        tmp_path, monkeypatch, capsys, signum, epochs):
+    common = ["--batch-size", "100", "--optimizer", "adam", "--dropout", "0.1", "--seed", "5"]
+    _signal_after_epochs(monkeypatch, signum, epochs)
+    status, cut, meta = _run_and_read(monkeypatch, tmp_path, "cut", *common, "--epochs", 9)
+    assert status == 128 + signum
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}) at step {3 * epochs}" in capsys.readouterr().err
+    # step, parameters and history agree: the history has exactly `step` costs
+    assert meta["step"] == 3 * epochs and cut["costs"].shape == (3 * epochs,)
+    monkeypatch.undo()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "cut", "--epochs", 9,
+                    "--no-progress") == 0
+    status, whole, _ = _run_and_read(monkeypatch, tmp_path, "whole", *common, "--epochs", 9)
+    resumed, _ = _load_params(tmp_path / "cut", [2, 4, 1])
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_second_signal_while_saving_is_ignored(tmp_path, monkeypatch, capsys):
+    real = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def twice(epoch, *rest):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            return on_epoch(epoch, *rest)
+
+        return real(*args, on_epoch=twice, **kwargs)
+
+    monkeypatch.setattr(jaxnn, "fit", fit)
+    status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 10)
+    assert status == 130 and meta["step"] == 1 and params["costs"].shape == (1,)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_end_writes_what_it_can_and_exits_1_with_one_line(
+        tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", disk_full)
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--steps", 3) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["jaxnn train: error: could not write jaxnn-out/checkpoint.npz (No space "
+                   "left on device)"]
+    out = tmp_path / "jaxnn-out"
+    assert json.loads((out / "metrics.json").read_text())["step"] == 3
+    assert (out / "cost.png").exists() and (out / "decision_boundary.png").exists()
+
+
+def _h5(path, x, y):
+    with h5py.File(path, "w") as f:
+        f["train_set_x"] = x
+        if isinstance(y, str):
+            f.create_group("train_set_y")
+        else:
+            f["train_set_y"] = y
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("out-is-a-file", ["--out", "afile"], "--out afile: exists and is not a folder"),
+    ("out-under-a-file", ["--out", "afile/run"], "--out afile/run: cannot create the folder"),
+    ("seed-negative", ["--seed", "-1"], "--seed -1: the seed must lie in [0, 4294967295]"),
+    ("seed-huge", ["--seed", str(2**70)], f"--seed {2**70}: the seed must lie in"),
+    ("lr-nan", ["--lr", "nan"], "--lr nan: the learning rate must be a positive finite number"),
+    ("lr-inf", ["--lr", "inf"], "--lr inf: the learning rate must be a positive finite number"),
+    ("l2-nan", ["--l2", "nan"], "--l2 nan: λ must be a finite number >= 0"),
+    ("two-examples", ["--data", "two.h5", "--layers", "4,1"],
+     "two.h5: 2 examples are too few to hold 20% out for testing"),
+    ("string-labels", ["--data", "text.h5", "--layers", "4,1"],
+     "text.h5: train_set_y: labels must be class numbers 0, 1, …, got dtype |S3"),
+    ("minus-one-plus-one", ["--data", "pm.h5", "--layers", "4,1"],
+     "map −1/+1 labels to 0/1 with (y + 1) / 2"),
+    ("fractional-labels", ["--data", "soft.h5", "--layers", "4,1"],
+     "labels must be whole class numbers 0, 1, …, got 0.1"),
+    ("group", ["--data", "group.h5", "--layers", "4,1"],
+     "group.h5: train_set_y is an HDF5 group, expected a dataset"),
+    ("idx-overflow", ["--data", "huge,lab", "--layers", "4,1"], "huge: truncated: dimensions"),
+])
+def test_bad_places_seeds_numbers_and_files_get_one_line_and_exit_1(
+        tmp_path, monkeypatch, capsys, case, args, message):
+    (tmp_path / "afile").write_text("")
+    x = np.zeros((10, 2, 2), np.uint8)
+    _h5(tmp_path / "two.h5", x[:2], np.array([0, 1]))
+    _h5(tmp_path / "text.h5", x, np.array([b"cat", b"dog"] * 5))
+    _h5(tmp_path / "pm.h5", x, np.array([-1, 1] * 5))
+    _h5(tmp_path / "soft.h5", x, np.array([0.1, 0.9] * 5))
+    _h5(tmp_path / "group.h5", x, "group")
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 8, 4]) + np.full(4, 65536, ">u4").tobytes())
+    (tmp_path / "lab").write_bytes(bytes([0, 0, 8, 1]) + np.array([1], ">u4").tobytes() + b"\0")
+    assert run_main(monkeypatch, tmp_path, "train", *TINY[2:], "--steps", 2, *args) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_metrics_json_is_strict_json_when_the_cost_is_not_finite(tmp_path, monkeypatch):
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--steps", 3, "--lr", "1e30") == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text(),
+                         parse_constant=refuse)
+    assert metrics["final_cost"] is None
+
+
+def test_the_progress_rate_leaves_out_the_first_epoch(tmp_path, monkeypatch):
+    clock = [0.0]
+    bars = []
+    real = cli._progress_bar
+
+    def bar_on_a_fake_clock(*args):
+        bar = real(*args)
+        bar._time = lambda: clock[0]
+        bar.start_t = bar.last_print_t = 0.0
+        bars.append(bar)
+        return bar
+
+    real_fit = jaxnn.fit
+
+    def fit(*args, on_epoch, **kwargs):
+        def timed(epoch, *rest):
+            clock[0] += 100.0 if epoch == 0 else 0.01  # compilation, then 100 steps/s
+            return on_epoch(epoch, *rest)
+
+        return real_fit(*args, on_epoch=timed, **kwargs)
+
+    monkeypatch.setattr(cli, "_progress_bar", bar_on_a_fake_clock)
+    monkeypatch.setattr(jaxnn, "fit", fit)
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 11) == 0
+    meter = bars[0].format_meter(**{**bars[0].format_dict, "ncols": 200})
+    assert "100.00step/s" in meter, meter
+
+
+def test_resume_messages_quote_options_as_typed_and_accept_equal_values(tmp_path, monkeypatch,
+                                                                         capsys):
+    assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--lr", "0.2",
+                    "--steps", 2, "--no-progress") == 0
+    capsys.readouterr()
+    # the same values written differently are the same run
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--layers",
+                    "2, 4, 1", "--lr", "0.20", "--steps", 3, "--no-progress") == 0
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--lr", "2e-1",
+                    "--layers", " 2,4 ,1", "--steps", 4, "--no-progress") == 0
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--layers",
+                    "2, 5, 1", "--steps", 5) == 1
+    assert "--layers 2, 5, 1 differs from the resumed run's 2,4,1" in capsys.readouterr().err
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--epochs",
+                    "-1") == 1
+    assert "--epochs -1: must be at least 1" in capsys.readouterr().err
+
+
+def test_checkpoints_between_epochs_do_not_recompile_the_epoch(tmp_path, monkeypatch):
+    fit_module = sys.modules["jaxnn.fit"]
+    made = []
+    real = fit_module.make_epoch
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "make_epoch", counted)
+    fit_module._cached_epoch.cache_clear()
+    status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 6,
+                                         "--save-every", 2)
+    assert status == 0 and meta["step"] == 6 and len(made) == 1

@@ -205,6 +205,56 @@ def test_mnist_pair_scales_images_and_checks_counts(tmp_path):
         data.load_mnist(tmp_path / "img", tmp_path / "img")
 
 
+def _h5_with_labels(path, labels):
+    x = np.zeros((len(labels), 2, 2), np.uint8)
+    with h5py.File(path, "w") as f:
+        f["train_set_x"] = x
+        f["train_set_y"] = labels
+
+
+@pytest.mark.parametrize("labels,message", [
+    (np.array([b"cat", b"dog", b"cat"]), r"labels must be class numbers 0, 1, …, got dtype "
+                                          r"\|S3 \(convert text labels to class numbers\)"),
+    (np.array([-1.0, 1.0, 1.0]), r"labels must be class numbers 0, 1, …, got -1; map −1/\+1 "
+                                 r"labels to 0/1 with \(y \+ 1\) / 2"),
+    (np.array([0.1, 0.9, 0.9]), r"labels must be whole class numbers 0, 1, …, got 0.1; "
+                                r"threshold soft labels first"),
+    (np.array([0.0, np.nan, 1.0]), r"labels must be class numbers 0, 1, …, got NaN or inf"),
+], ids=["strings", "minus-one-plus-one", "fractional", "nan"])
+def test_h5_labels_that_are_not_class_numbers_are_refused_naming_the_fix(tmp_path, labels,
+                                                                          message):
+    _h5_with_labels(tmp_path / "bad.h5", labels)
+    with pytest.raises(data.DataFileError, match="bad.h5: train_set_y: " + message):
+        data.load_h5(tmp_path / "bad.h5")
+
+
+def test_idx_labels_minus_one_plus_one_and_fractions_are_refused(tmp_path):
+    (tmp_path / "img").write_bytes(idx_bytes(np.zeros((3, 2, 2), np.uint8), 0x08))
+    (tmp_path / "pm").write_bytes(idx_bytes(np.array([-1, 1, 1], np.int8), 0x09))
+    with pytest.raises(data.DataFileError, match=r"pm: labels .* map −1/\+1 labels to 0/1"):
+        data.load_mnist(tmp_path / "img", tmp_path / "pm")
+    (tmp_path / "soft").write_bytes(idx_bytes(np.array([0.1, 0.9, 0.9], np.float32), 0x0D))
+    with pytest.raises(data.DataFileError, match="soft: labels must be whole class numbers"):
+        data.load_mnist(tmp_path / "img", tmp_path / "soft")
+
+
+def test_an_h5_group_where_a_dataset_is_expected_is_named(tmp_path):
+    with h5py.File(tmp_path / "group.h5", "w") as f:
+        f.create_group("train_set_x")
+        f["train_set_y"] = np.array([0, 1])
+    with pytest.raises(data.DataFileError,
+                       match="group.h5: train_set_x is an HDF5 group, expected a dataset"):
+        data.load_h5(tmp_path / "group.h5")
+
+
+def test_an_idx_header_whose_sizes_overflow_is_named(tmp_path):
+    # 65536⁴ = 2⁶⁴ elements: the product wraps to 0 in 64-bit integers
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 0x08, 4]) + np.full(4, 65536, ">u4").tobytes())
+    with pytest.raises(data.DataFileError, match=r"huge: truncated: dimensions \(65536, 65536, "
+                                                 r"65536, 65536\) of uint8 need 1844674407"):
+        data.load_idx(tmp_path / "huge")
+
+
 # --- preparation ------------------------------------------------------------------------------
 
 

@@ -21,3 +21,11 @@ def test_classic_l_layer_binary_classifier_reaches_90_percent(capsys):
     out = capsys.readouterr().out
     assert "cost after step 0:" in out and "cost after step 1000:" in out
     assert acc >= 0.90
+
+
+@pytest.mark.slow
+def test_lstm_reading_digits_row_by_row_reaches_95_percent(capsys):
+    acc = load_example("sequence_digits").main([])
+    out = capsys.readouterr().out
+    assert f"test accuracy: {acc:.4f}" in out.splitlines()[-1]
+    assert acc >= 0.95

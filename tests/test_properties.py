@@ -161,7 +161,26 @@ def _remat(draw):
     return jaxnn.remat(layer), x, kwargs
 
 
+@st.composite
+def _recurrent(draw, make, n_states):
+    """A sequence ``(N, T, C)``, alone or with lengths in ``[0, T]`` and/or initial states."""
+    n, t, c = draw(SMALL), draw(SMALL), draw(SMALL)
+    hidden, with_lengths, initial = draw(SMALL), draw(st.booleans()), draw(st.booleans())
+    layer = make(hidden, return_sequences=draw(st.booleans()), lengths=with_lengths,
+                 initial_state=initial)
+    parts = [draw(_array((n, t, c), st.floats(-2, 2, width=64)))]
+    if with_lengths:
+        parts.append(jnp.asarray(draw(hnp.arrays(np.int32, (n,), elements=st.integers(0, t)))))
+    if initial:
+        parts += [draw(_array((n, hidden), st.floats(-1, 1, width=64))) for _ in range(n_states)]
+    if len(parts) == 1:
+        return layer, parts[0], {}
+    return layer, tuple(parts), {"in_shape": tuple(jnp.shape(p) for p in parts)}
+
+
 LAYER_STRATEGIES = {
+    "lstm": _recurrent(jaxnn.lstm, 2),
+    "gru": _recurrent(jaxnn.gru, 1),
     "conv": _conv(),
     "max_pool": _pool(jaxnn.max_pool),
     "avg_pool": _pool(jaxnn.avg_pool),

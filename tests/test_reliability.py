@@ -189,7 +189,7 @@ checkpoint.save(path, {"W": jnp.zeros(1000)}, step=2)
 """
 
 
-def test_a_crash_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+def test_a_save_killed_mid_write_leaves_the_old_checkpoint_and_the_next_save_cleans_up(tmp_path):
     import subprocess
     import sys
 
@@ -206,3 +206,71 @@ def test_a_crash_in_the_middle_of_a_write_leaves_the_previous_checkpoint_loadabl
     assert checkpoint.load_metadata(path)["step"] == 1
     restored = checkpoint.load(path, {"W": jnp.zeros(1000, jnp.float32)})
     np.testing.assert_array_equal(restored["W"], np.ones(1000))
+    # the next save removes the dead writer's leftover, and only its own
+    (tmp_path / ".tmp-other.npz.1.x.npz").write_bytes(b"")
+    checkpoint.save(path, {"W": jnp.zeros(1000)}, step=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.npz.1.x.npz", "c.npz"]
+
+
+# --- jaxnn train under real signals -------------------------------------------------------------
+
+_RUN = ["--layers", "2,6,1", "--batch-size", "8", "--optimizer", "adam", "--seed", "2",
+        "--print-every", "1", "--no-progress"]
+
+
+def _trained(folder):
+    from jaxnn import checkpoint, cli
+
+    meta = checkpoint.load_metadata(folder / "checkpoint.npz")
+    model = cli.build_model([2, 6, 1])
+    _, params, state = model.init(jax.random.key(0), (-1, 2))
+    template = {"params": params, "state": state, "opt_state": optax.adam(0.01).init(params),
+                "costs": np.zeros(meta["step"], np.float32)}
+    return checkpoint.load(folder / "checkpoint.npz", template), meta
+
+
+@pytest.mark.slow
+def test_real_signals_at_many_moments_save_checkpoints_that_resume_bit_for_bit(tmp_path):
+    """SIGINT/SIGTERM sent to a real ``jaxnn train`` at several moments, often while a cost
+    line prints: each checkpoint's step, parameters and history agree, and the resumed run ends
+    bit for bit where the uninterrupted one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+
+    def jaxnn_train(*args):  # in a process of its own, as the interrupted runs (no x64)
+        done = subprocess.run([sys.executable, "-m", "jaxnn", "train", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    jaxnn_train(*_RUN, "--epochs", "100", "--out", str(tmp_path / "whole"))
+    whole, _ = _trained(tmp_path / "whole")
+    interrupted = 0
+    for i, (signum, delay) in enumerate([(signal.SIGINT, 0.02), (signal.SIGINT, 0.2),
+                                         (signal.SIGTERM, 0.5), (signal.SIGINT, 1.0)]):
+        out = tmp_path / f"cut{i}"
+        proc = subprocess.Popen([sys.executable, "-m", "jaxnn", "train", *_RUN, "--epochs",
+                                 "100", "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        for line in proc.stdout:  # wait for training to start printing costs
+            if line.startswith("cost after step"):
+                break
+        time.sleep(delay)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:
+            continue  # finished before the signal arrived
+        assert proc.returncode == 128 + signum and "Traceback" not in err, err
+        interrupted += 1
+        cut, meta = _trained(out)
+        assert meta["step"] % 40 == 0 and cut["costs"].shape == (meta["step"],)
+        np.testing.assert_array_equal(cut["costs"], whole["costs"][: meta["step"]])
+        jaxnn_train("--resume", str(out), "--epochs", "100", "--no-progress")
+        resumed, _ = _trained(out)
+        for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert interrupted >= 2

@@ -55,7 +55,10 @@ def _pair(key, blocks, n_in=4, m=8):
     k1, k2, k3 = jax.random.split(key, 3)
     _, params, state = plain.init(k1, (-1, n_in))
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    as_remat = lambda tree: (*[(t,) for t in tree[:-1]], tree[-1])  # noqa: E731
+
+    def as_remat(tree):  # each block's entry wrapped in remat's 1-tuple; () stays () (no state)
+        return tree if tree == () else (*[(t,) for t in tree[:-1]], tree[-1])
+
     x = jax.random.normal(k2, (m, n_in), jnp.float64)
     y = jax.random.normal(k3, (m, 1), jnp.float64)
     return plain, wrapped, params, as_remat(params), state, as_remat(state), x, y, as_remat

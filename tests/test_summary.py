@@ -49,7 +49,7 @@ def test_cnn_rows_shapes_and_exact_parameter_counts():
     assert sum(p.size for p in jax.tree.leaves(params)) == conv1 + conv2 + dense
 
 
-def test_the_seeds_four_layer_network():
+def test_the_classic_four_layer_network():
     # [12288, 20, 7, 5, 1]: n[l]·n[l-1] weights and n[l] biases per layer
     sizes = [12288, 20, 7, 5, 1]
     layers = []
@@ -163,3 +163,21 @@ def test_parallel_residual_and_concatenate_rows():
     assert rows["serial/2:parallel"] == ["[(-1, 2), (-1, 3)]", "", f"{4 * 2 + 2 + 4 * 3 + 3}"]
     assert rows["serial/3:concatenate"] == ["(-1, 5)", "", "0"]
     assert rows["serial"][2] == f"{3 * 4 + 4 + 20 + 10 + 15}"
+
+
+def test_named_layers_are_rows_named_by_their_names():
+    net = jaxnn.serial(
+        enc=jaxnn.serial(jaxnn.dense(4), jaxnn.batch_norm()),
+        heads=jaxnn.parallel(("score", jaxnn.dense(1)), ("mask", jaxnn.dense(2))),
+        join=jaxnn.concatenate(),
+    )
+    text = jaxnn.summary(net, (-1, 3))
+    rows = _rows(text)
+    assert list(rows) == [
+        "serial", "serial/enc:serial", "serial/enc:serial/0:dense",
+        "serial/enc:serial/1:batch_norm", "serial/heads:parallel",
+        "serial/heads:parallel/score:dense", "serial/heads:parallel/mask:dense",
+        "serial/join:concatenate",
+    ]
+    assert rows["serial/heads:parallel/mask:dense"] == ["(-1, 2)", "W (4, 2), b (2,)", "10"]
+    assert text.splitlines()[-1] == "total state entries (not trained): 8"  # mean and var

@@ -22,6 +22,7 @@ from jaxnn.layers._dropout import dropout
 from jaxnn.layers._embedding import embedding
 from jaxnn.layers._norm import batch_norm, layer_norm, rms_norm
 from jaxnn.layers._pool import avg_pool, global_avg_pool, max_pool
+from jaxnn.layers._recurrent import gru, lstm
 from jaxnn.layers._remat import remat
 from jaxnn.layers._shape import flatten, reshape
 
@@ -37,9 +38,11 @@ __all__ = [
     "flatten",
     "gelu",
     "global_avg_pool",
+    "gru",
     "identity",
     "layer_norm",
     "leaky_relu",
+    "lstm",
     "max_pool",
     "parallel",
     "relu",

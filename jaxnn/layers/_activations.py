@@ -15,12 +15,13 @@ Each name has two faces:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxnn.core import Array, Layer, check_float, stateless_init
+from jaxnn.core import Array, Layer, check_float, check_params, stateless_init
 
 __all__ = [
     "elu",
@@ -50,6 +51,7 @@ def _elementwise(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         check_float(name, x)
         y = fn(x)
         return y, state, (x if keep == "input" else y)
@@ -211,6 +213,7 @@ def identity_layer() -> Layer:
     """Identity ``a = z``; backward ``dZ = dA``."""
 
     def forward(params, state, x, *, key=None, train=False):
+        check_params("identity", params, {})
         return x, state, ()
 
     def backward(params, residual, dy):
@@ -229,7 +232,12 @@ def softmax_layer(axis: int = -1) -> Layer:
     derivative is ``p − onehot``.
     """
 
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"softmax: axis must be an int, got {axis!r}")
+    axis = int(axis)
+
     def forward(params, state, x, *, key=None, train=False):
+        check_params("softmax", params, {})
         check_float("softmax", x)
         p = jax.nn.softmax(x, axis=axis)
         return p, state, p

@@ -14,23 +14,32 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxnn.core import Layer, split_key
+from jaxnn.core import Layer, children, split_key
+
+_NAME_RULE = "a non-empty str without '/', ':' or whitespace that is not all digits"
 
 
-def serial(*layers: Layer) -> Layer:
+def serial(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
     """The layers applied one after another.
 
-    Params and state are tuples with one entry per layer (``()`` may stand for the state of a
-    network without stateful layers). In ``forward`` each layer gets its own key split from
-    ``key`` (when one is given).
+    ``serial(f1, …, fL)`` takes positional layers: params and state are tuples with one entry
+    per layer. ``serial(("enc", f1), ("head", f2))`` or ``serial(enc=f1, head=f2)`` names them:
+    params and state are dicts keyed by the names, in order, and paths read
+    ``"serial/head:dense"``. A name is a non-empty str without ``/``, ``:`` or whitespace that is
+    not all digits (those would make paths ambiguous); duplicates and a mix of named and
+    positional layers are errors. A network whose layers have no state has state ``()``. In
+    ``forward`` each layer gets its own key split from ``key`` (when one is given).
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
     >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 3))
-    >>> out_shape
-    (-1, 1)
+    >>> out_shape, state
+    ((-1, 1), ())
+    >>> named = jaxnn.serial(enc=jaxnn.dense(4), head=jaxnn.dense(1))
+    >>> list(named.init(jax.random.key(0), (-1, 3))[1])
+    ['enc', 'head']
     """
-    _check_layers("serial", layers)
+    layers, names = _sublayers("serial", layers, named_layers)
     n = len(layers)
 
     def init(key, in_shape):
@@ -40,48 +49,93 @@ def serial(*layers: Layer) -> Layer:
             shape, p, s = layer.init(k, shape)
             params.append(p)
             states.append(s)
-        return shape, tuple(params), tuple(states)
+        return shape, _pack(names, params), _pack_state(names, states)
 
     def forward(params, state, x, *, key=None, train=False):
-        state = _children_state("serial", params, state, n)
+        entries = _entries(net, params, state)
         residuals, new_states = [], []
-        for layer, p, s, k in zip(layers, params, state, split_key(key, n), strict=True):
+        for (layer, p, s), k in zip(entries, split_key(key, n), strict=True):
             x, s, r = layer.forward(p, s, x, key=k, train=train)
             residuals.append(r)
             new_states.append(s)
-        return x, tuple(new_states), tuple(residuals)
+        return x, _pack_state(names, new_states), tuple(residuals)
 
     def backward(params, residuals, dy):
+        params = [p for _, _, p in children(net, params)]
         grads = [None] * n
         for i in reversed(range(n)):
             grads[i], dy = layers[i].backward(params[i], residuals[i], dy)
-        return tuple(grads), dy
+        return _pack(names, grads), dy
 
-    return Layer("serial", init, forward, backward, tuple(layers), lambda subs: serial(*subs))
-
-
-def _children_state(name: str, params, state, n: int):
-    """Checks a combinator's params and state (one entry per sublayer) and returns the state,
-    with ``()`` expanded to one ``()`` per sublayer."""
-    _check_tuple(name, "params", params, n)
-    state = _expand_empty_state(state, n)
-    _check_tuple(name, "state", state, n)
-    return state
+    net = Layer("serial", init, forward, backward, layers,
+                lambda subs: serial(*_relabel(names, subs)), names=names)
+    return net
 
 
-def _expand_empty_state(state, n: int):
-    """``()`` stands for "no state anywhere": the state of a network of stateless layers."""
-    return ((),) * n if state == () else state
+def _sublayers(name: str, layers: tuple, named: dict) -> tuple[tuple[Layer, ...], tuple[str, ...]]:
+    """A combinator's arguments as ``(sublayers, names)``; ``names`` is ``()`` when positional.
+
+    Accepts positional layers, ``(name, layer)`` pairs, or keyword arguments, not a mix.
+    """
+    pairs = [isinstance(a, tuple) and not isinstance(a, Layer) and len(a) == 2
+             and isinstance(a[1], Layer) for a in layers]
+    if named and layers:
+        raise TypeError(f"{name}: give the layers either all by position or all by name "
+                        f"(keywords or (name, layer) pairs), not both")
+    if any(pairs) and not all(pairs):
+        raise TypeError(f"{name}: argument {pairs.index(False)} is not a (name, layer) pair, "
+                        f"but others are: name every layer or none")
+    if not named and not any(pairs):
+        _check_layers(name, layers)
+        return tuple(layers), ()
+    entries = list(named.items()) if named else [tuple(pair) for pair in layers]
+    for label, _ in entries:
+        if not _valid_name(label):
+            raise ValueError(f"{name}: layer name {label!r} is invalid: a name is {_NAME_RULE}")
+    names = tuple(label for label, _ in entries)
+    duplicated = sorted({label for label in names if names.count(label) > 1})
+    if duplicated:
+        raise ValueError(f"{name}: duplicate layer names {duplicated}: every name must be unique")
+    sublayers = tuple(layer for _, layer in entries)
+    _check_layers(name, sublayers, names)
+    return sublayers, names
 
 
-def _check_tuple(name: str, what: str, value, n: int) -> None:
-    if not isinstance(value, tuple) or len(value) != n:
-        got = f"{type(value).__name__} of length {len(value)}" if isinstance(
-            value, tuple | list
-        ) else type(value).__name__
-        raise ValueError(
-            f"{name}: {what} must be a tuple of {n} entries (one per layer), got {got}"
-        )
+def _valid_name(label) -> bool:
+    return (isinstance(label, str) and bool(label) and not label.isdigit()
+            and not any(c in label for c in "/:") and not any(c.isspace() for c in label))
+
+
+def _relabel(names: tuple[str, ...], subs) -> tuple:
+    """Arguments that rebuild a combinator over ``subs`` with the same names."""
+    return tuple(zip(names, subs, strict=True)) if names else tuple(subs)
+
+
+def _pack(names: tuple[str, ...], values: list):
+    """One entry per sublayer: a dict keyed by ``names`` in order, or a tuple."""
+    return dict(zip(names, values, strict=True)) if names else tuple(values)
+
+
+def _is_empty(state) -> bool:
+    return isinstance(state, tuple) and not state
+
+
+def _pack_state(names: tuple[str, ...], states: list):
+    """A combinator's state: ``()`` when no sublayer has state (the one meaning of "no state"),
+    else one entry per sublayer."""
+    return () if all(_is_empty(s) for s in states) else _pack(names, states)
+
+
+def _entries(net: Layer, params, state) -> list[tuple[Layer, object, object]]:
+    """``(sublayer, params, state)`` per sublayer, checking ``params`` and ``state`` against
+    the combinator; state ``()`` gives ``()`` to every sublayer (a network without state)."""
+    if _is_empty(params):  # unlike state, a combinator's params are never () as a whole
+        want = (f"a dict with keys {list(net.names)}" if net.names
+                else f"a tuple of {len(net.sublayers)} entries")
+        raise ValueError(f"{net.name}: params must be {want} (one per layer), got ()")
+    ps = children(net, params, "params")
+    ss = children(net, state, "state")
+    return [(sub, p, s) for (_, sub, p), (_, _, s) in zip(ps, ss, strict=True)]
 
 
 # --- branches: parallel, concatenate, residual -------------------------------------------------
@@ -91,7 +145,7 @@ def _check_tuple(name: str, what: str, value, n: int) -> None:
 # `apply`, `jax.grad` and the gradient check treat the tuple as a pytree.
 
 
-def _check_layers(name: str, layers: tuple) -> None:
+def _check_layers(name: str, layers: tuple, names: tuple[str, ...] = ()) -> None:
     if not layers:
         raise ValueError(f"{name}: needs at least one layer")
     for i, layer in enumerate(layers):
@@ -99,7 +153,8 @@ def _check_layers(name: str, layers: tuple) -> None:
             hint = ""
             if callable(layer):
                 hint = " (did you forget the parentheses, e.g. jaxnn.relu()?)"
-            raise TypeError(f"{name}: argument {i} is {layer!r}, not a jaxnn.Layer{hint}")
+            which = f"layer {names[i]!r}" if names else f"argument {i}"
+            raise TypeError(f"{name}: {which} is {layer!r}, not a jaxnn.Layer{hint}")
 
 
 def _add_gradients(a, b):
@@ -111,13 +166,16 @@ def _add_gradients(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def parallel(*layers: Layer) -> Layer:
+def parallel(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
     """Fan-out: the same input to every branch; the output is the tuple of their outputs.
 
     ``parallel(f1, …, fk)(x) = (f1(x), …, fk(x))``. Backward: each branch gets its own entry of
     ``dy`` and, since ``x`` feeds every branch, ``dx = Σ_i dx_i`` (the multivariate chain rule).
-    Params and state are tuples with one entry per branch; each branch gets its own key. Follow
-    it with :func:`concatenate` (or any layer taking a tuple) to merge the branches.
+    Params and state are tuples with one entry per branch, or dicts keyed by the branches'
+    names when they are named as in :func:`serial` (``parallel(a=f1, b=f2)``); the output and
+    ``dy`` stay tuples in branch order. State is ``()`` when no branch has state; each branch
+    gets its own key. Follow it with :func:`concatenate` (or any layer taking a tuple) to merge
+    the branches.
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> net = jaxnn.serial(jaxnn.parallel(jaxnn.dense(2), jaxnn.dense(3)), jaxnn.concatenate())
@@ -125,7 +183,7 @@ def parallel(*layers: Layer) -> Layer:
     >>> out_shape
     (-1, 5)
     """
-    _check_layers("parallel", layers)
+    layers, names = _sublayers("parallel", layers, named_layers)
     n = len(layers)
 
     def init(key, in_shape):
@@ -135,29 +193,57 @@ def parallel(*layers: Layer) -> Layer:
             shapes.append(tuple(shape))
             params.append(p)
             states.append(s)
-        return tuple(shapes), tuple(params), tuple(states)
+        return tuple(shapes), _pack(names, params), _pack_state(names, states)
 
     def forward(params, state, x, *, key=None, train=False):
-        state = _children_state("parallel", params, state, n)
         ys, new_states, residuals = [], [], []
-        for layer, p, s, k in zip(layers, params, state, split_key(key, n), strict=True):
+        for (layer, p, s), k in zip(_entries(net, params, state), split_key(key, n), strict=True):
             y, s, r = layer.forward(p, s, x, key=k, train=train)
             ys.append(y)
             new_states.append(s)
             residuals.append(r)
-        return tuple(ys), tuple(new_states), tuple(residuals)
+        return tuple(ys), _pack_state(names, new_states), tuple(residuals)
 
     def backward(params, residuals, dy):
-        _check_tuple("parallel", "dy", dy, n)
+        if not isinstance(dy, tuple) or len(dy) != n:
+            got = f"{len(dy)} entries" if isinstance(dy, tuple | list) else type(dy).__name__
+            raise ValueError(f"parallel: dy must be a tuple of {n} entries (one per branch), "
+                             f"got {got}")
         grads, dx = [], None
-        for layer, p, r, d in zip(layers, params, residuals, dy, strict=True):
+        for (_, layer, p), r, d in zip(children(net, params), residuals, dy, strict=True):
             g, dx_branch = layer.backward(p, r, d)
             grads.append(g)
             dx = _add_gradients(dx, dx_branch)
-        return tuple(grads), dx
+        return _pack(names, grads), dx
 
-    return Layer("parallel", init, forward, backward, tuple(layers),
-                 lambda subs: parallel(*subs))
+    net = Layer("parallel", init, forward, backward, layers,
+                lambda subs: parallel(*_relabel(names, subs)), names=names)
+    return net
+
+
+def _as_tuple(what: str, value) -> tuple:
+    if not isinstance(value, tuple | list) or not value:
+        raise TypeError(f"concatenate: expects a non-empty tuple of {what} (e.g. from "
+                        f"jaxnn.parallel), got {value!r}")
+    return tuple(value)
+
+
+def _normalized_axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"concatenate: axis {axis} is out of range for inputs of rank {ndim}")
+    return axis % ndim
+
+
+def _concatenation_axis(axis: int, shapes: list[tuple]) -> int:
+    """The non-negative axis to join ``shapes`` along, after checking that they can be."""
+    ranks = {len(s) for s in shapes}
+    if len(ranks) != 1:
+        raise ValueError(f"concatenate: the inputs must have the same rank, got shapes {shapes}")
+    ax = _normalized_axis(axis, ranks.pop())
+    if len({s[:ax] + s[ax + 1:] for s in shapes}) != 1:
+        raise ValueError(f"concatenate: the inputs must agree on every axis but {axis}, got "
+                         f"shapes {shapes}")
+    return ax
 
 
 def concatenate(axis: int = -1) -> Layer:
@@ -169,62 +255,37 @@ def concatenate(axis: int = -1) -> Layer:
     arrays must have the same rank, dtype and sizes on every other axis (nothing is broadcast or
     promoted). No params or state.
     """
-    name = "concatenate"
     if not isinstance(axis, int) or isinstance(axis, bool):
-        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
-
-    def normalized(ndim: int) -> int:
-        if not -ndim <= axis < ndim:
-            raise ValueError(f"{name}: axis {axis} is out of range for inputs of rank {ndim}")
-        return axis % ndim
-
-    def check_shapes(shapes: list[tuple]) -> int:
-        ranks = {len(s) for s in shapes}
-        if len(ranks) != 1:
-            raise ValueError(f"{name}: the inputs must have the same rank, got shapes {shapes}")
-        ax = normalized(ranks.pop())
-        others = {s[:ax] + s[ax + 1:] for s in shapes}
-        if len(others) != 1:
-            raise ValueError(f"{name}: the inputs must agree on every axis but {axis}, got "
-                             f"shapes {shapes}")
-        return ax
-
-    def as_tuple(what: str, value) -> tuple:
-        if not isinstance(value, tuple | list) or not value:
-            raise TypeError(f"{name}: expects a non-empty tuple of {what} (e.g. from "
-                            f"jaxnn.parallel), got {value!r}")
-        return tuple(value)
+        raise TypeError(f"concatenate: axis must be an int, got {axis!r}")
 
     def init(key, in_shape):
         del key
         shapes = [tuple(s) if isinstance(s, tuple | list) else s
-                  for s in as_tuple("input shapes", in_shape)]
+                  for s in _as_tuple("input shapes", in_shape)]
         if not all(isinstance(s, tuple) for s in shapes):
-            raise TypeError(f"{name}: init expects a tuple of input shapes (e.g. from "
+            raise TypeError(f"concatenate: init expects a tuple of input shapes (e.g. from "
                             f"jaxnn.parallel), got {in_shape!r}")
-        ax = check_shapes(shapes)
+        ax = _concatenation_axis(axis, shapes)
         sizes = [s[ax] for s in shapes]
         total = -1 if any(d < 0 for d in sizes) else sum(sizes)
         return shapes[0][:ax] + (total,) + shapes[0][ax + 1:], (), ()
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        xs = as_tuple("arrays", x)
-        dtypes = {jnp.asarray(a).dtype for a in xs}
-        if len(dtypes) != 1:
-            raise TypeError(f"{name}: the inputs must share one dtype, got "
-                            f"{[str(jnp.asarray(a).dtype) for a in xs]}")
-        ax = check_shapes([tuple(jnp.shape(a)) for a in xs])
+        xs = _as_tuple("arrays", x)
+        dtypes = [str(jnp.asarray(a).dtype) for a in xs]
+        if len(set(dtypes)) != 1:
+            raise TypeError(f"concatenate: the inputs must share one dtype, got {dtypes}")
+        ax = _concatenation_axis(axis, [tuple(jnp.shape(a)) for a in xs])
         # the sizes are static Python ints: they say where backward splits dy
         sizes = tuple(int(jnp.shape(a)[ax]) for a in xs)
         return jnp.concatenate(xs, axis=ax), state, sizes
 
     def backward(params, sizes, dy):
-        ax = normalized(dy.ndim)
         offsets = [sum(sizes[:i]) for i in range(1, len(sizes))]
-        return (), tuple(jnp.split(dy, offsets, axis=ax))
+        return (), tuple(jnp.split(dy, offsets, axis=_normalized_axis(axis, dy.ndim)))
 
-    return Layer(name, init, forward, backward)
+    return Layer("concatenate", init, forward, backward)
 
 
 def residual(layer: Layer) -> Layer:
@@ -232,8 +293,8 @@ def residual(layer: Layer) -> Layer:
 
     Backward: ``dx = dy + dx_f``, where ``(dparams, dx_f) = f.backward(…, dy)``; the identity
     path passes ``dy`` through unchanged. ``f`` must map its input shape to itself (checked at
-    ``init`` and, at trace time, in ``forward``). Params and state are 1-tuples, aligned with
-    ``sublayers == (f,)``.
+    ``init`` and, at trace time, in ``forward``). Params are a 1-tuple aligned with
+    ``sublayers == (f,)``; so is state, or ``()`` when ``f`` has none.
 
     >>> import jax, jaxnn
     >>> block = jaxnn.residual(jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4)))
@@ -252,18 +313,20 @@ def residual(layer: Layer) -> Layer:
                 f"residual: x + f(x) needs f to keep the shape, but {layer!r} maps {in_shape} "
                 f"to {tuple(out_shape)}"
             )
-        return in_shape, (p,), (s,)
+        return in_shape, (p,), _pack_state((), [s])
 
     def forward(params, state, x, *, key=None, train=False):
-        state = _children_state("residual", params, state, 1)
-        fx, s, r = layer.forward(params[0], state[0], x, key=key, train=train)
+        [(_, p, s)] = _entries(net, params, state)
+        fx, s, r = layer.forward(p, s, x, key=key, train=train)
         if jnp.shape(fx) != jnp.shape(x):
             raise ValueError(f"residual: x + f(x) needs f to keep the shape, but {layer!r} maps "
                              f"{tuple(jnp.shape(x))} to {tuple(jnp.shape(fx))}")
-        return x + fx, (s,), r
+        return x + fx, _pack_state((), [s]), r
 
     def backward(params, r, dy):
-        grads, dx_f = layer.backward(params[0], r, dy)
+        [(_, _, p)] = children(net, params)
+        grads, dx_f = layer.backward(p, r, dy)
         return (grads,), _add_gradients(dy, dx_f)
 
-    return Layer("residual", init, forward, backward, (layer,), lambda subs: residual(*subs))
+    net = Layer("residual", init, forward, backward, (layer,), lambda subs: residual(*subs))
+    return net

@@ -27,14 +27,16 @@ Backward, by the chain rule on that sum (each is one more ``lax.conv_general_dil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float
+from jaxnn.core import Layer, check_float, check_params, check_positive_int
 from jaxnn.layers import _spatial
 
 _SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
@@ -85,97 +87,140 @@ def conv(
     >>> out_shape, params["W"].shape
     ((-1, 14, 14, 8), (3, 3, 1, 8))
     """
+    features = check_positive_int("conv", "features", features)
+    geometry = _geometry(features, kernel_size, strides, padding, dilation, feature_group_count)
+    w_init = initializers.lecun_normal() if w_init is None else w_init
+    init = functools.partial(_init, geometry, features, use_bias, w_init, b_init, dtype)
+    forward = functools.partial(_forward, geometry, features, use_bias)
+    backward = functools.partial(_backward, geometry)
+    return Layer("conv", init, forward, backward, weights=("W",))
+
+
+class _Geometry(NamedTuple):
+    """A convolution's checked arguments and the ``lax`` dimension numbers they imply."""
+
+    rank: int
+    window: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: _spatial.Padding
+    groups: int
+    window_eff: tuple[int, ...]
+    image: tuple[str, str, str]
+    kernel_grad: tuple[str, str, str]
+
+    def pads(self, spatial) -> tuple[tuple[int, int], ...]:
+        return _spatial.explicit_padding(self.padding, spatial, self.window_eff, self.strides)
+
+
+def _geometry(features: int, kernel_size, strides, padding, dilation, feature_group_count
+              ) -> _Geometry:
+    """The checked arguments; ``features`` must be divisible by the number of groups."""
     name = "conv"
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"{name}: features must be a positive int, got {features!r}")
     rank = _spatial.window_rank(name, "kernel_size", kernel_size)
     window = _spatial.positive_tuple(name, "kernel_size", tuple(kernel_size), rank)
     strides = _spatial.positive_tuple(name, "strides", strides, rank)
     dilation = _spatial.positive_tuple(name, "dilation", dilation, rank)
     padding = _spatial.check_padding(name, padding, rank)
-    groups = feature_group_count
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{name}: feature_group_count must be a positive int, got {groups!r}")
+    groups = check_positive_int(name, "feature_group_count", feature_group_count)
     if features % groups:
         raise ValueError(f"{name}: features ({features}) must be divisible by "
                          f"feature_group_count ({groups})")
-    w_init = initializers.lecun_normal() if w_init is None else w_init
-    window_eff = _spatial.effective_window(window, dilation)
     letters = _SPATIAL_LETTERS[rank]
     # forward and dx: x is (N, *spatial, C), the kernel (*window, I, O)
     image = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
     # dW: x's examples are contracted (feature "C") and its channels run free (batch "N");
     # dZ is the kernel, examples as "I", output channels as "O"; the result is (*window, I, O)
     kernel_grad = ("C" + letters + "N", "I" + letters + "O", letters + "NC")
+    return _Geometry(rank, window, strides, dilation, padding, groups,
+                     _spatial.effective_window(window, dilation), image, kernel_grad)
 
-    def pads_of(spatial):
-        return _spatial.explicit_padding(padding, spatial, window_eff, strides)
 
-    def init(key, in_shape):
-        in_shape = _spatial.check_in_shape(name, in_shape, rank)
-        spatial, channels = in_shape[1:-1], in_shape[-1]
-        if channels % groups:
-            raise ValueError(f"{name}: input channels ({channels}) must be divisible by "
-                             f"feature_group_count ({groups}), got in_shape {in_shape}")
-        out = _spatial.output_spatial(name, spatial, window_eff, strides, pads_of(spatial))
-        k_w, k_b = jax.random.split(key)
-        params = {"W": w_init(k_w, window + (channels // groups, features), dtype)}
-        if use_bias:
-            params["b"] = b_init(k_b, (features,), dtype)
-        return (in_shape[0], *out, features), params, ()
+def _init(geometry: _Geometry, features: int, use_bias: bool, w_init, b_init, dtype, key,
+          in_shape):
+    """``W`` of shape ``(*window, C_in / G, features)``, ``b`` of shape ``(features,)``."""
+    g = geometry
+    in_shape = _spatial.check_in_shape("conv", in_shape, g.rank)
+    spatial, channels = in_shape[1:-1], in_shape[-1]
+    if channels % g.groups:
+        raise ValueError(f"conv: input channels ({channels}) must be divisible by "
+                         f"feature_group_count ({g.groups}), got in_shape {in_shape}")
+    out = _spatial.output_spatial("conv", spatial, g.window_eff, g.strides, g.pads(spatial))
+    k_w, k_b = jax.random.split(key)
+    params = {"W": w_init(k_w, g.window + (channels // g.groups, features), dtype)}
+    if use_bias:
+        params["b"] = b_init(k_b, (features,), dtype)
+    return (in_shape[0], *out, features), params, ()
 
-    def forward(params, state, x, *, key=None, train=False):
-        del key, train
-        check_float(name, x)
-        w = params["W"]
-        _spatial.check_spatial_input(name, x.shape, rank, w.shape[-2] * groups)
-        spatial = x.shape[1:-1]
-        pads = pads_of(spatial)
-        _spatial.output_spatial(name, spatial, window_eff, strides, pads)
-        dtype_ = jnp.result_type(x, w)
-        z = lax.conv_general_dilated(
-            x.astype(dtype_), w.astype(dtype_), window_strides=strides, padding=pads,
-            rhs_dilation=dilation, dimension_numbers=image, feature_group_count=groups,
-        )
-        if use_bias:
-            # an explicit reshape: jaxnn never relies on implicit rank promotion
-            z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
-        return z, state, x
 
-    def backward(params, x, dz):
-        w = params["W"]
-        spatial, out = x.shape[1:-1], dz.shape[1:-1]
-        pads = pads_of(spatial)
-        dtype_ = jnp.result_type(x, w, dz)
-        x_, w_, dz_ = x.astype(dtype_), w.astype(dtype_), dz.astype(dtype_)
+def _check_params_and_input(geometry: _Geometry, params, x, features: int, use_bias: bool):
+    """Checks ``params`` and ``x`` against the layer; returns the ``(lo, hi)`` paddings."""
+    kernel = (*geometry.window, None, features)
+    check_params("conv", params, {"W": kernel, "b": (features,)} if use_bias else {"W": kernel})
+    check_float("conv", x)
+    _spatial.check_spatial_input("conv", x.shape, geometry.rank,
+                                 params["W"].shape[-2] * geometry.groups)
+    spatial = x.shape[1:-1]
+    pads = geometry.pads(spatial)
+    _spatial.output_spatial("conv", spatial, geometry.window_eff, geometry.strides, pads)
+    return pads
 
-        # dx: dZ dilated by the stride, correlated with the flipped, I/O-swapped kernel
-        c_group, c_out = w.shape[-2], w.shape[-1]
-        w_t = jnp.flip(w_, axis=tuple(range(rank)))
-        w_t = w_t.reshape(window + (c_group, groups, c_out // groups))
-        w_t = jnp.swapaxes(w_t, rank, rank + 2)  # (*window, C_out/G, G, C_in/G)
-        w_t = w_t.reshape(window + (c_out // groups, groups * c_group))
-        pads_dx = tuple(
-            (k - 1 - lo, n + lo - 1 - (o - 1) * s)
-            for k, (lo, _), n, o, s in zip(window_eff, pads, spatial, out, strides, strict=True)
-        )
-        dx = lax.conv_general_dilated(
-            dz_, w_t, window_strides=(1,) * rank, padding=pads_dx, lhs_dilation=strides,
-            rhs_dilation=dilation, dimension_numbers=image, feature_group_count=groups,
-        )
 
-        # dW: x convolved with dZ; the padded input is cut to exactly what the windows read
-        pads_dw = tuple(
-            (lo, k - 1 + (o - 1) * s + 1 - n - lo)
-            for k, (lo, _), n, o, s in zip(window_eff, pads, spatial, out, strides, strict=True)
-        )
-        dw = lax.conv_general_dilated(
-            x_, dz_, window_strides=dilation, padding=pads_dw, rhs_dilation=strides,
-            dimension_numbers=kernel_grad, batch_group_count=groups,
-        )
-        grads = {"W": dw.astype(w.dtype)}
-        if use_bias:
-            grads["b"] = jnp.sum(dz, axis=tuple(range(dz.ndim - 1))).astype(params["b"].dtype)
-        return grads, dx.astype(x.dtype)
+def _forward(geometry: _Geometry, features: int, use_bias: bool, params, state, x, *, key=None,
+             train=False):
+    """``Z = x ⋆ W + b``: one ``lax.conv_general_dilated``, the bias added per channel."""
+    del key, train
+    pads = _check_params_and_input(geometry, params, x, features, use_bias)
+    w = params["W"]
+    dtype_ = jnp.result_type(x, w)
+    z = lax.conv_general_dilated(
+        x.astype(dtype_), w.astype(dtype_), window_strides=geometry.strides, padding=pads,
+        rhs_dilation=geometry.dilation, dimension_numbers=geometry.image,
+        feature_group_count=geometry.groups,
+    )
+    if use_bias:
+        # an explicit reshape: jaxnn never relies on implicit rank promotion
+        z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
+    return z, state, x
 
-    return Layer(name, init, forward, backward, weights=("W",))
+
+def _backward(geometry: _Geometry, params, x, dz):
+    """``dW``, ``db`` and ``dx`` as derived in the module docstring."""
+    g, w = geometry, params["W"]
+    spatial, out = x.shape[1:-1], dz.shape[1:-1]
+    pads = g.pads(spatial)
+    dtype_ = jnp.result_type(x, w, dz)
+    x_, w_, dz_ = x.astype(dtype_), w.astype(dtype_), dz.astype(dtype_)
+    dx = _input_gradient(g, w_, dz_, spatial, out, pads)
+
+    # dW: x convolved with dZ; the padded input is cut to exactly what the windows read
+    pads_dw = tuple(
+        (lo, k - 1 + (o - 1) * s + 1 - n - lo)
+        for k, (lo, _), n, o, s in zip(g.window_eff, pads, spatial, out, g.strides, strict=True)
+    )
+    dw = lax.conv_general_dilated(
+        x_, dz_, window_strides=g.dilation, padding=pads_dw, rhs_dilation=g.strides,
+        dimension_numbers=g.kernel_grad, batch_group_count=g.groups,
+    )
+    grads = {"W": dw.astype(w.dtype)}
+    if "b" in params:
+        grads["b"] = jnp.sum(dz, axis=tuple(range(dz.ndim - 1))).astype(params["b"].dtype)
+    return grads, dx.astype(x.dtype)
+
+
+def _input_gradient(geometry: _Geometry, w, dz, spatial, out, pads):
+    """``dx``: ``dZ`` dilated by the stride, correlated with the flipped, I/O-swapped kernel."""
+    g = geometry
+    c_group, c_out = w.shape[-2], w.shape[-1]
+    w_t = jnp.flip(w, axis=tuple(range(g.rank)))
+    w_t = w_t.reshape(g.window + (c_group, g.groups, c_out // g.groups))
+    w_t = jnp.swapaxes(w_t, g.rank, g.rank + 2)  # (*window, C_out/G, G, C_in/G)
+    w_t = w_t.reshape(g.window + (c_out // g.groups, g.groups * c_group))
+    pads_dx = tuple(
+        (k - 1 - lo, n + lo - 1 - (o - 1) * s)
+        for k, (lo, _), n, o, s in zip(g.window_eff, pads, spatial, out, g.strides, strict=True)
+    )
+    return lax.conv_general_dilated(
+        dz, w_t, window_strides=(1,) * g.rank, padding=pads_dx, lhs_dilation=g.strides,
+        rhs_dilation=g.dilation, dimension_numbers=g.image, feature_group_count=g.groups,
+    )

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_features, check_float
+from jaxnn.core import Layer, check_features, check_float, check_params, check_positive_int
 
 
 def dense(
@@ -46,50 +46,60 @@ def dense(
     Returns:
       A :class:`jaxnn.Layer` with params ``{"W": (n_in, n_out), "b": (n_out,)}``.
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"dense: features must be a positive int, got {features!r}")
+    features = check_positive_int("dense", "features", features)
     w_init = initializers.lecun_normal() if w_init is None else w_init
-    name = "dense"
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 2:
-            raise ValueError(
-                f"{name}: in_shape must be (batch, ..., features), got {in_shape}"
-            )
-        n_in = in_shape[-1]
-        k_w, k_b = jax.random.split(key)
-        params = {"W": w_init(k_w, (n_in, features), dtype)}
-        if use_bias:
-            params["b"] = b_init(k_b, (features,), dtype)
-        return in_shape[:-1] + (features,), params, ()
+        return _init(key, in_shape, features, use_bias, w_init, b_init, dtype)
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        check_float(name, x)
-        if x.ndim < 2:
-            raise ValueError(
-                f"{name}: expected input of shape (batch, ..., {params['W'].shape[0]}), got shape "
-                f"{tuple(x.shape)} (rank {x.ndim}); add a batch axis, e.g. x[None]"
-            )
-        check_features(name, x, params["W"].shape[0])
+        _check_params_and_input(params, x, features, use_bias)
         z = x @ params["W"]
         if use_bias:
             # an explicit reshape: jaxnn never relies on implicit rank promotion
             z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
         return z, state, x
 
-    def backward(params, x, dz):
-        w = params["W"]
-        x2 = x.reshape(-1, x.shape[-1])
-        dz2 = dz.reshape(-1, dz.shape[-1])
-        grads = {"W": weight_gradient(x2, dz2).astype(w.dtype)}
-        if use_bias:
-            grads["b"] = jnp.sum(dz2, axis=0).astype(params["b"].dtype)
-        dx = (dz @ w.T).astype(x.dtype)
-        return grads, dx
+    return Layer("dense", init, forward, _backward, weights=("W",))
 
-    return Layer(name, init, forward, backward, weights=("W",))
+
+def _init(key, in_shape, features: int, use_bias: bool, w_init, b_init, dtype):
+    """``W`` of shape ``(n_in, features)`` and ``b`` of shape ``(features,)``."""
+    in_shape = tuple(in_shape)
+    if len(in_shape) < 2:
+        raise ValueError(f"dense: in_shape must be (batch, ..., features), got {in_shape}")
+    n_in = in_shape[-1]
+    k_w, k_b = jax.random.split(key)
+    params = {"W": w_init(k_w, (n_in, features), dtype)}
+    if use_bias:
+        params["b"] = b_init(k_b, (features,), dtype)
+    return in_shape[:-1] + (features,), params, ()
+
+
+def _check_params_and_input(params, x: jax.Array, features: int, use_bias: bool) -> None:
+    """``W (n_in, features)``, ``b (features,)`` and ``x (batch, ..., n_in)``, or a clear error."""
+    expected = {"W": (None, features), "b": (features,)} if use_bias else {"W": (None, features)}
+    check_params("dense", params, expected)
+    check_float("dense", x)
+    if x.ndim < 2:
+        raise ValueError(
+            f"dense: expected input of shape (batch, ..., {params['W'].shape[0]}), got shape "
+            f"{tuple(x.shape)} (rank {x.ndim}); add a batch axis, e.g. x[None]"
+        )
+    check_features("dense", x, params["W"].shape[0])
+
+
+def _backward(params, x: jax.Array, dz: jax.Array):
+    """``dW = xᵀ dZ``, ``db = Σ_rows dZ``, ``dx = dZ Wᵀ``, leading axes flattened into rows."""
+    w = params["W"]
+    x2 = x.reshape(-1, x.shape[-1])
+    dz2 = dz.reshape(-1, dz.shape[-1])
+    grads = {"W": weight_gradient(x2, dz2).astype(w.dtype)}
+    if "b" in params:
+        grads["b"] = jnp.sum(dz2, axis=0).astype(params["b"].dtype)
+    dx = (dz @ w.T).astype(x.dtype)
+    return grads, dx
 
 
 def weight_gradient(x: jax.Array, dz: jax.Array) -> jax.Array:

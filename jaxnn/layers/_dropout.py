@@ -16,7 +16,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxnn.core import Layer, check_float, stateless_init
+from jaxnn.core import Layer, check_float, check_params, stateless_init
 
 __all__ = ["dropout"]
 
@@ -61,6 +61,7 @@ def dropout(rate: float) -> Layer:
     scale = 1.0 / keep_probability
 
     def forward(params, state, x, *, key=None, train=False):
+        check_params(name, params, {})
         check_float(name, x)
         if not train or rate == 0.0:
             return x, state, None

@@ -13,12 +13,14 @@ looked it up (a scatter-add); the integer ids get no gradient::
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import initializers
-from jaxnn.core import Layer
+from jaxnn.core import Layer, check_params, check_positive_int
 
 __all__ = ["embedding"]
 
@@ -65,44 +67,52 @@ def embedding(
     >>> bool((y[0, 0] == params["embedding"][1]).all())
     True
     """
-    name = "embedding"
-    for arg, value in (("num_embeddings", num_embeddings), ("features", features)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name}: {arg} must be a positive int, got {value!r}")
+    num_embeddings = check_positive_int("embedding", "num_embeddings", num_embeddings)
+    features = check_positive_int("embedding", "features", features)
     w_init = initializers.normal(1.0) if w_init is None else w_init
 
-    def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 1:
-            raise ValueError(f"{name}: in_shape must be (batch, ...) of ids, got {in_shape}")
-        return in_shape + (features,), {"embedding": w_init(key, (num_embeddings, features),
-                                                            dtype)}, ()
+    init = functools.partial(_init, num_embeddings, features, w_init, dtype)
+    forward = functools.partial(_forward, num_embeddings, features)
+    return Layer("embedding", init, forward, _backward)
 
-    def forward(params, state, ids, *, key=None, train=False):
-        del key, train
-        dtype_ = getattr(ids, "dtype", None)
-        if dtype_ is None or not jnp.issubdtype(dtype_, jnp.integer):
-            raise TypeError(f"{name}: expected integer ids, got dtype {dtype_}; convert them "
-                            f"with ids.astype(jnp.int32)")
-        table = params["embedding"]
-        if table.shape != (num_embeddings, features):
-            raise ValueError(f"{name}: expected a table of shape {(num_embeddings, features)}, "
-                             f"got {tuple(table.shape)}")
-        _check_range_if_concrete(ids, num_embeddings)
-        # out-of-range ids (only possible under jit) read the fill value, NaN
-        rows = jnp.where((ids >= 0) & (ids < num_embeddings), ids, num_embeddings)
-        y = jnp.take(table, rows, axis=0, mode="fill", fill_value=jnp.nan)
-        return y, state, rows
 
-    def backward(params, rows, dy):
-        table = params["embedding"]
-        flat_rows = rows.reshape(-1)
-        flat_dy = dy.reshape(-1, features).astype(table.dtype)
-        # the scatter-add of dy into the table; rows == num_embeddings (out of range) drop out
-        d_table = jnp.zeros_like(table).at[flat_rows].add(flat_dy, mode="drop")
-        return {"embedding": d_table}, None
+def _init(num_embeddings: int, features: int, w_init, dtype, key, in_shape):
+    """The table ``E`` of shape ``(num_embeddings, features)``; the output appends ``features``."""
+    in_shape = tuple(in_shape)
+    if len(in_shape) < 1:
+        raise ValueError(f"embedding: in_shape must be (batch, ...) of ids, got {in_shape}")
+    table = w_init(key, (num_embeddings, features), dtype)
+    return in_shape + (features,), {"embedding": table}, ()
 
-    return Layer(name, init, forward, backward)
+
+def _forward(num_embeddings: int, features: int, params, state, ids, *, key=None, train=False):
+    """``y[..., :] = E[ids[...], :]``; an out-of-range id under ``jit`` reads a row of NaN."""
+    del key, train
+    check_params("embedding", params, {"embedding": (num_embeddings, features)})
+    _check_ids(ids, num_embeddings)
+    # out-of-range ids (only possible under jit) read the fill value, NaN
+    rows = jnp.where((ids >= 0) & (ids < num_embeddings), ids, num_embeddings)
+    y = jnp.take(params["embedding"], rows, axis=0, mode="fill", fill_value=jnp.nan)
+    return y, state, rows
+
+
+def _backward(params, rows, dy):
+    """``dE = zeros.at[ids].add(dy)``; the ids get no gradient."""
+    table = params["embedding"]
+    flat_rows = rows.reshape(-1)
+    flat_dy = dy.reshape(-1, table.shape[1]).astype(table.dtype)
+    # the scatter-add of dy into the table; rows == num_embeddings (out of range) drop out
+    d_table = jnp.zeros_like(table).at[flat_rows].add(flat_dy, mode="drop")
+    return {"embedding": d_table}, None
+
+
+def _check_ids(ids, num_embeddings: int) -> None:
+    """Integer ids, and in range when they are concrete, or a clear error."""
+    dtype_ = getattr(ids, "dtype", None)
+    if dtype_ is None or not jnp.issubdtype(dtype_, jnp.integer):
+        raise TypeError(f"embedding: expected integer ids, got dtype {dtype_}; convert them "
+                        f"with ids.astype(jnp.int32)")
+    _check_range_if_concrete(ids, num_embeddings)
 
 
 def _check_range_if_concrete(ids, num_embeddings: int) -> None:

@@ -27,13 +27,16 @@ the output has the input's dtype.
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Array, Layer, check_features, check_float
+from jaxnn.core import Array, Layer, check_features, check_float, check_params
 
 __all__ = ["batch_norm", "layer_norm", "rms_norm"]
 
@@ -115,6 +118,13 @@ def _affine_params(key, features: int, use_scale: bool, use_offset: bool, scale_
     return params
 
 
+def _affine_shapes(use_scale: bool, use_offset: bool, features: int | None) -> dict:
+    """The expected params: ``"scale"`` and ``"offset"`` of shape ``(features,)`` as configured
+    (``None``: the input's number of features)."""
+    entries = ("scale",) * use_scale + ("offset",) * use_offset
+    return {entry: (features,) for entry in entries}
+
+
 def _feature_count(name: str, in_shape: tuple, axis: int) -> int:
     if len(in_shape) < 2:
         raise ValueError(f"{name}: in_shape must be (batch, ..., features), got {in_shape}")
@@ -143,33 +153,18 @@ def batch_norm(
 ) -> Layer:
     """Batch normalization with running statistics as explicit state.
 
-    Forward, with ``μ_B``, ``σ²_B`` the mean and (biased) variance over every axis but the
-    feature axis (``N`` entries per feature)::
-
-        train:  x̂ = (x − μ_B) / sqrt(σ²_B + ε)         eval:  x̂ = (x − μ_run) / sqrt(σ²_run + ε)
-        y = γ ⊙ x̂ + β
-
-    Backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``)::
-
-        train:  dx = (s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)   eval:  dx = dx̂·s
-        dγ = Σ dy ⊙ x̂,   dβ = Σ dy
-
-    In training mode the state is updated as
-
-        running = momentum · running + (1 − momentum) · batch
-
-    (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
-    batch mean and the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the
-    population variance the original batch-norm paper uses at inference (and PyTorch keeps).
-    The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
-    statistics are used and the state is returned unchanged. The state's cotangent is dropped,
-    as for all state.
+    Training mode normalizes by the mean and (biased) variance over every axis but the feature
+    axis and updates ``running = momentum · running + (1 − momentum) · batch`` (so ``momentum``
+    is the weight of the past: 0.99 averages over about 100 batches) with the batch mean and
+    the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the population
+    variance the original batch-norm paper uses at inference (and PyTorch keeps). Evaluation
+    mode normalizes by the running statistics and returns the state unchanged. The forward and
+    backward are :func:`_batch_norm_forward` and :func:`_batch_norm_backward`.
 
     Args:
       momentum: weight of the old running statistics, in ``[0, 1]``.
       epsilon: ``ε`` added to the variance.
-      use_scale: learn ``γ`` (params entry ``"scale"``).
-      use_offset: learn ``β`` (params entry ``"offset"``).
+      use_scale, use_offset: learn ``γ`` (params entry ``"scale"``), ``β`` (``"offset"``).
       axis: the feature axis (default the last, NHWC images and ``(batch, features)`` alike);
         not the batch axis 0.
       scale_init, offset_init: initializers of ``γ`` (ones) and ``β`` (zeros).
@@ -189,91 +184,131 @@ def batch_norm(
     >>> [round(m, 4) for m in state["mean"].tolist()]  # 0.9 · 0 + 0.1 · (2, 20)
     [0.2, 2.0]
     """
+    config = _batch_norm_config(momentum, epsilon, axis, use_scale, use_offset)
+    init = functools.partial(_batch_norm_init, config, scale_init, offset_init, dtype)
+    forward = functools.partial(_batch_norm_forward, config)
+    backward = functools.partial(_batch_norm_backward, config)
+    return Layer("batch_norm", init, forward, backward)
+
+
+class _BatchNorm(NamedTuple):
+    """A batch norm's checked configuration."""
+
+    momentum: float
+    epsilon: float
+    axis: int
+    use_scale: bool
+    use_offset: bool
+
+    def feature_axis(self, ndim: int) -> int:
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"batch_norm: axis {self.axis} is out of range for an input of "
+                             f"rank {ndim}")
+        ax = self.axis % ndim
+        if ax == 0:
+            raise ValueError(f"batch_norm: axis {self.axis} is the batch axis; the feature axis "
+                             f"must be another one")
+        return ax
+
+
+def _batch_norm_config(momentum, epsilon, axis, use_scale: bool, use_offset: bool
+                       ) -> _BatchNorm:
     name = "batch_norm"
     momentum = float(momentum)
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum}")
     epsilon = _check_epsilon(name, epsilon)
-    if not isinstance(axis, int) or isinstance(axis, bool):
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
         raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+    return _BatchNorm(momentum, epsilon, int(axis), use_scale, use_offset)
 
-    def feature_axis(ndim: int) -> int:
-        if not -ndim <= axis < ndim:
-            raise ValueError(f"{name}: axis {axis} is out of range for an input of rank {ndim}")
-        ax = axis % ndim
-        if ax == 0:
-            raise ValueError(f"{name}: axis {axis} is the batch axis; the feature axis must be "
-                             f"another one")
-        return ax
 
-    def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 2:
-            raise ValueError(f"{name}: in_shape must be (batch, ..., features), got {in_shape}")
-        ax = feature_axis(len(in_shape))
-        features = _feature_count(name, in_shape, ax)
-        params = _affine_params(key, features, use_scale, use_offset, scale_init, offset_init,
-                                dtype)
-        state = {"mean": jnp.zeros((features,), dtype), "var": jnp.ones((features,), dtype)}
-        return in_shape, params, state
+def _batch_norm_init(config: _BatchNorm, scale_init, offset_init, dtype, key, in_shape):
+    """``γ`` (ones) and ``β`` (zeros) of shape ``(F,)``; running mean 0 and variance 1."""
+    name = "batch_norm"
+    in_shape = tuple(in_shape)
+    if len(in_shape) < 2:
+        raise ValueError(f"{name}: in_shape must be (batch, ..., features), got {in_shape}")
+    features = _feature_count(name, in_shape, config.feature_axis(len(in_shape)))
+    params = _affine_params(key, features, config.use_scale, config.use_offset, scale_init,
+                            offset_init, dtype)
+    state = {"mean": jnp.zeros((features,), dtype), "var": jnp.ones((features,), dtype)}
+    return in_shape, params, state
 
-    def forward(params, state, x, *, key=None, train=False):
-        del key
-        check_float(name, x)
-        if x.ndim < 2:
-            raise ValueError(f"{name}: expected an input (batch, ..., features), got shape "
-                             f"{tuple(x.shape)}")
-        ax = feature_axis(x.ndim)
-        if not isinstance(state, dict) or set(state) != {"mean", "var"}:
-            raise ValueError(f"{name}: state must be the dict {{'mean', 'var'}} made by init, "
-                             f"got {state!r}")
-        features = state["mean"].shape[0]
-        check_features(name, x, features, ax)
-        for entry in ("scale", "offset"):
-            if entry in params and tuple(params[entry].shape) != (features,):
-                raise ValueError(f"{name}: params[{entry!r}] must have shape ({features},) like "
-                                 f"the running statistics, got {tuple(params[entry].shape)}")
-        others = _other_axes(x.ndim, ax)
-        xc = x.astype(_compute_dtype(x))
-        if train:
-            n = math.prod(x.shape[a] for a in others)
-            if n < 2:
-                raise ValueError(
-                    f"{name}: training mode needs more than one value per feature to compute "
-                    f"batch statistics, got shape {tuple(x.shape)}"
-                )
-            mean = jnp.mean(xc, axis=others, keepdims=True)
-            centered = xc - mean
-            var = jnp.mean(centered * centered, axis=others, keepdims=True)
-            inv_std = jax.lax.rsqrt(var + epsilon)
-            xhat = centered * inv_std
-            unbiased = var.reshape(features) * (n / (n - 1))
-            new_state = {
-                "mean": (momentum * state["mean"]
-                         + (1 - momentum) * mean.reshape(features)).astype(state["mean"].dtype),
-                "var": (momentum * state["var"]
-                        + (1 - momentum) * unbiased).astype(state["var"].dtype),
-            }
-        else:
-            mean = _along(state["mean"].astype(xc.dtype), x.ndim, ax)
-            inv_std = _along(jax.lax.rsqrt(state["var"].astype(xc.dtype) + epsilon), x.ndim, ax)
-            xhat = (xc - mean) * inv_std
-            new_state = state
-        y = _scale_and_offset(params, xhat, ax).astype(x.dtype)
-        # `train` rides along as a Python bool: the backward depends on the mode
-        return y, new_state, (xhat, inv_std, bool(train))
 
-    def backward(params, residuals, dy):
-        xhat, inv_std, batch_statistics = residuals
-        ax = feature_axis(dy.ndim)
-        grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype), ax)
-        if batch_statistics:
-            dx = _normalized_backward(dxhat, xhat, inv_std, _other_axes(dy.ndim, ax))
-        else:
-            dx = dxhat * inv_std
-        return grads, dx.astype(dy.dtype)
+def _batch_norm_forward(config: _BatchNorm, params, state, x: Array, *, key=None,
+                        train: bool = False):
+    """``x̂ = (x − μ)·s``, ``s = 1/sqrt(σ² + ε)``, ``y = γ ⊙ x̂ + β``.
 
-    return Layer(name, init, forward, backward)
+    Training mode: ``μ = μ_B``, ``σ² = σ²_B``, the mean and biased variance of the batch, and
+    the running statistics updated; evaluation mode: ``μ_run``, ``σ²_run``, state unchanged.
+    """
+    del key
+    name = "batch_norm"
+    check_float(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected an input (batch, ..., features), got shape "
+                         f"{tuple(x.shape)}")
+    ax = config.feature_axis(x.ndim)
+    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+        raise ValueError(f"{name}: state must be the dict {{'mean', 'var'}} made by init, "
+                         f"got {state!r}")
+    features = state["mean"].shape[0]
+    check_features(name, x, features, ax)
+    check_params(name, params, _affine_shapes(config.use_scale, config.use_offset, features))
+    xc = x.astype(_compute_dtype(x))
+    if train:
+        xhat, inv_std, new_state = _batch_statistics(config, state, xc, ax)
+    else:
+        mean = _along(state["mean"].astype(xc.dtype), x.ndim, ax)
+        inv_std = _along(jax.lax.rsqrt(state["var"].astype(xc.dtype) + config.epsilon),
+                         x.ndim, ax)
+        xhat = (xc - mean) * inv_std
+        new_state = state
+    y = _scale_and_offset(params, xhat, ax).astype(x.dtype)
+    # `train` rides along as a Python bool: the backward depends on the mode
+    return y, new_state, (xhat, inv_std, bool(train))
+
+
+def _batch_statistics(config: _BatchNorm, state, xc: Array, ax: int):
+    """``(x̂, s, new_state)`` from the batch's mean and biased variance over all axes but
+    ``ax``; the running variance takes the unbiased ``σ²_B · N/(N − 1)``."""
+    others = _other_axes(xc.ndim, ax)
+    n = math.prod(xc.shape[a] for a in others)
+    if n < 2:
+        raise ValueError(
+            f"batch_norm: training mode needs more than one value per feature to compute "
+            f"batch statistics, got shape {tuple(xc.shape)}"
+        )
+    features, momentum = xc.shape[ax], config.momentum
+    mean = jnp.mean(xc, axis=others, keepdims=True)
+    centered = xc - mean
+    var = jnp.mean(centered * centered, axis=others, keepdims=True)
+    inv_std = jax.lax.rsqrt(var + config.epsilon)
+    unbiased = var.reshape(features) * (n / (n - 1))
+    new_state = {
+        "mean": (momentum * state["mean"]
+                 + (1 - momentum) * mean.reshape(features)).astype(state["mean"].dtype),
+        "var": (momentum * state["var"]
+                + (1 - momentum) * unbiased).astype(state["var"].dtype),
+    }
+    return centered * inv_std, inv_std, new_state
+
+
+def _batch_norm_backward(config: _BatchNorm, params, residuals, dy: Array):
+    """With ``dx̂ = dy·γ`` and ``N`` entries per feature::
+
+        train:  dx = (s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)   eval:  dx = dx̂·s
+        dγ = Σ dy ⊙ x̂,   dβ = Σ dy
+    """
+    xhat, inv_std, batch_statistics = residuals
+    ax = config.feature_axis(dy.ndim)
+    grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype), ax)
+    if batch_statistics:
+        dx = _normalized_backward(dxhat, xhat, inv_std, _other_axes(dy.ndim, ax))
+    else:
+        dx = dxhat * inv_std
+    return grads, dx.astype(dy.dtype)
 
 
 # --- layer norm --------------------------------------------------------------------------------
@@ -315,40 +350,47 @@ def layer_norm(
     epsilon = _check_epsilon(name, epsilon)
 
     def init(key, in_shape):
-        in_shape = tuple(in_shape)
-        features = _feature_count(name, in_shape, -1)
+        features = _feature_count(name, tuple(in_shape), -1)
         params = _affine_params(key, features, use_scale, use_offset, scale_init, offset_init,
                                 dtype)
-        return in_shape, params, ()
+        return tuple(in_shape), params, ()
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         check_float(name, x)
-        _check_params_features(name, params, x)
-        xc = x.astype(_compute_dtype(x))
-        mean = jnp.mean(xc, axis=-1, keepdims=True)
-        centered = xc - mean
-        inv_std = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
-        xhat = centered * inv_std
-        y = _scale_and_offset(params, xhat, x.ndim - 1).astype(x.dtype)
-        return y, state, (xhat, inv_std)
+        _check_params_features(name, params, x, _affine_shapes(use_scale, use_offset, None))
+        y, residuals = _layer_norm_forward(params, x, epsilon)
+        return y, state, residuals
 
-    def backward(params, residuals, dy):
-        xhat, inv_std = residuals
-        grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype),
-                                                  dy.ndim - 1)
-        dx = _normalized_backward(dxhat, xhat, inv_std, (dy.ndim - 1,))
-        return grads, dx.astype(dy.dtype)
-
-    return Layer(name, init, forward, backward)
+    return Layer(name, init, forward, _layer_norm_backward)
 
 
-def _check_params_features(name: str, params: dict, x: Array) -> None:
+def _layer_norm_forward(params, x: Array, epsilon: float):
+    """``(y, (x̂, s))`` with ``x̂ = (x − μ)·s`` over the last axis, ``y = γ ⊙ x̂ + β``."""
+    xc = x.astype(_compute_dtype(x))
+    mean = jnp.mean(xc, axis=-1, keepdims=True)
+    centered = xc - mean
+    inv_std = jax.lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
+    xhat = centered * inv_std
+    y = _scale_and_offset(params, xhat, x.ndim - 1).astype(x.dtype)
+    return y, (xhat, inv_std)
+
+
+def _layer_norm_backward(params, residuals, dy: Array):
+    """``dx = (s/F)(F·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)``, ``dγ``, ``dβ`` summed over the examples."""
+    xhat, inv_std = residuals
+    grads, dxhat = _scale_and_offset_backward(params, xhat, dy.astype(xhat.dtype), dy.ndim - 1)
+    dx = _normalized_backward(dxhat, xhat, inv_std, (dy.ndim - 1,))
+    return grads, dx.astype(dy.dtype)
+
+
+def _check_params_features(name: str, params, x: Array, expected: dict) -> None:
+    """``params`` hold the ``expected`` entries, each with ``x``'s number of features."""
+    check_params(name, params, expected)
     if x.ndim < 1:
         raise ValueError(f"{name}: expected an input with a feature axis, got a scalar")
-    for entry in ("scale", "offset"):
-        if entry in params:
-            check_features(name, x, params[entry].shape[0])
+    for entry in expected:
+        check_features(name, x, params[entry].shape[0])
 
 
 # --- RMS norm ----------------------------------------------------------------------------------
@@ -389,7 +431,7 @@ def rms_norm(
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         check_float(name, x)
-        _check_params_features(name, params, x)
+        _check_params_features(name, params, x, _affine_shapes(use_scale, False, None))
         xc = x.astype(_compute_dtype(x))
         inv_rms = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + epsilon)
         xhat = xc * inv_rms

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnn.core import Array, Layer, check_float, stateless_init
+from jaxnn.core import Array, Layer, check_float, check_params, stateless_init
 from jaxnn.layers import _spatial
 
 
@@ -61,7 +61,7 @@ def _pool_init(name, rank, window, strides, padding):
     return stateless_init(out_shape)
 
 
-def _check_and_pad(name, x, rank, window, strides, padding):
+def _checked_geometry(name, x, rank, window, strides, padding):
     """A pooling forward's checks and geometry: ``(spatial, pads, out)`` of input ``x``."""
     check_float(name, x)
     _spatial.check_spatial_input(name, x.shape, rank)
@@ -71,7 +71,7 @@ def _check_and_pad(name, x, rank, window, strides, padding):
     return spatial, pads, out
 
 
-def _full(pads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+def _pads_on_all_axes(pads: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     """Spatial ``(lo, hi)`` pairs extended with ``(0, 0)`` for the batch and channel axes."""
     return ((0, 0), *pads, (0, 0))
 
@@ -137,13 +137,14 @@ def max_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        spatial, pads, out = _check_and_pad(name, x, rank, window, strides, padding)
+        check_params(name, params, {})
+        spatial, pads, out = _checked_geometry(name, x, rank, window, strides, padding)
         low = jnp.array(-jnp.inf, x.dtype)
         # the init value as a Python scalar: reduce_window has a reverse-mode rule only for a
         # constant init, and an array here breaks jax.grad of the reference path under jit
         y = lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1),
-                              _full(pads))
-        x_pad = lax.pad(x, low, [(lo, hi, 0) for lo, hi in _full(pads)])
+                              _pads_on_all_axes(pads))
+        x_pad = lax.pad(x, low, [(lo, hi, 0) for lo, hi in _pads_on_all_axes(pads)])
         # jnp.argmax returns the first maximum: the documented tie-breaking rule
         winner = jnp.argmax(jnp.stack(_window_slices(x_pad, window, strides, out)), axis=0)
         return y, state, (winner.astype(jnp.int32), spatial)
@@ -192,7 +193,7 @@ def avg_pool(
             return jnp.array(math.prod(window), dtype)
         ones = jnp.ones((1, *spatial, 1), dtype)
         return lax.reduce_window(ones, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
-                                 _full(pads))
+                                 _pads_on_all_axes(pads))
 
     def divide(total, count):
         if count.ndim == 0:
@@ -201,10 +202,11 @@ def avg_pool(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        spatial, pads, _ = _check_and_pad(name, x, rank, window, strides, padding)
+        check_params(name, params, {})
+        spatial, pads, _ = _checked_geometry(name, x, rank, window, strides, padding)
         # a Python-scalar init: the only form reduce_window can differentiate under jit
         total = lax.reduce_window(x, 0.0, lax.add, (1, *window, 1), (1, *strides, 1),
-                                  _full(pads))
+                                  _pads_on_all_axes(pads))
         return divide(total, counts(spatial, pads, x.dtype)), state, spatial
 
     def backward(params, spatial, dy):
@@ -235,6 +237,7 @@ def global_avg_pool() -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         check_float(name, x)
         if x.ndim < 3:
             raise ValueError(f"{name}: expected an input (batch, *spatial, channels) with at "

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import jax
 
-from jaxnn.core import Layer
-from jaxnn.layers._combinators import _children_state
+from jaxnn.core import Layer, children
+from jaxnn.layers._combinators import _entries, _pack_state
 
 __all__ = ["remat"]
 
@@ -49,9 +49,10 @@ class _Saved:
 def remat(block: Layer) -> Layer:
     """``block`` with its residuals recomputed in the backward instead of stored.
 
-    A combinator like :func:`jaxnn.residual`: params and state are 1-tuples aligned with
-    ``sublayers == (block,)``, so :func:`jaxnn.map_leaves` (precision policies, the gradient
-    check's per-layer report) reaches the layers inside. The gradients are those of ``block``;
+    A combinator like :func:`jaxnn.residual`: params are a 1-tuple aligned with
+    ``sublayers == (block,)``, and so is state (``()`` when ``block`` has none), so
+    :func:`jaxnn.map_leaves` (precision policies, the gradient check's per-layer report)
+    reaches the layers inside. The gradients are those of ``block``;
     only memory (less) and compute (one more forward of ``block``) change.
 
     >>> import jax, jax.numpy as jnp, jaxnn
@@ -69,20 +70,22 @@ def remat(block: Layer) -> Layer:
 
     def init(key, in_shape):
         out_shape, params, state = block.init(key, in_shape)
-        return out_shape, (params,), (state,)
+        return out_shape, (params,), _pack_state((), [state])
 
     def forward(params, state, x, *, key=None, train=False):
-        state = _children_state("remat", params, state, 1)
-        y, new_state, _ = block.forward(params[0], state[0], x, key=key, train=train)
-        return y, (new_state,), _Saved(state[0], x, key, train)
+        [(_, p, s)] = _entries(net, params, state)
+        y, new_state, _ = block.forward(p, s, x, key=key, train=train)
+        return y, _pack_state((), [new_state]), _Saved(s, x, key, train)
 
     def backward(params, saved, dy):
+        [(_, _, p)] = children(net, params)
         # dy in the barrier ties the recomputation to the backward reaching this block: XLA
         # can neither merge it with the forward (as jax.checkpoint's prevent_cse) nor hoist it
         p, state, x, key, dy = jax.lax.optimization_barrier(
-            (params[0], saved.state, saved.x, saved.key, dy))
+            (p, saved.state, saved.x, saved.key, dy))
         _, _, residuals = block.forward(p, state, x, key=key, train=saved.train)
         grads, dx = block.backward(p, residuals, dy)
         return (grads,), dx
 
-    return Layer("remat", init, forward, backward, (block,), lambda subs: remat(*subs))
+    net = Layer("remat", init, forward, backward, (block,), lambda subs: remat(*subs))
+    return net

@@ -7,9 +7,10 @@ no entry relative to the row-major order, so its derivative is the reshape back.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
-from jaxnn.core import Layer
+from jaxnn.core import Layer, check_params
 
 
 def _shape_layer(name: str, target_of) -> Layer:
@@ -27,6 +28,7 @@ def _shape_layer(name: str, target_of) -> Layer:
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        check_params(name, params, {})
         if x.ndim < 1:
             raise ValueError(f"{name}: expected an input with a batch axis, got a scalar")
         y = x.reshape((x.shape[0], *target_of(tuple(x.shape[1:]))))
@@ -66,10 +68,11 @@ def reshape(shape: Sequence[int]) -> Layer:
         raise TypeError(f"{name}: shape must be a tuple of ints (the non-batch shape), got "
                         f"{shape!r}")
     shape = tuple(shape)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1)
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and (d >= 1 or d == -1)
                for d in shape) or shape.count(-1) > 1:
         raise ValueError(f"{name}: shape must hold positive ints and at most one -1, got "
                          f"{shape!r}")
+    shape = tuple(int(d) for d in shape)
 
     def target_of(in_shape):
         size = math.prod(in_shape)

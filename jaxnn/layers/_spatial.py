@@ -15,6 +15,7 @@ so that ``out = ⌈n / s⌉``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 SPATIAL_NAMES = {1: "(batch, width, channels)", 2: "(batch, height, width, channels)",
@@ -22,9 +23,14 @@ SPATIAL_NAMES = {1: "(batch, width, channels)", 2: "(batch, height, width, chann
 Padding = str | Sequence[tuple[int, int]]
 
 
+def _is_int(value) -> bool:
+    """Any integer type (``3``, ``np.int64(3)``) but ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def window_rank(name: str, argument: str, window) -> int:
     """The number of spatial axes a window tuple such as ``kernel_size=(3, 3)`` stands for."""
-    if isinstance(window, int) or not isinstance(window, Sequence):
+    if _is_int(window) or not isinstance(window, Sequence):
         raise TypeError(
             f"{name}: {argument} must be a tuple with one entry per spatial axis, e.g. (3,) for "
             f"1-D or (3, 3) for 2-D inputs, got {window!r}"
@@ -37,17 +43,17 @@ def window_rank(name: str, argument: str, window) -> int:
 
 def positive_tuple(name: str, argument: str, value, rank: int) -> tuple[int, ...]:
     """``value`` (an int, or a tuple of ``rank`` ints) as a tuple of ``rank`` positive ints."""
-    values = (value,) * rank if isinstance(value, int) else value
+    values = (value,) * rank if _is_int(value) else value
     if (
         not isinstance(values, Sequence)
         or len(values) != rank
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+        or not all(_is_int(v) and v >= 1 for v in values)
     ):
         raise ValueError(
             f"{name}: {argument} must be a positive int or a tuple of {rank} positive ints, got "
             f"{value!r}"
         )
-    return tuple(values)
+    return tuple(int(v) for v in values)
 
 
 def check_padding(name: str, padding, rank: int) -> Padding:
@@ -59,7 +65,7 @@ def check_padding(name: str, padding, rank: int) -> Padding:
         return padding.upper()
     ok = isinstance(padding, Sequence) and len(padding) == rank and all(
         isinstance(p, Sequence) and len(p) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+        and all(_is_int(v) and v >= 0 for v in p)
         for p in padding
     )
     if not ok:
