@@ -97,6 +97,26 @@ def bump_params():
     return {"height": jnp.asarray(1.5), "width": jnp.asarray(0.8)}
 
 
+@jax.custom_vjp
+def scaled_tanh(x):
+    """``2·tanh(x)``, a module-level rule for ``jaxnn gradcheck --target``."""
+    return 2 * jnp.tanh(x)
+
+
+scaled_tanh.defvjp(lambda x: (scaled_tanh(x), x), lambda x, g: (2 * g / jnp.cosh(x) ** 2,))
+
+
+@jax.custom_vjp
+def scaled_tanh_wrong_last_column(x):
+    """``2·tanh(x)`` whose rule is wrong in the last column of ``x`` only."""
+    return 2 * jnp.tanh(x)
+
+
+scaled_tanh_wrong_last_column.defvjp(
+    lambda x: (scaled_tanh_wrong_last_column(x), x),
+    lambda x, g: ((2 * g / jnp.cosh(x) ** 2).at[:, -1].multiply(1.1),))
+
+
 # --- correct rules pass, broken ones fail on the broken leaf ------------------------------------
 
 
@@ -294,3 +314,64 @@ def test_a_python_int_stays_static_for_nondiff_argnums():
     broken = functools.partial(jax.custom_vjp, nondiff_argnums=(1,))(lambda x, n: x ** n)
     broken.defvjp(lambda x, n: (x ** n, x), lambda n, x, g: ((n - 1) * x ** (n - 1) * g,))
     assert failing_rows(check_function(broken, x, 3)) == ["x"]
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_checks_a_function_by_import_path(capsys):
+    from jaxnn import cli
+
+    target = "tests.test_check_function:scaled_tanh"
+    assert cli.main(["gradcheck", "--target", target, "--shape", "4,3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"scaled_tanh\s+x\s.*pass", out)
+    assert f"function {target}" in out
+
+
+def test_cli_plots_where_the_error_sits(tmp_path, capsys):
+    from jaxnn import cli
+
+    plot = tmp_path / "errors.png"
+    target = "tests.test_check_function:scaled_tanh_wrong_last_column"
+    assert cli.main(["gradcheck", "--target", target, "--shape", "5,3",
+                     "--plot", str(plot)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"scaled_tanh_wrong_last_column\s+x\s.*\(\d, 2\)\s+FAIL", out)
+    assert plot.stat().st_size > 1000 and f"wrote {plot}" in out
+
+
+def test_plot_errors_draws_one_panel_per_parameter(tmp_path):
+    from jaxnn._report_render import plot_errors
+
+    x, W, b = normal(12, (4, 3), (3, 3), (3,))
+    titles = plot_errors(check_function(dense_tanh("transposed"), x, W, b), tmp_path / "e.png")
+    assert [t.split(" vs ")[0] for t in titles] == ["layer: x", "layer: W", "layer: b"]
+    assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+def test_cli_checks_a_layer_constructor_by_import_path(capsys):
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", "--target", "jaxnn.layers:tanh", "--shape", "4,3"]) == 0
+    assert "layer jaxnn.layers:tanh" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("no_colon", "expected MODULE:NAME"),
+    ("jaxnn_not_a_module:f", "cannot import 'jaxnn_not_a_module'"),
+    ("jaxnn.layers:not_there", "has no attribute 'not_there'"),
+    ("jaxnn:__version__", "not a layer or a function"),
+])
+def test_cli_names_a_bad_target(target, message, capsys):
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", "--target", target, "--shape", "3"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_target_needs_a_shape(capsys):
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", "--target", "jaxnn.layers:tanh"]) == 1
+    assert "--target needs --shape" in capsys.readouterr().err
