@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxnn._gradcases import NOT_LAYERS_OR_LOSSES
+
 CHECKPOINT_FILE = "checkpoint.npz"
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "silu", "softplus")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -692,134 +694,33 @@ def train(args: argparse.Namespace) -> int:
 # --- gradcheck --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerCheck:
-    """A default configuration to check an exported layer at."""
-
-    make: Callable[[], Any]
-    in_shape: tuple[int, ...]
-    label: str
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    away_from_zero: bool = False  # inputs ≥ 0.05 from 0, for layers with a kink there
+def _first_case(cases: dict[str, tuple], name: str) -> Callable[[], Any]:
+    return lambda: cases[name][0]
 
 
-@dataclasses.dataclass(frozen=True)
-class LossCheck:
-    loss: Any
-    make_inputs: Callable[[], tuple[Any, Any]]  # () -> (prediction, target)
-    label: str
+def _default_layer_checks() -> dict[str, Callable[[], Any]]:
+    """The first configuration of each layer in ``jaxnn.gradcheck.LAYER_CASES``."""
+    from jaxnn.gradcheck import LAYER_CASES
+
+    return {name: _first_case(LAYER_CASES, name) for name in LAYER_CASES}
 
 
-def _default_layer_checks() -> dict[str, Callable[[], LayerCheck]]:
-    """One configuration per exported layer, made lazily (only exported names are built).
+def _default_loss_checks() -> dict[str, Callable[[], Any]]:
+    """The first configuration of each loss in ``jaxnn.gradcheck.LOSS_CASES``."""
+    from jaxnn.gradcheck import LOSS_CASES
 
-    ``jaxnn gradcheck`` fails for an exported layer missing here, so a new layer cannot ship
-    without being verified by the command.
-    """
-    import jax.numpy as jnp
-
-    from jaxnn import layers as L
-
-    kinked = ("relu", "leaky_relu", "elu")  # inputs kept ≥ 0.05 from the kink at 0
-
-    def activation(name):
-        return lambda: LayerCheck(lambda: getattr(L, name)(), (4, 5), name,
-                                  away_from_zero=name in kinked)
-
-    checks = {name: activation(name) for name in (
-        "elu", "gelu", "identity", "leaky_relu", "relu", "sigmoid", "silu", "softmax",
-        "softplus", "tanh")}
-    checks.update({
-        "dense": lambda: LayerCheck(lambda: L.dense(3), (4, 5), "dense(3)"),
-        "serial": lambda: LayerCheck(
-            lambda: L.serial(L.dense(4), L.tanh(), L.dense(3), L.sigmoid()), (5, 3),
-            "serial(dense(4), tanh, dense(3), sigmoid)"),
-        "parallel": lambda: LayerCheck(
-            lambda: L.serial(L.parallel(L.dense(3), L.tanh()), L.concatenate()), (4, 5),
-            "serial(parallel(dense(3), tanh), concatenate)"),
-        "concatenate": lambda: LayerCheck(
-            lambda: L.serial(L.parallel(L.sigmoid(), L.dense(2)), L.concatenate(axis=-1)),
-            (3, 4), "serial(parallel(sigmoid, dense(2)), concatenate(-1))"),
-        "remat": lambda: LayerCheck(
-            lambda: L.remat(L.serial(L.dense(4), L.tanh(), L.dense(3))), (4, 5),
-            "remat(serial(dense(4), tanh, dense(3)))"),
-        "residual": lambda: LayerCheck(
-            lambda: L.residual(L.serial(L.dense(5), L.tanh())), (4, 5),
-            "residual(serial(dense(5), tanh))"),
-        "conv": lambda: LayerCheck(lambda: L.conv(3, (3, 3), strides=(2, 1), padding="SAME"),
-                                   (2, 6, 5, 2), "conv(3, (3, 3), strides (2, 1), SAME)"),
-        "max_pool": lambda: LayerCheck(lambda: L.max_pool((2, 2)), (2, 4, 4, 3),
-                                       "max_pool((2, 2))"),
-        "avg_pool": lambda: LayerCheck(lambda: L.avg_pool((3, 3), strides=2, padding="SAME"),
-                                       (2, 5, 5, 2), "avg_pool((3, 3), strides 2, SAME)"),
-        "global_avg_pool": lambda: LayerCheck(L.global_avg_pool, (2, 3, 4, 3),
-                                              "global_avg_pool"),
-        "flatten": lambda: LayerCheck(L.flatten, (2, 3, 4, 2), "flatten"),
-        "reshape": lambda: LayerCheck(lambda: L.reshape((3, -1)), (2, 12), "reshape((3, -1))"),
-        "batch_norm": lambda: LayerCheck(L.batch_norm, (6, 4), "batch_norm, train",
-                                         {"train": True}),
-        "layer_norm": lambda: LayerCheck(L.layer_norm, (4, 5), "layer_norm"),
-        "rms_norm": lambda: LayerCheck(L.rms_norm, (4, 5), "rms_norm"),
-        "dropout": lambda: LayerCheck(lambda: L.dropout(0.3), (4, 5), "dropout(0.3), train",
-                                      {"train": True}),
-        "embedding": lambda: LayerCheck(lambda: L.embedding(6, 3), (4, 5), "embedding(6, 3)",
-                                        {"input_dtype": jnp.int32}),
-        "lstm": lambda: LayerCheck(lambda: L.lstm(3), (2, 5, 4), "lstm(3)"),
-        "gru": lambda: LayerCheck(lambda: L.gru(3, return_sequences=False), (2, 5, 4),
-                                  "gru(3), last state"),
-    })
-    return checks
-
-
-def _default_loss_checks() -> dict[str, Callable[[], LossCheck]]:
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnn import losses
-
-    def binary():
-        k1, k2 = jax.random.split(jax.random.key(1))
-        p = jax.random.uniform(k1, (6, 1), minval=0.05, maxval=0.95)
-        return p, (jax.random.uniform(k2, (6, 1)) > 0.5).astype(jnp.float32)
-
-    def logits():
-        k1, k2 = jax.random.split(jax.random.key(2))
-        return jax.random.normal(k1, (6, 1)), (jax.random.uniform(k2, (6, 1)) > 0.5).astype(
-            jnp.float32)
-
-    def classes():
-        k1, k2 = jax.random.split(jax.random.key(3))
-        return jax.random.normal(k1, (6, 4)), jax.random.randint(k2, (6,), 0, 4)
-
-    def regression():
-        k1, k2 = jax.random.split(jax.random.key(4))
-        return jax.random.normal(k1, (6, 3)), jax.random.normal(k2, (6, 3))
-
-    return {
-        "binary_cross_entropy": lambda: LossCheck(losses.binary_cross_entropy, binary,
-                                                  "binary_cross_entropy"),
-        "binary_cross_entropy_with_logits": lambda: LossCheck(
-            losses.binary_cross_entropy_with_logits, logits,
-            "binary_cross_entropy_with_logits"),
-        "softmax_cross_entropy": lambda: LossCheck(losses.softmax_cross_entropy, classes,
-                                                   "softmax_cross_entropy"),
-        "mean_squared_error": lambda: LossCheck(losses.mean_squared_error, regression,
-                                                "mean_squared_error"),
-    }
-
-
-NOT_LAYERS_OR_LOSSES = frozenset({"Loss", "weight_gradient"})
+    return {name: _first_case(LOSS_CASES, name) for name in LOSS_CASES}
 
 
 def gradcheck_table(layer_names: Sequence[str] | None = None,
                     loss_names: Sequence[str] | None = None,
-                    layer_checks: dict[str, Callable[[], LayerCheck]] | None = None,
-                    loss_checks: dict[str, Callable[[], LossCheck]] | None = None) -> list:
+                    layer_checks: dict[str, Callable[[], Any]] | None = None,
+                    loss_checks: dict[str, Callable[[], Any]] | None = None) -> list:
     """The checks to run: one per exported layer and loss (``jaxnn.layers.__all__``,
-    ``jaxnn.losses.__all__`` by default).
+    ``jaxnn.losses.__all__`` by default), the first of its registered cases.
 
     Raises:
-      CommandError: an exported name has no default configuration (listing all of them).
+      CommandError: an exported name has no registered case (listing all of them).
     """
     import jaxnn
 
@@ -833,32 +734,21 @@ def gradcheck_table(layer_names: Sequence[str] | None = None,
     missing += [n for n in loss_names if n not in loss_checks]
     if missing:
         raise CommandError(f"no default gradient-check configuration for the exported "
-                           f"{', '.join(missing)}: add one to jaxnn/cli.py "
-                           f"(_default_layer_checks / _default_loss_checks)")
+                           f"{', '.join(missing)}: register one in LAYER_CASES / LOSS_CASES "
+                           f"(jaxnn/_gradcases.py)")
     return [layer_checks[n]() for n in layer_names] + [loss_checks[n]() for n in loss_names]
 
 
 def run_gradchecks(checks: Sequence) -> Any:
-    """Runs each check in float64 and gathers one :class:`~jaxnn.gradcheck.GradcheckReport`."""
-    import numpy as np
-
+    """Runs each case in float64 and gathers one :class:`~jaxnn.gradcheck.GradcheckReport`,
+    its rows named by the case's label."""
     from jaxnn import gradcheck
 
     report = gradcheck.GradcheckReport()
-    for check in checks:
-        if isinstance(check, LossCheck):
-            prediction, target = check.make_inputs()
-            part = gradcheck.check_loss(check.loss, prediction, target)
-            part = dataclasses.replace(part, comparisons=[
-                dataclasses.replace(c, layer=check.label) for c in part.comparisons])
-        else:
-            kwargs = dict(check.kwargs)
-            if check.away_from_zero:
-                u = np.random.default_rng(0).normal(size=check.in_shape)
-                kwargs["x"] = np.sign(u) * (0.05 + np.abs(u))
-            part = gradcheck.check_layer(check.make(), check.in_shape, name=check.label,
-                                         **kwargs)
-        report.extend(part)
+    for case in checks:
+        part = gradcheck.check_case(case)
+        report.comparisons.extend(dataclasses.replace(c, layer=repr(case))
+                                  for c in part.comparisons)
     return report
 
 

@@ -10,7 +10,14 @@ differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
 * **finite differences**: the fourth-order central difference
   ``[8(S(θ + εe_i) − S(θ − εe_i)) − (S(θ + 2εe_i) − S(θ − 2εe_i))] / 12ε`` (``ε = 1e-3``) for
   each entry ``θ_i`` of every parameter and of the input (at most ``max_fd_entries`` entries
-  per array, sampled at random beyond that).
+  per array, sampled at random beyond that). All perturbed points of a check are evaluated by
+  one compiled, vmapped function. An entry where the function is not smooth within the step
+  (a ReLU's kink, a tie of ``max_pool``) is detected — the stencil at ``ε/2`` disagrees, or the
+  gap between the right and left slopes does not halve with the step — and skipped, counted
+  in :attr:`Comparison.skipped`; it never fails the check. ``jax.grad`` still sees it.
+
+:func:`check_layer` checks at the given input shape and at batch 1 (2 in training mode), since
+a backward can be right at one batch size and wrong at another.
 
 The error of one array is reported as the largest absolute difference and the largest relative
 difference ``|a_i − b_i| / max(|a_i|, |b_i|, floor)``, where ``floor`` is 1e-3 times the
@@ -20,7 +27,10 @@ a layer followed by batch normalization — are judged on the gradient's scale i
 dividing by ~0. A real error still shows: against ``jax.grad`` an entry of size ``g`` that is
 wrong by 100% gives a relative error of at least ``min(1, 1000·g/scale)``. A comparison
 passes when the relative error is within ``rtol_autodiff`` (default 1e-9) against ``jax.grad``
-and ``rtol_fd`` (default 1e-6) against finite differences.
+and ``rtol_fd`` (default 1e-6) against finite differences (both fields of :class:`Tolerances`).
+
+Every exported layer and loss is checked at the configurations of :data:`LAYER_CASES` and
+:data:`LOSS_CASES` (``jaxnn/_gradcases.py``), by :func:`check_case`.
 
 A user's own layer is checked by the same call:
 
@@ -44,14 +54,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import _report_render
+from jaxnn._gradcases import (
+    LAYER_CASES,
+    LOSS_CASES,
+    NOT_LAYERS_OR_LOSSES,
+    LayerCase,
+    LossCase,
+    case_input,
+)
 from jaxnn._undecorated import undecorated
 from jaxnn.chain import value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply, sublayer_labels
 from jaxnn.losses import Loss
 
 __all__ = [
+    "LAYER_CASES",
+    "LOSS_CASES",
+    "NOT_LAYERS_OR_LOSSES",
     "Comparison",
     "GradcheckReport",
+    "LayerCase",
+    "LossCase",
+    "Tolerances",
+    "case_input",
+    "check_case",
     "check_function",
     "check_layer",
     "check_loss",
@@ -59,10 +85,24 @@ __all__ = [
     "compare",
 ]
 
-RTOL_AUTODIFF = 1e-9
-RTOL_FD = 1e-6
-FD_EPS = 1e-3
-MAX_FD_ENTRIES = 1024
+
+class Tolerances(NamedTuple):
+    """The pass thresholds of a check and its finite-difference settings.
+
+    Attributes:
+      rtol_autodiff: the largest relative error against ``jax.grad``.
+      rtol_fd: the largest relative error against finite differences.
+      fd_eps: the finite-difference step ``ε``.
+      max_fd_entries: entries per array estimated by finite differences (sampled beyond it).
+    """
+
+    rtol_autodiff: float = 1e-9
+    rtol_fd: float = 1e-6
+    fd_eps: float = 1e-3
+    max_fd_entries: int = 1024
+
+
+DEFAULT_TOLERANCES = Tolerances()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +115,7 @@ class Comparison:
     max_abs_error: float
     max_relative_error: float
     tolerance: float
+    in_shape: tuple = ()  # the input's shape at which the gradient was checked
     skipped: int = 0  # finite-difference entries at non-smooth points, left out
     worst_index: tuple[int, ...] | None = None  # the entry with the largest relative error
     # per-entry relative errors (NaN where not compared), for plots; not part of equality
@@ -111,7 +152,11 @@ class GradcheckReport:
 
     def table(self) -> str:
         """A plain-text table: layer, parameter, error vs jax.grad, error vs finite differences,
-        the worst entry's index, pass/fail; notes below."""
+        the worst entry's index, pass/fail; notes below.
+
+        A row holds the largest error over the input shapes checked; finite-difference entries
+        skipped at non-smooth points are counted below the table.
+        """
         return _report_render.text(self)
 
     def markdown(self) -> str:
@@ -148,38 +193,104 @@ def compare(actual, expected, scale: float = 0.0) -> tuple[float, float]:
     diff = np.abs(a - b)
     if not np.all(np.isfinite(diff)):
         return math.inf, math.inf
-    floor = 1e-3 * max(float(np.max(np.abs(b))), scale)
+    return float(np.max(diff)), float(np.max(_relative_errors(a, b, scale)))
+
+
+def _relative_errors(actual, expected, scale: float = 0.0) -> np.ndarray:
+    """Entry-wise ``|a − b| / max(|a|, |b|, floor)`` as in :func:`compare` (``inf`` where either
+    is not finite)."""
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    diff = np.abs(a - b)
+    floor = 1e-3 * max(float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0)), scale)
     denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
-    return float(np.max(diff)), float(np.max(rel))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
+    return np.where(np.isfinite(diff), rel, np.inf)
 
 
-def _finite_differences(fn: Callable, arrays: list, index: int, eps: float, max_entries: int,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences of scalar ``fn(*arrays)`` w.r.t. ``arrays[index]``.
+def _located_comparison(layer: str, parameter: str, reference: str, errors: np.ndarray,
+                        abs_error: float, tolerance: float, in_shape: tuple = (),
+                        skipped: int = 0) -> Comparison:
+    """A :class:`Comparison` of per-entry ``errors`` (NaN where not compared), with the index
+    of the worst entry and the errors kept for plotting."""
+    compared = ~np.isnan(errors)
+    if not compared.any():
+        return Comparison(layer, parameter, reference, 0.0, 0.0, tolerance, in_shape, skipped,
+                          errors=errors)
+    worst = int(np.argmax(np.where(compared, errors, -1.0)))
+    index = tuple(int(i) for i in np.unravel_index(worst, errors.shape))
+    return Comparison(layer, parameter, reference, abs_error, float(errors.flat[worst]),
+                      tolerance, in_shape, skipped, index, errors)
 
-    Returns ``(flat_positions, estimates)``.
+
+def _fd_errors(hand: np.ndarray, positions: np.ndarray, estimates: np.ndarray,
+               smooth: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """Per-entry errors of ``hand`` against finite differences (NaN where none was taken or the
+    point is not smooth), and the largest absolute difference."""
+    at, fd = hand.reshape(-1)[positions[smooth]], estimates[smooth]
+    errors = np.full(hand.shape, np.nan)
+    errors.reshape(-1)[positions[smooth]] = _relative_errors(at, fd, scale)
+    return errors, float(np.max(np.abs(at - fd), initial=0.0))
+
+
+# offsets of the evaluated points, in steps ε: two central stencils (ε and ε/2) share ±ε
+_OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+
+
+def _finite_differences(fn: Callable, arrays: list, wrt: Sequence[int],
+                        tolerances: Tolerances, scale: float,
+                        rng: np.random.Generator) -> list[tuple]:
+    """Fourth-order central differences of scalar ``fn(*arrays)`` w.r.t. each ``arrays[i]``.
+
+    Every perturbed point of every array is evaluated by one compiled, vmapped function. Returns
+    ``(flat_positions, estimates, smooth)`` per array of ``wrt``; ``smooth`` is false where the
+    function is not smooth within the step (:func:`_stencils`).
     """
-    base = arrays[index]
-    n = base.size
-    positions = np.arange(n) if n <= max_entries else np.sort(
-        rng.choice(n, size=max_entries, replace=False)
-    )
+    eps, max_entries = tolerances.fd_eps, tolerances.max_fd_entries
+    sizes = [int(arrays[i].size) for i in wrt]
+    positions = [np.arange(n) if n <= max_entries else
+                 np.sort(rng.choice(n, size=max_entries, replace=False)) for n in sizes]
+    starts = np.cumsum([0, *sizes[:-1]])
+    flat_index = np.concatenate([p + s for p, s in zip(positions, starts, strict=True)])
 
-    def at(i, sign):
-        flat = base.reshape(-1).at[i].add(sign * eps).reshape(base.shape)
+    def at(theta):
         args = list(arrays)
-        args[index] = flat
+        for i, start, n in zip(wrt, starts, sizes, strict=True):
+            args[i] = theta[start:start + n].reshape(arrays[i].shape)
         return fn(*args)
 
-    def one(i):
-        # the fourth-order central stencil: error O(ε⁴) instead of O(ε²)
-        near = at(i, 1.0) - at(i, -1.0)
-        far = at(i, 2.0) - at(i, -2.0)
-        return (8 * near - far) / (12 * eps)
+    def perturbed(theta, index):
+        steps = eps * jnp.asarray(_OFFSETS, theta.dtype)
+        return jax.vmap(lambda h: at(theta.at[index].add(h)))(steps)
 
-    estimates = jax.jit(lambda idx: jax.lax.map(one, idx, batch_size=64))(jnp.asarray(positions))
-    return positions, np.asarray(estimates)
+    theta = jnp.concatenate([jnp.ravel(arrays[i]) for i in wrt])
+    table = jax.jit(lambda t, idx: jax.lax.map(lambda k: perturbed(t, k), idx, batch_size=128))(
+        theta, jnp.asarray(flat_index))
+    estimates, smooth = _stencils(np.asarray(table), eps, tolerances.rtol_fd / 2, scale)
+    bounds = np.cumsum([0, *(len(p) for p in positions)])
+    return [(p, estimates[a:b], smooth[a:b])
+            for p, a, b in zip(positions, bounds[:-1], bounds[1:], strict=True)]
+
+
+def _stencils(table: np.ndarray, eps: float, tolerance: float,
+              scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The derivative estimates of a row of ``S`` at ``_OFFSETS``, and where they can be trusted.
+
+    The estimate is the fourth-order stencil at step ``ε``. The point counts as smooth when
+    (a) the same stencil at ``ε/2`` agrees with it, and (b) the gap between the right and left
+    slopes, ``(S(ε) − S(0))/ε − (S(0) − S(−ε))/ε``, halves with the step, as ``ε·S''`` does
+    for a smooth ``S``; at a kink it stays the jump of the slope. Both are judged on
+    ``tolerance·max(|estimate|, 1e-3·scale)``, as :func:`compare` judges errors.
+    """
+    m2, m1, mh, center, ph, p1, p2 = table.T
+    estimate = (8 * (p1 - m1) - (p2 - m2)) / (12 * eps)
+    half_step = (8 * (ph - mh) - (p1 - m1)) / (6 * eps)
+    gap_change = (p1 - 2 * center + m1) / eps - 2 * (ph - 2 * center + mh) / (eps / 2)
+    size = np.maximum(np.abs(estimate), 1e-3 * max(scale, np.max(np.abs(estimate), initial=0)))
+    limit = tolerance * np.where(size == 0, 1.0, size)
+    smooth = (np.abs(estimate - half_step) <= limit) & (np.abs(gap_change) <= limit)
+    return estimate, smooth
 
 
 def _draw_input(key: jax.Array, in_shape: Sequence[int], input_dtype: Any) -> jax.Array:
@@ -232,33 +343,44 @@ def _largest(arrays: Sequence) -> float:
     return max((float(np.max(np.abs(np.asarray(a)))) for a in arrays if np.size(a)), default=0.0)
 
 
-def _compare_trees(layer_name: str, names: Sequence[str], hand: Sequence, reference: Sequence,
-                   label: str, tolerance: float, report: GradcheckReport,
-                   scale: float = 0.0) -> None:
-    for name, h, r in zip(names, hand, reference, strict=True):
-        abs_err, rel_err = compare(h, r, scale)
-        report.comparisons.append(Comparison(layer_name, name, label, abs_err, rel_err, tolerance))
-
-
 def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, arrays: list,
-                  names: list[str], *, rtol_autodiff: float, rtol_fd: float, fd_eps: float,
-                  max_fd_entries: int, seed: int) -> GradcheckReport:
+                  names: list[str], tolerances: Tolerances, seed: int,
+                  in_shape: tuple = ()) -> GradcheckReport:
     """Checks the gradient of scalar ``fn(*arrays)`` w.r.t. every floating-point array."""
-    report = GradcheckReport()
     wrt = [i for i, a in enumerate(arrays) if _is_float(a) and a.size]
-    hand = jax.grad(hand_fn, argnums=wrt)(*arrays)
-    auto = jax.grad(reference_fn, argnums=wrt)(*arrays)
+    both = jax.jit(lambda *a: (jax.grad(hand_fn, argnums=wrt)(*a),
+                               jax.grad(reference_fn, argnums=wrt)(*a)))  # one compilation
+    hand, auto = both(*arrays)
+    return _compare_with_references([(layer_name, names[i]) for i in wrt], hand, auto,
+                                    reference_fn, arrays, tolerances, seed, wrt, in_shape)
+
+
+def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
+                             auto: Sequence, reference_fn: Callable, arrays: list,
+                             tolerances: Tolerances, seed: int, wrt: Sequence[int] | None = None,
+                             in_shape: tuple = ()) -> GradcheckReport:
+    """Compares ``hand[j]``, the gradient w.r.t. ``arrays[wrt[j]]`` named ``names[j]`` (layer,
+    parameter), with ``auto[j]`` (``jax.grad`` of ``reference_fn``) and with finite differences
+    of ``reference_fn``.
+
+    Finite-difference entries at a point where ``reference_fn`` is not smooth within the step
+    are skipped and counted in :attr:`Comparison.skipped`, never failed.
+    """
+    wrt = list(range(len(arrays))) if wrt is None else list(wrt)
     scale = _largest(auto)
-    _compare_trees(layer_name, [names[i] for i in wrt], hand, auto, "jax.grad", rtol_autodiff,
-                   report, scale)
-    rng = np.random.default_rng(seed)
-    ref_jit = jax.jit(reference_fn)
-    for j, i in enumerate(wrt):
-        positions, estimates = _finite_differences(ref_jit, arrays, i, fd_eps, max_fd_entries,
-                                                   rng)
-        h = np.asarray(hand[j]).reshape(-1)[positions]
-        _compare_trees(layer_name, [names[i]], [h], [estimates], "finite differences", rtol_fd,
-                       report, scale)
+    estimates = _finite_differences(reference_fn, arrays, wrt, tolerances, scale,
+                                    np.random.default_rng(seed))
+    report = GradcheckReport()
+    for (layer, parameter), h, a, (positions, fd, smooth) in zip(names, hand, auto, estimates,
+                                                                 strict=True):
+        h, a = np.asarray(h), np.asarray(a)
+        report.comparisons.append(_located_comparison(
+            layer, parameter, "jax.grad", _relative_errors(h, a, scale),
+            float(np.max(np.abs(h - a), initial=0.0)), tolerances.rtol_autodiff, in_shape))
+        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
+        report.comparisons.append(_located_comparison(
+            layer, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
+            in_shape, int(np.sum(~smooth))))
     return report
 
 
@@ -277,10 +399,8 @@ def check_layer(
     seed: int = 0,
     input_dtype: Any = None,
     name: str | None = None,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
+    batch_sizes: Sequence[int] | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
     """Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
 
@@ -293,85 +413,102 @@ def check_layer(
       x: the input, an array or a tuple of arrays; standard normal entries when omitted
         (integer ids in ``[0, 4)`` when ``input_dtype`` is an integer type: then only the
         parameters' gradients are checked).
-      key: the PRNG key handed to ``forward`` (dropout); derived from ``seed`` when omitted and
-        ``train`` is true.
+      key: the PRNG key handed to ``forward`` (dropout); from ``seed`` when omitted in training.
       train: the mode to check (batch statistics, dropout masks).
       seed: seeds the parameters, input, cotangent and finite-difference sampling.
       name: the name used in the report (default ``layer.name``).
+      batch_sizes: further batch sizes to check at besides ``in_shape``'s, since a backward can
+        be right at one and wrong at another; by default the smallest the mode allows, 1 (2 in
+        training mode: batch statistics need two examples). Ignored when ``x`` is given.
+      tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
-      A :class:`GradcheckReport` with a row per parameter and for the input (``"input"``, or
-      ``"input[i]"`` per entry of a tuple input), against ``jax.grad`` and against finite
-      differences. A tuple-valued output gets a cotangent per entry:
-      ``S = Σ_i Σ v_i ⊙ y_i``.
+      A :class:`GradcheckReport`: a row per parameter and input (``"input[i]"`` per entry of a
+      tuple), for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
     """
     with jax.enable_x64(True):
         k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
-        if x is None:
-            if in_shape is None:
-                raise ValueError("check_layer: give in_shape or x")
-            if in_shape and all(isinstance(d, Sequence) for d in in_shape):  # a tuple input
-                x = tuple(_draw_input(k, s, input_dtype)
-                          for k, s in zip(jax.random.split(k_x, len(in_shape)), in_shape,
-                                          strict=True))
-            else:
-                x = _draw_input(k_x, in_shape, input_dtype)
-        x = _to_float64(x)
+        shapes = [] if x is not None else _batch_variants(in_shape, batch_sizes, train)
+        inputs = [x] if x is not None else [_draw_layer_input(k_x, shape, input_dtype)
+                                             for shape in shapes]
+        inputs = [_to_float64(inp) for inp in inputs]
         if params is None or state is None:
-            _, p0, s0 = layer.init(k_init, _shape_of(x))
+            _, p0, s0 = layer.init(k_init, _shape_of(inputs[0]))
             params = p0 if params is None else params
             state = s0 if state is None else state
         params, state = _to_float64(params), _to_float64(state)
         if key is None and train:
             key = k_fwd
-        y, _ = reference_apply(layer, params, state, x, key=key, train=train)
-        y_leaves, y_def = jax.tree.flatten(y)
-        if isinstance(y, tuple | list):  # one cotangent per output entry
-            v_leaves = [jax.random.normal(k, leaf.shape, jnp.float64) for k, leaf in
-                        zip(jax.random.split(k_v, len(y_leaves)), y_leaves, strict=True)]
-        else:
-            v_leaves = [jax.random.normal(k_v, y.shape, jnp.float64)]
+        report = GradcheckReport()
+        for inp in inputs:
+            call = functools.partial(_layer_scalar, layer, params, state, inp, k_v, key, train)
+            leaves = [*jax.tree.leaves(params), *jax.tree.leaves(inp)]
+            input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(inp)]
+            names = [*_leaf_names(params), *input_names]
+            report.extend(_check_scalar(name or layer.name, call(apply), call(reference_apply),
+                                        leaves, names, tolerances, seed, _shape_of(inp)))
+        return report
 
-        leaves, treedef = jax.tree.flatten(params)
-        x_leaves, x_def = jax.tree.flatten(x)
 
-        def scalar(path_fn):
-            def s(*arrays):
-                p = jax.tree.unflatten(treedef, arrays[:len(leaves)])
-                inp = jax.tree.unflatten(x_def, arrays[len(leaves):])
-                out, _ = path_fn(layer, p, state, inp, key=key, train=train)
-                out_leaves, out_def = jax.tree.flatten(out)
-                if out_def != y_def:
-                    raise ValueError(f"check_layer: the output's structure {out_def} differs "
-                                     f"from the reference's {y_def}")
-                return sum(jnp.sum(v * o) for v, o in zip(v_leaves, out_leaves, strict=True))
+def _batch_variants(in_shape: Sequence | None, batch_sizes: Sequence[int] | None,
+                    train: bool) -> list:
+    """``in_shape``, then ``in_shape`` with each other batch size (every entry of a tuple)."""
+    if in_shape is None:
+        raise ValueError("check_layer: give in_shape or x")
+    if batch_sizes is None:
+        batch_sizes = (2,) if train else (1,)
+    tuple_input = bool(in_shape) and all(isinstance(d, Sequence) for d in in_shape)
+    first = in_shape[0][0] if tuple_input else in_shape[0]
 
-            return s
+    def with_batch(b):
+        return tuple((b, *s[1:]) for s in in_shape) if tuple_input else (b, *in_shape[1:])
 
-        input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(x)]
-        names = [*_leaf_names(params), *input_names]
-        return _check_scalar(
-            name or layer.name, scalar(apply), scalar(reference_apply), [*leaves, *x_leaves],
-            names,
-            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
-            max_fd_entries=max_fd_entries, seed=seed,
-        )
+    return [tuple(in_shape), *(with_batch(b) for b in dict.fromkeys(batch_sizes) if b != first)]
+
+
+def _draw_layer_input(key: jax.Array, in_shape: Sequence, input_dtype: Any) -> Any:
+    """An input of ``in_shape``: one array, or a tuple of arrays for a tuple of shapes."""
+    if in_shape and all(isinstance(d, Sequence) for d in in_shape):  # a tuple input
+        keys = jax.random.split(key, len(in_shape))
+        return tuple(_draw_input(k, s, input_dtype) for k, s in zip(keys, in_shape, strict=True))
+    return _draw_input(key, in_shape, input_dtype)
+
+
+def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key, train: bool,
+                  path_fn: Callable) -> Callable:
+    """``S(*param_leaves, *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through ``path_fn``.
+
+    ``path_fn`` is :func:`jaxnn.apply` (the hand-derived backward) or
+    :func:`jaxnn.reference_apply`; the cotangents ``v_i`` are drawn once from ``cotangent_key``
+    for the reference output's leaves.
+    """
+    y, _ = reference_apply(layer, params, state, x, key=key, train=train)
+    y_leaves, y_def = jax.tree.flatten(y)
+    keys = jax.random.split(cotangent_key, len(y_leaves)) if len(y_leaves) > 1 else [
+        cotangent_key]
+    cotangents = [jax.random.normal(k, leaf.shape, jnp.float64)
+                  for k, leaf in zip(keys, y_leaves, strict=True)]
+    treedef, n_params = jax.tree.structure(params), len(jax.tree.leaves(params))
+    x_def = jax.tree.structure(x)
+
+    def scalar(*arrays):
+        p = jax.tree.unflatten(treedef, arrays[:n_params])
+        inp = jax.tree.unflatten(x_def, arrays[n_params:])
+        out, _ = path_fn(layer, p, state, inp, key=key, train=train)
+        out_leaves, out_def = jax.tree.flatten(out)
+        if out_def != y_def:
+            raise ValueError(f"check_layer: the output's structure {out_def} differs from the "
+                             f"reference's {y_def}")
+        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True))
+
+    return scalar
 
 
 # --- losses ------------------------------------------------------------------------------------
 
 
-def check_loss(
-    loss: Loss,
-    prediction: Any,
-    target: Any,
-    *,
-    seed: int = 0,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
-) -> GradcheckReport:
+def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
+               tolerances: Tolerances = DEFAULT_TOLERANCES) -> GradcheckReport:
     """Checks ``loss.grad`` (the hand-derived ``dJ/dprediction``) in float64."""
     with jax.enable_x64(True):
         prediction, target = _to_float64(prediction), _to_float64(target)
@@ -382,11 +519,25 @@ def check_loss(
         def reference(p):
             return loss.value(p, target)
 
-        return _check_scalar(
-            loss.name, hand, reference, [prediction], ["prediction"],
-            rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd, fd_eps=fd_eps,
-            max_fd_entries=max_fd_entries, seed=seed,
-        )
+        return _check_scalar(loss.name, hand, reference, [prediction], ["prediction"],
+                             tolerances, seed)
+
+
+# --- the registered cases ----------------------------------------------------------------------
+
+
+def check_case(case: LayerCase | LossCase, seed: int = 0) -> GradcheckReport:
+    """Checks one case of :data:`LAYER_CASES` / :data:`LOSS_CASES` (or a user's own case)."""
+    if isinstance(case, LossCase):
+        prediction, target = case.make_inputs(np.random.default_rng(seed))
+        return check_loss(case.loss, prediction, target, seed=seed)
+    options = {k: v for k, v in case.options.items() if k not in Tolerances._fields}
+    tolerances = DEFAULT_TOLERANCES._replace(
+        **{k: v for k, v in case.options.items() if k in Tolerances._fields})
+    x = case_input(case, seed)
+    if x is not None:
+        options.setdefault("x", x)
+    return check_layer(case.make(), case.in_shape, seed=seed, tolerances=tolerances, **options)
 
 
 # --- whole models ------------------------------------------------------------------------------
@@ -420,10 +571,7 @@ def check_model(
     train: bool = False,
     seed: int = 0,
     per_layer: bool = True,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
     """Checks a whole network and its loss, and names the layer whose backward is wrong.
 
@@ -436,53 +584,42 @@ def check_model(
     2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
        model (so a wrong backward in a layer without parameters is named too);
     3. the loss's own derivative at the model's output.
-
-    Finite differences assume the function is smooth around the point. A ``max_pool`` after a
-    ``relu`` receives many exact zeros, i.e. ties, where the maximum has no derivative: its
-    per-layer finite-difference row can then fail while the hand-derived gradient still equals
-    ``jax.grad`` exactly (the whole-model rows are unaffected, since perturbing a weight moves
-    no tied zero). For such models read the ``jax.grad`` rows, or pass ``per_layer=False``.
     """
     with jax.enable_x64(True):
         params, state = _to_float64(params), _to_float64(state)
         x, y = _to_float64(x), _to_float64(y)
-        report = GradcheckReport()
-
-        leaves, treedef = jax.tree.flatten(params)
-        names = [f"{layer}|{param}" for layer, param in _parameter_names(model, params)]
-        explicit = value_and_grad(model, loss, train=train)
-
-        def reference(*arrays):
-            p = jax.tree.unflatten(treedef, arrays)
-            out, _ = reference_apply(model, p, state, x, key=key, train=train)
-            return loss.value(out, y)
-
-        (_, _), hand_grads = explicit(params, state, x, y, key)
-        hand_leaves = jax.tree.leaves(hand_grads)
-        auto_leaves = jax.grad(reference, argnums=tuple(range(len(leaves))))(*leaves)
-        rng = np.random.default_rng(seed)
-        ref_jit = jax.jit(reference)
-        scale = _largest(auto_leaves)
-        for i, (nm, h, a) in enumerate(zip(names, hand_leaves, auto_leaves, strict=True)):
-            layer_name, param = nm.split("|", 1)
-            _compare_trees(layer_name, [param], [h], [a], "jax.grad", rtol_autodiff, report,
-                           scale)
-            positions, estimates = _finite_differences(ref_jit, list(leaves), i, fd_eps,
-                                                       max_fd_entries, rng)
-            _compare_trees(layer_name, [param], [np.asarray(h).reshape(-1)[positions]],
-                           [estimates], "finite differences", rtol_fd, report, scale)
-
+        report = _check_model_parameters(model, loss, params, state, x, y, key, train,
+                                         tolerances, seed)
         if per_layer:
             for path, leaf, p, s, inp, k in _record_inputs(model, params, state, x, key, train):
-                report.extend(check_layer(
-                    leaf, params=p, state=s, x=inp, key=k, train=train, seed=seed,
-                    name=f"{path} (alone)", rtol_autodiff=rtol_autodiff, rtol_fd=rtol_fd,
-                    fd_eps=fd_eps, max_fd_entries=max_fd_entries,
-                ))
+                report.extend(check_layer(leaf, params=p, state=s, x=inp, key=k, train=train,
+                                          seed=seed, name=f"{path} (alone)",
+                                          tolerances=tolerances))
         out, _ = reference_apply(model, params, state, x, key=key, train=train)
-        report.extend(check_loss(loss, out, y, seed=seed, rtol_autodiff=rtol_autodiff,
-                                 rtol_fd=rtol_fd, fd_eps=fd_eps, max_fd_entries=max_fd_entries))
+        report.extend(check_loss(loss, out, y, seed=seed, tolerances=tolerances))
         return report
+
+
+def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, train: bool,
+                            tolerances: Tolerances, seed: int) -> GradcheckReport:
+    """Part 1 of :func:`check_model`: every parameter's gradient through the explicit chain."""
+    leaves, treedef = jax.tree.flatten(params)
+    explicit = value_and_grad(model, loss, train=train)
+
+    def reference(*arrays):
+        out, _ = reference_apply(model, jax.tree.unflatten(treedef, arrays), state, x, key=key,
+                                 train=train)
+        return loss.value(out, y)
+
+    def both(p):  # one compilation for the explicit chain and jax.grad
+        (_, _), hand_grads = explicit(p, state, x, y, key)
+        leaves = jax.tree.leaves(p)
+        return jax.tree.leaves(hand_grads), jax.grad(reference, argnums=tuple(range(len(leaves))))(
+            *leaves)
+
+    hand, auto = jax.jit(both)(params)
+    return _compare_with_references(_parameter_names(model, params), hand, auto, reference,
+                                    leaves, tolerances, seed, in_shape=_shape_of(x))
 
 
 def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:
@@ -526,10 +663,7 @@ def check_function(
     reference: Callable | None = None,
     seed: int = 0,
     name: str | None = None,
-    rtol_autodiff: float = RTOL_AUTODIFF,
-    rtol_fd: float = RTOL_FD,
-    fd_eps: float = FD_EPS,
-    max_fd_entries: int = MAX_FD_ENTRIES,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
     """Checks the derivative JAX uses for ``fn`` (its custom rule) at ``args``, in float64.
 
@@ -555,6 +689,7 @@ def check_function(
         note says so).
       seed: seeds the cotangent and the finite-difference sampling.
       name: the name in the report's first column (default ``fn.__name__``).
+      tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
       A :class:`GradcheckReport` with one row per differentiated leaf, named by the argument
@@ -593,7 +728,6 @@ def check_function(
                                     f"scan/while/cond bodies), compared with finite "
                                     f"differences only; pass reference= to compare with "
                                     f"another implementation's autodiff")
-        tolerances = (rtol_autodiff, rtol_fd, fd_eps, max_fd_entries)
         report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
                                       tolerances, seed))
         return report
@@ -723,59 +857,35 @@ def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Ca
     return scalar
 
 
-def _relative_errors(actual, expected, scale: float = 0.0) -> np.ndarray:
-    """Entry-wise ``|a − b| / max(|a|, |b|, floor)`` as in :func:`compare` (``inf`` where either
-    is not finite)."""
-    a = np.asarray(actual, dtype=np.float64)
-    b = np.asarray(expected, dtype=np.float64)
-    diff = np.abs(a - b)
-    finite_b = np.abs(b[np.isfinite(b)])
-    floor = 1e-3 * max(float(np.max(finite_b, initial=0.0)), scale)
-    denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
-    return np.where(np.isfinite(diff), rel, np.inf)
-
-
-def _located_comparison(layer: str, parameter: str, reference: str, errors: np.ndarray,
-                        abs_error: float, tolerance: float, skipped: int = 0) -> Comparison:
-    """A :class:`Comparison` of per-entry ``errors`` (NaN where not compared), with the index
-    of the worst entry and the errors kept for plotting."""
-    compared = ~np.isnan(errors)
-    if not compared.any():
-        return Comparison(layer, parameter, reference, 0.0, 0.0, tolerance, skipped=skipped,
-                          errors=errors)
-    worst = int(np.argmax(np.where(compared, errors, -1.0)))
-    index = tuple(int(i) for i in np.unravel_index(worst, errors.shape))
-    return Comparison(layer, parameter, reference, abs_error, float(errors.flat[worst]),
-                      tolerance, skipped=skipped, worst_index=index, errors=errors)
-
-
 def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
-                    reference: Callable | None, tolerances: tuple, seed: int) -> GradcheckReport:
+                    reference: Callable | None, tolerances: Tolerances,
+                    seed: int) -> GradcheckReport:
     """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
-    of ``scalar``, one pair of rows per differentiated leaf."""
-    rtol_autodiff, rtol_fd, fd_eps, max_fd_entries = tolerances
+    of ``scalar``, one pair of rows per differentiated leaf.
+
+    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
+    autodiff may pick different ones (``jax.nn.relu``'s rule says 0 at 0, autodiff of
+    ``max(x, 0)`` says 0.5): entries the finite differences find non-smooth are left out of
+    both comparisons, and counted.
+    """
     wrt = tuple(range(len(arrays)))
     hand = [np.asarray(g) for g in jax.jit(jax.grad(scalar, argnums=wrt))(*arrays)]
     auto = None if reference is None else [
         np.asarray(g) for g in jax.jit(jax.grad(reference, argnums=wrt))(*arrays)]
-    rng = np.random.default_rng(seed)
-    estimates = [_finite_differences(jax.jit(scalar), arrays, i, fd_eps, max_fd_entries, rng)
-                 for i in wrt]
-    scale = _largest(auto if auto is not None else [e for _, e in estimates])
+    scale = _largest(hand if auto is None else auto)
+    estimates = _finite_differences(scalar, arrays, list(wrt), tolerances, scale,
+                                    np.random.default_rng(seed))
     report = GradcheckReport()
-    for j, parameter in enumerate(names):
-        if auto is not None:
-            errors = _relative_errors(hand[j], auto[j], scale)
+    for parameter, h, a, (positions, fd, smooth) in zip(
+            names, hand, auto or [None] * len(hand), estimates, strict=True):
+        if a is not None:
+            errors, diff = _relative_errors(h, a, scale), np.abs(h - a)
+            errors.reshape(-1)[positions[~smooth]] = np.nan
             report.comparisons.append(_located_comparison(
-                name, parameter, "jax.grad", errors, float(np.max(np.abs(hand[j] - auto[j]))),
-                rtol_autodiff))
-        positions, fd = estimates[j]
-        at = hand[j].reshape(-1)[positions]
-        errors = np.full(hand[j].shape, np.nan)
-        errors.reshape(-1)[positions] = _relative_errors(at, fd, scale)
+                name, parameter, "jax.grad", errors,
+                float(np.max(diff[~np.isnan(errors)], initial=0.0)), tolerances.rtol_autodiff))
+        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
         report.comparisons.append(_located_comparison(
-            name, parameter, "finite differences", errors,
-            float(np.max(np.abs(at - fd), initial=0.0)), rtol_fd))
+            name, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
+            skipped=int(np.sum(~smooth))))
     return report

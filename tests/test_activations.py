@@ -8,29 +8,20 @@ import pytest
 
 import jaxnn
 from jaxnn import activations
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-SHAPES = [(3, 4), (1, 7), (2, 3, 5)]
-
-
-def _cases(make, away_from_zero=False):
-    return [LayerCase(make, s, away_from_zero=away_from_zero) for s in SHAPES]
-
-
-GRADCHECK_CASES = {
-    "sigmoid": _cases(jaxnn.sigmoid),
-    "tanh": _cases(jaxnn.tanh),
-    "relu": _cases(jaxnn.relu, away_from_zero=True),
-    "leaky_relu": _cases(lambda: jaxnn.leaky_relu(0.2), away_from_zero=True)
-    + _cases(jaxnn.leaky_relu, away_from_zero=True),
-    "softmax": _cases(jaxnn.softmax) + [LayerCase(lambda: jaxnn.softmax(axis=1), (2, 3, 5))],
-    "gelu": _cases(jaxnn.gelu) + _cases(lambda: jaxnn.gelu(approximate=True)),
-    "elu": _cases(jaxnn.elu, away_from_zero=True)
-    + _cases(lambda: jaxnn.elu(alpha=0.5), away_from_zero=True),
-    "softplus": _cases(jaxnn.softplus),
-    "silu": _cases(jaxnn.silu),
-    "identity": _cases(jaxnn.identity),
-}
+GRADCHECK_CASES = registered(
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "softmax",
+    "gelu",
+    "elu",
+    "softplus",
+    "silu",
+    "identity",
+)
 
 
 @pytest.mark.parametrize(

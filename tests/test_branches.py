@@ -10,7 +10,7 @@ import pytest
 
 import jaxnn
 from jaxnn import gradcheck
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
 
 def _two_branches():
@@ -18,31 +18,7 @@ def _two_branches():
                         jaxnn.concatenate())
 
 
-GRADCHECK_CASES = {
-    "parallel": [
-        LayerCase(lambda: jaxnn.parallel(jaxnn.dense(2), jaxnn.tanh()), (4, 3)),
-        LayerCase(lambda: jaxnn.parallel(jaxnn.dense(3), jaxnn.identity(), jaxnn.sigmoid()),
-                  (2, 5, 3)),
-        LayerCase(lambda: jaxnn.parallel(jaxnn.batch_norm(), jaxnn.dense(2)), (5, 3),
-                  {"train": True}),
-        # named: params and state are dicts keyed by the names, flattened in sorted order
-        LayerCase(lambda: jaxnn.parallel(wide=jaxnn.dense(3), norm=jaxnn.batch_norm(),
-                                         act=jaxnn.tanh()), (5, 3), {"train": True}),
-    ],
-    "concatenate": [
-        LayerCase(lambda: jaxnn.concatenate(), ((4, 3), (4, 2))),
-        LayerCase(lambda: jaxnn.concatenate(axis=1), ((2, 3, 4), (2, 1, 4), (2, 2, 4))),
-        LayerCase(lambda: jaxnn.concatenate(), ((3, 1),)),
-    ],
-    "residual": [
-        LayerCase(lambda: jaxnn.residual(jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(),
-                                                      jaxnn.dense(3))), (5, 3)),
-        LayerCase(lambda: jaxnn.residual(jaxnn.layer_norm()), (2, 3, 4)),
-        LayerCase(lambda: jaxnn.residual(jaxnn.serial(
-            jaxnn.dense(4, use_bias=False), jaxnn.batch_norm(), jaxnn.tanh(), jaxnn.dropout(0.3),
-            jaxnn.dense(3))), (6, 3), {"train": True}),
-    ],
-}
+GRADCHECK_CASES = registered("parallel", "concatenate", "residual")
 
 CASES = [(name, case) for name, cases in GRADCHECK_CASES.items() for case in cases]
 

@@ -274,8 +274,8 @@ def _wrong_relu():
 
 def test_gradcheck_exits_1_naming_a_layer_with_a_wrong_backward(monkeypatch, capsys):
     layer_checks = cli._default_layer_checks()
-    layer_checks["relu"] = lambda: cli.LayerCheck(_wrong_relu, (4, 5), "relu (wrong)",
-                                                  away_from_zero=True)
+    layer_checks["relu"] = lambda: jaxnn.gradcheck.LayerCase(_wrong_relu, (4, 5), "relu (wrong)",
+                                                             inputs="away_from_zero")
     real_table = cli.gradcheck_table
     monkeypatch.setattr(cli, "gradcheck_table", lambda *a, **k: real_table(
         ["identity", "relu"], [], layer_checks=layer_checks))

@@ -10,25 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-GRADCHECK_CASES = {
-    "serial": [
-        LayerCase(lambda: jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(2)), (3, 5)),
-        LayerCase(lambda: jaxnn.serial(jaxnn.dense(3), jaxnn.sigmoid()), (6, 2)),
-        LayerCase(lambda: jaxnn.serial(jaxnn.dense(5), jaxnn.gelu(), jaxnn.dense(4),
-                                       jaxnn.softplus(), jaxnn.dense(3), jaxnn.softmax()),
-                  (2, 4)),
-        LayerCase(lambda: jaxnn.serial(jaxnn.serial(jaxnn.dense(3), jaxnn.silu()),
-                                       jaxnn.dense(2)), (4, 3)),
-        # named: params are dicts keyed by name (flattened in sorted order, not layer order)
-        LayerCase(lambda: jaxnn.serial(enc=jaxnn.dense(4), act=jaxnn.tanh(),
-                                       head=jaxnn.dense(2)), (3, 5)),
-        LayerCase(lambda: jaxnn.serial(("z_enc", jaxnn.serial(jaxnn.dense(3), jaxnn.silu())),
-                                       ("a_norm", jaxnn.batch_norm()), ("head", jaxnn.dense(2))),
-                  (6, 3), {"train": True}),
-    ],
-}
+GRADCHECK_CASES = registered("serial")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["serial"], ids=repr)

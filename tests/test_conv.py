@@ -9,33 +9,9 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-# Finite differences on a random sample of 48 entries per array (the comparison with jax.grad
-# covers every entry): the full stencil over batched convolutions is slow on a CPU.
-FD = {"max_fd_entries": 48}
-
-GRADCHECK_CASES = {
-    "conv": [
-        LayerCase(lambda: jaxnn.conv(3, (3,)), (2, 7, 2), FD),
-        LayerCase(lambda: jaxnn.conv(2, (3,), strides=2, padding="VALID", dilation=2),
-                  (2, 9, 3), FD),
-        LayerCase(lambda: jaxnn.conv(4, (2,), strides=3, padding=((2, 3),),
-                                     feature_group_count=2), (2, 8, 4), FD),
-        LayerCase(lambda: jaxnn.conv(3, (3, 3)), (2, 5, 5, 2), FD),
-        LayerCase(lambda: jaxnn.conv(2, (3, 2), strides=(2, 1), padding="VALID"),
-                  (2, 6, 5, 2), FD),
-        LayerCase(lambda: jaxnn.conv(4, (2, 3), strides=2, padding="SAME", dilation=(2, 1),
-                                     feature_group_count=2), (2, 6, 5, 4), FD),
-        # padding larger than the kernel reach: the transposed convolution pads negatively
-        LayerCase(lambda: jaxnn.conv(2, (2, 2), strides=(1, 2), padding=((3, 1), (0, 2)),
-                                     use_bias=False), (1, 4, 5, 2), FD),
-        # depthwise: one group per input channel, two outputs each
-        LayerCase(lambda: jaxnn.conv(6, (3, 3), strides=2, feature_group_count=3),
-                  (2, 5, 4, 3), FD),
-        LayerCase(lambda: jaxnn.conv(2, (2, 2, 2), strides=(1, 2, 1)), (1, 3, 4, 3, 2), FD),
-    ],
-}
+GRADCHECK_CASES = registered("conv")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["conv"], ids=repr)

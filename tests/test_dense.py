@@ -7,16 +7,9 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-GRADCHECK_CASES = {
-    "dense": [
-        LayerCase(lambda: jaxnn.dense(3), (4, 2)),
-        LayerCase(lambda: jaxnn.dense(1), (7, 5)),
-        LayerCase(lambda: jaxnn.dense(6, use_bias=False), (3, 4)),
-        LayerCase(lambda: jaxnn.dense(2), (2, 3, 4)),  # a sequence axis besides the batch
-    ],
-}
+GRADCHECK_CASES = registered("dense")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["dense"], ids=repr)

@@ -11,16 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-GRADCHECK_CASES = {
-    "dropout": [
-        LayerCase(lambda: jaxnn.dropout(0.5), (4, 6), {"train": True}),
-        LayerCase(lambda: jaxnn.dropout(0.1), (2, 3, 5), {"train": True}),
-        LayerCase(lambda: jaxnn.dropout(0.9), (8, 4), {"train": True}),
-        LayerCase(lambda: jaxnn.dropout(0.5), (4, 6)),  # evaluation: the identity
-    ],
-}
+GRADCHECK_CASES = registered("dropout")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["dropout"], ids=repr)

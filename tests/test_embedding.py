@@ -10,17 +10,11 @@ import optax
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
 # check_layer draws ids in [0, 4): every table has at least 4 rows; the extra rows are never
 # looked up and must get an exactly zero gradient
-GRADCHECK_CASES = {
-    "embedding": [
-        LayerCase(lambda: jaxnn.embedding(4, 3), (6,), {"input_dtype": jnp.int32}),
-        LayerCase(lambda: jaxnn.embedding(7, 2), (3, 5), {"input_dtype": jnp.int32}),
-        LayerCase(lambda: jaxnn.embedding(5, 4), (2, 3, 4), {"input_dtype": jnp.int64}),
-    ],
-}
+GRADCHECK_CASES = registered("embedding")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["embedding"], ids=repr)

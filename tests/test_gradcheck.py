@@ -51,11 +51,12 @@ def test_a_wrong_backward_is_caught_against_both_references():
 
 def test_a_slightly_wrong_weight_gradient_is_caught_and_the_parameter_named():
     report = gradcheck.check_layer(_scaled_dense(1 + 1e-5), (4, 2))
-    assert [(c.layer, c.parameter, c.reference) for c in report.failures] == [
-        ("my_dense", "W", "jax.grad"), ("my_dense", "W", "finite differences")]
+    assert {(c.layer, c.parameter, c.reference) for c in report.failures} == {
+        ("my_dense", "W", "jax.grad"), ("my_dense", "W", "finite differences")}
+    assert {c.in_shape for c in report.failures} == {(4, 2), (1, 2)}  # both batch sizes
     # an error of 1e-8 is below what finite differences resolve; autodiff still sees it
     report = gradcheck.check_layer(_scaled_dense(1 + 1e-8), (4, 2))
-    assert [(c.parameter, c.reference) for c in report.failures] == [("W", "jax.grad")]
+    assert {(c.parameter, c.reference) for c in report.failures} == {("W", "jax.grad")}
 
 
 def test_check_model_names_the_failing_layer_without_parameters():
@@ -125,3 +126,87 @@ def test_compare_definition():
     assert rel == pytest.approx(1e-17 / 2e-3)
     _, rel = gradcheck.compare(np.array([2e-6]), np.array([1e-6]), scale=1.0)
     assert rel == pytest.approx(1e-3)  # a 100% error on a small entry still fails
+
+
+# --- kinks: never accuse a correct layer; still catch a wrong one -------------------------------
+
+SEEDS = range(6)
+
+
+def _dense_with_backward(change):
+    """``dense(4)`` whose backward's ``(grads, dx)`` goes through ``change``."""
+    base = jaxnn.dense(4)
+
+    def backward(params, residuals, dz):
+        return change(*base.backward(params, residuals, dz))
+
+    return base._replace(name="broken_dense", backward=backward)
+
+
+BROKEN = {
+    "dW x 1.01": lambda g, dx: ({**g, "W": g["W"] * 1.01}, dx),
+    "transposed dW": lambda g, dx: ({**g, "W": g["W"].T}, dx),
+    "wrong bias gradient": lambda g, dx: ({**g, "b": g["b"] * 0.5}, dx),
+    "missing dx": lambda g, dx: (g, jnp.zeros_like(dx)),
+}
+WRONG_PARAMETER = {"dW x 1.01": "W", "transposed dW": "W", "wrong bias gradient": "b",
+                   "missing dx": "input"}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_wrong_backward_fails_at_every_seed_against_both_references(broken, seed):
+    relu_net = jaxnn.serial(_dense_with_backward(BROKEN[broken]), jaxnn.relu())
+    for layer in (_dense_with_backward(BROKEN[broken]), relu_net):
+        report = gradcheck.check_layer(layer, (6, 4), seed=seed)
+        assert not report.passed
+        failed = {(c.parameter.split(".")[-1].split("]")[-1], c.reference)
+                  for c in report.failures}
+        name = WRONG_PARAMETER[broken]
+        assert {(name, "jax.grad"), (name, "finite differences")} <= failed, report.table()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("make", "in_shape"), [
+    (jaxnn.relu, (8, 16)), (lambda: jaxnn.leaky_relu(0.1), (8, 16)),
+    (lambda: jaxnn.max_pool((2, 2)), (2, 4, 6, 2)),
+    (lambda: jaxnn.serial(jaxnn.relu(), jaxnn.max_pool((2,))), (3, 8, 4)),
+], ids=["relu", "leaky_relu", "max_pool", "relu-max_pool"])
+def test_layers_with_kinks_pass_at_many_seeds(make, in_shape, seed):
+    report = gradcheck.check_layer(make(), in_shape, seed=seed)
+    assert report.passed, report.table()
+
+
+def _residual_relu_model():
+    block = jaxnn.residual(jaxnn.serial(jaxnn.dense(6), jaxnn.relu(), jaxnn.dense(6)))
+    return jaxnn.serial(jaxnn.dense(6), jaxnn.relu(), block, jaxnn.relu(), block, jaxnn.relu(),
+                        jaxnn.dense(3))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_check_model_passes_a_correct_residual_relu_model_at_many_seeds(seed):
+    model = _residual_relu_model()
+    _, params, _ = model.init(jax.random.key(seed), (-1, 5))
+    x = jax.random.normal(jax.random.key(100 + seed), (16, 5))
+    y = jnp.arange(16) % 3
+    report = gradcheck.check_model(model, jaxnn.softmax_cross_entropy, params, x, y, seed=seed)
+    assert report.passed, report.table()
+
+
+def test_non_smooth_entries_are_skipped_and_counted_never_failed():
+    x = jnp.array([[0.0, 1.0, -1.0, 2e-4]])  # 0 and 2e-4 lie within the step of the kink
+    report = gradcheck.check_layer(jaxnn.relu(), x=x)
+    assert report.passed
+    (fd,) = [c for c in report.comparisons if c.reference == "finite differences"]
+    assert fd.skipped == 2
+    assert "2 finite-difference entries skipped: non-smooth point" in report.table()
+
+
+def test_a_backward_wrong_only_at_batch_one_is_caught_by_default():
+    def derivative(z):
+        return 3 * z**2 * (z.shape[0] > 1)
+
+    report = gradcheck.check_layer(_cube_layer(derivative), (4, 5))
+    assert not report.passed
+    assert {c.in_shape for c in report.failures} == {(1, 5)}
+    assert gradcheck.check_layer(_cube_layer(derivative), (4, 5), batch_sizes=()).passed

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LossCase, run_loss_case
+from tests.gradcases import registered, run_loss_case
 
 _rng = np.random.default_rng(0)
 
@@ -24,27 +24,12 @@ def _normal(shape):
     return jnp.asarray(_rng.normal(size=shape))
 
 
-GRADCHECK_CASES = {
-    "binary_cross_entropy": [
-        LossCase(jaxnn.binary_cross_entropy, _probs(s), _labels(s)) for s in [(4, 1), (7,), (3, 5)]
-    ],
-    "binary_cross_entropy_with_logits": [
-        LossCase(jaxnn.binary_cross_entropy_with_logits, _normal(s), _labels(s))
-        for s in [(4, 1), (7,), (3, 5)]
-    ]
-    + [LossCase(jaxnn.binary_cross_entropy_with_logits, _normal((6, 1)),
-                jnp.asarray(_rng.uniform(size=(6, 1))))],  # soft labels
-    "softmax_cross_entropy": [
-        LossCase(jaxnn.softmax_cross_entropy, _normal((4, 3)), jnp.array([0, 2, 1, 2])),
-        LossCase(jaxnn.softmax_cross_entropy, _normal((2, 5, 4)),
-                 jnp.asarray(_rng.integers(0, 4, (2, 5)))),
-        LossCase(jaxnn.softmax_cross_entropy, _normal((3, 6)),
-                 jax.nn.one_hot(jnp.array([5, 0, 3]), 6, dtype=jnp.float64)),
-    ],
-    "mean_squared_error": [
-        LossCase(jaxnn.mean_squared_error, _normal(s), _normal(s)) for s in [(4, 1), (5,), (3, 4)]
-    ],
-}
+GRADCHECK_CASES = registered(
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "softmax_cross_entropy",
+    "mean_squared_error",
+)
 
 
 @pytest.mark.parametrize(

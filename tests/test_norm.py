@@ -12,30 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
 _RUNNING = {"mean": jnp.array([0.3, -1.2, 2.0]), "var": jnp.array([0.5, 2.0, 1.5])}
 
-GRADCHECK_CASES = {
-    "batch_norm": [
-        LayerCase(lambda: jaxnn.batch_norm(), (5, 3), {"train": True}),
-        LayerCase(lambda: jaxnn.batch_norm(), (2, 4, 4, 3), {"train": True}),  # NHWC
-        LayerCase(lambda: jaxnn.batch_norm(axis=1, use_offset=False), (4, 3, 2),
-                  {"train": True}),  # NCW
-        LayerCase(lambda: jaxnn.batch_norm(), (5, 3), {"state": _RUNNING}),  # eval
-        LayerCase(lambda: jaxnn.batch_norm(use_offset=False), (2, 4, 3), {"state": _RUNNING}),
-    ],
-    "layer_norm": [
-        LayerCase(lambda: jaxnn.layer_norm(), (4, 5)),
-        LayerCase(lambda: jaxnn.layer_norm(), (2, 3, 6)),
-        LayerCase(lambda: jaxnn.layer_norm(use_offset=False, epsilon=1e-3), (5, 2)),
-    ],
-    "rms_norm": [
-        LayerCase(lambda: jaxnn.rms_norm(), (4, 5)),
-        LayerCase(lambda: jaxnn.rms_norm(), (2, 3, 6)),
-        LayerCase(lambda: jaxnn.rms_norm(epsilon=1e-2), (5, 1)),
-    ],
-}
+GRADCHECK_CASES = registered("batch_norm", "layer_norm", "rms_norm")
 
 CASES = [(name, case) for name, cases in GRADCHECK_CASES.items() for case in cases]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
 
 def distinct(shape, seed=0):
@@ -19,34 +19,11 @@ def distinct(shape, seed=0):
     return jnp.asarray(values / n * 4.0 - 2.0)  # in [-2, 2): padding must never win
 
 
-def case(make, shape, distinct_input=True):
-    return LayerCase(make, shape, {"x": distinct(shape)} if distinct_input else {})
-
-
-GRADCHECK_CASES = {
-    "max_pool": [
-        case(lambda: jaxnn.max_pool((2,)), (2, 6, 3)),
-        case(lambda: jaxnn.max_pool((3,), strides=1, padding="SAME"), (2, 5, 2)),
-        case(lambda: jaxnn.max_pool((2, 2)), (2, 4, 6, 2)),
-        # overlapping windows: an entry may win several windows and collect their gradients
-        case(lambda: jaxnn.max_pool((3, 2), strides=(2, 1), padding="SAME"), (2, 5, 4, 2)),
-        case(lambda: jaxnn.max_pool((3, 3), strides=2, padding=((1, 2), (2, 0))), (1, 6, 5, 2)),
-    ],
-    "avg_pool": [
-        case(lambda: jaxnn.avg_pool((2,)), (2, 6, 3), False),
-        case(lambda: jaxnn.avg_pool((3,), strides=2, padding="SAME"), (2, 7, 2), False),
-        case(lambda: jaxnn.avg_pool((2, 2)), (2, 4, 6, 2), False),
-        case(lambda: jaxnn.avg_pool((3, 2), strides=(2, 1), padding="SAME"), (2, 5, 4, 2),
-             False),
-        case(lambda: jaxnn.avg_pool((3, 3), strides=2, padding=((1, 2), (2, 0)),
-                                    count_include_pad=True), (1, 6, 5, 2), False),
-    ],
-    "global_avg_pool": [
-        case(lambda: jaxnn.global_avg_pool(), (2, 5, 3), False),
-        case(lambda: jaxnn.global_avg_pool(), (2, 3, 4, 2), False),
-        case(lambda: jaxnn.global_avg_pool(), (1, 2, 3, 2, 4), False),
-    ],
-}
+GRADCHECK_CASES = registered(
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+)
 
 
 @pytest.mark.parametrize(

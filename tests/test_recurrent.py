@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
 
 def _sequence(shape, seed=0):
@@ -26,31 +26,14 @@ def _with_lengths(shape, lengths, hidden=None, states=0, seed=0):
     return tuple(parts)
 
 
-GRADCHECK_CASES = {
-    "lstm": [
-        LayerCase(lambda: jaxnn.lstm(3), (2, 4, 5)),
-        LayerCase(lambda: jaxnn.lstm(2, return_sequences=False, forget_bias=0.0), (3, 6, 1)),
-        LayerCase(lambda: jaxnn.lstm(4, lengths=True, initial_state=True), (3, 5, 2),
-                  {"x": _with_lengths((3, 5, 2), [5, 2, 0], hidden=4, states=2)}),
-        LayerCase(lambda: jaxnn.lstm(3, lengths=True, return_sequences=False), (4, 3, 2),
-                  {"x": _with_lengths((4, 3, 2), [3, 1, 2, 0])}),
-    ],
-    "gru": [
-        LayerCase(lambda: jaxnn.gru(3), (2, 4, 5)),
-        LayerCase(lambda: jaxnn.gru(2, return_sequences=False), (3, 6, 1)),
-        LayerCase(lambda: jaxnn.gru(4, lengths=True, initial_state=True), (3, 5, 2),
-                  {"x": _with_lengths((3, 5, 2), [5, 2, 0], hidden=4, states=1)}),
-        LayerCase(lambda: jaxnn.gru(3, initial_state=True, return_sequences=False), (2, 3, 2),
-                  {"x": (_sequence((2, 3, 2)), _sequence((2, 3), seed=1))}),
-    ],
-}
+GRADCHECK_CASES = registered("lstm", "gru")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["lstm"] + GRADCHECK_CASES["gru"], ids=repr)
 def test_bptt_matches_autodiff_and_finite_differences(case):
     report = run_layer_case(case)
     checked = {c.parameter for c in report.comparisons}
-    x = case.kwargs.get("x")
+    x = case.options.get("x")
     if isinstance(x, tuple):  # every float entry (x, h0, c0) is checked; integer lengths are not
         inputs = {f"input[{i}]" for i, a in enumerate(x) if jnp.issubdtype(a.dtype, jnp.floating)}
     else:

@@ -9,18 +9,9 @@ import pytest
 
 import jaxnn
 from jaxnn import precision
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-GRADCHECK_CASES = {
-    "remat": [
-        LayerCase(lambda: jaxnn.remat(jaxnn.dense(3)), (4, 2)),
-        LayerCase(lambda: jaxnn.remat(jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(),
-                                                   jaxnn.dense(2))), (3, 5)),
-        LayerCase(lambda: jaxnn.remat(jaxnn.serial(
-            jaxnn.remat(jaxnn.serial(jaxnn.dense(3), jaxnn.sigmoid())), jaxnn.dense(2),
-            jaxnn.softplus())), (2, 4)),
-    ],
-}
+GRADCHECK_CASES = registered("remat")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["remat"], ids=repr)

@@ -6,20 +6,9 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase, run_layer_case
+from tests.gradcases import registered, run_layer_case
 
-GRADCHECK_CASES = {
-    "flatten": [
-        LayerCase(lambda: jaxnn.flatten(), (2, 3, 4)),
-        LayerCase(lambda: jaxnn.flatten(), (3, 2, 2, 3)),
-        LayerCase(lambda: jaxnn.flatten(), (4, 5)),
-    ],
-    "reshape": [
-        LayerCase(lambda: jaxnn.reshape((3, 4)), (2, 12)),
-        LayerCase(lambda: jaxnn.reshape((-1, 2)), (2, 3, 4)),
-        LayerCase(lambda: jaxnn.reshape((2, 1, 3)), (3, 3, 2)),
-    ],
-}
+GRADCHECK_CASES = registered("flatten", "reshape")
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES["flatten"] + GRADCHECK_CASES["reshape"],

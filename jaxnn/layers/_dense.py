@@ -106,17 +106,18 @@ def weight_gradient(x: jax.Array, dz: jax.Array) -> jax.Array:
     """``dW = xᵀ dZ`` for ``x`` of shape ``(m, n_in)`` and ``dZ`` of shape ``(m, n_out)``.
 
     Every entry is the sum over examples ``dW[i, j] = Σ_k x[k, i] dZ[k, j]``; only the operand
-    order of the matrix product changes. XLA's CPU backend runs the product that contracts the
-    batch axis and writes a ``(n_in, n_out)`` row-major result several times slower when
-    ``n_out`` is small than the product ``dZᵀ x`` that writes ``(n_out, n_in)`` (measured with
-    ``benchmarks/weight_gradient.py`` on 2 CPU cores: 6.8–8.8× for the classic ``12288 → 7``
-    layer at 209 examples, 4× for ``1024 → 10`` at 128, break-even near ``n_in = 2 n_out``,
-    0.6–0.8× at ``n_in ≤ n_out``).
-    So a layer that narrows its input four-fold or more computes ``(dZᵀ x)ᵀ``. The
-    ``optimization_barrier`` keeps XLA's simplifier from folding the transpose back into the
-    slow product; the transpose itself copies only ``n_in·n_out`` entries.
+    order of the matrix product depends on the backend. When lowering for XLA's CPU backend, a
+    layer that narrows its input four-fold or more (``4·n_out ≤ n_in``) computes
+    ``(dZᵀ x)ᵀ``, which that backend runs several times faster than ``xᵀ dZ`` (figures in
+    ``benchmarks/README.md``); an ``optimization_barrier`` keeps XLA's simplifier from folding
+    the transpose back into the slow product. Every other backend (GPU, TPU) gets the plain
+    ``xᵀ dZ``: the choice is made at lowering time by ``jax.lax.platform_dependent``.
     """
     n_in, n_out = x.shape[-1], dz.shape[-1]
-    if 4 * n_out <= n_in:
-        return jax.lax.optimization_barrier(dz.T @ x).T
-    return x.T @ dz
+    if 4 * n_out > n_in:
+        return x.T @ dz
+    return jax.lax.platform_dependent(
+        x, dz,
+        cpu=lambda x, dz: jax.lax.optimization_barrier(dz.T @ x).T,
+        default=lambda x, dz: x.T @ dz,
+    )
