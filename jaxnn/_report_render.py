@@ -11,12 +11,14 @@ in each parameter.
 from __future__ import annotations
 
 import html as html_escape
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from jaxnn.gradcheck import Comparison, GradcheckReport
+# a report is a jaxnn.gradcheck.GradcheckReport and a comparison one of its Comparison rows;
+# this module sits below jaxnn.gradcheck (which renders through it), so it names them only
+GradcheckReport = Any
+Comparison = Any
 
 __all__ = ["HEADER", "Row", "html", "markdown", "notes", "plot_errors", "plotted", "rows",
            "text"]

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -26,9 +27,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+import jaxnn
+from jaxnn import checkpoint, data
 from jaxnn._gradcases import NOT_LAYERS_OR_LOSSES
+from jaxnn._report_render import plot_errors
+from jaxnn.checkpoint import CheckpointError
+from jaxnn.data import DataFileError
+from jaxnn.gradcheck import LAYER_CASES, LOSS_CASES
 
 CHECKPOINT_FILE = "checkpoint.npz"
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "silu", "softplus")
@@ -43,7 +53,6 @@ RUN_OPTIONS = ("dataset", "data", "test_data", "layers", "activation", "optimize
 
 class CommandError(Exception):
     """A problem the user can fix (bad option, missing file): printed, exit status 1."""
-
 
 def _require(module: str, extra: str, what: str):
     try:
@@ -76,7 +85,6 @@ def build_model(sizes: Sequence[int], activation: str = "relu", dropout: float =
     ``dropout > 0``); the output is ``dense(1), sigmoid()`` for one unit (binary
     cross-entropy) or ``dense(n_L)`` logits for several (softmax cross-entropy).
     """
-    import jaxnn
 
     if activation not in ACTIVATIONS:
         raise CommandError(f"unknown activation {activation!r}; choose one of "
@@ -95,16 +103,12 @@ def build_model(sizes: Sequence[int], activation: str = "relu", dropout: float =
 
 
 def loss_for(sizes: Sequence[int]):
-    import jaxnn
 
     return jaxnn.binary_cross_entropy if sizes[-1] == 1 else jaxnn.softmax_cross_entropy
 
 
 def make_optimizer(name: str, lr: float, model: Any = None, l2: float = 0.0):
     """The optax optimizer ``name``, after L2 on ``model``'s weights when ``l2 > 0``."""
-    import optax
-
-    import jaxnn
 
     if name == "sgd":
         optimizer = optax.sgd(lr)
@@ -135,7 +139,6 @@ class Dataset:
 
 
 def _load_file(path: str):
-    from jaxnn import data
 
     if "," in path:
         images, labels = path.split(",", 1)
@@ -149,7 +152,6 @@ def _load_file(path: str):
 
 
 def _n_classes(*ys) -> int:
-    import jax.numpy as jnp
 
     if all(jnp.issubdtype(y.dtype, jnp.floating) for y in ys):
         return 2
@@ -158,8 +160,6 @@ def _n_classes(*ys) -> int:
 
 def _split(x, y, seed: int, what: str):
     """80/20 split by ``seed``; too few examples to split is the user's to fix."""
-    from jaxnn import data
-
     if x.shape[0] < 5:
         raise CommandError(f"{what}: {x.shape[0]} examples are too few to hold 20% out for "
                            f"testing; give at least 5, or a separate --test-data file")
@@ -170,9 +170,7 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
                  seed: int) -> Dataset:
     """The training and test sets: built-in (split 80/20 by ``seed`` and standardized with the
     training statistics) or from files (a test file, else a split of the training file)."""
-    import jax.numpy as jnp
 
-    from jaxnn import data
 
     if data_path is None:
         if test_path is not None:
@@ -215,7 +213,6 @@ SEED_LIMIT = 2**32  # seeds are uint32, like numpy's
 @dataclasses.dataclass
 class RunPlan:
     """Everything a run needs, decided before the first step."""
-
     config: dict  # the options that define the run, saved in the checkpoint
     typed: dict  # option → the text the user typed, to quote it back
     out: str
@@ -346,7 +343,6 @@ def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
         config["l2"] = config["l2"] or 0.0
         config["dropout"] = config["dropout"] or 0.0
         return config, None
-    from jaxnn import checkpoint
 
     path = os.path.join(args.resume, CHECKPOINT_FILE)
     meta = checkpoint.load_metadata(path)
@@ -444,9 +440,6 @@ def _plan_run(args: argparse.Namespace) -> RunPlan:
 
 def _restore(plan: RunPlan, model: Any, optimizer: Any) -> RunState:
     """A fresh run's initial state, or the one saved in the ``--resume`` checkpoint."""
-    import jax
-
-    from jaxnn import checkpoint
 
     key = jax.random.fold_in(jax.random.key(plan.config["seed"]), 0)
     _, params, state = model.init(key, (-1, plan.sizes[0]))
@@ -473,8 +466,6 @@ def _restore(plan: RunPlan, model: Any, optimizer: Any) -> RunState:
 
 def _save(plan: RunPlan, run: RunState) -> None:
     """Checkpoints the run: parameters, states, the cost history (an array), step and config."""
-    from jaxnn import checkpoint
-
     tree = {"params": run.params, "state": run.state, "opt_state": run.opt_state,
             "costs": run.history.values}
     checkpoint.save(plan.checkpoint_path, tree, step=run.step,
@@ -546,9 +537,7 @@ def _train_loop(plan: RunPlan, model: Any, loss: Any, optimizer: Any, run: RunSt
                 stop: StopSignals, args: argparse.Namespace) -> None:
     """Trains ``run`` up to ``plan.total`` with :func:`jaxnn.fit`, one call per segment between
     checkpoints; stops at the end of an epoch when ``stop`` has caught a signal."""
-    import jax
 
-    import jaxnn
 
     key = jax.random.fold_in(jax.random.key(plan.config["seed"]), 1)
     print_every = args.print_every or max(1, plan.total // 10)
@@ -633,9 +622,7 @@ def _write_metrics(path: str, plan: RunPlan, run: RunState, accuracies: tuple) -
 def _report(plan: RunPlan, model: Any, run: RunState, elapsed: float, start: int) -> int:
     """Prints the accuracies; writes the checkpoint, metrics.json and the pictures, each one
     whatever happens to the others (a full disk: exit 1 with one line naming what failed)."""
-    import jax.numpy as jnp
 
-    import jaxnn
 
     ds = plan.data
 
@@ -700,15 +687,11 @@ def _first_case(cases: dict[str, tuple], name: str) -> Callable[[], Any]:
 
 def _default_layer_checks() -> dict[str, Callable[[], Any]]:
     """The first configuration of each layer in ``jaxnn.gradcheck.LAYER_CASES``."""
-    from jaxnn.gradcheck import LAYER_CASES
-
     return {name: _first_case(LAYER_CASES, name) for name in LAYER_CASES}
 
 
 def _default_loss_checks() -> dict[str, Callable[[], Any]]:
     """The first configuration of each loss in ``jaxnn.gradcheck.LOSS_CASES``."""
-    from jaxnn.gradcheck import LOSS_CASES
-
     return {name: _first_case(LOSS_CASES, name) for name in LOSS_CASES}
 
 
@@ -722,7 +705,6 @@ def gradcheck_table(layer_names: Sequence[str] | None = None,
     Raises:
       CommandError: an exported name has no registered case (listing all of them).
     """
-    import jaxnn
 
     if layer_names is None:
         layer_names = [n for n in jaxnn.layers.__all__ if n not in NOT_LAYERS_OR_LOSSES]
@@ -742,20 +724,17 @@ def gradcheck_table(layer_names: Sequence[str] | None = None,
 def run_gradchecks(checks: Sequence) -> Any:
     """Runs each case in float64 and gathers one :class:`~jaxnn.gradcheck.GradcheckReport`,
     its rows named by the case's label."""
-    from jaxnn import gradcheck
 
-    report = gradcheck.GradcheckReport()
+    report = jaxnn.gradcheck.GradcheckReport()
     for case in checks:
-        part = gradcheck.check_case(case)
+        part = jaxnn.gradcheck.check_case(case)
         report.comparisons.extend(dataclasses.replace(c, layer=repr(case))
                                   for c in part.comparisons)
     return report
 
 
 def _gradcheck_model(args: argparse.Namespace) -> Any:
-    import jax
 
-    import jaxnn
 
     sizes = parse_layers(args.layers)
     model = build_model(sizes, args.activation or "relu")
@@ -806,11 +785,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def _as_layer(target: Any) -> Any:
     """``target`` if it is a Layer, the Layer a no-argument constructor returns, else None."""
-    import inspect
-
-    from jaxnn.core import Layer
-
-    if isinstance(target, Layer):
+    if isinstance(target, jaxnn.Layer):
         return target
     try:
         required = [p for p in inspect.signature(target).parameters.values()
@@ -821,15 +796,11 @@ def _as_layer(target: Any) -> Any:
     if required or isinstance(target, type):
         return None
     made = target()
-    return made if isinstance(made, Layer) else None
+    return made if isinstance(made, jaxnn.Layer) else None
 
 
 def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
     """Checks the layer or function ``--target`` names at ``--shape``."""
-    import jax
-
-    from jaxnn import gradcheck as checks
-
     target = _load_target(args.target)
     shapes = [parse_shape(s) for s in args.shape or []]
     if not shapes:
@@ -838,11 +809,11 @@ def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
     layer = _as_layer(target)
     if layer is not None:
         in_shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
-        return checks.check_layer(layer, in_shape, seed=args.seed), f"layer {args.target}"
+        return jaxnn.gradcheck.check_layer(layer, in_shape, seed=args.seed), f"layer {args.target}"
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.key(args.seed), len(shapes))
         arrays = [jax.random.normal(k, s, "float64") for k, s in zip(keys, shapes, strict=True)]
-        report = checks.check_function(target, *arrays, seed=args.seed)
+        report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)
     return report, f"function {args.target}"
 
 
@@ -855,7 +826,6 @@ def _gradcheck_report(args: argparse.Namespace) -> tuple[Any, str]:
     if args.layers:
         return _gradcheck_model(args), f"model {args.layers} ({args.activation or 'relu'})"
     if args.only:
-        import jaxnn
 
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         exported = set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)
@@ -885,8 +855,6 @@ def gradcheck(args: argparse.Namespace) -> int:
     print(f"\ngradient check of {what} (float64; ≤ 1e-9 vs jax.grad, ≤ 1e-6 vs finite "
           f"differences): {verdict} ({time.perf_counter() - began:.1f} s)")
     if args.plot:
-        from jaxnn._report_render import plot_errors
-
         _require("matplotlib", "cli", "--plot")
         plot_errors(report, args.plot)
         print(f"wrote {args.plot}")
@@ -898,8 +866,6 @@ def gradcheck(args: argparse.Namespace) -> int:
 
 def summary(args: argparse.Namespace) -> int:
     """``jaxnn summary``: the model's layers, output shapes and parameter counts."""
-    import jaxnn
-
     sizes = parse_layers(args.layers)
     model = build_model(sizes, args.activation or "relu", args.dropout or 0.0)
     print(jaxnn.summary(model, (-1, sizes[0])))
@@ -937,7 +903,6 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def _add_train_command(commands) -> None:
-    from jaxnn import data
 
     p = commands.add_parser(
         "train", help="train the classic L-layer classifier; draw its cost and decision boundary",
@@ -1025,9 +990,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jaxnn`` and ``python -m jaxnn``; returns the exit status."""
-    from jaxnn.checkpoint import CheckpointError
-    from jaxnn.data import DataFileError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":

@@ -1,7 +1,8 @@
 """The Layer protocol and the wiring of hand-derived backward passes into JAX.
 
-A :class:`Layer` is four pure functions in a NamedTuple, in the spirit of optax's
-``GradientTransformation`` and stax's ``(init, apply)`` pairs:
+A :class:`Layer` is four pure functions in a frozen record (read like a NamedTuple: fields,
+tuple unpacking, ``_replace``), in the spirit of optax's ``GradientTransformation`` and stax's
+``(init, apply)`` pairs:
 
 * ``init(key, in_shape) -> (out_shape, params, state)`` makes the parameters and infers the
   output shape before any data runs. Shapes include the batch axis first (``-1`` stands for
@@ -23,9 +24,10 @@ State (batch-norm running statistics, say) flows forward only: its cotangent is 
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,37 @@ ForwardFn = Callable[..., tuple[Array, State, Residuals]]
 BackwardFn = Callable[[Params, Residuals, Array], tuple[Params, Any]]
 
 
-class Layer(NamedTuple):
+class Record:
+    """The NamedTuple reading of a frozen dataclass: ``_fields``, ``_replace``, ``_asdict``,
+    tuple unpacking and indexing.
+
+    A NamedTuple instance cannot be weakly referenced, and ``jax.jit`` (like other function
+    caches) needs that; a frozen dataclass can, so layers and losses are usable wherever JAX
+    expects a function (``jax.jit(jaxnn.relu())``, ``jax.jit(jaxnn.mean_squared_error)``).
+    """
+
+    @property
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
+
+    def _replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._fields}
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(tuple(getattr(self, name) for name in self._fields))
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Layer(Record):
     """A layer: ``init``, ``forward`` and a hand-derived ``backward``.
 
     Attributes:
@@ -80,7 +112,10 @@ class Layer(NamedTuple):
         """Applies a layer without parameters or state (an activation) to ``x``.
 
         ``jaxnn.relu()(x)`` is ``jnp.maximum(x, 0)`` with the hand-derived backward attached.
+        A layer with parameters or state (``jaxnn.dense(3)(x)``) is an error that says what to
+        write instead: ``init`` then :func:`apply`.
         """
+        _refuse_parameters(self, x)
         y, _ = apply(self, (), (), x)
         return y
 
@@ -93,35 +128,123 @@ class Layer(NamedTuple):
         return self.name
 
 
+def _refuse_parameters(layer: Layer, x: Any) -> None:
+    """``layer(x)`` is for layers without parameters or state; others are told what to write."""
+    try:
+        shape = jax.tree.map(lambda a: tuple(jnp.shape(a)), x)  # a tuple of shapes for branches
+        made = jax.eval_shape(lambda key: layer.init(key, shape)[1:], jax.random.key(0))
+    except Exception:  # noqa: BLE001 - an input init refuses is reported by forward below
+        return
+    params, state = made
+    if not jax.tree.leaves((params, state)):
+        return
+    what = "parameters" if jax.tree.leaves(params) else "state"
+    raise TypeError(
+        f"{layer.name}: this layer has {what}, so layer(x) cannot run it (calling a layer works "
+        f"only for layers without parameters or state, such as jaxnn.relu()). Make them once and "
+        f"pass them in:\n"
+        f"    _, params, state = layer.init(jax.random.key(0), x.shape)\n"
+        f"    y, state = jaxnn.apply(layer, params, state, x)"
+    )
+
+
 def _is_integer(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
     return dtype is not None and not jnp.issubdtype(dtype, jnp.inexact)
 
 
-def _apply_rule(layer: Layer, train: bool) -> Callable[..., tuple[Array, State]]:
+def _describe(value: Any) -> str:
+    """What ``value`` is, for an error message: ``a tuple of 2 values``, ``a dict``, …"""
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)} values"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _forward_result(layer: Layer, result: Any) -> tuple[Array, State, Residuals]:
+    """``result`` if it is the protocol's ``(y, new_state, residuals)``, else a named error."""
+    if not isinstance(result, tuple) or len(result) != 3:
+        raise TypeError(
+            f"{layer.name}: forward must return a tuple (y, new_state, residuals), got "
+            f"{_describe(result)}; a layer without state returns (y, (), residuals)"
+        )
+    return result
+
+
+def _check_cotangent(layer: Layer, what: str, reference: Any, cotangent: Any) -> None:
+    """``cotangent`` must have ``reference``'s structure and leaf shapes (``None`` stands for
+    zeros, for a whole subtree)."""
+    ref_leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
+    got_structure = jax.tree.structure(cotangent, is_leaf=lambda v: v is None)
+    if got_structure != jax.tree.structure(reference) and cotangent is not None:
+        raise TypeError(
+            f"{layer.name}: backward must return (dparams, dx) with {what} shaped like "
+            f"{'params' if what == 'dparams' else 'the input'}: expected the structure "
+            f"{jax.tree.structure(reference)}, got {got_structure}"
+        )
+    got_leaves = jax.tree.leaves(cotangent, is_leaf=lambda v: v is None)
+    for (path, ref), got in zip(ref_leaves, got_leaves, strict=False):
+        got_shape = None if got is None else tuple(jnp.shape(got))
+        if got_shape is not None and got_shape != tuple(jnp.shape(ref)):
+            raise ValueError(
+                f"{layer.name}: backward returned {what}{jax.tree_util.keystr(path)} of shape "
+                f"{got_shape}, expected {tuple(jnp.shape(ref))} (the shape of "
+                f"{'params' if what == 'dparams' else 'x'}{jax.tree_util.keystr(path)})"
+            )
+
+
+def _backward_result(layer: Layer, result: Any, params: Params, x_spec: Any) -> tuple:
+    """``result`` if it is the protocol's ``(dparams, dx)`` matching params and the input."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise TypeError(
+            f"{layer.name}: backward must return a tuple (dparams, dx), got {_describe(result)}"
+        )
+    dparams, dx = result
+    _check_cotangent(layer, "dparams", params, dparams)
+    if x_spec is not None:
+        _check_cotangent(layer, "dx", x_spec, dx)
+    return result
+
+
+def _apply_rule(layer: Layer, train: bool, x_spec: Any = None) -> Callable[..., tuple]:
     """The custom_vjp function ``(params, state, x, key) -> (y, new_state)`` of one layer.
 
     Arrays travel as ordinary arguments (never ``nondiff_argnums``), so the rule is safe under
-    ``jit``, ``scan`` and ``vmap``; ``train`` is a Python bool baked into the rule.
+    ``jit``, ``scan`` and ``vmap``; ``train`` is a Python bool baked into the rule, and
+    ``x_spec`` (shapes of the input, ``None`` for integer ids) checks the ``dx`` backward returns.
+    Results that break the protocol are errors naming the layer, not JAX's internal ones.
     """
+
+    def run_forward(params, state, x, key):
+        return _forward_result(layer, layer.forward(params, state, x, key=key, train=train))
 
     @jax.custom_vjp
     def rule(params, state, x, key):
-        y, new_state, _ = layer.forward(params, state, x, key=key, train=train)
+        y, new_state, _ = run_forward(params, state, x, key)
         return y, new_state
 
     def rule_fwd(params, state, x, key):
-        y, new_state, residuals = layer.forward(params, state, x, key=key, train=train)
-        return (y, new_state), (params, residuals, _is_integer(x))
+        y, new_state, residuals = run_forward(params, state, x, key)
+        return (y, new_state), (params, residuals)
 
     def rule_bwd(saved, cotangents):
-        params, residuals, x_is_integer = saved
+        params, residuals = saved
         dy, _ = cotangents  # the new state's cotangent is dropped: state flows forward only
-        dparams, dx = layer.backward(params, residuals, dy)
-        return dparams, None, (None if x_is_integer else dx), None
+        result = layer.backward(params, residuals, dy)
+        dparams, dx = _backward_result(layer, result, params, x_spec)
+        return dparams, None, (None if x_spec is None else dx), None
 
     rule.defvjp(rule_fwd, rule_bwd)
     return rule
+
+
+def _input_spec(x: Any) -> Any:
+    """Shapes and dtypes of a (pytree) input; ``None`` for integer ids (they take no gradient)."""
+    if _is_integer(x):
+        return None
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), x)
 
 
 def apply(
@@ -146,6 +269,12 @@ def apply(
     Returns:
       ``(y, new_state)``. ``jax.grad`` of any function of ``y`` runs ``layer.backward``.
 
+    Reverse mode only: JAX refuses forward mode (``jax.jvp``, ``jax.jacfwd``,
+    ``jax.linearize``) through a ``custom_vjp`` function, so for forward-mode derivatives use
+    :func:`reference_apply` (the same forward under plain autodiff). Second derivatives work
+    here, because they differentiate the hand-derived backward, which is plain JAX:
+    ``jax.hessian`` (forward over reverse) and ``jax.jacrev(jax.jacrev(f))``.
+
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> layer = jaxnn.dense(3)
     >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
@@ -153,7 +282,7 @@ def apply(
     >>> y.shape
     (4, 3)
     """
-    return _apply_rule(layer, train)(params, state, x, key)
+    return _apply_rule(layer, train, _input_spec(x))(params, state, x, key)
 
 
 def reference_apply(
@@ -240,12 +369,6 @@ def children(layer: Layer, tree: Any, what: str = "params") -> list[tuple[str, L
         raise ValueError(f"{layer.name}: {what} must be a tuple of {n} entries (one per layer), "
                          f"got {_describe(tree)}")
     return [(str(i), sub, t) for i, (sub, t) in enumerate(zip(subs, tree, strict=True))]
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return f"{type(value).__name__} of length {len(value)}"
-    return type(value).__name__
 
 
 def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None = None) -> Layer:

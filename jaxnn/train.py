@@ -131,13 +131,38 @@ def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.
 def accuracy(prediction: jax.Array, target: jax.Array, *, threshold: float = 0.5) -> jax.Array:
     """Fraction of correct predictions.
 
-    With one output per example ``prediction`` holds probabilities and is compared with
-    ``threshold``; with several, the arg-max is compared with integer labels or one-hot rows.
+    With one output per example ``prediction`` holds probabilities, compared with
+    ``threshold``, and ``target`` has its shape. With ``K > 1`` outputs the arg-max is compared
+    with integer class ids of shape ``prediction.shape[:-1]`` or ``prediction.shape[:-1] + (1,)``
+    (the ``(m, 1)`` labels :mod:`jaxnn.data` returns), or with one-hot rows of
+    ``prediction``'s shape. Any other target shape is an error: targets are never broadcast.
+
+    >>> import jax.numpy as jnp, jaxnn
+    >>> probs = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    >>> float(jaxnn.accuracy(probs, jnp.array([[1], [0], [0]])))
+    0.666...
     """
     if prediction.ndim >= 2 and prediction.shape[-1] > 1:
-        labels = target if jnp.issubdtype(target.dtype, jnp.integer) else jnp.argmax(target, -1)
-        return jnp.mean(jnp.argmax(prediction, -1) == labels)
+        return jnp.mean(jnp.argmax(prediction, -1) == _class_ids(prediction, target))
     if prediction.shape != target.shape:
         raise ValueError(f"accuracy: target shape {target.shape} does not match prediction shape "
-                         f"{prediction.shape}")
+                         f"{prediction.shape}; targets are never broadcast")
     return jnp.mean((prediction > threshold) == (target > 0.5))
+
+
+def _class_ids(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """``target`` as class ids of shape ``prediction.shape[:-1]``, or a named error."""
+    batch_shape = tuple(prediction.shape[:-1])
+    if jnp.issubdtype(target.dtype, jnp.integer):
+        if tuple(target.shape) == batch_shape + (1,):
+            return target[..., 0]
+        if tuple(target.shape) == batch_shape:
+            return target
+    elif tuple(target.shape) == tuple(prediction.shape):
+        return jnp.argmax(target, -1)
+    raise ValueError(
+        f"accuracy: for predictions of shape {tuple(prediction.shape)} ({prediction.shape[-1]} "
+        f"classes) the target must be integer class ids of shape {batch_shape} or "
+        f"{batch_shape + (1,)}, or one-hot rows of shape {tuple(prediction.shape)}; got "
+        f"{target.dtype} of shape {tuple(target.shape)}. Targets are never broadcast"
+    )

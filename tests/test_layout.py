@@ -27,6 +27,9 @@ RANKS = {
     "jaxnn.data_parallel": 6,
     "jaxnn.data": 6,
     "jaxnn.checkpoint": 6,
+    "jaxnn._gradcases": 6,
+    "jaxnn._undecorated": 0,
+    "jaxnn._report_render": 6,
     "jaxnn.sharding": 7,
     "jaxnn.fit": 8,
     "jaxnn.precision": 7,
@@ -35,9 +38,10 @@ RANKS = {
     "jaxnn.debug": 7,
     "jaxnn.gradcheck": 7,
     "jaxnn.summary": 7,
-    "jaxnn.cli": 9,
-    "jaxnn.__main__": 10,
+    "jaxnn.testing": 8,
     "jaxnn": 10,
+    "jaxnn.cli": 11,
+    "jaxnn.__main__": 12,
 }
 
 

@@ -1,6 +1,6 @@
 """Every layer checks its parameters against its configuration, and takes any integer type.
 
-The layers are those of the gradient-check registry (``GRADCHECK_CASES`` of every test module):
+The layers are those of the gradient-check registry (``jaxnn.gradcheck.LAYER_CASES``):
 each leaf layer with parameters refuses a mis-shaped, missing, extra or integer entry with an
 error naming the layer and the entry, also while tracing under ``jit``; each leaf layer without
 parameters refuses parameters. Integer arguments accept ``np.int64`` and refuse ``True``.
@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 import jaxnn
-from tests.gradcases import LayerCase
-from tests.test_registry import _registered
+from jaxnn.gradcheck import LAYER_CASES, LayerCase
 
 
 def _leaf_cases() -> list[tuple[str, LayerCase]]:
     """The first registered case of each exported leaf layer (combinators are not leaves)."""
     cases = []
-    for name, entries in sorted(_registered().items()):
+    for name, entries in sorted(LAYER_CASES.items()):
         # concatenate takes a tuple of inputs: not a one-input leaf
         layer_cases = [c for c in entries
                        if isinstance(c, LayerCase) and isinstance(c.in_shape[0], int)]
@@ -31,7 +30,7 @@ def _leaf_cases() -> list[tuple[str, LayerCase]]:
 def _setup(case: LayerCase):
     """``(layer, params, state, x, train)`` for a case, the input as the gradient check's."""
     layer = case.make()
-    kwargs = case.kwargs
+    kwargs = dict(case.options)
     _, params, state = layer.init(jax.random.key(0), case.in_shape)
     state = kwargs.get("state", state)
     if "x" in kwargs:

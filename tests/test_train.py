@@ -252,3 +252,24 @@ def test_unknown_gradients_are_a_clear_error():
     with pytest.raises(ValueError, match="gradients must be 'hand', 'autodiff' or a gradient "
                                          "function, got 'finite'"):
         jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1), gradients="finite")
+
+
+def test_accuracy_takes_the_data_loaders_column_of_class_ids():
+    # jaxnn.data returns multi-class labels as (m, 1) int32: never broadcast against (m,)
+    probs = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    column = jnp.array([[0], [1], [2], [2]], jnp.int32)
+    assert float(jaxnn.accuracy(probs, column)) == pytest.approx(0.75)
+    assert float(jaxnn.accuracy(probs, column[:, 0])) == pytest.approx(0.75)
+    assert float(jaxnn.accuracy(probs, jax.nn.one_hot(column[:, 0], 3))) == pytest.approx(0.75)
+    assert float(jax.jit(jaxnn.accuracy)(probs, column)) == pytest.approx(0.75)
+
+
+def test_accuracy_refuses_targets_it_would_have_to_broadcast():
+    probs = jnp.full((4, 3), 1 / 3)
+    for bad in [jnp.zeros((4, 1)), jnp.zeros((1, 4), jnp.int32), jnp.zeros((4, 2)),
+                jnp.zeros((2,), jnp.int32)]:
+        with pytest.raises(ValueError, match=r"accuracy: for predictions of shape \(4, 3\) .*"
+                                             r"never broadcast"):
+            jaxnn.accuracy(probs, bad)
+    with pytest.raises(ValueError, match="accuracy: target shape"):
+        jaxnn.accuracy(jnp.full((4, 1), 0.5), jnp.ones((4,)))

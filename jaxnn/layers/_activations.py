@@ -101,6 +101,9 @@ def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
     Args:
       negative_slope: ``s``, the slope for negative inputs (default 0.01). Must be positive, so
         that the sign of ``a`` is the sign of ``z`` and the output can be kept as the residual.
+
+    At exactly ``z = 0`` the derivative is the slope ``s`` (``jax.nn.leaky_relu``'s autodiff
+    gives 1 there; see docs/porting.md).
     """
     s = float(negative_slope)
     if not s > 0:
@@ -175,6 +178,9 @@ def gelu_layer(approximate: bool = False) -> Layer:
 
     Tanh approximation: ``a = z/2 · (1 + tanh(u))`` with ``u = √(2/π)(z + 0.044715 z³)``, so
     ``g'(z) = (1 + tanh u)/2 + z/2 · (1 − tanh² u) · √(2/π)(1 + 3·0.044715 z²)``.
+
+    The default is the exact form, as in PyTorch; ``jax.nn.gelu`` and Flax default to the tanh
+    approximation (``approximate=True`` here; see docs/porting.md).
     """
     if approximate:
 

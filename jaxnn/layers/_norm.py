@@ -140,6 +140,30 @@ def _feature_count(name: str, in_shape: tuple, axis: int) -> int:
 # --- batch norm --------------------------------------------------------------------------------
 
 
+def _check_state(name: str, params, state, x: Array, ax: int) -> None:
+    """The running statistics must be init's dict and fit the input; the error says which of
+    input and state is wrong, and how to carry the state."""
+    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
+        raise ValueError(
+            f"{name}: state must be the dict {{'mean', 'var'}} made by init, got {state!r}; a "
+            f"model with batch norm carries state: keep the state init returns "
+            f"(_, params, state = model.init(key, in_shape)), pass it to apply or to the train "
+            f"step, and pass the new state it returns to the next call"
+        )
+    sizes = {entry: tuple(jnp.shape(state[entry])) for entry in ("mean", "var")}
+    reference = next((params[e] for e in ("scale", "offset") if e in params), None)
+    # the one that disagrees with the other two is blamed: input, state or (later) params
+    features = sizes["mean"][0] if reference is None else jnp.shape(reference)[0]
+    for entry, size in sizes.items():
+        if size != (features,) and (x.shape[ax] == features or reference is None):
+            raise ValueError(
+                f"{name}: state[{entry!r}] has shape {size}, but the input and the parameters "
+                f"have {features} features (expected ({features},)); the state belongs to "
+                f"another network: use the state init made for this one"
+            )
+    check_features(name, x, sizes["mean"][0], ax)
+
+
 def batch_norm(
     *,
     momentum: float = 0.99,
@@ -153,13 +177,29 @@ def batch_norm(
 ) -> Layer:
     """Batch normalization with running statistics as explicit state.
 
-    Training mode normalizes by the mean and (biased) variance over every axis but the feature
-    axis and updates ``running = momentum · running + (1 − momentum) · batch`` (so ``momentum``
-    is the weight of the past: 0.99 averages over about 100 batches) with the batch mean and
-    the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the population
-    variance the original batch-norm paper uses at inference (and PyTorch keeps). Evaluation
-    mode normalizes by the running statistics and returns the state unchanged. The forward and
-    backward are :func:`_batch_norm_forward` and :func:`_batch_norm_backward`.
+    Forward, with ``μ_B``, ``σ²_B`` the mean and (biased) variance over every axis but the
+    feature axis (``N`` entries per feature)::
+
+        train:  x̂ = (x − μ_B) / sqrt(σ²_B + ε)         eval:  x̂ = (x − μ_run) / sqrt(σ²_run + ε)
+        y = γ ⊙ x̂ + β
+
+    Backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``)::
+
+        train:  dx = (s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)   eval:  dx = dx̂·s
+        dγ = Σ dy ⊙ x̂,   dβ = Σ dy
+
+    In training mode the state is updated as
+
+        running = momentum · running + (1 − momentum) · batch
+
+    (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
+    batch mean and the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the
+    population variance the original batch-norm paper uses at inference (and PyTorch keeps;
+    Flax's ``BatchNorm`` keeps the biased ``σ²_B``, see docs/porting.md).
+    The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
+    statistics are used and the state is returned unchanged. The state's cotangent is dropped,
+    as for all state.
+    The forward and backward are :func:`_batch_norm_forward` and :func:`_batch_norm_backward`.
 
     Args:
       momentum: weight of the old running statistics, in ``[0, 1]``.
@@ -250,11 +290,8 @@ def _batch_norm_forward(config: _BatchNorm, params, state, x: Array, *, key=None
         raise ValueError(f"{name}: expected an input (batch, ..., features), got shape "
                          f"{tuple(x.shape)}")
     ax = config.feature_axis(x.ndim)
-    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
-        raise ValueError(f"{name}: state must be the dict {{'mean', 'var'}} made by init, "
-                         f"got {state!r}")
+    _check_state(name, params, state, x, ax)
     features = state["mean"].shape[0]
-    check_features(name, x, features, ax)
     check_params(name, params, _affine_shapes(config.use_scale, config.use_offset, features))
     xc = x.astype(_compute_dtype(x))
     if train:
@@ -334,7 +371,8 @@ def layer_norm(
     The same in training and evaluation; no state.
 
     Args:
-      epsilon: ``ε`` added to the variance.
+      epsilon: ``ε`` added to the variance. The default 1e-5 is PyTorch's; Flax's ``LayerNorm``
+        uses 1e-6 (see docs/porting.md).
       use_scale, use_offset: learn ``γ`` (``"scale"``) and ``β`` (``"offset"``), shape ``(F,)``.
       scale_init, offset_init: their initializers (ones, zeros).
       dtype: dtype of the parameters.
