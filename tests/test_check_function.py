@@ -375,3 +375,20 @@ def test_cli_target_needs_a_shape(capsys):
 
     assert cli.main(["gradcheck", "--target", "jaxnn.layers:tanh"]) == 1
     assert "--target needs --shape" in capsys.readouterr().err
+
+
+def test_exact_kinks_are_skipped_not_failed():
+    """At relu's kink the rule says 0 and autodiff of max(x, 0) says 0.5: both are valid, so
+    the entry is reported as a non-smooth point and left out of both comparisons."""
+    x = jnp.asarray([[-1.0, 0.0, 2.0], [0.0, 0.5, -0.3]])
+    report = assert_gradients_match(jax.nn.relu, x)
+    fd = [c for c in report.comparisons if c.reference == "finite differences"]
+    assert [c.skipped for c in fd] == [2]
+    assert "2 finite-difference entries skipped: non-smooth point" in report.table()
+    # a rule wrong away from the kink still fails
+    @jax.custom_jvp
+    def bad_relu(x):
+        return jnp.maximum(x, 0.0)
+
+    bad_relu.defjvp(lambda p, t: (bad_relu(p[0]), t[0] * (p[0] > 0) * 0.9))
+    assert failing_rows(check_function(bad_relu, x)) == ["x"]
