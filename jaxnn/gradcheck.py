@@ -707,30 +707,37 @@ def check_function(
         name = name or _function_name(fn)
         args = tuple(_to_float64_leaves(a) for a in args)
         target = _differentiated_leaves(fn, name, args, argnums)
-        report = GradcheckReport(notes=list(target.notes))
         if not target.names:
-            report.notes.append(f"{name}: no floating-point argument to differentiate")
-            return report
+            raise ValueError(f"check_function({name}): no floating-point leaf to differentiate "
+                             f"among the arguments {argnums if argnums is not None else 'given'}"
+                             + "".join(f"; {note}" for note in target.notes))
+        report = GradcheckReport(notes=list(target.notes))
         arrays = [target.leaves[i] for i in target.indices]
         checked = target.bind(fn)  # a function of the differentiated leaves only
         out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
         scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
-        ref_scalar = None
         if reference is not None:
             ref_scalar = _cotangent_scalar(target.bind(reference), "reference", out_tree,
                                            cotangents)
         else:
-            plain, rules = undecorated(checked, *arrays)
-            if rules:
-                ref_scalar = _cotangent_scalar(plain, name, out_tree, cotangents)
-            else:
-                report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside "
-                                    f"scan/while/cond bodies), compared with finite "
-                                    f"differences only; pass reference= to compare with "
-                                    f"another implementation's autodiff")
+            ref_scalar = _undecorated_scalar(checked, name, arrays, out_tree, cotangents,
+                                             report)
         report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
                                       tolerances, seed))
         return report
+
+
+def _undecorated_scalar(checked: Callable, name: str, arrays: list, out_tree, cotangents: list,
+                        report: GradcheckReport) -> Callable | None:
+    """``S`` through ``checked`` with its custom rules removed; None, and a note in ``report``,
+    when it has no rule to remove (then only finite differences are compared)."""
+    plain, rules = undecorated(checked, *arrays)
+    if rules:
+        return _cotangent_scalar(plain, name, out_tree, cotangents)
+    report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside scan/while/cond "
+                        f"bodies), compared with finite differences only; pass reference= to "
+                        f"compare with another implementation's autodiff")
+    return None
 
 
 class _Target(NamedTuple):

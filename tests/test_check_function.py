@@ -392,3 +392,8 @@ def test_exact_kinks_are_skipped_not_failed():
 
     bad_relu.defjvp(lambda p, t: (bad_relu(p[0]), t[0] * (p[0] > 0) * 0.9))
     assert failing_rows(check_function(bad_relu, x)) == ["x"]
+
+
+def test_nothing_to_differentiate_is_an_error_not_a_pass():
+    with pytest.raises(ValueError, match=r"no floating-point leaf to differentiate.*integer"):
+        check_function(lambda n: jnp.sin(n * 1.0), jnp.arange(3))
