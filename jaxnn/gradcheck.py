@@ -32,6 +32,12 @@ and ``rtol_fd`` (default 1e-6) against finite differences (both fields of :class
 Every exported layer and loss is checked at the configurations of :data:`LAYER_CASES` and
 :data:`LOSS_CASES` (``jaxnn/_gradcases.py``), by :func:`check_case`.
 
+Any JAX function with a ``jax.custom_vjp`` / ``jax.custom_jvp`` rule, a user's or a library's,
+is checked by :func:`check_function`: the rule against autodiff of the function with its rules
+removed and against finite differences. Every report has one row per parameter or argument leaf
+with the index of its worst entry, and renders as text (:meth:`GradcheckReport.table`),
+Markdown and HTML (docs/verification.md).
+
 A user's own layer is checked by the same call:
 
 >>> import jaxnn
