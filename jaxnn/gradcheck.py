@@ -32,6 +32,12 @@ and ``rtol_fd`` (default 1e-6) against finite differences (both fields of :class
 Every exported layer and loss is checked at the configurations of :data:`LAYER_CASES` and
 :data:`LOSS_CASES` (``jaxnn/_gradcases.py``), by :func:`check_case`.
 
+Any JAX function with a ``jax.custom_vjp`` / ``jax.custom_jvp`` rule, a user's or a library's,
+is checked by :func:`check_function`: the rule against autodiff of the function with its rules
+removed and against finite differences. Every report has one row per parameter or argument leaf
+with the index of its worst entry, and renders as text (:meth:`GradcheckReport.table`),
+Markdown and HTML (docs/verification.md).
+
 A user's own layer is checked by the same call:
 
 >>> import jaxnn
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -52,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn import _report_render
 from jaxnn._gradcases import (
     LAYER_CASES,
     LOSS_CASES,
@@ -60,6 +68,7 @@ from jaxnn._gradcases import (
     LossCase,
     case_input,
 )
+from jaxnn._undecorated import undecorated
 from jaxnn.chain import value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply, sublayer_labels
 from jaxnn.losses import Loss
@@ -75,12 +84,12 @@ __all__ = [
     "Tolerances",
     "case_input",
     "check_case",
+    "check_function",
     "check_layer",
     "check_loss",
     "check_model",
     "compare",
 ]
-
 
 
 class Tolerances(NamedTuple):
@@ -114,6 +123,9 @@ class Comparison:
     tolerance: float
     in_shape: tuple = ()  # the input's shape at which the gradient was checked
     skipped: int = 0  # finite-difference entries at non-smooth points, left out
+    worst_index: tuple[int, ...] | None = None  # the entry with the largest relative error
+    # per-entry relative errors (NaN where not compared), for plots; not part of equality
+    errors: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -125,6 +137,7 @@ class GradcheckReport:
     """The comparisons of a check, one per layer, parameter and reference."""
 
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what was left out, and why
 
     @property
     def passed(self) -> bool:
@@ -141,40 +154,24 @@ class GradcheckReport:
 
     def extend(self, other: GradcheckReport) -> None:
         self.comparisons.extend(other.comparisons)
+        self.notes.extend(other.notes)
 
     def table(self) -> str:
-        """A plain-text table: layer, parameter, error vs jax.grad, error vs FD, pass/fail.
+        """A plain-text table: layer, parameter, error vs jax.grad, error vs finite differences,
+        the worst entry's index, pass/fail; notes below.
 
         A row holds the largest error over the input shapes checked; finite-difference entries
         skipped at non-smooth points are counted below the table.
         """
-        rows: dict[tuple[str, str], dict[str, Comparison]] = {}
-        for c in self.comparisons:
-            refs = rows.setdefault((c.layer, c.parameter), {})
-            worst = refs.get(c.reference)
-            if worst is None or _badness(c) > _badness(worst):
-                refs[c.reference] = c
-        header = ("layer", "parameter", "rel. err vs jax.grad", "rel. err vs finite diff.", "")
-        lines = [header]
-        for (layer, parameter), refs in rows.items():
-            ad, fd = refs.get("jax.grad"), refs.get("finite differences")
-            ok = all(c.passed for c in refs.values())
-            lines.append((
-                layer,
-                parameter,
-                f"{ad.max_relative_error:.2e}" if ad else "-",
-                f"{fd.max_relative_error:.2e}" if fd else "-",
-                "pass" if ok else "FAIL",
-            ))
-        widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-        out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-               for r in lines]
-        out.insert(1, "  ".join("-" * w for w in widths))
-        skipped = sum(c.skipped for c in self.comparisons)
-        if skipped:
-            out.append(f"({skipped} finite-difference entries skipped: non-smooth point, a kink "
-                       f"within the step)")
-        return "\n".join(out)
+        return _report_render.text(self)
+
+    def markdown(self) -> str:
+        """The table in GitHub-flavoured Markdown."""
+        return _report_render.markdown(self)
+
+    def _repr_html_(self) -> str:
+        """The table in HTML, as notebooks show it."""
+        return _report_render.html(self)
 
     def __str__(self) -> str:
         return self.table()
@@ -182,10 +179,6 @@ class GradcheckReport:
     def raise_if_failed(self) -> None:
         if not self.passed:
             raise AssertionError("gradient check failed:\n" + self.table())
-
-
-def _badness(c: Comparison) -> tuple[bool, float]:
-    return not c.passed, c.max_relative_error
 
 
 # --- comparing arrays ---------------------------------------------------------------------------
@@ -206,10 +199,45 @@ def compare(actual, expected, scale: float = 0.0) -> tuple[float, float]:
     diff = np.abs(a - b)
     if not np.all(np.isfinite(diff)):
         return math.inf, math.inf
-    floor = 1e-3 * max(float(np.max(np.abs(b))), scale)
+    return float(np.max(diff)), float(np.max(_relative_errors(a, b, scale)))
+
+
+def _relative_errors(actual, expected, scale: float = 0.0) -> np.ndarray:
+    """Entry-wise ``|a − b| / max(|a|, |b|, floor)`` as in :func:`compare` (``inf`` where either
+    is not finite)."""
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    diff = np.abs(a - b)
+    floor = 1e-3 * max(float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0)), scale)
     denom = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
-    return float(np.max(diff)), float(np.max(rel))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.where(denom == 0, 1.0, denom))
+    return np.where(np.isfinite(diff), rel, np.inf)
+
+
+def _located_comparison(layer: str, parameter: str, reference: str, errors: np.ndarray,
+                        abs_error: float, tolerance: float, in_shape: tuple = (),
+                        skipped: int = 0) -> Comparison:
+    """A :class:`Comparison` of per-entry ``errors`` (NaN where not compared), with the index
+    of the worst entry and the errors kept for plotting."""
+    compared = ~np.isnan(errors)
+    if not compared.any():
+        return Comparison(layer, parameter, reference, 0.0, 0.0, tolerance, in_shape, skipped,
+                          errors=errors)
+    worst = int(np.argmax(np.where(compared, errors, -1.0)))
+    index = tuple(int(i) for i in np.unravel_index(worst, errors.shape))
+    return Comparison(layer, parameter, reference, abs_error, float(errors.flat[worst]),
+                      tolerance, in_shape, skipped, index, errors)
+
+
+def _fd_errors(hand: np.ndarray, positions: np.ndarray, estimates: np.ndarray,
+               smooth: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """Per-entry errors of ``hand`` against finite differences (NaN where none was taken or the
+    point is not smooth), and the largest absolute difference."""
+    at, fd = hand.reshape(-1)[positions[smooth]], estimates[smooth]
+    errors = np.full(hand.shape, np.nan)
+    errors.reshape(-1)[positions[smooth]] = _relative_errors(at, fd, scale)
+    return errors, float(np.max(np.abs(at - fd), initial=0.0))
 
 
 # offsets of the evaluated points, in steps ε: two central stencils (ε and ε/2) share ±ε
@@ -351,14 +379,14 @@ def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
     report = GradcheckReport()
     for (layer, parameter), h, a, (positions, fd, smooth) in zip(names, hand, auto, estimates,
                                                                  strict=True):
-        abs_err, rel_err = compare(h, a, scale)
-        report.comparisons.append(Comparison(layer, parameter, "jax.grad", abs_err, rel_err,
-                                             tolerances.rtol_autodiff, in_shape))
-        h_at = np.asarray(h).reshape(-1)[positions]
-        abs_err, rel_err = compare(h_at[smooth], fd[smooth], scale)
-        report.comparisons.append(Comparison(layer, parameter, "finite differences", abs_err,
-                                             rel_err, tolerances.rtol_fd, in_shape,
-                                             int(np.sum(~smooth))))
+        h, a = np.asarray(h), np.asarray(a)
+        report.comparisons.append(_located_comparison(
+            layer, parameter, "jax.grad", _relative_errors(h, a, scale),
+            float(np.max(np.abs(h - a), initial=0.0)), tolerances.rtol_autodiff, in_shape))
+        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
+        report.comparisons.append(_located_comparison(
+            layer, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
+            in_shape, int(np.sum(~smooth))))
     return report
 
 
@@ -629,3 +657,248 @@ def _sublayer_key(layer: Layer, key) -> str | None:
     if not layer.names and isinstance(key, jax.tree_util.SequenceKey):
         return str(key.idx)
     return None
+
+
+# --- any function with a custom derivative rule -----------------------------------------------
+
+
+def check_function(
+    fn: Callable,
+    *args: Any,
+    argnums: int | Sequence[int] | None = None,
+    reference: Callable | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> GradcheckReport:
+    """Checks the derivative JAX uses for ``fn`` (its custom rule) at ``args``, in float64.
+
+    ``fn`` is any function of positional pytree arguments returning a pytree, typically a
+    ``jax.custom_vjp`` or ``jax.custom_jvp`` function, possibly under ``jax.jit``, or a function
+    calling such rules. With a fixed random cotangent ``v`` per output leaf the check
+    differentiates ``S = Σ v ⊙ fn(*args)`` three ways:
+
+    * **the rule**: ``jax.grad`` of ``S`` through ``fn`` as JAX runs it;
+    * **jax.grad**: plain autodiff of ``S`` through ``reference``, by default ``fn`` with every
+      custom rule replaced by the computation it wraps (``fn.fun``, at any depth, also inside
+      ``jax.jit``: see :mod:`jaxnn._undecorated`);
+    * **finite differences** of ``S`` through ``fn`` (kink-safe: entries within a step of a
+      non-smooth point are skipped and counted, not failed).
+
+    Args:
+      fn: the function whose derivative is checked.
+      *args: where to check it; floating-point leaves are cast to float64.
+      argnums: the arguments to differentiate (default: all). Integer and boolean leaves are
+        held fixed and named in the report's notes.
+      reference: another implementation of the same function to differentiate by autodiff.
+        When omitted and ``fn`` uses no custom rule, only finite differences are compared (a
+        note says so).
+      seed: seeds the cotangent and the finite-difference sampling.
+      name: the name in the report's first column (default ``fn.__name__``).
+      tolerances: the pass thresholds and finite-difference settings.
+
+    Returns:
+      A :class:`GradcheckReport` with one row per differentiated leaf, named by the argument
+      (``"x"``, ``"params.W"``, ``"args[1][0]"``), with the index of its worst entry.
+
+    >>> import jax, jax.numpy as jnp
+    >>> @jax.custom_vjp
+    ... def cube(x):
+    ...     return x ** 3
+    >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+    >>> check_function(cube, jnp.arange(1.0, 4.0)).passed
+    True
+    """
+    with jax.enable_x64(True):
+        name = name or _function_name(fn)
+        args = tuple(_to_float64_leaves(a) for a in args)
+        target = _differentiated_leaves(fn, name, args, argnums)
+        if not target.names:
+            raise ValueError(f"check_function({name}): no floating-point leaf to differentiate "
+                             f"among the arguments {argnums if argnums is not None else 'given'}"
+                             + "".join(f"; {note}" for note in target.notes))
+        report = GradcheckReport(notes=list(target.notes))
+        arrays = [target.leaves[i] for i in target.indices]
+        checked = target.bind(fn)  # a function of the differentiated leaves only
+        out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
+        scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
+        if reference is not None:
+            ref_scalar = _cotangent_scalar(target.bind(reference), "reference", out_tree,
+                                           cotangents)
+        else:
+            ref_scalar = _undecorated_scalar(checked, name, arrays, out_tree, cotangents,
+                                             report)
+        report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
+                                      tolerances, seed))
+        return report
+
+
+def _undecorated_scalar(checked: Callable, name: str, arrays: list, out_tree, cotangents: list,
+                        report: GradcheckReport) -> Callable | None:
+    """``S`` through ``checked`` with its custom rules removed; None, and a note in ``report``,
+    when it has no rule to remove (then only finite differences are compared)."""
+    plain, rules = undecorated(checked, *arrays)
+    if rules:
+        return _cotangent_scalar(plain, name, out_tree, cotangents)
+    report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside scan/while/cond "
+                        f"bodies), compared with finite differences only; pass reference= to "
+                        f"compare with another implementation's autodiff")
+    return None
+
+
+class _Target(NamedTuple):
+    """The arguments of a function check, flattened: which leaves are differentiated."""
+
+    leaves: list  # every leaf of every argument
+    tree: Any  # the treedef of the argument tuple
+    indices: list[int]  # positions in ``leaves`` of the differentiated leaves
+    names: list[str]  # their row names
+    notes: list[str]  # the leaves left out, and why
+
+    def bind(self, fn: Callable) -> Callable:
+        """``fn`` as a function of the differentiated leaves; the other leaves are closed over,
+        so that they stay what they are (a Python int stays static, never a tracer)."""
+
+        def bound(*differentiated):
+            leaves = list(self.leaves)
+            for i, value in zip(self.indices, differentiated, strict=True):
+                leaves[i] = value
+            return fn(*jax.tree.unflatten(self.tree, leaves))
+
+        return bound
+
+
+def _function_name(fn: Callable) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _to_float64_leaves(tree):
+    """Floating-point leaves (Python floats included) as float64 arrays; others unchanged."""
+
+    def cast(x):
+        if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, jnp.float64)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+def _argument_names(fn: Callable, count: int) -> list[str]:
+    """The names of ``fn``'s first ``count`` positional parameters, ``args[i]`` where unknown."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    names = []
+    for i in range(count):
+        p = parameters[min(i, len(parameters) - 1)] if parameters else None
+        if p is not None and p.kind == p.VAR_POSITIONAL:
+            names.append(f"{p.name}[{i - parameters.index(p)}]")
+        elif p is not None and i < len(parameters) and p.kind in (p.POSITIONAL_ONLY,
+                                                                  p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        else:
+            names.append(f"args[{i}]")
+    return names
+
+
+def _differentiated_leaves(fn: Callable, name: str, args: tuple,
+                           argnums: int | Sequence[int] | None) -> _Target:
+    """Flattens ``args`` and picks the floating-point leaves of the arguments in ``argnums``."""
+    positions = range(len(args)) if argnums is None else (
+        [argnums] if isinstance(argnums, int) else list(argnums))
+    for p in positions:
+        if not -len(args) <= p < len(args):
+            raise ValueError(f"check_function({name}): argnums {p} out of range for "
+                             f"{len(args)} argument(s)")
+    wanted = {p % len(args) for p in positions}
+    arg_names = _argument_names(fn, len(args))
+    with_paths, tree = jax.tree_util.tree_flatten_with_path(args)
+    leaves, indices, names, notes = [], [], [], []
+    for i, (path, leaf) in enumerate(with_paths):
+        leaves.append(leaf)
+        position = path[0].idx
+        row = arg_names[position] + "".join(_key_name(k) for k in path[1:])
+        if position not in wanted:
+            continue
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            if leaf.size:
+                indices.append(i)
+                names.append(row)
+        elif isinstance(leaf, bool | int) or (dtype is not None and (
+                jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_))):
+            notes.append(f"{row} ({dtype or type(leaf).__name__}) skipped: integer, no gradient")
+        elif dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            notes.append(f"{row} ({dtype}) skipped: complex arguments are not checked")
+    return _Target(leaves, tree, indices, names, notes)
+
+
+def _cotangents(fn: Callable, name: str, arrays: list, key: jax.Array) -> tuple[Any, list]:
+    """The output's structure and a standard normal cotangent per floating-point output leaf
+    (``None`` for the others, which do not enter ``S``)."""
+    out = jax.eval_shape(fn, *arrays)
+    out_leaves, out_tree = jax.tree.flatten(out)
+    keys = jax.random.split(key, max(len(out_leaves), 1))
+    cotangents = [jax.random.normal(k, o.shape, jnp.float64)
+                  if jnp.issubdtype(o.dtype, jnp.floating) else None
+                  for k, o in zip(keys, out_leaves, strict=False)]
+    if not any(v is not None for v in cotangents):
+        raise ValueError(f"check_function({name}): the output has no floating-point leaf")
+    return out_tree, cotangents
+
+
+def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Callable:
+    """``S(*differentiated) = Σ v ⊙ f(*differentiated)`` over the floating-point output
+    leaves."""
+
+    def scalar(*differentiated):
+        out = f(*differentiated)
+        out_leaves, tree = jax.tree.flatten(out)
+        if tree != out_tree:
+            raise ValueError(f"check_function: {label} returns structure {tree}, expected "
+                             f"{out_tree} (the checked function's)")
+        for v, o in zip(cotangents, out_leaves, strict=True):
+            if v is not None and jnp.shape(o) != v.shape:
+                raise ValueError(f"check_function: {label} returns an output of shape "
+                                 f"{jnp.shape(o)}, expected {v.shape} (the checked function's)")
+        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True)
+                   if v is not None)
+
+    return scalar
+
+
+def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
+                    reference: Callable | None, tolerances: Tolerances,
+                    seed: int) -> GradcheckReport:
+    """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
+    of ``scalar``, one pair of rows per differentiated leaf.
+
+    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
+    autodiff may pick different ones (``jax.nn.relu``'s rule says 0 at 0, autodiff of
+    ``max(x, 0)`` says 0.5): entries the finite differences find non-smooth are left out of
+    both comparisons, and counted.
+    """
+    wrt = tuple(range(len(arrays)))
+    hand = [np.asarray(g) for g in jax.jit(jax.grad(scalar, argnums=wrt))(*arrays)]
+    auto = None if reference is None else [
+        np.asarray(g) for g in jax.jit(jax.grad(reference, argnums=wrt))(*arrays)]
+    scale = _largest(hand if auto is None else auto)
+    estimates = _finite_differences(scalar, arrays, list(wrt), tolerances, scale,
+                                    np.random.default_rng(seed))
+    report = GradcheckReport()
+    for parameter, h, a, (positions, fd, smooth) in zip(
+            names, hand, auto or [None] * len(hand), estimates, strict=True):
+        if a is not None:
+            errors, diff = _relative_errors(h, a, scale), np.abs(h - a)
+            errors.reshape(-1)[positions[~smooth]] = np.nan
+            report.comparisons.append(_located_comparison(
+                name, parameter, "jax.grad", errors,
+                float(np.max(diff[~np.isnan(errors)], initial=0.0)), tolerances.rtol_autodiff))
+        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
+        report.comparisons.append(_located_comparison(
+            name, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
+            skipped=int(np.sum(~smooth))))
+    return report

@@ -237,7 +237,7 @@ def test_gradcheck_of_chosen_layers_exits_0_and_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["layer", "parameter", "rel.", "err", "vs", "jax.grad", "rel.",
-                                "err", "vs", "finite", "diff."]
+                                "err", "vs", "finite", "diff.", "worst", "entry"]
     rows = [line.split() for line in lines[2:] if line.strip() and ":" not in line]
     assert [(r[0], r[1], r[-1]) for r in rows] == [
         ("dense(3)", "W", "pass"), ("dense(3)", "b", "pass"), ("dense(3)", "input", "pass"),

@@ -1,0 +1,107 @@
+"""The undecorated form of a function: every ``jax.custom_vjp`` / ``jax.custom_jvp`` rule removed.
+
+``jax.grad`` of a function that uses a custom derivative rule runs the rule. To check the rule,
+:func:`jaxnn.gradcheck.check_function` needs the same forward differentiated by plain autodiff.
+``fn.fun`` gives it for a decorated function, but rules sit at any depth: under ``jax.jit``
+(``jax.nn.relu`` is a ``custom_jvp`` of a jitted function), or inside a plain function
+(``jax.nn.softplus`` calls ``jnp.logaddexp``, whose rule is a ``custom_jvp``;
+``jnp.linalg.pinv`` calls one too). :func:`undecorated` therefore traces the function once and
+evaluates the traced program with each custom call replaced by the primal computation it wraps
+(its ``call_jaxpr``), looking inside nested ``jit`` calls, so that ``jax.grad`` differentiates
+every primitive itself.
+
+>>> import jax, jax.numpy as jnp
+>>> plain, rules = undecorated(jax.nn.relu, jnp.array([1.0, -2.0]))
+>>> rules
+('custom_jvp_call',)
+>>> plain(jnp.array([1.0, -2.0])).tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.extend import core as jax_core
+
+__all__ = ["undecorated"]
+
+# the primitives a custom rule is staged out as; "call_jaxpr" holds the undecorated primal
+_CUSTOM_RULE_PRIMITIVES = frozenset({"custom_jvp_call", "custom_vjp_call",
+                                     "custom_vjp_call_jaxpr"})
+_JIT_PRIMITIVES = frozenset({"pjit", "jit"})
+
+
+def undecorated(fn: Callable, *args: Any) -> tuple[Callable, tuple[str, ...]]:
+    """``fn`` with every custom derivative rule removed, traced at ``args``' shapes and dtypes.
+
+    Args:
+      fn: any traceable function of positional pytree arguments, returning a pytree.
+      *args: example arguments; the returned function accepts arguments of the same structure,
+        shapes and dtypes only.
+
+    Returns:
+      ``(plain, rules)``: ``plain(*args)`` computes the same values as ``fn(*args)`` through
+      the primal computations of its custom rules, so ``jax.grad(plain)`` is plain autodiff;
+      ``rules`` names the custom calls removed, one entry per call (empty when ``fn`` has none).
+    """
+    flat_args, in_tree = jax.tree.flatten(args)
+
+    def flat_fn(*leaves):
+        return jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, leaves)))
+
+    closed = jax.make_jaxpr(flat_fn)(*flat_args)
+    out_tree = jax.tree.structure(jax.eval_shape(fn, *args))
+
+    def plain(*call_args):
+        leaves, tree = jax.tree.flatten(call_args)
+        if tree != in_tree:
+            raise ValueError(f"undecorated {_name(fn)}: arguments of structure {tree}, "
+                             f"expected {in_tree} (the structure it was traced at)")
+        return jax.tree.unflatten(out_tree, _evaluate(closed.jaxpr, closed.consts, leaves))
+
+    return plain, _custom_calls(closed.jaxpr)
+
+
+def _custom_calls(jaxpr) -> tuple[str, ...]:
+    """The custom calls :func:`_evaluate` replaces: at the top level and inside ``jit`` calls."""
+    found: list[str] = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in _CUSTOM_RULE_PRIMITIVES:
+            found.append(eqn.primitive.name)
+        elif eqn.primitive.name in _JIT_PRIMITIVES:
+            found.extend(_custom_calls(eqn.params["jaxpr"].jaxpr))
+    return tuple(found)
+
+
+def _evaluate(jaxpr, consts, args) -> list:
+    """Evaluates ``jaxpr``, running each custom call's primal jaxpr in place of the call."""
+    env: dict = {}
+
+    def read(var):
+        return var.val if isinstance(var, jax_core.Literal) else env[var]
+
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
+        env[var] = value
+    for var, value in zip(jaxpr.invars, args, strict=True):
+        env[var] = value
+    for eqn in jaxpr.eqns:
+        inputs = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in _CUSTOM_RULE_PRIMITIVES or name in _JIT_PRIMITIVES:
+            inner = eqn.params["call_jaxpr" if name in _CUSTOM_RULE_PRIMITIVES else "jaxpr"]
+            outputs = _evaluate(inner.jaxpr, inner.consts, inputs)
+        else:
+            with eqn.ctx.manager:  # the equation's own context (e.g. its precision settings)
+                outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(eqn.params))
+            if not eqn.primitive.multiple_results:
+                outputs = [outputs]
+        for var, value in zip(eqn.outvars, outputs, strict=True):
+            env[var] = value
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
