@@ -14,6 +14,7 @@ from jaxnn import losses as losses
 from jaxnn import precision as precision
 from jaxnn import privacy as privacy
 from jaxnn import sharding as sharding
+from jaxnn import testing as testing
 from jaxnn.chain import fuse as fuse
 from jaxnn.chain import l2_penalty as l2_penalty
 from jaxnn.chain import l2_regularization as l2_regularization
@@ -139,6 +140,7 @@ __all__ = [
     "softplus",
     "summary",
     "tanh",
+    "testing",
     "value_and_grad",
     "weight_mask",
 ]

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_features, check_float
+from jaxnn.core import Layer, check_features, check_float, check_params
 
 # --- shared input handling -----------------------------------------------------------------------
 
@@ -82,12 +83,19 @@ def _check_lengths(name: str, lengths, n: int, t: int) -> jax.Array:
     if tuple(lengths.shape) != (n,):
         raise ValueError(f"{name}: lengths must have shape ({n},) (one length per example), "
                          f"got shape {tuple(lengths.shape)}")
-    if not isinstance(lengths, jax.core.Tracer):
-        low, high = int(jnp.min(lengths)), int(jnp.max(lengths))
+    if not isinstance(lengths, jax.core.Tracer) and lengths.size:
+        values = np.asarray(lengths)  # concrete: checked here, on the host
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high > t:
             raise ValueError(f"{name}: lengths must be in [0, T] = [0, {t}], got lengths from "
                              f"{low} to {high}")
     return lengths
+
+
+def _check_gate_params(name: str, params, hidden: int, gates: int) -> None:
+    """``W (C, G·H)``, ``U (H, G·H)``, ``b (G·H,)`` with ``G`` gates (``C`` from the input)."""
+    check_params(name, params, {"W": (None, gates * hidden), "U": (hidden, gates * hidden),
+                                "b": (gates * hidden,)})
 
 
 def _check_state(name: str, arg: str, value, n: int, hidden: int, dtype) -> jax.Array:
@@ -290,6 +298,7 @@ def _lstm_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        _check_gate_params(name, params, hidden, 4)
         xs, lens, (h0, c0) = _parse(name, x, names, params["W"].shape[0], hidden, 2)
         xs = jnp.swapaxes(xs, 0, 1)
         mask = _step_mask(lens, xs.shape[0], xs.dtype)
@@ -425,6 +434,7 @@ def _gru_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
+        _check_gate_params(name, params, hidden, 3)
         xs, lens, (h0,) = _parse(name, x, names, params["W"].shape[0], hidden, 1)
         xs = jnp.swapaxes(xs, 0, 1)
         mask = _step_mask(lens, xs.shape[0], xs.dtype)
