@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnn.core import check_positive_int
+
 __all__ = [
     "BUILTIN",
     "DataFileError",
@@ -473,8 +475,7 @@ def batches(
     m = x.shape[0]
     if y.shape[0] != m:
         raise ValueError(f"batches: x has {m} examples but y has {y.shape[0]}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_positive_int("batches", "batch_size", batch_size)  # np.int64 too
     if m == 0:
         raise ValueError("batches: empty data set (0 examples)")
     order = jax.random.permutation(key, m)

@@ -98,3 +98,14 @@ def test_integer_input_is_a_clear_error():
 def test_leaky_relu_slope_must_be_positive(bad):
     with pytest.raises(ValueError, match="negative_slope"):
         jaxnn.leaky_relu(bad)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "leaky_relu", "gelu", "softmax"])
+def test_a_constructor_called_on_an_array_says_what_to_write(name):
+    # jaxnn.relu is the layer constructor; jaxnn.relu()(x) or jaxnn.activations.relu(x) apply it
+    with pytest.raises(TypeError, match=rf"jaxnn.{name} is a layer constructor, not the "
+                                        rf"function: write jaxnn.{name}\(\)\(x\) .* or "
+                                        rf"jaxnn.activations.{name}\(x\)"):
+        getattr(jaxnn, name)(jnp.ones((2, 3)))
+    x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    chex.assert_trees_all_close(getattr(jaxnn, name)()(x), getattr(activations, name)(x))

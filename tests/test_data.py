@@ -309,3 +309,11 @@ def test_batches_in_an_epoch_key_order_are_reproducible(key):
 
 def test_data_module_is_reachable_from_the_package():
     assert jaxnn.data.circles is data.circles
+
+
+def test_batches_take_any_integer_batch_size_but_not_a_bool(key):
+    x = jnp.arange(10.0).reshape(10, 1)
+    sizes = [b[0].shape[0] for b in data.batches(key, x, x, np.int64(4))]
+    assert sizes == [4, 4, 2]
+    with pytest.raises(ValueError, match="batches: batch_size must be a positive int, got True"):
+        list(data.batches(key, x, x, True))

@@ -14,6 +14,7 @@ Each name has two faces:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -35,6 +36,23 @@ __all__ = [
     "softplus",
     "tanh",
 ]
+
+
+def _constructor(fn: Callable[..., Layer]) -> Callable[..., Layer]:
+    """Marks a layer constructor, so that calling it on an array (``jaxnn.relu(x)``, a common
+    slip for ``jaxnn.relu()(x)``) says what to write instead of failing on an argument."""
+    name = fn.__name__.removesuffix("_layer")
+
+    @functools.wraps(fn)
+    def constructor(*args, **kwargs):
+        if any(getattr(a, "ndim", 0) > 0 or isinstance(a, list | tuple) for a in args):
+            raise TypeError(
+                f"jaxnn.{name} is a layer constructor, not the function: write "
+                f"jaxnn.{name}()(x) for the layer applied to x, or jaxnn.activations.{name}(x)"
+            )
+        return fn(*args, **kwargs)
+
+    return constructor
 
 
 def _elementwise(
@@ -69,6 +87,7 @@ def _sigmoid(z: Array) -> Array:
     return jax.nn.sigmoid(z)
 
 
+@_constructor
 def sigmoid_layer() -> Layer:
     """Sigmoid ``a = 1 / (1 + e^{-z})``; backward ``dZ = dA * a * (1 - a)``."""
     return _elementwise("sigmoid", _sigmoid, lambda a, dy: dy * a * (1 - a), keep="output")
@@ -76,6 +95,7 @@ def sigmoid_layer() -> Layer:
 
 # --- tanh: g'(z) = 1 - a^2 -------------------------------------------------------------------
 
+@_constructor
 def tanh_layer() -> Layer:
     """Hyperbolic tangent; backward ``dZ = dA * (1 - a²)``."""
     return _elementwise("tanh", jnp.tanh, lambda a, dy: dy * (1 - a * a), keep="output")
@@ -83,6 +103,7 @@ def tanh_layer() -> Layer:
 
 # --- relu: a = max(z, 0), g'(z) = 1[z > 0] = 1[a > 0] --------------------------------------
 
+@_constructor
 def relu_layer() -> Layer:
     """Rectified linear unit ``a = max(z, 0)``; backward ``dZ = dA * 1[a > 0]``.
 
@@ -95,6 +116,7 @@ def relu_layer() -> Layer:
 
 # --- leaky relu: a = z if z > 0 else s z, g' = 1 or s ---------------------------------------
 
+@_constructor
 def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
     """Leaky ReLU ``a = z`` for ``z > 0``, ``s·z`` otherwise; backward ``dZ = dA`` or ``s·dA``.
 
@@ -118,6 +140,7 @@ def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
 
 # --- elu: a = z if z > 0 else α(e^z − 1), g' = 1 or a + α ------------------------------------
 
+@_constructor
 def elu_layer(alpha: float = 1.0) -> Layer:
     """Exponential linear unit; backward ``dZ = dA`` for ``z > 0``, ``dA·(a + α)`` otherwise.
 
@@ -146,6 +169,7 @@ def _softplus(z: Array) -> Array:
     return jnp.logaddexp(z, 0.0)
 
 
+@_constructor
 def softplus_layer() -> Layer:
     """Softplus ``a = log(1 + e^z)`` (stable form); backward ``dZ = dA * sigmoid(z)``."""
     return _elementwise("softplus", _softplus, lambda z, dy: dy * _sigmoid(z), keep="input")
@@ -153,6 +177,7 @@ def softplus_layer() -> Layer:
 
 # --- silu: a = z σ(z), g' = σ(z)(1 + z(1 − σ(z))) --------------------------------------------
 
+@_constructor
 def silu_layer() -> Layer:
     """SiLU / swish ``a = z·σ(z)``; backward ``dZ = dA·σ(z)·(1 + z·(1 − σ(z)))``."""
 
@@ -170,6 +195,7 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+@_constructor
 def gelu_layer(approximate: bool = False) -> Layer:
     """GELU ``a = z·Φ(z)``.
 
@@ -215,6 +241,7 @@ def gelu_layer(approximate: bool = False) -> Layer:
 
 # --- identity --------------------------------------------------------------------------------
 
+@_constructor
 def identity_layer() -> Layer:
     """Identity ``a = z``; backward ``dZ = dA``."""
 
@@ -230,6 +257,7 @@ def identity_layer() -> Layer:
 
 # --- softmax over the feature axis -----------------------------------------------------------
 
+@_constructor
 def softmax_layer(axis: int = -1) -> Layer:
     """Softmax ``p_i = e^{z_i} / Σ_j e^{z_j}`` over ``axis`` (computed with ``z − max z``).
 
