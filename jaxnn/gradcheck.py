@@ -682,8 +682,8 @@ def check_function(
     * **jax.grad**: plain autodiff of ``S`` through ``reference``, by default ``fn`` with every
       custom rule replaced by the computation it wraps (``fn.fun``, at any depth, also inside
       ``jax.jit``: see :mod:`jaxnn._undecorated`);
-    * **finite differences** of ``S`` through ``fn`` (kink-safe: entries within a step of a
-      non-smooth point are skipped and counted, not failed).
+    * **finite differences** of ``S`` through ``fn`` (kink-safe: an entry within a step of a
+      non-smooth point is skipped and counted, never failed).
 
     Args:
       fn: the function whose derivative is checked.
@@ -722,15 +722,18 @@ def check_function(
         checked = target.bind(fn)  # a function of the differentiated leaves only
         out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
         scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
-        if reference is not None:
-            ref_scalar = _cotangent_scalar(target.bind(reference), "reference", out_tree,
-                                           cotangents)
-        else:
-            ref_scalar = _undecorated_scalar(checked, name, arrays, out_tree, cotangents,
-                                             report)
+        ref_scalar = _reference_scalar(target, checked, reference, name, arrays, out_tree,
+                                       cotangents, report)
         report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
                                       tolerances, seed))
         return report
+
+
+def _reference_scalar(target, checked, reference, name, arrays, out_tree, cotangents, report):
+    """``S`` through the user's ``reference`` when given, else through ``fn`` undecorated."""
+    if reference is not None:
+        return _cotangent_scalar(target.bind(reference), "reference", out_tree, cotangents)
+    return _undecorated_scalar(checked, name, arrays, out_tree, cotangents, report)
 
 
 def _undecorated_scalar(checked: Callable, name: str, arrays: list, out_tree, cotangents: list,

@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxnn
@@ -143,7 +144,7 @@ def test_train_step_is_traced_once(key):
     model = jaxnn.serial(jaxnn.multi_head_attention(2, causal=True, block_size=4),
                          jaxnn.dense(3))
     _, params, _ = model.init(key, (-1, 6, 4))
-    optimizer = __import__("optax").adam(1e-2)
+    optimizer = optax.adam(1e-2)
     step = jaxnn.make_train_step(model, jaxnn.softmax_cross_entropy, optimizer, jit=False)
     step = jax.jit(chex.assert_max_traces(step, n=1))
     opt_state = optimizer.init(params)
@@ -151,7 +152,7 @@ def test_train_step_is_traced_once(key):
     y = jnp.asarray(np.random.default_rng(0).integers(0, 3, (5, 6)))
     losses = []
     for _ in range(4):
-        params, opt_state, loss = step(params, opt_state, x, y)
+        params, _, opt_state, loss = step(params, (), opt_state, x, y, None)
         losses.append(float(loss))
     assert losses[-1] < losses[0]
 

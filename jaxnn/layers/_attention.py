@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float
+from jaxnn.core import Layer, check_float, check_positive_int
 
 __all__ = ["multi_head_attention"]
 
@@ -139,24 +139,14 @@ def multi_head_attention(
     >>> out_shape, y.shape
     ((-1, 5, 4), (3, 5, 4))
     """
-    for arg, value in (("num_heads", num_heads), ("block_size", block_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{_NAME}: {arg} must be a positive int, got {value!r}")
+    num_heads = check_positive_int(_NAME, "num_heads", num_heads)
+    block_size = check_positive_int(_NAME, "block_size", block_size)
     if features is not None:
         _check_width(features, num_heads)
     w_init = initializers.lecun_normal() if w_init is None else w_init
 
     def init(key, in_shape):
-        q_shape, kv_shape, _ = _split_shapes(in_shape)
-        kv_shape = q_shape if kv_shape is None else kv_shape
-        for arg, shape in (("queries", q_shape), ("keys_values", kv_shape)):
-            if len(shape) != 3:
-                raise ValueError(f"{_NAME}: {arg} must be (batch, time, features), got in_shape "
-                                 f"{shape}")
-        width = q_shape[-1] if features is None else features
-        _check_width(width, num_heads)
-        params = _init_params(key, q_shape[-1], kv_shape[-1], width, use_bias, w_init, dtype)
-        return q_shape[:-1] + (width,), params, ()
+        return _attention_init(key, in_shape, features, num_heads, use_bias, w_init, dtype)
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
@@ -167,6 +157,20 @@ def multi_head_attention(
         return _backward(params, residuals, dy, num_heads, causal, block_size, use_bias)
 
     return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"))
+
+
+def _attention_init(key, in_shape, features, num_heads: int, use_bias: bool, w_init, dtype):
+    """``init``: the output shape ``(N, T_q, D)`` and the projections (``state`` is ``()``)."""
+    q_shape, kv_shape, _ = _split_shapes(in_shape)
+    kv_shape = q_shape if kv_shape is None else kv_shape
+    for arg, shape in (("queries", q_shape), ("keys_values", kv_shape)):
+        if len(shape) != 3:
+            raise ValueError(f"{_NAME}: {arg} must be (batch, time, features), got in_shape "
+                             f"{shape}")
+    width = q_shape[-1] if features is None else features
+    _check_width(width, num_heads)
+    params = _init_params(key, q_shape[-1], kv_shape[-1], width, use_bias, w_init, dtype)
+    return q_shape[:-1] + (width,), params, ()
 
 
 def _check_width(width, num_heads: int) -> None:

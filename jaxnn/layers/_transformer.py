@@ -140,15 +140,23 @@ def sinusoidal_positional_embedding() -> Layer:
 
 
 def _width_dense(ratio: int, widen: bool) -> Layer:
-    """The library's :func:`dense`, with its output width ``ratio ×`` (or ``1/ratio ×``) its
-    input's, fixed at ``init``: its forward and backward read the widths from the params."""
-    template = dense(1)
+    """The library's :func:`dense` whose output width is ``ratio ×`` (or ``1/ratio ×``) its
+    input's: ``init``, ``forward`` and ``backward`` are those of ``dense(width)`` with the
+    width that follows from the input (so its parameters are checked as any dense layer's)."""
+
+    def width(n_in: int) -> int:
+        return n_in * ratio if widen else n_in // ratio
 
     def init(key, in_shape):
-        n_in = in_shape[-1]
-        return dense(n_in * ratio if widen else n_in // ratio).init(key, in_shape)
+        return dense(width(in_shape[-1])).init(key, in_shape)
 
-    return template._replace(init=init)
+    def forward(params, state, x, *, key=None, train=False):
+        return dense(width(x.shape[-1])).forward(params, state, x, key=key, train=train)
+
+    def backward(params, residuals, dy):
+        return dense(dy.shape[-1]).backward(params, residuals, dy)
+
+    return Layer("dense", init, forward, backward, weights=("W",))
 
 
 def transformer_block(
