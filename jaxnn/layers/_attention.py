@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float, check_positive_int
+from jaxnn.core import Layer, check_float, check_params, check_positive_int
 
 __all__ = ["multi_head_attention"]
 
@@ -150,7 +150,8 @@ def multi_head_attention(
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        y, residuals = _forward(params, x, num_heads, causal, block_size, use_bias)
+        y, residuals = _forward(params, x, num_heads, causal, block_size, use_bias,
+                                features)
         return y, state, residuals
 
     def backward(params, residuals, dy):
@@ -212,12 +213,13 @@ def _from_heads(z):
     return z.transpose(0, 2, 1, 3).reshape(n, t, h * d)
 
 
-def _forward(params, x, num_heads, causal, block_size, use_bias):
+def _forward(params, x, num_heads, causal, block_size, use_bias, features=None):
     queries, keys_values, key_mask = _split_inputs(x)
     self_attention = keys_values is None
     keys_values = queries if self_attention else keys_values
     _check_inputs(queries, keys_values, key_mask, causal)
-    _check_params(params, queries, keys_values, num_heads)
+    _check_params(params, queries, keys_values, num_heads, use_bias,
+                  queries.shape[-1] if features is None else features)
     q = _to_heads(_project(params, queries, "Wq", "bq", use_bias), num_heads)
     k = _to_heads(_project(params, keys_values, "Wk", "bk", use_bias), num_heads)
     v = _to_heads(_project(params, keys_values, "Wv", "bv", use_bias), num_heads)
@@ -227,15 +229,15 @@ def _forward(params, x, num_heads, causal, block_size, use_bias):
     return y, residuals
 
 
-def _check_params(params, queries, keys_values, num_heads: int) -> None:
-    width = params["Wo"].shape[1]
+def _check_params(params, queries, keys_values, num_heads: int, use_bias: bool,
+                  width: int) -> None:
+    """``Wq (D_q, D)``, ``Wk``/``Wv (D_kv, D)``, ``Wo (D, D)`` and, with biases, ``b* (D,)``,
+    ``D`` the configured width (``features``, by default the queries' width)."""
     expected = {"Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width),
                 "Wv": (keys_values.shape[-1], width), "Wo": (width, width)}
-    for w, shape in expected.items():
-        if tuple(params[w].shape) != shape:
-            raise ValueError(f"{_NAME}: expected params[{w!r}] of shape {shape} for inputs "
-                             f"{tuple(queries.shape)} and {tuple(keys_values.shape)}, got "
-                             f"{tuple(params[w].shape)}")
+    if use_bias:
+        expected.update({b: (width,) for b in ("bq", "bk", "bv", "bo")})
+    check_params(_NAME, params, expected)
     _check_width(width, num_heads)
 
 

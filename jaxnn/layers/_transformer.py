@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float
+from jaxnn.core import Layer, check_float, check_params
 from jaxnn.layers._activations import gelu_layer
 from jaxnn.layers._attention import multi_head_attention
 from jaxnn.layers._combinators import residual, serial
@@ -88,10 +88,8 @@ def positional_embedding(
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         _check_sequence(name, x, max_length)
+        check_params(name, params, {"positions": (max_length, x.shape[2])})
         table = params["positions"]
-        if table.shape[1] != x.shape[2]:
-            raise ValueError(f"{name}: the table has {table.shape[1]} features, the input "
-                             f"{x.shape[2]} (shape {tuple(x.shape)})")
         return x + table[None, : x.shape[1]].astype(x.dtype), state, x.shape[1]
 
     def backward(params, length, dy):
@@ -130,6 +128,7 @@ def sinusoidal_positional_embedding() -> Layer:
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         _check_sequence(name, x, None)
+        check_params(name, params, {})
         table = jnp.asarray(sinusoidal_table(x.shape[1], x.shape[2]), x.dtype)
         return x + table[None], state, None
 
