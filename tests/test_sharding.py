@@ -143,8 +143,8 @@ def test_optimizer_state_follows_the_parameters_specs():
 # --- runs on 8 host devices (child process) ------------------------------------------------
 
 
-def _train(net, params, state, x, y, mesh=None, strategy=None, steps=20):
-    optimizer = optax.adam(1e-2)
+def _train(net, params, state, x, y, mesh=None, strategy=None, steps=20, optimizer=None):
+    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer, jit=False)
     opt_state = optimizer.init(params)
     if mesh is None:
@@ -161,14 +161,19 @@ def _train(net, params, state, x, y, mesh=None, strategy=None, steps=20):
 
 
 def _child_sharded_training_equals_one_device():
+    # SGD with momentum: Adam divides by √v, so a gradient that is 0 in exact arithmetic
+    # (attention's key bias) turns its rounding noise, which differs with the summation order
+    # of a partitioned program, into steps of ±lr; SGD keeps the comparison about gradients
+    optimizer = optax.sgd(0.05, momentum=0.9)
     results = {}
     for name in PROBLEMS:
         net, params, state, x, y = _problem(name)
-        reference, _, _ = _train(net, params, state, x, y)
+        reference, _, _ = _train(net, params, state, x, y, optimizer=optimizer)
         for strategy, data, model in [("fsdp", 8, 1), ("fsdp", 4, 2), ("tensor", 4, 2),
                                       ("tensor", 2, 4)]:
             mesh = sharding.make_mesh(data, model)
-            trained, _, _ = _train(net, params, state, x, y, mesh, strategy)
+            trained, _, _ = _train(net, params, state, x, y, mesh, strategy,
+                                   optimizer=optimizer)
             diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                        zip(jax.tree.leaves(trained), jax.tree.leaves(reference), strict=True))
             results[f"{name} {strategy} {data}x{model}"] = diff
