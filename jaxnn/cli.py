@@ -373,7 +373,7 @@ def _check_numbers(config: dict, args: argparse.Namespace) -> None:
         raise CommandError(f"{_as_typed(args, 'l2', config['l2'])}: λ must be a finite number "
                            f">= 0")
     if not 0 <= config["seed"] < SEED_LIMIT:
-        raise CommandError(f"{_as_typed(args, 'seed', config['seed'])}: the seed must lie in "
+        raise CommandError(f"{_as_typed(args, 'seed', config['seed'])}: a random seed must lie in "
                            f"[0, {SEED_LIMIT - 1}]")
 
 

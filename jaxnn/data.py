@@ -199,7 +199,7 @@ def breast_cancer():
 
 
 #: The built-in data sets by name: a function ``seed -> (x, y)``. The generated ones have 400
-#: examples; scikit-learn's ignore the seed argument (they are fixed files).
+#: examples; scikit-learn's ignore their seed argument (they are fixed files).
 BUILTIN: dict[str, Callable[[int], tuple[jax.Array, jax.Array]]] = {
     "flower": lambda seed: planar_flower(400, seed=seed),
     "moons": lambda seed: two_moons(400, seed=seed),

@@ -500,8 +500,8 @@ def _h5(path, x, y):
 @pytest.mark.parametrize("case,args,message", [
     ("out-is-a-file", ["--out", "afile"], "--out afile: exists and is not a folder"),
     ("out-under-a-file", ["--out", "afile/run"], "--out afile/run: cannot create the folder"),
-    ("seed-negative", ["--seed", "-1"], "--seed -1: the seed must lie in [0, 4294967295]"),
-    ("seed-huge", ["--seed", str(2**70)], f"--seed {2**70}: the seed must lie in"),
+    ("seed-negative", ["--seed", "-1"], "--seed -1: a random seed must lie in [0, 4294967295]"),
+    ("seed-huge", ["--seed", str(2**70)], f"--seed {2**70}: a random seed must lie in"),
     ("lr-nan", ["--lr", "nan"], "--lr nan: the learning rate must be a positive finite number"),
     ("lr-inf", ["--lr", "inf"], "--lr inf: the learning rate must be a positive finite number"),
     ("l2-nan", ["--l2", "nan"], "--l2 nan: λ must be a finite number >= 0"),
