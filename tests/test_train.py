@@ -273,3 +273,20 @@ def test_accuracy_refuses_targets_it_would_have_to_broadcast():
             jaxnn.accuracy(probs, bad)
     with pytest.raises(ValueError, match="accuracy: target shape"):
         jaxnn.accuracy(jnp.full((4, 1), 0.5), jnp.ones((4,)))
+
+
+@pytest.mark.parametrize("labels", [[-1.0, 1.0, 1.0, -1.0], [0.0, 1.0, float("nan"), 1.0]])
+def test_a_jitted_step_on_out_of_range_binary_labels_reports_nan_not_a_loss(labels, key):
+    # labels cannot be checked while tracing: the step's loss is NaN instead of a wrong number
+    # (binary cross-entropy trained on -1/+1 once fell to an impossible -28.7)
+    net = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1), jaxnn.sigmoid())
+    _, params, _ = net.init(key, (-1, 2))
+    x = jax.random.normal(key, (4, 2))
+    y = jnp.asarray(labels).reshape(4, 1)
+    optimizer = optax.sgd(0.1)
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
+    _, _, _, loss = step(params, (), optimizer.init(params), x, y, None)
+    assert np.isnan(float(loss))
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=1,
+                       batch_size=4, key=key)
+    assert np.isnan(float(result.losses[0, 0]))
