@@ -21,3 +21,14 @@ def noisy_counter():
         return (), dy
 
     return jaxnn.core.leaf_layer("noisy_counter", init, forward, backward)
+
+
+def noisy_counter_problem(key, examples: int):
+    """``(net, params, state, x, y)``: dense → :func:`noisy_counter` → tanh → dense on 2
+    features, float64 parameters, the regression target ``sin(x₀)``."""
+    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
+    k1, k2 = jax.random.split(key)
+    _, params, state = net.init(k1, (-1, 2))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(k2, (examples, 2))
+    return net, params, state, x, jnp.sin(x[:, :1])

@@ -9,7 +9,7 @@ import pytest
 
 import jaxnn
 from jaxnn.fit import epoch_batches, make_epoch
-from tests.helpers import noisy_counter
+from tests.helpers import noisy_counter_problem
 
 
 def _problem(key, m=22, n_in=3):
@@ -88,12 +88,7 @@ def test_the_epoch_is_traced_once_for_every_epoch(key):
 
 
 def test_fit_carries_state_and_gives_each_step_its_key(key):
-    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
-    k1, k2 = jax.random.split(key)
-    _, params, state = net.init(k1, (-1, 2))
-    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    x = jax.random.normal(k2, (12, 2))
-    y = jnp.sin(x[:, :1])
+    net, params, state, x, y = noisy_counter_problem(key, 12)
     optimizer = optax.sgd(0.1)
     result = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=2,
                        batch_size=4, key=jax.random.key(5), state=state)

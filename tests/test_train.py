@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import jaxnn
-from tests.helpers import noisy_counter
+from tests.helpers import noisy_counter_problem
 
 
 def _problem(key, m=16, n_in=3, hidden=5):
@@ -227,12 +227,7 @@ def test_run_steps_fuses_steps_into_one_scan_equal_to_a_python_loop(key):
 
 
 def test_run_steps_carries_state_and_gives_each_step_its_key(key):
-    net = jaxnn.serial(jaxnn.dense(4), noisy_counter(), jaxnn.tanh(), jaxnn.dense(1))
-    k1, k2 = jax.random.split(key)
-    _, params, state = net.init(k1, (-1, 2))
-    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    x = jax.random.normal(k2, (8, 2))
-    y = jnp.sin(x[:, :1])
+    net, params, state, x, y = noisy_counter_problem(key, 8)
     opt = optax.sgd(0.1)
     step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, opt)
     p, s, o = params, state, opt.init(params)
