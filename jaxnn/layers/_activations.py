@@ -22,7 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxnn.core import Array, Layer, check_float, check_params, stateless_init
+from jaxnn.core import Array, Layer, apply, check_float, check_params, stateless_init
 
 __all__ = [
     "elu",
@@ -288,51 +288,57 @@ _SIGMOID, _TANH, _RELU = sigmoid_layer(), tanh_layer(), relu_layer()
 _SOFTPLUS, _SILU, _IDENTITY = softplus_layer(), silu_layer(), identity_layer()
 
 
+def _run(layer: Layer, x: Array) -> Array:
+    """``layer`` on ``x``: these layers have no parameters or state, so ``apply`` runs them
+    directly (``layer(x)`` would first check that, on every call)."""
+    return apply(layer, (), (), x)[0]
+
+
 def sigmoid(x: Array) -> Array:
     """``1 / (1 + e^{-x})`` with the hand-derived backward ``a (1 − a)``."""
-    return _SIGMOID(x)
+    return _run(_SIGMOID, x)
 
 
 def tanh(x: Array) -> Array:
     """``tanh x`` with the hand-derived backward ``1 − a²``."""
-    return _TANH(x)
+    return _run(_TANH, x)
 
 
 def relu(x: Array) -> Array:
     """``max(x, 0)`` with the hand-derived backward ``1[a > 0]``."""
-    return _RELU(x)
+    return _run(_RELU, x)
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
     """``x`` for ``x > 0``, ``negative_slope·x`` otherwise, hand-derived backward."""
-    return leaky_relu_layer(negative_slope)(x)
+    return _run(leaky_relu_layer(negative_slope), x)
 
 
 def elu(x: Array, alpha: float = 1.0) -> Array:
     """``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise, hand-derived backward."""
-    return elu_layer(alpha)(x)
+    return _run(elu_layer(alpha), x)
 
 
 def softplus(x: Array) -> Array:
     """``log(1 + e^x)`` in stable form, hand-derived backward ``σ(x)``."""
-    return _SOFTPLUS(x)
+    return _run(_SOFTPLUS, x)
 
 
 def silu(x: Array) -> Array:
     """``x·σ(x)``, hand-derived backward."""
-    return _SILU(x)
+    return _run(_SILU, x)
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
     """``x·Φ(x)`` (exact, or the tanh approximation), hand-derived backward."""
-    return gelu_layer(approximate)(x)
+    return _run(gelu_layer(approximate), x)
 
 
 def identity(x: Array) -> Array:
     """``x``."""
-    return _IDENTITY(x)
+    return _run(_IDENTITY, x)
 
 
 def softmax(x: Array, axis: int = -1) -> Array:
     """Softmax over ``axis``, hand-derived backward ``p ⊙ (dA − Σ dA·p)``."""
-    return softmax_layer(axis)(x)
+    return _run(softmax_layer(axis), x)
