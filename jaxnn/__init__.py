@@ -11,6 +11,7 @@ from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
+from jaxnn import plots as plots
 from jaxnn import precision as precision
 from jaxnn import privacy as privacy
 from jaxnn import sharding as sharding
@@ -123,6 +124,7 @@ __all__ = [
     "per_example_grads",
     "precision",
     "predict",
+    "plots",
     "privacy",
     "reference_apply",
     "relu",

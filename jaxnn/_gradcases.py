@@ -1,8 +1,10 @@
 """The one list of gradient-check cases: each exported layer and loss at its default configurations.
 
 ``jaxnn gradcheck``, ``tests/test_registry.py``, the layer families' gradient tests and the
-property tests all draw from :data:`LAYER_CASES` and :data:`LOSS_CASES`. A new layer is
-registered by adding one entry to :data:`LAYER_CASES` (at least three configurations); the
+property tests all draw from [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] and
+[`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES]. A new layer is
+registered by adding one entry to [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] (at least three
+configurations); the
 registry test fails for an exported layer or loss without one.
 """
 
@@ -33,10 +35,13 @@ class LayerCase(NamedTuple):
       make: builds the layer (called afresh for each check).
       in_shape: the input shape, batch axis first; a tuple of shapes for a tuple input.
       label: the name in ``jaxnn gradcheck``'s table (default: the layer's name and shape).
-      options: extra keyword arguments of :func:`jaxnn.gradcheck.check_layer` (``train``,
-        ``state``, ``input_dtype``), and fields of :class:`jaxnn.gradcheck.Tolerances`
+      options: extra keyword arguments of
+        [`jaxnn.gradcheck.check_layer`][jaxnn.gradcheck.check_layer] (``train``,
+        ``state``, ``input_dtype``), and fields of
+        [`jaxnn.gradcheck.Tolerances`][jaxnn.gradcheck.Tolerances]
         (``max_fd_entries``).
-      inputs: how :func:`case_input` draws the input: ``"normal"`` (standard normal),
+      inputs: how [`case_input`][jaxnn.gradcheck.case_input] draws the input: ``"normal"``
+        (standard normal),
         ``"away_from_zero"`` (at least 0.05 from 0, for a kink there) or ``"distinct"`` (a
         shuffled ramp without ties, for a maximum).
     """
@@ -72,7 +77,8 @@ class LossCase(NamedTuple):
 def case_input(case: LayerCase, seed: int = 0, in_shape: tuple | None = None) -> Any:
     """The input a case is checked at, as ``case.inputs`` asks; ``None`` for ``"normal"``.
 
-    ``None`` lets :func:`~jaxnn.gradcheck.check_layer` draw its own input (and check at
+    ``None`` lets [`jaxnn.gradcheck.check_layer`][jaxnn.gradcheck.check_layer] draw its own input
+    (and check at
     batch 1 too). ``in_shape`` overrides ``case.in_shape`` (the property tests vary it).
     """
     shape = case.in_shape if in_shape is None else in_shape

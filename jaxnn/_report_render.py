@@ -3,8 +3,9 @@
 One row per (layer or function, parameter or leaf): the largest relative error against
 ``jax.grad`` and against finite differences, the index of the worst entry, and pass/fail. Notes
 (finite-difference entries skipped at non-smooth points, arguments left out) follow the table.
-:class:`jaxnn.gradcheck.GradcheckReport` renders itself through these functions (``table()``,
-``markdown()``, ``_repr_html_()`` for notebooks); :func:`plot_errors` draws where the error sits
+[`jaxnn.gradcheck.GradcheckReport`][jaxnn.gradcheck.GradcheckReport] renders itself through these
+functions (``table()``,
+``markdown()``, ``_repr_html_()`` for notebooks); ``plot_errors`` draws where the error sits
 in each parameter.
 """
 
@@ -154,7 +155,8 @@ def plot_errors(report: GradcheckReport, path: str, *, columns: int = 3) -> list
       The panel titles, in order.
 
     Raises:
-      ValueError: the report kept no per-entry errors (only :func:`check_function` and the layer
+      ValueError: the report kept no per-entry errors (only
+        [`jaxnn.gradcheck.check_function`][jaxnn.gradcheck.check_function] and the layer
         checks keep them).
     """
     import matplotlib

@@ -1,11 +1,12 @@
 """The undecorated form of a function: every ``jax.custom_vjp`` / ``jax.custom_jvp`` rule removed.
 
 ``jax.grad`` of a function that uses a custom derivative rule runs the rule. To check the rule,
-:func:`jaxnn.gradcheck.check_function` needs the same forward differentiated by plain autodiff.
+[`jaxnn.gradcheck.check_function`][jaxnn.gradcheck.check_function] needs the same forward
+differentiated by plain autodiff.
 ``fn.fun`` gives it for a decorated function, but rules sit at any depth: under ``jax.jit``
 (``jax.nn.relu`` is a ``custom_jvp`` of a jitted function), or inside a plain function
 (``jax.nn.softplus`` calls ``jnp.logaddexp``, whose rule is a ``custom_jvp``;
-``jnp.linalg.pinv`` calls one too). :func:`undecorated` therefore traces the function once and
+``jnp.linalg.pinv`` calls one too). ``undecorated`` therefore traces the function once and
 evaluates the traced program with each custom call replaced by the primal computation it wraps
 (its ``call_jaxpr``), looking inside nested ``jit`` calls, so that ``jax.grad`` differentiates
 every primitive itself.
@@ -66,7 +67,7 @@ def undecorated(fn: Callable, *args: Any) -> tuple[Callable, tuple[str, ...]]:
 
 
 def _custom_calls(jaxpr) -> tuple[str, ...]:
-    """The custom calls :func:`_evaluate` replaces: at the top level and inside ``jit`` calls."""
+    """The custom calls ``_evaluate`` replaces: at the top level and inside ``jit`` calls."""
     found: list[str] = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _CUSTOM_RULE_PRIMITIVES:

@@ -1,7 +1,7 @@
 """Activations as functions on arrays, like ``jax.nn``: ``jaxnn.activations.relu(x)``.
 
 Each is the forward of the matching layer (``jaxnn.relu()``, defined with its hand-derived
-derivative in ``jaxnn/layers/_activations.py``) applied with :func:`jaxnn.apply`, so
+derivative in ``jaxnn/layers/_activations.py``) applied with [`jaxnn.apply`][jaxnn.apply], so
 ``jax.grad`` of a function of the result runs the hand-derived ``dZ = dA * g'(Z)``.
 """
 

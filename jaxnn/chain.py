@@ -1,14 +1,18 @@
 """The explicit hand-derived chain: no autodiff anywhere between the loss and the parameters.
 
-:func:`value_and_grad` is the classic backward propagation: forward through the network,
-``dA[L] = loss.grad(A[L], Y)``, then every layer's ``backward`` in reverse. :func:`fuse` turns a
+[`value_and_grad`][jaxnn.value_and_grad] is the classic backward propagation: forward through the
+network,
+``dA[L] = loss.grad(A[L], Y)``, then every layer's ``backward`` in reverse. [`fuse`][jaxnn.fuse]
+turns a
 sigmoid output with binary cross-entropy into logits with the stable ``dZ[L] = (a − y)/m``;
-:func:`per_example_grads` is the chain under ``jax.vmap``; :func:`weight_mask` and
-:func:`l2_penalty` say which parameters are weights (as each leaf layer declares in
-``Layer.weights``) and what ``(λ/2) Σ ‖W‖²`` costs; :func:`l2_regularization` is its gradient as
+[`per_example_grads`][jaxnn.per_example_grads] is the chain under ``jax.vmap``;
+[`weight_mask`][jaxnn.weight_mask] and
+[`l2_penalty`][jaxnn.l2_penalty] say which parameters are weights (as each leaf layer declares in
+``Layer.weights``) and what ``(λ/2) Σ ‖W‖²`` costs; [`l2_regularization`][jaxnn.l2_regularization]
+is its gradient as
 an optax transformation.
 
-Layers never import this module: it sits above ``layers/`` and :mod:`jaxnn.losses`.
+Layers never import this module: it sits above ``layers/`` and [`jaxnn.losses`][jaxnn.losses].
 """
 
 from __future__ import annotations
@@ -98,10 +102,12 @@ def weight_mask(model: Layer, params: Any) -> Any:
 
 
 def l2_penalty(model: Layer, params: Any, l2: float) -> jax.Array:
-    """``(λ/2) Σ_W ‖W‖²`` over the weights of :func:`weight_mask`; its gradient is ``λ·W``.
+    """``(λ/2) Σ_W ‖W‖²`` over the weights of [`weight_mask`][jaxnn.weight_mask]; its gradient is
+    ``λ·W``.
 
     With the mean loss ``J = (1/m) Σ L_i`` this is the classic ``(λ_classic / 2m) Σ ‖W‖²`` with
-    ``λ = λ_classic / m``. Training adds the gradient with :func:`jaxnn.l2_regularization`.
+    ``λ = λ_classic / m``. Training adds the gradient with
+    [`jaxnn.l2_regularization`][jaxnn.l2_regularization].
     """
     mask = weight_mask(model, params)
     terms = [jnp.sum(jnp.square(w)) for w, m in zip(jax.tree.leaves(params),
@@ -111,10 +117,12 @@ def l2_penalty(model: Layer, params: Any, l2: float) -> jax.Array:
 
 def l2_regularization(model: Layer, l2: float) -> optax.GradientTransformation:
     """L2 on the weights as an optax transformation: ``g ← g + λ·W`` where
-    :func:`weight_mask` says ``W`` is a weight (``optax.add_decayed_weights`` with that mask).
+    [`weight_mask`][jaxnn.weight_mask] says ``W`` is a weight (``optax.add_decayed_weights`` with
+    that mask).
 
     Chain it before the optimizer: ``optax.chain(jaxnn.l2_regularization(model, 1e-3),
-    optax.adam(1e-3))``. It is the gradient of :func:`l2_penalty`; the loss a step reports is
+    optax.adam(1e-3))``. It is the gradient of [`l2_penalty`][jaxnn.l2_penalty]; the loss a step
+    reports is
     the data loss alone.
     """
     if not l2 >= 0:
@@ -123,7 +131,7 @@ def l2_regularization(model: Layer, l2: float) -> optax.GradientTransformation:
 
 
 def per_example_value_and_grad(model: Layer, loss: Loss, *, train: bool = True) -> Callable:
-    """The explicit chain on each example alone, by ``jax.vmap`` (after :func:`fuse`).
+    """The explicit chain on each example alone, by ``jax.vmap`` (after [`fuse`][jaxnn.fuse]).
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``
@@ -156,7 +164,8 @@ def per_example_value_and_grad(model: Layer, loss: Loss, *, train: bool = True) 
 
 def per_example_grads(model: Layer, loss: Loss, params: Any, x: jax.Array, y: jax.Array) -> Any:
     """The gradient of the loss on each example alone, stacked on a new leading axis, for a
-    stateless network (:func:`per_example_value_and_grad` with ``state=()``)."""
+    stateless network ([`per_example_value_and_grad`][jaxnn.chain.per_example_value_and_grad] with
+    ``state=()``)."""
     return per_example_value_and_grad(model, loss)(params, (), x, y)[1]
 
 

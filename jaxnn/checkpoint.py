@@ -98,7 +98,8 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
       path: the destination file; its folder must exist.
       tree: any pytree of arrays (params, layer state, optax state, PRNG keys).
       step: the training step, kept in the metadata.
-      metadata: more JSON-serializable information to keep (see :func:`load_metadata`).
+      metadata: more JSON-serializable information to keep (see
+        [`load_metadata`][jaxnn.checkpoint.load_metadata]).
     """
     path = os.fspath(path)
     leaves = _flatten(tree)
@@ -219,7 +220,7 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     """Reads a checkpoint into the structure of ``template``.
 
     Args:
-      path: a file written by :func:`save`.
+      path: a file written by [`save`][jaxnn.checkpoint.save].
       template: a pytree with the structure, shapes and dtypes of the saved one (its values
         are not used).
 

@@ -1,7 +1,7 @@
 """The ``jaxnn`` command: train, verify and report.
 
 ``jaxnn train`` trains the classic L-layer classifier (dense/activation … dense, sigmoid or
-softmax output) with :func:`jaxnn.fit` on a built-in data set or a user's files,
+softmax output) with [`jaxnn.fit`][jaxnn.fit] on a built-in data set or a user's files,
 prints the cost and the accuracy, draws ``cost.png`` (and ``decision_boundary.png`` for 2-D data)
 and saves a checkpoint it can resume from. ``jaxnn gradcheck`` checks every built-in layer and
 loss (or a model given by flags) against ``jax.grad`` and finite differences. ``jaxnn summary``
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import jaxnn
-from jaxnn import checkpoint, data
+from jaxnn import checkpoint, data, plots
 from jaxnn._gradcases import NOT_LAYERS_OR_LOSSES
 from jaxnn._report_render import plot_errors
 from jaxnn.checkpoint import CheckpointError
@@ -473,43 +473,6 @@ def _save(plan: RunPlan, run: RunState) -> None:
                               "steps_per_epoch": plan.steps_per_epoch})
 
 
-def _plot_cost(path: str, costs: np.ndarray, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    ax.plot(np.arange(len(costs)), costs, lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cost")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _plot_decision_boundary(path: str, predict_fn: Callable, raw_x: np.ndarray,
-                            labels: np.ndarray, title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    lo, hi = raw_x.min(axis=0), raw_x.max(axis=0)
-    pad = 0.1 * (hi - lo)
-    g0, g1 = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
-                         np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200))
-    grid = np.stack([g0.ravel(), g1.ravel()], 1).astype(np.float32)
-    z = np.asarray(predict_fn(grid))
-    classes = (z[:, 0] > 0.5) if z.shape[1] == 1 else np.argmax(z, 1)
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    ax.contourf(g0, g1, classes.reshape(g0.shape).astype(float), alpha=0.35, cmap="coolwarm")
-    ax.scatter(raw_x[:, 0], raw_x[:, 1], c=labels, s=10, cmap="coolwarm", edgecolors="k",
-               linewidths=0.3)
-    ax.set_title(title)
-    ax.set_xlabel("x₁")
-    ax.set_ylabel("x₂")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _progress_bar(plan: RunPlan, start: int, disable: bool):
     tqdm = _require("tqdm", "cli", "jaxnn train (its progress bar)").tqdm
     # smoothing=0: the rate is steps / time since the count was last restarted
@@ -535,7 +498,8 @@ def _segment_end(step: int, plan: RunPlan, save_every: int) -> int:
 
 def _train_loop(plan: RunPlan, model: Any, loss: Any, optimizer: Any, run: RunState,
                 stop: StopSignals, args: argparse.Namespace) -> None:
-    """Trains ``run`` up to ``plan.total`` with :func:`jaxnn.fit`, one call per segment between
+    """Trains ``run`` up to ``plan.total`` with [`jaxnn.fit`][jaxnn.fit], one call per segment
+    between
     checkpoints; stops at the end of an epoch when ``stop`` has caught a signal."""
 
 
@@ -637,12 +601,12 @@ def _report(plan: RunPlan, model: Any, run: RunState, elapsed: float, start: int
             f"{plan.config['lr']}"
     writers = {CHECKPOINT_FILE: lambda path: _save(plan, run),
                "metrics.json": lambda path: _write_metrics(path, plan, run, accuracies),
-               "cost.png": lambda path: _plot_cost(path, run.history.values, title)}
+               "cost.png": lambda path: plots.cost_curve(path, run.history.values, title=title)}
     if ds.x_train.shape[1] == 2:
-        writers["decision_boundary.png"] = lambda path: _plot_decision_boundary(
+        writers["decision_boundary.png"] = lambda path: plots.decision_boundary(
             path, lambda g: predict(ds.prepare(jnp.asarray(g))), np.asarray(ds.raw_train),
             np.asarray(ds.y_train).reshape(-1),
-            f"{ds.name}: train accuracy {accuracies[0]:.2f}, test {accuracies[1]:.2f}")
+            title=f"{ds.name}: train accuracy {accuracies[0]:.2f}, test {accuracies[1]:.2f}")
     written, failed = [], []
     for name, write in writers.items():
         path = os.path.join(plan.out, name)
@@ -722,7 +686,8 @@ def gradcheck_table(layer_names: Sequence[str] | None = None,
 
 
 def run_gradchecks(checks: Sequence) -> Any:
-    """Runs each case in float64 and gathers one :class:`~jaxnn.gradcheck.GradcheckReport`,
+    """Runs each case in float64 and gathers one
+    [`jaxnn.gradcheck.GradcheckReport`][jaxnn.gradcheck.GradcheckReport],
     its rows named by the case's label."""
 
     report = jaxnn.gradcheck.GradcheckReport()

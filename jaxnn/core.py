@@ -1,6 +1,6 @@
 """The Layer protocol and the wiring of hand-derived backward passes into JAX.
 
-A :class:`Layer` is four pure functions in a frozen record (read like a NamedTuple: fields,
+A [`Layer`][jaxnn.Layer] is four pure functions in a frozen record (read like a NamedTuple: fields,
 tuple unpacking, ``_replace``), in the spirit of optax's ``GradientTransformation`` and stax's
 ``(init, apply)`` pairs:
 
@@ -13,9 +13,11 @@ tuple unpacking, ``_replace``), in the spirit of optax's ``GradientTransformatio
   hand (the classic ``dZ = dA * g'(Z)``, ``dW = A_prevᵀ dZ``, ``db = Σ dZ``, ``dA_prev = dZ Wᵀ``).
   It never calls ``jax.vjp`` or ``jax.grad``.
 
-:func:`apply` attaches ``backward`` to ``forward`` with :func:`jax.custom_vjp`, so ``jax.grad``,
+[`apply`][jaxnn.apply] attaches ``backward`` to ``forward`` with ``jax.custom_vjp``, so
+``jax.grad``,
 ``jax.vjp`` and ``jax.value_and_grad`` of any function of the output use the hand-derived rule.
-:func:`reference_apply` runs the very same ``forward`` under plain autodiff; the gradient check
+[`reference_apply`][jaxnn.reference_apply] runs the very same ``forward`` under plain autodiff; the
+gradient check
 compares the two.
 
 State (batch-norm running statistics, say) flows forward only: its cotangent is dropped, as if
@@ -31,6 +33,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+__all__ = [
+    "Layer",
+    "Record",
+    "apply",
+    "check_features",
+    "check_float",
+    "check_params",
+    "check_positive_int",
+    "children",
+    "leaf_layer",
+    "map_leaves",
+    "reference_apply",
+    "split_key",
+    "stateless_init",
+    "sublayer_labels",
+]
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -85,7 +104,7 @@ class Layer(Record):
         ``params``; ``dx`` is ``None`` for inputs that take no gradient (integer ids).
       sublayers: the layers a combinator is made of, in order; ``()`` for a leaf layer. A
         combinator's params and state are tuples aligned with ``sublayers`` (or dicts keyed by
-        ``names``); :func:`children` pairs their entries with the sublayers.
+        ``names``); [`children`][jaxnn.core.children] pairs their entries with the sublayers.
       rebuild: for a combinator, ``rebuild(new_sublayers)`` makes the same combinator over other
         layers (used to wrap every leaf, e.g. to record inputs or to rematerialize); ``None``
         for a leaf.
@@ -113,7 +132,7 @@ class Layer(Record):
 
         ``jaxnn.relu()(x)`` is ``jnp.maximum(x, 0)`` with the hand-derived backward attached.
         A layer with parameters or state (``jaxnn.dense(3)(x)``) is an error that says what to
-        write instead: ``init`` then :func:`apply`.
+        write instead: ``init`` then [`apply`][jaxnn.apply].
         """
         _refuse_parameters(self, x)
         y, _ = apply(self, (), (), x)
@@ -271,7 +290,8 @@ def apply(
 
     Reverse mode only: JAX refuses forward mode (``jax.jvp``, ``jax.jacfwd``,
     ``jax.linearize``) through a ``custom_vjp`` function, so for forward-mode derivatives use
-    :func:`reference_apply` (the same forward under plain autodiff). Second derivatives work
+    [`reference_apply`][jaxnn.reference_apply] (the same forward under plain autodiff). Second
+    derivatives work
     here, because they differentiate the hand-derived backward, which is plain JAX:
     ``jax.hessian`` (forward over reverse) and ``jax.jacrev(jax.jacrev(f))``.
 
@@ -294,7 +314,7 @@ def reference_apply(
     key: PRNGKey | None = None,
     train: bool = False,
 ) -> tuple[Array, State]:
-    """Runs the same ``forward`` as :func:`apply` under plain JAX autodiff.
+    """Runs the same ``forward`` as [`apply`][jaxnn.apply] under plain JAX autodiff.
 
     ``jax.grad`` through this path differentiates the forward's own operations and never calls
     ``layer.backward``: it is the reference the hand-derived gradients are checked against.
@@ -317,7 +337,8 @@ def leaf_layer(
     backward: BackwardFn,
     weights: tuple[str, ...] = (),
 ) -> Layer:
-    """Makes a leaf :class:`Layer` (a convenience for users' own layers); ``weights`` names the
+    """Makes a leaf [`Layer`][jaxnn.Layer] (a convenience for users' own layers); ``weights`` names
+    the
     parameters L2 regularization acts on."""
     return Layer(name=name, init=init, forward=forward, backward=backward,
                  weights=tuple(weights))
@@ -454,7 +475,8 @@ def check_params(layer_name: str, params: Params,
 
     Called in ``forward`` while tracing (so under ``jit`` too). ``expected`` maps each entry's
     name to its shape, ``None`` standing for a size the input decides (checked against the
-    input by :func:`check_features`). Every entry must be a floating-point array. A layer
+    input by [`check_features`][jaxnn.core.check_features]). Every entry must be a floating-point
+    array. A layer
     without parameters passes ``{}`` and accepts any pytree without arrays (``()``, ``{}``).
 
     Raises:

@@ -3,17 +3,24 @@
 Every loader returns ``(x, y)`` with examples first: ``x`` of shape ``(m, n_x)`` (float32) and
 ``y`` of shape ``(m, 1)``. Two-class labels come as float32 0/1 (ready for binary
 cross-entropy); labels of more than two classes come as int32 class indices (for softmax
-cross-entropy, after ``y[:, 0]``, or :func:`one_hot`).
+cross-entropy, after ``y[:, 0]``, or [`one_hot`][jaxnn.data.one_hot]).
 
 * Generated in code, deterministic given ``seed``, ``x`` of shape ``(m, 2)``:
-  :func:`planar_flower`, :func:`two_moons`, :func:`circles`, :func:`spirals`.
-* scikit-learn's bundled sets (the ``data`` extra): :func:`digits`, :func:`breast_cancer`.
-* Users' files: :func:`load_h5` (the classic ``train_set_x`` / ``train_set_y`` / ``test_set_x``
-  / ``test_set_y`` / ``list_classes`` layout; the ``data`` extra), :func:`load_idx` and
-  :func:`load_mnist` (MNIST-format IDX files, raw or gzip).
-* Preparation: :func:`train_test_split`, :func:`standardize`, :func:`one_hot`, :func:`batches`.
+  [`planar_flower`][jaxnn.data.planar_flower], [`two_moons`][jaxnn.data.two_moons],
+  [`circles`][jaxnn.data.circles], [`spirals`][jaxnn.data.spirals].
+* scikit-learn's bundled sets (the ``data`` extra): [`digits`][jaxnn.data.digits],
+  [`breast_cancer`][jaxnn.data.breast_cancer].
+* Users' files: [`load_h5`][jaxnn.data.load_h5] (the classic ``train_set_x`` / ``train_set_y`` /
+  ``test_set_x``
+  / ``test_set_y`` / ``list_classes`` layout; the ``data`` extra),
+  [`load_idx`][jaxnn.data.load_idx] and
+  [`load_mnist`][jaxnn.data.load_mnist] (MNIST-format IDX files, raw or gzip).
+* Preparation: [`train_test_split`][jaxnn.data.train_test_split],
+  [`standardize`][jaxnn.data.standardize], [`one_hot`][jaxnn.data.one_hot],
+  [`batches`][jaxnn.data.batches].
 
-A file that is missing, truncated or corrupted raises :class:`DataFileError`, naming the file
+A file that is missing, truncated or corrupted raises [`DataFileError`][jaxnn.data.DataFileError],
+naming the file
 and what is wrong with it.
 """
 
@@ -211,7 +218,7 @@ BUILTIN: dict[str, Callable[[int], tuple[jax.Array, jax.Array]]] = {
 
 
 def load_builtin(name: str, seed: int = 1) -> tuple[jax.Array, jax.Array]:
-    """The built-in data set ``name`` (one of :data:`BUILTIN`)."""
+    """The built-in data set ``name`` (one of [`BUILTIN`][jaxnn.data.BUILTIN])."""
     if name not in BUILTIN:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN)}")
     return BUILTIN[name](seed)

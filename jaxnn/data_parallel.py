@@ -1,7 +1,8 @@
 """Data parallelism over every visible device with ``jax.sharding``.
 
-:func:`shard_train_step` turns a train step into a data-parallel one: a one-axis
-:class:`jax.sharding.Mesh` over the devices (axis ``"data"``), the parameters, model state and
+[`shard_train_step`][jaxnn.data_parallel.shard_train_step] turns a train step into a data-parallel
+one: a one-axis
+``jax.sharding.Mesh`` over the devices (axis ``"data"``), the parameters, model state and
 optimizer state replicated on every device (``NamedSharding(mesh, P())``), the batch split on
 its leading axis (``NamedSharding(mesh, P("data"))``). The step itself is unchanged: ``jax.jit``
 partitions it (GSPMD), each device computes the forward and backward on its part of the batch,
@@ -12,14 +13,16 @@ point summation.
 Several hosts. Call ``jax.distributed.initialize()`` at the start of every process (with
 ``coordinator_address``, ``num_processes`` and ``process_id``, or from the cluster's
 environment on Cloud TPU, SLURM and similar); ``jax.devices()`` then lists the devices of every
-process, so :func:`data_mesh` spans all hosts. Each process passes its own part of the global
-batch (its ``local batch``, examples ``[p·b, (p+1)·b)`` for process ``p``, say): :func:`shard_batch`
+process, so [`data_mesh`][jaxnn.data_parallel.data_mesh] spans all hosts. Each process passes its
+own part of the global
+batch (its ``local batch``, examples
+``[p·b, (p+1)·b)`` for process ``p``, say): [`shard_batch`][jaxnn.data_parallel.shard_batch]
 assembles the global array with ``jax.make_array_from_process_local_data``. Everything else is
 the same program on every process; the library adds no orchestration of its own.
 ``examples/multi_process.py`` is the recipe (CPU collectives through gloo), and
 ``tests/test_multi_process.py`` runs it as 2 and 4 processes against one. To split the
 parameters and optimizer state themselves instead of replicating them, see
-:mod:`jaxnn.sharding`.
+[`jaxnn.sharding`][jaxnn.sharding].
 """
 
 from __future__ import annotations
@@ -101,9 +104,11 @@ def shard_train_step(
     """Makes ``step`` data-parallel over the devices of ``mesh``.
 
     Args:
-      step: a train step from :func:`jaxnn.make_train_step` (jitted or not), whatever its
+      step: a train step from [`jaxnn.make_train_step`][jaxnn.make_train_step] (jitted or not),
+        whatever its
         gradient function and optimizer (mixed precision, DP-SGD).
-      mesh: the mesh; default :func:`data_mesh` over every visible device.
+      mesh: the mesh; default [`data_mesh`][jaxnn.data_parallel.data_mesh] over every visible
+        device.
       batch_argnums: the positions of the batch arguments: ``x``, ``y`` of
         ``step(params, state, opt_state, x, y, key)``, arguments 3 and 4. Every other argument
         is replicated.

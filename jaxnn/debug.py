@@ -1,7 +1,8 @@
 """An opt-in check mode that names the first layer whose output is not finite.
 
 Normal training never pays for it: the checks exist only in a model rebuilt by
-:func:`checked`. They are :func:`jax.experimental.checkify` checks, which are functionalized
+[`checked`][jaxnn.debug.checked]. They are ``jax.experimental.checkify`` checks, which are
+functionalized
 into the compiled program (an error value returned next to the result), not host callbacks, so
 they work under ``jax.jit``, ``jax.vmap`` and ``lax.scan`` and cost one ``isfinite`` reduction
 per layer.
@@ -47,8 +48,10 @@ def _all_finite(tree) -> jax.Array:
 def checked(model: Layer) -> Layer:
     """``model`` with every leaf layer checking its input and output for NaN and Inf.
 
-    Run the result under :func:`jax.experimental.checkify.checkify` (or use
-    :func:`checked_apply` / :func:`checked_value_and_grad`, which do). The first failing check
+    Run the result under ``jax.experimental.checkify.checkify`` (or use
+    [`checked_apply`][jaxnn.debug.checked_apply] /
+    [`checked_value_and_grad`][jaxnn.debug.checked_value_and_grad], which do). The first failing
+    check
     in execution order is reported, so the message names the first layer that produced (or
     received) a non-finite value. Backward passes are checked too: a non-finite ``dx`` names
     the layer whose backward produced it.
@@ -100,7 +103,8 @@ def _raise(err: checkify.Error) -> None:
 
 def checked_apply(model: Layer, params: Any, state: Any, x: jax.Array, *,
                   key: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, Any]:
-    """:func:`jaxnn.apply` in check mode: raises :class:`NonFiniteError` naming the layer."""
+    """[`jaxnn.apply`][jaxnn.apply] in check mode: raises
+    [`NonFiniteError`][jaxnn.debug.NonFiniteError] naming the layer."""
     checked_model = checked(model)
 
     def run(params, state, x, key):
@@ -117,7 +121,7 @@ def checked_value_and_grad(model: Layer, loss: Loss, params: Any, x: jax.Array, 
     """The explicit hand-derived chain in check mode, forward and backward.
 
     Returns ``((value, new_state), grads)`` like
-    ``jaxnn.value_and_grad(model, loss)``; raises :class:`NonFiniteError`
+    ``jaxnn.value_and_grad(model, loss)``; raises [`NonFiniteError`][jaxnn.debug.NonFiniteError]
     naming the first layer whose output or backward is not finite, or the loss.
     """
     model, loss = fuse(model, loss)

@@ -1,13 +1,16 @@
 """Ensembles: K independent models trained in one compiled step by ``jax.vmap``.
 
 The K members' parameters are stacked on a new leading axis (every leaf gets shape
-``(K, *leaf.shape)``); one step is :func:`jaxnn.make_train_step`'s step under ``jax.vmap`` over
+``(K, *leaf.shape)``); one step is [`jaxnn.make_train_step`][jaxnn.make_train_step]'s step under
+``jax.vmap`` over
 that axis, so the K models train together in one compiled program and each member's update
 equals the update of a separate run.
 
-Members differ by their initialization (one key each, :func:`init`) and, optionally, by
+Members differ by their initialization (one key each, [`init`][jaxnn.ensemble.init]) and,
+optionally, by
 hyperparameters: build the optimizer with ``optax.inject_hyperparams`` and give
-:func:`init_optimizer` one value per member, e.g. a vector of learning rates.
+[`init_optimizer`][jaxnn.ensemble.init_optimizer] one value per member, e.g. a vector of learning
+rates.
 
 >>> import jax, jax.numpy as jnp, optax, jaxnn
 >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
@@ -83,7 +86,7 @@ def init_optimizer(optimizer: optax.GradientTransformation, params: Any,
     Args:
       optimizer: the optimizer; to vary hyperparameters build it with
         ``optax.inject_hyperparams`` (their values live in its state, so ``vmap`` maps them).
-      params: stacked parameters from :func:`init`.
+      params: stacked parameters from [`init`][jaxnn.ensemble.init].
       **hyperparams: ``name=values`` with one value per member (shape ``(K,)``), e.g.
         ``learning_rate=jnp.array([1e-1, 1e-2, 1e-3])``.
 
@@ -120,10 +123,11 @@ def make_train_step(
     shared_data: bool = True,
     gradients: str | Callable = "hand",
 ) -> Callable:
-    """One jitted step of every member: :func:`jaxnn.make_train_step`'s step under ``jax.vmap``.
+    """One jitted step of every member: [`jaxnn.make_train_step`][jaxnn.make_train_step]'s step
+    under ``jax.vmap``.
 
     Args:
-      model, loss, optimizer, gradients: as for :func:`jaxnn.make_train_step`.
+      model, loss, optimizer, gradients: as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
       shared_data: if true every member trains on the same batch ``(x, y)``; if false ``x`` and
         ``y`` carry a leading member axis (a bootstrap sample per member, say).
 

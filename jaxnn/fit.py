@@ -1,8 +1,10 @@
 """Whole epochs in one compiled ``lax.scan``: shuffle, mini-batches and steps without Python.
 
-:func:`fit` trains for a number of epochs. Each epoch is one call of a function compiled once
-(:func:`make_epoch`): it draws the epoch's permutation, gathers the mini-batches and runs every
-step of :func:`jaxnn.make_train_step` inside a ``lax.scan``. Python only runs between epochs, to
+[`fit`][jaxnn.fit] trains for a number of epochs. Each epoch is one call of a function compiled once
+([`make_epoch`][jaxnn.fit.make_epoch]): it draws the epoch's permutation, gathers the mini-batches
+and runs every
+step of [`jaxnn.make_train_step`][jaxnn.make_train_step] inside a ``lax.scan``. Python only runs
+between epochs, to
 report progress (``on_epoch``) or to stop early.
 
 Randomness is a pure function of ``(key, epoch)``, so an epoch can be replayed on its own:
@@ -40,12 +42,12 @@ __all__ = ["FitResult", "epoch_batches", "fit", "make_epoch"]
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns.
+    """What [`fit`][jaxnn.fit] returns.
 
     Attributes:
       params: the trained parameters.
       state: the model's final state (``()`` for stateless models).
-      opt_state: the optimizer's final state (pass it back to :func:`fit` to resume).
+      opt_state: the optimizer's final state (pass it back to [`fit`][jaxnn.fit] to resume).
       losses: the loss of every step, shape ``(epochs_run, steps_per_epoch)``.
     """
 
@@ -91,10 +93,12 @@ def make_epoch(
 ) -> Callable:
     """One epoch as a single jitted function.
 
-    With a ``mesh`` (:func:`jaxnn.data_parallel.data_mesh`), every mini-batch is split over the
+    With a ``mesh`` ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]), every
+    mini-batch is split over the
     mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps. With
     ``carry_specs``, the ``PartitionSpec`` trees of the parameters and of the optimizer state
-    (:func:`jaxnn.sharding.param_specs`), both stay split that way from step to step.
+    ([`jaxnn.sharding.param_specs`][jaxnn.sharding.param_specs]), both stay split that way from
+    step to step.
 
     Returns:
       ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
@@ -137,8 +141,9 @@ def _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh) -> Callab
 
 
 def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs) -> Callable:
-    """:func:`make_epoch`, the same compiled function for the same pieces, so that training in
-    several :func:`fit` calls (between checkpoints, say) compiles once."""
+    """[`make_epoch`][jaxnn.fit.make_epoch], the same compiled function for the same pieces, so
+    that training in
+    several [`fit`][jaxnn.fit] calls (between checkpoints, say) compiles once."""
     if carry_specs is None:
         try:
             return _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh)
@@ -169,12 +174,15 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         ) -> FitResult:
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
 
-    Every step is :func:`jaxnn.make_train_step`'s (the model's state is carried from step to
-    step, each step gets its own key), on the batches of :func:`epoch_batches`. The result
+    Every step is [`jaxnn.make_train_step`][jaxnn.make_train_step]'s (the model's state is carried
+    from step to
+    step, each step gets its own key), on the batches of
+    [`epoch_batches`][jaxnn.fit.epoch_batches]. The result
     equals the Python loop over the same batches.
 
     Args:
-      model, loss, optimizer, gradients: as for :func:`jaxnn.make_train_step` (L2, loss scaling
+      model, loss, optimizer, gradients: as for [`jaxnn.make_train_step`][jaxnn.make_train_step]
+        (L2, loss scaling
         or DP-SGD's aggregation are chained into ``optimizer``).
       params: the initial parameters.
       x, y: the whole training set, examples on the leading axis (kept on the device).
@@ -184,17 +192,19 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       state: the model's initial state (batch-norm statistics); ``()`` for stateless models.
       opt_state: the optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
       start_epoch: the index of the first epoch (to resume a run with the same shuffles).
-      mesh: train data-parallel over this mesh (:func:`jaxnn.data_parallel.data_mesh`):
+      mesh: train data-parallel over this mesh
+        ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]):
         everything is replicated and each mini-batch split over the ``"data"`` axis, so
         ``batch_size`` must be a multiple of the device count.
       shard_params: with a ``mesh``, how parameters and optimizer state are laid out over it:
         ``"replicated"`` (a full copy on every device), ``"fsdp"`` (split over ``"data"``) or
-        ``"tensor"`` (split over ``"model"``, Megatron style); see :mod:`jaxnn.sharding`.
+        ``"tensor"`` (split over ``"model"``, Megatron style); see
+        [`jaxnn.sharding`][jaxnn.sharding].
       on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
         state)`` with that epoch's step losses; returning ``True`` stops training.
 
     Returns:
-      A :class:`FitResult`.
+      A [`FitResult`][jaxnn.FitResult].
 
     >>> import jax, optax, jaxnn
     >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))

@@ -3,9 +3,10 @@
 Everything runs in float64. For a layer ``f`` the check draws a fixed random cotangent ``v`` and
 differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
 
-* **hand-derived**: ``jax.grad`` of ``S`` through :func:`jaxnn.apply`, i.e. the layer's own
+* **hand-derived**: ``jax.grad`` of ``S`` through [`jaxnn.apply`][jaxnn.apply], i.e. the layer's own
   ``backward`` reached through ``jax.custom_vjp``;
-* **jax.grad**: ``jax.grad`` of ``S`` through :func:`jaxnn.reference_apply`, the same forward
+* **jax.grad**: ``jax.grad`` of ``S`` through [`jaxnn.reference_apply`][jaxnn.reference_apply], the
+  same forward
   under plain autodiff;
 * **finite differences**: the fourth-order central difference
   ``[8(S(θ + εe_i) − S(θ − εe_i)) − (S(θ + 2εe_i) − S(θ − 2εe_i))] / 12ε`` (``ε = 1e-3``) for
@@ -14,9 +15,11 @@ differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
   one compiled, vmapped function. An entry where the function is not smooth within the step
   (a ReLU's kink, a tie of ``max_pool``) is detected — the stencil at ``ε/2`` disagrees, or the
   gap between the right and left slopes does not halve with the step — and skipped, counted
-  in :attr:`Comparison.skipped`; it never fails the check. ``jax.grad`` still sees it.
+  in [`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped]; it never fails the check.
+  ``jax.grad`` still sees it.
 
-:func:`check_layer` checks at the given input shape and at batch 1 (2 in training mode), since
+[`check_layer`][jaxnn.gradcheck.check_layer] checks at the given input shape and at batch 1 (2 in
+training mode), since
 a backward can be right at one batch size and wrong at another.
 
 The error of one array is reported as the largest absolute difference and the largest relative
@@ -27,15 +30,20 @@ a layer followed by batch normalization — are judged on the gradient's scale i
 dividing by ~0. A real error still shows: against ``jax.grad`` an entry of size ``g`` that is
 wrong by 100% gives a relative error of at least ``min(1, 1000·g/scale)``. A comparison
 passes when the relative error is within ``rtol_autodiff`` (default 1e-9) against ``jax.grad``
-and ``rtol_fd`` (default 1e-6) against finite differences (both fields of :class:`Tolerances`).
+and ``rtol_fd`` (default 1e-6) against finite differences (both fields of
+[`Tolerances`][jaxnn.gradcheck.Tolerances]).
 
-Every exported layer and loss is checked at the configurations of :data:`LAYER_CASES` and
-:data:`LOSS_CASES` (``jaxnn/_gradcases.py``), by :func:`check_case`.
+Every exported layer and loss is checked at the configurations of
+[`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] and
+[`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES] (``jaxnn/_gradcases.py``), by
+[`check_case`][jaxnn.gradcheck.check_case].
 
 Any JAX function with a ``jax.custom_vjp`` / ``jax.custom_jvp`` rule, a user's or a library's,
-is checked by :func:`check_function`: the rule against autodiff of the function with its rules
+is checked by [`check_function`][jaxnn.gradcheck.check_function]: the rule against autodiff of the
+function with its rules
 removed and against finite differences. Every report has one row per parameter or argument leaf
-with the index of its worst entry, and renders as text (:meth:`GradcheckReport.table`),
+with the index of its worst entry, and renders as text
+([`GradcheckReport.table`][jaxnn.gradcheck.GradcheckReport.table]),
 Markdown and HTML (docs/verification.md).
 
 A user's own layer is checked by the same call:
@@ -203,7 +211,8 @@ def compare(actual, expected, scale: float = 0.0) -> tuple[float, float]:
 
 
 def _relative_errors(actual, expected, scale: float = 0.0) -> np.ndarray:
-    """Entry-wise ``|a − b| / max(|a|, |b|, floor)`` as in :func:`compare` (``inf`` where either
+    """Entry-wise ``|a − b| / max(|a|, |b|, floor)`` as in [`compare`][jaxnn.gradcheck.compare]
+    (``inf`` where either
     is not finite)."""
     a = np.asarray(actual, dtype=np.float64)
     b = np.asarray(expected, dtype=np.float64)
@@ -218,7 +227,8 @@ def _relative_errors(actual, expected, scale: float = 0.0) -> np.ndarray:
 def _located_comparison(layer: str, parameter: str, reference: str, errors: np.ndarray,
                         abs_error: float, tolerance: float, in_shape: tuple = (),
                         skipped: int = 0) -> Comparison:
-    """A :class:`Comparison` of per-entry ``errors`` (NaN where not compared), with the index
+    """A [`Comparison`][jaxnn.gradcheck.Comparison] of per-entry ``errors`` (NaN where not
+    compared), with the index
     of the worst entry and the errors kept for plotting."""
     compared = ~np.isnan(errors)
     if not compared.any():
@@ -251,7 +261,7 @@ def _finite_differences(fn: Callable, arrays: list, wrt: Sequence[int],
 
     Every perturbed point of every array is evaluated by one compiled, vmapped function. Returns
     ``(flat_positions, estimates, smooth)`` per array of ``wrt``; ``smooth`` is false where the
-    function is not smooth within the step (:func:`_stencils`).
+    function is not smooth within the step (``_stencils``).
     """
     eps, max_entries = tolerances.fd_eps, tolerances.max_fd_entries
     sizes = [int(arrays[i].size) for i in wrt]
@@ -287,7 +297,8 @@ def _stencils(table: np.ndarray, eps: float, tolerance: float,
     (a) the same stencil at ``ε/2`` agrees with it, and (b) the gap between the right and left
     slopes, ``(S(ε) − S(0))/ε − (S(0) − S(−ε))/ε``, halves with the step, as ``ε·S''`` does
     for a smooth ``S``; at a kink it stays the jump of the slope. Both are judged on
-    ``tolerance·max(|estimate|, 1e-3·scale)``, as :func:`compare` judges errors.
+    ``tolerance·max(|estimate|, 1e-3·scale)``, as [`compare`][jaxnn.gradcheck.compare] judges
+    errors.
     """
     m2, m1, mh, center, ph, p1, p2 = table.T
     estimate = (8 * (p1 - m1) - (p2 - m2)) / (12 * eps)
@@ -370,7 +381,8 @@ def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
     of ``reference_fn``.
 
     Finite-difference entries at a point where ``reference_fn`` is not smooth within the step
-    are skipped and counted in :attr:`Comparison.skipped`, never failed.
+    are skipped and counted in [`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped], never
+    failed.
     """
     wrt = list(range(len(arrays))) if wrt is None else list(wrt)
     scale = _largest(auto)
@@ -411,9 +423,10 @@ def check_layer(
     """Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
 
     Args:
-      layer: any :class:`jaxnn.Layer`, a user's own included.
+      layer: any [`jaxnn.Layer`][jaxnn.Layer], a user's own included.
       in_shape: the input shape, batch axis first (all entries concrete); a tuple of shapes for
-        a layer taking a tuple of arrays (:func:`jaxnn.concatenate`). Not needed when ``x`` is
+        a layer taking a tuple of arrays ([`jaxnn.concatenate`][jaxnn.concatenate]). Not needed
+        when ``x`` is
         given.
       params, state: the layer's parameters and state; made by ``layer.init`` when omitted.
       x: the input, an array or a tuple of arrays; standard normal entries when omitted
@@ -429,7 +442,8 @@ def check_layer(
       tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
-      A :class:`GradcheckReport`: a row per parameter and input (``"input[i]"`` per entry of a
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport]: a row per parameter and input
+      (``"input[i]"`` per entry of a
       tuple), for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
     """
     with jax.enable_x64(True):
@@ -484,8 +498,9 @@ def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key,
                   path_fn: Callable) -> Callable:
     """``S(*param_leaves, *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through ``path_fn``.
 
-    ``path_fn`` is :func:`jaxnn.apply` (the hand-derived backward) or
-    :func:`jaxnn.reference_apply`; the cotangents ``v_i`` are drawn once from ``cotangent_key``
+    ``path_fn`` is [`jaxnn.apply`][jaxnn.apply] (the hand-derived backward) or
+    [`jaxnn.reference_apply`][jaxnn.reference_apply]; the cotangents ``v_i`` are drawn once from
+    ``cotangent_key``
     for the reference output's leaves.
     """
     y, _ = reference_apply(layer, params, state, x, key=key, train=train)
@@ -533,7 +548,8 @@ def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
 
 
 def check_case(case: LayerCase | LossCase, seed: int = 0) -> GradcheckReport:
-    """Checks one case of :data:`LAYER_CASES` / :data:`LOSS_CASES` (or a user's own case)."""
+    """Checks one case of [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] /
+    [`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES] (or a user's own case)."""
     if isinstance(case, LossCase):
         prediction, target = case.make_inputs(np.random.default_rng(seed))
         return check_loss(case.loss, prediction, target, seed=seed)
@@ -584,7 +600,8 @@ def check_model(
     Three parts, all in float64:
 
     1. the gradient of ``J = loss(model(x), y)`` for every parameter, from the explicit
-       hand-derived chain (:func:`jaxnn.value_and_grad`, no autodiff), against ``jax.grad`` of
+       hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad], no autodiff), against
+       ``jax.grad`` of
        the reference path and against finite differences; rows are named
        ``"<path>"`` / ``"<parameter>"``, e.g. ``"serial/2:dense"`` / ``"W"``;
     2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
@@ -608,7 +625,8 @@ def check_model(
 
 def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, train: bool,
                             tolerances: Tolerances, seed: int) -> GradcheckReport:
-    """Part 1 of :func:`check_model`: every parameter's gradient through the explicit chain."""
+    """Part 1 of [`check_model`][jaxnn.gradcheck.check_model]: every parameter's gradient through
+    the explicit chain."""
     leaves, treedef = jax.tree.flatten(params)
     explicit = value_and_grad(model, loss, train=train)
 
@@ -681,7 +699,7 @@ def check_function(
     * **the rule**: ``jax.grad`` of ``S`` through ``fn`` as JAX runs it;
     * **jax.grad**: plain autodiff of ``S`` through ``reference``, by default ``fn`` with every
       custom rule replaced by the computation it wraps (``fn.fun``, at any depth, also inside
-      ``jax.jit``: see :mod:`jaxnn._undecorated`);
+      ``jax.jit``: see ``jaxnn._undecorated``);
     * **finite differences** of ``S`` through ``fn`` (kink-safe: an entry within a step of a
       non-smooth point is skipped and counted, never failed).
 
@@ -698,7 +716,8 @@ def check_function(
       tolerances: the pass thresholds and finite-difference settings.
 
     Returns:
-      A :class:`GradcheckReport` with one row per differentiated leaf, named by the argument
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport] with one row per differentiated leaf,
+      named by the argument
       (``"x"``, ``"params.W"``, ``"args[1][0]"``), with the index of its worst entry.
 
     >>> import jax, jax.numpy as jnp

@@ -19,7 +19,8 @@ initializer                distribution
 =========================  ==============================================================
 
 The normal variants are plain (not truncated) normals, so ``lecun_normal`` reproduces the classic
-initialization exactly in distribution. :func:`jaxnn.dense` uses ``lecun_normal`` for ``W`` and
+initialization exactly in distribution. [`jaxnn.dense`][jaxnn.dense] uses ``lecun_normal`` for
+``W`` and
 ``zeros`` for ``b``.
 """
 

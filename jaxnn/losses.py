@@ -1,7 +1,7 @@
 """Losses, each a value and its hand-derived derivatives.
 
 The classic derivation keeps ``dJ/dA[L]`` apart from the network, because it depends on the task: a
-:class:`Loss` is ``value(prediction, target)`` next to ``grad(prediction, target)``, both by
+[`Loss`][jaxnn.Loss] is ``value(prediction, target)`` next to ``grad(prediction, target)``, both by
 hand, and ``target_grad(prediction, target)``, the derivative with respect to the target (for
 distillation from a learned teacher, or a loss between two network outputs). Calling a loss,
 ``loss(prediction, target)``, gives the value with both derivatives attached through
@@ -14,9 +14,12 @@ and averages over examples.
 
 Targets never broadcast: a target whose shape differs from the prediction's is an error.
 
-Stable fused forms. A sigmoid output followed by :func:`binary_cross_entropy` has
-``dZ[L] = (1/m)(A[L] − Y)``; :func:`binary_cross_entropy_with_logits` computes exactly that from
-the logits without ever forming ``log(0)``. :func:`jaxnn.chain.fuse` rewrites
+Stable fused forms. A sigmoid output followed by
+[`binary_cross_entropy`][jaxnn.binary_cross_entropy] has
+``dZ[L] = (1/m)(A[L] − Y)``;
+[`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits] computes exactly that
+from
+the logits without ever forming ``log(0)``. [`jaxnn.fuse`][jaxnn.fuse] rewrites
 ``serial(…, sigmoid())`` with ``binary_cross_entropy`` into ``serial(…)`` with
 ``binary_cross_entropy_with_logits``, and the training functions apply it, so training always
 uses the stable ``a − y``. Softmax
@@ -42,9 +45,10 @@ __all__ = [
     "softmax_cross_entropy",
 ]
 
-#: The clipping of :func:`binary_cross_entropy`: probabilities are kept in ``[ε, 1 − ε]`` with
-#: ``ε = max(BCE_EPSILON, machine epsilon of the prediction's dtype)`` (1e-7 in float32 and
-#: float64; 2⁻¹⁰ in float16, 2⁻⁷ in bfloat16, so the derivative ``1/ε`` stays representable).
+#: The clipping of [`binary_cross_entropy`][jaxnn.binary_cross_entropy]: probabilities are
+#: kept in ``[ε, 1 − ε]`` with ``ε = max(BCE_EPSILON, machine epsilon of the prediction's
+#: dtype)`` (1e-7 in float32 and float64; 2⁻¹⁰ in float16, 2⁻⁷ in bfloat16, so the derivative
+#: ``1/ε`` stays representable).
 BCE_EPSILON = 1e-7
 
 
@@ -64,7 +68,7 @@ class Loss(Record):
       value: ``(prediction, target) -> scalar``.
       grad: ``(prediction, target) -> dJ/dprediction``, derived by hand.
       fused: for a loss on probabilities, ``(activation_name, loss_on_logits)``: the last layer
-        and the stable loss that replaces the pair (see :func:`jaxnn.chain.fuse`).
+        and the stable loss that replaces the pair (see [`jaxnn.fuse`][jaxnn.fuse]).
       target_grad: ``(prediction, target) -> dJ/dtarget``, derived by hand (``None`` for integer
         targets). A loss without one refuses to be differentiated with respect to its target
         (an error, never a silent zero); its target may still be a constant.
@@ -164,7 +168,8 @@ def _is_concrete(x) -> bool:
 def _binary_labels(name: str, y: Array, dtype) -> Array:
     """Labels in ``[0, 1]`` as ``dtype``. Concrete labels outside it, or NaN, are an error (a
     −1/+1 file convention, say); traced ones (under ``jit``) become NaN there, so the loss and
-    its gradient are NaN (which :mod:`jaxnn.debug`'s check mode names), never a wrong number."""
+    its gradient are NaN (which [`jaxnn.debug`][jaxnn.debug]'s check mode names), never a wrong
+    number."""
     if _is_concrete(y) and y.size:
         values = np.asarray(y, np.float64)
         if np.isnan(values).any():
@@ -370,7 +375,8 @@ binary_cross_entropy_with_logits = _make_loss(
     _BCE_LOGITS, _bce_logits_value, _bce_logits_grad, _bce_logits_target_grad,
     """Binary cross-entropy on logits: ``J = (1/n) Σ [softplus(z) − z·y]``.
 
-    The stable fused form of a sigmoid followed by :data:`binary_cross_entropy`, averaged over
+    The stable fused form of a sigmoid followed by
+    [`binary_cross_entropy`][jaxnn.binary_cross_entropy], averaged over
     every entry. Labels lie in ``[0, 1]`` (soft labels allowed); concrete labels outside it or
     NaN are an error, traced ones (under ``jit``) give NaN.
 
@@ -382,10 +388,12 @@ binary_cross_entropy = _make_loss(
     _BCE, _bce_value, _bce_grad, _bce_target_grad,
     """Binary cross-entropy on probabilities: ``J = −(1/n) Σ [y log a + (1 − y) log(1 − a)]``.
 
-    ``a`` is clipped to ``[ε, 1 − ε]`` (:data:`BCE_EPSILON`) with a straight-through derivative.
+    ``a`` is clipped to ``[ε, 1 − ε]`` (``BCE_EPSILON``) with a straight-through derivative.
     Predictions must be probabilities: concrete values outside ``[0, 1]`` (logits by mistake)
-    are an error, traced ones give NaN; labels as for :data:`binary_cross_entropy_with_logits`.
-    Training rewrites a final sigmoid with this loss into the fused form (:func:`jaxnn.fuse`).
+    are an error, traced ones give NaN; labels as for
+    [`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits].
+    Training rewrites a final sigmoid with this loss into the fused form
+    ([`jaxnn.fuse`][jaxnn.fuse]).
 
     Derivatives: ``dJ/da = −(1/n)(y/a − (1 − y)/(1 − a))``, ``dJ/dy = −(1/n) log(a/(1 − a))``.
     """,

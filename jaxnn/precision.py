@@ -1,9 +1,10 @@
 """Mixed precision: a dtype policy for every layer, and loss scaling for float16.
 
-A :class:`Policy` names three dtypes: parameters are stored (and updated by the optimizer) in
+A [`Policy`][jaxnn.Policy] names three dtypes: parameters are stored (and updated by the optimizer)
+in
 ``param_dtype``, layers compute in ``compute_dtype``, and each layer hands ``output_dtype`` to
-the next. :func:`apply_policy` wraps every leaf layer of a network
-(:func:`jaxnn.map_leaves`):
+the next. [`apply_policy`][jaxnn.precision.apply_policy] wraps every leaf layer of a network
+([`jaxnn.map_leaves`][jaxnn.map_leaves]):
 
 * forward: the leaf's floating parameters and inputs are cast to ``compute_dtype``, the leaf
   runs, its output is cast to ``output_dtype``, its new state back to the state's own dtype;
@@ -12,7 +13,7 @@ the next. :func:`apply_policy` wraps every leaf layer of a network
 
 So the matrix products of forward *and* backward run in bfloat16 or float16 while gradients
 arrive in float32, where the optimizer accumulates them. Losses reduce half-precision
-predictions in float32 (:mod:`jaxnn.losses`).
+predictions in float32 ([`jaxnn.losses`][jaxnn.losses]).
 
 Loss scaling. float16's smallest subnormal is ``2⁻²⁴ ≈ 6e-8``: a backward signal below it
 flushes to zero. Scaling multiplies the loss's derivative ``dJ/dA[L]`` by ``S`` before the
@@ -23,13 +24,15 @@ skipped — parameters and optimizer state unchanged — and ``S`` is divided by
 ``growth_interval`` finite steps in a row ``S`` is multiplied by ``factor``.
 
 Both plug into the one training step, for stateless and stateful models alike: the gradient
-function :func:`value_and_grad` and the optax transformation :func:`loss_scaling` (which keeps
+function [`value_and_grad`][jaxnn.precision.value_and_grad] and the optax transformation
+[`loss_scaling`][jaxnn.precision.loss_scaling] (which keeps
 ``S`` and skips non-finite steps with ``optax.apply_if_finite``)::
 
     step = jaxnn.make_train_step(model, loss, loss_scaling(optax.adam(1e-3), dynamic_loss_scale()),
                                  gradients=value_and_grad(model, loss, policy))
 
-Gradient checks stay float64: :mod:`jaxnn.gradcheck` casts everything to float64 and checks the
+Gradient checks stay float64: [`jaxnn.gradcheck`][jaxnn.gradcheck] casts everything to float64 and
+checks the
 layers' own backward passes; a policy whose compute dtype is float64 is a pure wrapper the check
 passes through (see the tests), while a half-precision policy is judged by training, not by the
 1e-9 tolerances.
@@ -157,9 +160,11 @@ def apply_policy(model: Layer, policy: Policy) -> Layer:
 class LossScale:
     """A loss scale ``S`` and, when dynamic, the count of finite steps since it last changed.
 
-    Make one with :func:`static_loss_scale` or :func:`dynamic_loss_scale`; it is a pytree (its
+    Make one with [`static_loss_scale`][jaxnn.precision.static_loss_scale] or
+    [`dynamic_loss_scale`][jaxnn.precision.dynamic_loss_scale]; it is a pytree (its
     arrays are ``scale`` and ``good_steps``; ``dynamic``, ``growth_interval`` and ``factor`` are
-    static), carried from step to step in :func:`loss_scaling`'s optimizer state.
+    static), carried from step to step in [`loss_scaling`][jaxnn.precision.loss_scaling]'s
+    optimizer state.
     """
 
     scale: jax.Array
@@ -213,7 +218,8 @@ def dynamic_loss_scale(initial: float = 2.0**15, *, growth_interval: int = 2000,
 
 
 class LossScalingState(NamedTuple):
-    """The state of :func:`loss_scaling`: the loss scale and ``optax.apply_if_finite``'s state
+    """The state of [`loss_scaling`][jaxnn.precision.loss_scaling]: the loss scale and
+    ``optax.apply_if_finite``'s state
     around the inner optimizer's."""
 
     loss_scale: LossScale
@@ -226,14 +232,16 @@ def loss_scaling(optimizer: optax.GradientTransformation,
 
     ``update`` runs ``optimizer`` inside ``optax.apply_if_finite``: when a gradient is not
     finite the update is zero (parameters unchanged) and the inner optimizer state is kept.
-    Then the scale is adjusted (:meth:`LossScale.adjust`). :func:`value_and_grad` reads ``S``
+    Then the scale is adjusted ([`LossScale.adjust`][jaxnn.precision.LossScale.adjust]).
+    [`value_and_grad`][jaxnn.precision.value_and_grad] reads ``S``
     from this state; make it the outermost transformation (the one given to
-    :func:`jaxnn.make_train_step`).
+    [`jaxnn.make_train_step`][jaxnn.make_train_step]).
 
     Args:
       optimizer: the optimizer (L2 may be chained into it).
-      loss_scale: :func:`static_loss_scale` (``static_loss_scale(1.0)``: no scaling, enough
-        for bfloat16) or :func:`dynamic_loss_scale` (float16).
+      loss_scale: [`static_loss_scale`][jaxnn.precision.static_loss_scale]
+        (``static_loss_scale(1.0)``: no scaling, enough
+        for bfloat16) or [`dynamic_loss_scale`][jaxnn.precision.dynamic_loss_scale] (float16).
     """
     if not isinstance(loss_scale, LossScale):
         raise TypeError(f"loss_scaling: loss_scale must be a jaxnn.precision.LossScale, got "
@@ -263,14 +271,16 @@ def _loss_scale_in(opt_state: Any) -> LossScale:
 
 def value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
     """The loss and its float32 gradients under ``policy``, with the loss scale of the
-    optimizer state: a gradient function for :func:`jaxnn.make_train_step`.
+    optimizer state: a gradient function for [`jaxnn.make_train_step`][jaxnn.make_train_step].
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``:
-      the explicit hand-derived chain (:func:`jaxnn.value_and_grad`) through
-      :func:`apply_policy`'s model (after :func:`jaxnn.fuse`) with ``dJ/dA[L]`` multiplied by
+      the explicit hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad]) through
+      [`apply_policy`][jaxnn.precision.apply_policy]'s model (after [`jaxnn.fuse`][jaxnn.fuse])
+      with ``dJ/dA[L]`` multiplied by
       ``S`` (in float32, before any cast to the compute dtype) and the parameter gradients
-      divided by ``S``. ``S`` is read from the :func:`loss_scaling` state inside ``opt_state``
+      divided by ``S``. ``S`` is read from the [`loss_scaling`][jaxnn.precision.loss_scaling] state
+      inside ``opt_state``
       (``1`` when there is none). The model may have state (batch norm) and randomness.
     """
     model, loss = fuse(apply_policy(model, policy), loss)

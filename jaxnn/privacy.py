@@ -8,18 +8,22 @@ together, one vector per example, by ``jax.vmap`` of the hand-derived chain):
 * sum, add Gaussian noise of standard deviation ``σ·C`` to every entry and divide by ``B``:
   ``g̃ = (Σ_i ĝ_i + N(0, σ²C² I)) / B``.
 
-``σ`` is the noise multiplier; :func:`epsilon` turns ``(σ, q = B/n, steps)`` into the ``ε``
+``σ`` is the noise multiplier; [`epsilon`][jaxnn.privacy.epsilon] turns ``(σ, q = B/n, steps)``
+into the ``ε``
 spent at a given ``δ`` with the ``dp-accounting`` package's RDP accountant (the ``privacy``
 extra).
 
 DP-SGD is two pieces of the one training step, for stateless and stateful models alike:
 
-* the gradient function :func:`per_example_value_and_grad` (``jax.vmap`` of the hand-derived
+* the gradient function [`per_example_value_and_grad`][jaxnn.chain.per_example_value_and_grad]
+  (``jax.vmap`` of the hand-derived
   chain over examples; each example gets its own key; the new model state is the mean over
   examples);
-* :func:`private_aggregate`, an ``optax.GradientTransformation`` that takes those per-example
+* [`private_aggregate`][jaxnn.privacy.private_aggregate], an ``optax.GradientTransformation`` that
+  takes those per-example
   gradients and returns the noisy mean, keeping its PRNG key in its state; chain it before any
-  optimizer. An L2 term (:func:`jaxnn.l2_regularization`) chained after it depends on no
+  optimizer. An L2 term ([`jaxnn.l2_regularization`][jaxnn.l2_regularization]) chained after it
+  depends on no
   example, so it is added after the noise, unclipped::
 
     optimizer = optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))
@@ -104,7 +108,8 @@ def clipped_noisy_mean(grads: Any, clip_norm: float, noise_multiplier: float,
 
 
 class PrivateAggregateState(NamedTuple):
-    """The state of :func:`private_aggregate`: the key of the next step's noise."""
+    """The state of [`private_aggregate`][jaxnn.privacy.private_aggregate]: the key of the next
+    step's noise."""
 
     key: jax.Array
 
@@ -114,7 +119,8 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
     """DP-SGD's aggregation as an optax transformation.
 
     ``update`` takes per-example gradients (leading batch axis) and returns
-    :func:`clipped_noisy_mean` of them with a fresh key each step (``key, noise_key =
+    [`clipped_noisy_mean`][jaxnn.privacy.clipped_noisy_mean] of them with a fresh key each step
+    (``key, noise_key =
     split(state.key)``). Chain it before the optimizer:
     ``optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))``.
     """
@@ -144,7 +150,7 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
     ``steps`` times; Rényi DP is converted to ``(ε, δ)``-DP.
 
     Args:
-      noise_multiplier: ``σ`` of :func:`private_aggregate` (positive).
+      noise_multiplier: ``σ`` of [`private_aggregate`][jaxnn.privacy.private_aggregate] (positive).
       sampling_rate: ``q`` in ``(0, 1]``.
       steps: the number of steps taken (non-negative int).
       delta: ``δ`` in ``(0, 1)``.

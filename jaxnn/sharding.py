@@ -1,12 +1,13 @@
 """Sharded parameters over a ``("data", "model")`` mesh: FSDP, tensor parallel, replicated.
 
-Data parallelism (:mod:`jaxnn.data_parallel`) keeps a full copy of the parameters and the
+Data parallelism ([`jaxnn.data_parallel`][jaxnn.data_parallel]) keeps a full copy of the parameters
+and the
 optimizer state on every device. This module splits them instead, with JAX's own machinery: a
-:class:`jax.sharding.PartitionSpec` for every parameter, ``jax.device_put`` to place them, and
+``jax.sharding.PartitionSpec`` for every parameter, ``jax.device_put`` to place them, and
 ``jax.jit`` (GSPMD) to partition the unchanged training step — the hand-derived backward runs as
 written, and XLA inserts the collectives.
 
-Strategies (:func:`param_specs`):
+Strategies ([`param_specs`][jaxnn.sharding.param_specs]):
 
 * ``"replicated"``: ``P()`` everywhere (plain data parallelism).
 * ``"fsdp"`` (fully sharded data parallel): every parameter split over ``"data"`` along its
@@ -14,7 +15,8 @@ Strategies (:func:`param_specs`):
   replicated. XLA all-gathers a weight where the forward needs it whole and reduce-scatters its
   gradient, so each device keeps ``1/devices`` of the parameters and of the optimizer state.
 * ``"tensor"`` (Megatron-style tensor parallelism over ``"model"``): the layers with a rule in
-  :data:`TENSOR_RULES` alternate, in network order, between a *column* split (the output features:
+  [`TENSOR_RULES`][jaxnn.sharding.TENSOR_RULES] alternate, in network order, between a *column*
+  split (the output features:
   ``W[:, j]`` and ``b[j]`` on the device holding column block ``j``) and a *row* split (the input
   features: ``W[i, :]``, the bias replicated). A column-split layer followed by a row-split one
   needs no gather in between: each device computes its block of hidden units, and the row-split
@@ -189,7 +191,7 @@ def param_specs(model: Layer, params: Any, mesh: Mesh, strategy: str = "fsdp", *
       model: the network.
       params: its parameters (arrays or ``jax.ShapeDtypeStruct``).
       mesh: a mesh with a ``"data"`` axis (``"fsdp"``) or a ``"model"`` axis (``"tensor"``),
-        e.g. :func:`make_mesh`.
+        e.g. [`make_mesh`][jaxnn.sharding.make_mesh].
       strategy: ``"replicated"``, ``"fsdp"`` or ``"tensor"``.
       overrides: ``(path, leaf_layer, param_name, array) -> PartitionSpec | None`` per
         parameter; ``None`` keeps the strategy's choice.

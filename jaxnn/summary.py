@@ -2,7 +2,8 @@
 
 The shapes come from the layers' own ``init`` (run under ``jax.eval_shape``, so no parameter is
 allocated and no data runs). Every layer of the network is instrumented on the way down through
-``sublayers`` and ``rebuild`` — the same walk as :func:`jaxnn.map_leaves` — so combinators
+``sublayers`` and ``rebuild`` — the same walk as [`jaxnn.map_leaves`][jaxnn.map_leaves] — so
+combinators
 (``serial``, ``parallel``, ``residual``, a user's own) need nothing special.
 """
 
@@ -80,7 +81,7 @@ def summary(model: Layer, in_shape: Sequence[int], *, key: jax.Array | None = No
     """A plain-text table of ``model``'s layers: path, output shape, parameter shapes and count.
 
     Args:
-      model: any :class:`jaxnn.Layer`, a whole network or a single layer.
+      model: any [`jaxnn.Layer`][jaxnn.Layer], a whole network or a single layer.
       in_shape: the input shape, batch axis first (``-1`` for any batch size).
       key: the PRNG key handed to ``init`` (only shapes are computed; default ``key(0)``).
 

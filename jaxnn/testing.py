@@ -37,8 +37,10 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
                            **kwargs: Any) -> gradcheck.GradcheckReport:
     """Checks a layer's or a function's derivative and fails the test with the report's table.
 
-    A :class:`jaxnn.Layer` goes to :func:`jaxnn.gradcheck.check_layer` (``args``: its
-    ``in_shape``, if any), anything else to :func:`jaxnn.gradcheck.check_function` (``args``:
+    A [`jaxnn.Layer`][jaxnn.Layer] goes to
+    [`jaxnn.gradcheck.check_layer`][jaxnn.gradcheck.check_layer] (``args``: its
+    ``in_shape``, if any), anything else to
+    [`jaxnn.gradcheck.check_function`][jaxnn.gradcheck.check_function] (``args``:
     the function's arguments); ``kwargs`` go along unchanged (``argnums=``, ``reference=``,
     ``seed=``, ``x=``, ``train=``, ...).
 
@@ -98,7 +100,8 @@ def arrays_away_from_kinks(shape: Sequence[int], *, kinks: Sequence[float] = (0.
 def inputs_away_from_kinks(*shapes: Sequence[int], kinks: Sequence[float] = (0.0,),
                            margin: float = 0.05, bound: float = 3.0) -> Any:
     """A hypothesis strategy of tuples of arrays, one of each shape in ``shapes``, drawn by
-    :func:`arrays_away_from_kinks`: the arguments of a function to check."""
+    [`arrays_away_from_kinks`][jaxnn.testing.arrays_away_from_kinks]: the arguments of a function
+    to check."""
     from hypothesis import strategies as st
 
     return st.tuples(*(arrays_away_from_kinks(s, kinks=kinks, margin=margin, bound=bound)

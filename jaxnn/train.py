@@ -1,20 +1,24 @@
 """Training: the one step, composed from a gradient function and any optax transformation.
 
-:func:`make_train_step` is the only training step: ``step(params, state, opt_state, x, y, key)
+[`make_train_step`][jaxnn.make_train_step] is the only training step: ``step(params, state,
+opt_state, x, y, key)
 -> (params, state, opt_state, loss)`` for every model (a stateless one passes ``state=()`` and
 ``key=None``). Every feature plugs into it as one of two pieces:
 
 * a gradient function ``(params, state, x, y, key, opt_state) -> ((value, new_state), grads)``:
-  the explicit hand-derived chain (``"hand"``, :func:`jaxnn.value_and_grad`, after
-  :func:`jaxnn.fuse`, so a sigmoid output with binary cross-entropy trains on the stable
+  the explicit hand-derived chain (``"hand"``, [`jaxnn.value_and_grad`][jaxnn.value_and_grad], after
+  [`jaxnn.fuse`][jaxnn.fuse], so a sigmoid output with binary cross-entropy trains on the stable
   ``dZ[L] = (a − y)/m``), plain autodiff of the same forward (``"autodiff"``), mixed precision
-  (:func:`jaxnn.precision.value_and_grad`) or per-example gradients for DP-SGD
-  (:func:`jaxnn.privacy.per_example_value_and_grad`);
+  ([`jaxnn.precision.value_and_grad`][jaxnn.precision.value_and_grad]) or per-example gradients for
+  DP-SGD
+  ([`jaxnn.chain.per_example_value_and_grad`][jaxnn.chain.per_example_value_and_grad]);
 * an optax ``GradientTransformation``: the optimizer, chained after L2
-  (:func:`jaxnn.l2_regularization`), loss scaling (:func:`jaxnn.precision.loss_scaling`) or
-  DP-SGD's aggregation (:func:`jaxnn.privacy.private_aggregate`).
+  ([`jaxnn.l2_regularization`][jaxnn.l2_regularization]), loss scaling
+  ([`jaxnn.precision.loss_scaling`][jaxnn.precision.loss_scaling]) or
+  DP-SGD's aggregation ([`jaxnn.privacy.private_aggregate`][jaxnn.privacy.private_aggregate]).
 
-:mod:`jaxnn.fit`, :mod:`jaxnn.ensemble` and :mod:`jaxnn.data_parallel` wrap this same step.
+[`jaxnn.fit`][jaxnn.fit], [`jaxnn.ensemble`][jaxnn.ensemble] and
+[`jaxnn.data_parallel`][jaxnn.data_parallel] wrap this same step.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ def make_train_step(
 
     Args:
       model: the network.
-      loss: the loss; a final ``sigmoid`` with :data:`binary_cross_entropy` is fused into the
-        stable logits form first (:func:`jaxnn.fuse`).
+      loss: the loss; a final ``sigmoid`` with [`binary_cross_entropy`][jaxnn.binary_cross_entropy]
+        is fused into the
+        stable logits form first ([`jaxnn.fuse`][jaxnn.fuse]).
       optimizer: an ``optax.GradientTransformation`` (``optax.sgd(0.0075)`` is the classic
         gradient descent); chain L2, loss scaling or DP-SGD's aggregation into it.
       gradients: ``"hand"`` (the explicit hand-derived chain, the default), ``"autodiff"``
@@ -105,7 +110,7 @@ def run_steps(step: Callable, params: Any, state: Any, opt_state: Any, x: jax.Ar
               ) -> tuple[Any, Any, Any, jax.Array]:
     """``n_steps`` full-batch steps fused into one compiled ``lax.scan``.
 
-    ``step`` is a step from :func:`make_train_step`; step ``s`` gets the key
+    ``step`` is a step from [`make_train_step`][jaxnn.make_train_step]; step ``s`` gets the key
     ``split(key, n_steps)[s]`` (``None`` without a key). Returns the final params, model state
     and optimizer state and the loss of every step, shape ``(n_steps,)``. Equal to calling
     ``step`` ``n_steps`` times from Python, without a dispatch per step.
@@ -134,7 +139,7 @@ def accuracy(prediction: jax.Array, target: jax.Array, *, threshold: float = 0.5
     With one output per example ``prediction`` holds probabilities, compared with
     ``threshold``, and ``target`` has its shape. With ``K > 1`` outputs the arg-max is compared
     with integer class ids of shape ``prediction.shape[:-1]`` or ``prediction.shape[:-1] + (1,)``
-    (the ``(m, 1)`` labels :mod:`jaxnn.data` returns), or with one-hot rows of
+    (the ``(m, 1)`` labels [`jaxnn.data`][jaxnn.data] returns), or with one-hot rows of
     ``prediction``'s shape. Any other target shape is an error: targets are never broadcast.
 
     >>> import jax.numpy as jnp, jaxnn

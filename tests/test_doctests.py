@@ -1,9 +1,20 @@
-"""The ``>>>`` examples in the library's docstrings run and print what they say."""
+"""The ``>>>`` examples in the library's docstrings run and print what they say.
+
+Every example may assume the four imports the API reference states once at its top::
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import jaxnn
+"""
 
 import doctest
 import importlib
 import pkgutil
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxnn
@@ -14,9 +25,12 @@ MODULES = sorted(
     if not m.name.endswith("__main__")
 )
 
+EXAMPLE_GLOBALS = {"jax": jax, "jnp": jnp, "np": np, "jaxnn": jaxnn}
+
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(module, extraglobs=EXAMPLE_GLOBALS,
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

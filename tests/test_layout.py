@@ -26,6 +26,7 @@ RANKS = {
     "jaxnn.train": 6,
     "jaxnn.data_parallel": 6,
     "jaxnn.data": 6,
+    "jaxnn.plots": 6,
     "jaxnn.checkpoint": 6,
     "jaxnn._gradcases": 6,
     "jaxnn._undecorated": 0,

@@ -1,9 +1,11 @@
-"""Layer constructors. Each returns a :class:`jaxnn.Layer`; put them in :func:`jaxnn.serial`.
+"""Layer constructors. Each returns a [`jaxnn.Layer`][jaxnn.Layer]; put them in
+[`jaxnn.serial`][jaxnn.serial].
 
 One private module per family (``_dense``, ``_conv``, ``_pool``, ``_norm``, ``_dropout``,
 ``_shape``, ``_embedding``, ``_activations``, ``_combinators``, ``_remat``,
 ``_attention``, ``_transformer``); the names below are
-the public ones. Layers depend only on :mod:`jaxnn.core` and :mod:`jaxnn.initializers`.
+the public ones. Layers depend only on [`jaxnn.core`][jaxnn.core] and
+[`jaxnn.initializers`][jaxnn.initializers].
 """
 
 from jaxnn.layers._activations import elu_layer as elu

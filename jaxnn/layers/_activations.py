@@ -8,8 +8,8 @@ The backward is the classic ``dZ = dA * g'(Z)``.
 Each name has two faces:
 
 * a function on arrays, ``jaxnn.activations.relu(x)``, whose ``jax.grad`` is the hand-derived
-  rule (via :func:`jaxnn.apply`);
-* a layer constructor, ``jaxnn.relu()``, to put in :func:`jaxnn.serial`.
+  rule (via [`jaxnn.apply`][jaxnn.apply]);
+* a layer constructor, ``jaxnn.relu()``, to put in [`jaxnn.serial`][jaxnn.serial].
 """
 
 from __future__ import annotations
@@ -262,7 +262,8 @@ def softmax_layer(axis: int = -1) -> Layer:
     """Softmax ``p_i = e^{z_i} / Σ_j e^{z_j}`` over ``axis`` (computed with ``z − max z``).
 
     Backward (Jacobian ``diag(p) − p pᵀ`` applied to ``dA``): ``dZ = p ⊙ (dA − Σ_j dA_j p_j)``.
-    For training a classifier use logits with :func:`jaxnn.softmax_cross_entropy`, whose fused
+    For training a classifier use logits with
+    [`jaxnn.softmax_cross_entropy`][jaxnn.softmax_cross_entropy], whose fused
     derivative is ``p − onehot``.
     """
 

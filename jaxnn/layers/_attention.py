@@ -129,7 +129,8 @@ def multi_head_attention(
       dtype: dtype of the parameters.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv, D),
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv,
+      D),
       "Wo": (D, D)}`` and biases ``"bq", "bk", "bv", "bo"`` of shape ``(D,)``.
 
     >>> import jax, jax.numpy as jnp, jaxnn

@@ -1,4 +1,4 @@
-"""Combinators: layers made of layers. A network is itself a :class:`jaxnn.Layer`.
+"""Combinators: layers made of layers. A network is itself a [`jaxnn.Layer`][jaxnn.Layer].
 
 ``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``. Its backward is the classic chain rule
 walked in reverse: ``dA[L]`` goes into ``fL.backward``, whose ``dx`` is ``dA[L-1]`` for
@@ -172,9 +172,11 @@ def parallel(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer
     ``parallel(f1, …, fk)(x) = (f1(x), …, fk(x))``. Backward: each branch gets its own entry of
     ``dy`` and, since ``x`` feeds every branch, ``dx = Σ_i dx_i`` (the multivariate chain rule).
     Params and state are tuples with one entry per branch, or dicts keyed by the branches'
-    names when they are named as in :func:`serial` (``parallel(a=f1, b=f2)``); the output and
+    names when they are named as in [`serial`][jaxnn.serial] (``parallel(a=f1, b=f2)``); the output
+    and
     ``dy`` stay tuples in branch order. State is ``()`` when no branch has state; each branch
-    gets its own key. Follow it with :func:`concatenate` (or any layer taking a tuple) to merge
+    gets its own key. Follow it with [`concatenate`][jaxnn.concatenate] (or any layer taking a
+    tuple) to merge
     the branches.
 
     >>> import jax, jax.numpy as jnp, jaxnn
@@ -247,7 +249,7 @@ def _concatenation_axis(axis: int, shapes: list[tuple]) -> int:
 
 
 def concatenate(axis: int = -1) -> Layer:
-    """Joins a tuple of arrays (the output of :func:`parallel`, say) along ``axis``.
+    """Joins a tuple of arrays (the output of [`parallel`][jaxnn.parallel], say) along ``axis``.
 
     ``y = concat(x_1, …, x_k)`` along ``axis``; backward splits ``dy`` back into the pieces:
     ``dx_i = dy[…, o_i : o_i + n_i, …]`` with ``n_i`` the size of ``x_i`` on ``axis`` and ``o_i``

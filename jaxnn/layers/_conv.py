@@ -71,14 +71,15 @@ def conv(
         ``g`` of the outputs sees only group ``g`` of the inputs (``G = C_in`` is a depthwise
         convolution). Both ``C_in`` and ``features`` must be divisible by ``G``.
       use_bias: whether to add ``b``.
-      w_init: initializer of ``W`` (default :func:`jaxnn.initializers.lecun_normal`, as for
-        :func:`jaxnn.dense`, with ``fan_in = prod(kernel_size) · C_in / G``; pass
-        :func:`jaxnn.initializers.he_normal` for deep ReLU stacks).
+      w_init: initializer of ``W`` (default
+        [`jaxnn.initializers.lecun_normal`][jaxnn.initializers.lecun_normal], as for
+        [`jaxnn.dense`][jaxnn.dense], with ``fan_in = prod(kernel_size) · C_in / G``; pass
+        [`jaxnn.initializers.he_normal`][jaxnn.initializers.he_normal] for deep ReLU stacks).
       b_init: initializer of ``b`` (default zeros).
       dtype: dtype of the parameters.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"W": (*kernel_size, C_in / G, features),
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (*kernel_size, C_in / G, features),
       "b": (features,)}``.
 
     >>> import jax, jaxnn

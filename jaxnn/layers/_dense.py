@@ -13,7 +13,8 @@ Leading axes beyond the batch (a sequence axis, say) are allowed: they are summe
 and ``db`` just like examples.
 
 ``dW`` is computed as ``(dZᵀ x)ᵀ`` when the layer narrows its input four-fold or more (see
-:func:`weight_gradient`): the same sums, in the operand order XLA's CPU backend runs fastest.
+[`weight_gradient`][jaxnn.layers.weight_gradient]): the same sums, in the operand order XLA's CPU
+backend runs fastest.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ def dense(
     Args:
       features: ``n_out``, the number of output features.
       use_bias: whether to add ``b``.
-      w_init: initializer of ``W`` (default :func:`jaxnn.initializers.lecun_normal`, the classic
+      w_init: initializer of ``W`` (default
+        [`jaxnn.initializers.lecun_normal`][jaxnn.initializers.lecun_normal], the classic
         ``randn(n_out, n_in)/sqrt(n_in)`` in the transposed layout).
       b_init: initializer of ``b`` (default zeros).
       dtype: dtype of the parameters.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"W": (n_in, n_out), "b": (n_out,)}``.
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (n_in, n_out), "b": (n_out,)}``.
     """
     features = check_positive_int("dense", "features", features)
     w_init = initializers.lecun_normal() if w_init is None else w_init

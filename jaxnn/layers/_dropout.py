@@ -38,7 +38,7 @@ def dropout(rate: float) -> Layer:
       rate: the probability of dropping an entry, in ``[0, 1)``.
 
     Returns:
-      A :class:`jaxnn.Layer` without params or state.
+      A [`jaxnn.Layer`][jaxnn.Layer] without params or state.
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> layer = jaxnn.dropout(0.5)

@@ -35,7 +35,8 @@ def embedding(
     """A lookup table mapping integer ids of any shape to vectors: ``ids.shape + (features,)``.
 
     The table is the params entry ``"embedding"``, deliberately not ``"W"``, so L2
-    (:func:`jaxnn.train.weight_mask`) does not decay it: the penalty's gradient ``λ·E`` would
+    ([`jaxnn.weight_mask`][jaxnn.weight_mask]) does not decay it: the penalty's gradient ``λ·E``
+    would
     shrink every row at every step, while a row's data gradient is non-zero only in the steps
     whose batch holds its id, so rare ids would be pulled to zero by the penalty alone. (Leaving
     embeddings out of weight decay is the usual practice for the same reason.) To decay it
@@ -50,13 +51,14 @@ def embedding(
     Args:
       num_embeddings: the number of ids (rows of the table).
       features: the length of each vector.
-      w_init: initializer of the table (default :func:`jaxnn.initializers.normal` with
+      w_init: initializer of the table (default
+        [`jaxnn.initializers.normal`][jaxnn.initializers.normal] with
         ``stddev=1``: entries of unit variance, the scale a following ``dense`` with its
         ``lecun_normal`` initialization expects of its input, as PyTorch's default).
       dtype: dtype of the table.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"embedding": (num_embeddings, features)}``.
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"embedding": (num_embeddings, features)}``.
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> layer = jaxnn.embedding(10, 3)

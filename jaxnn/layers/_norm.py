@@ -15,7 +15,8 @@ The backward of a normalization by its own statistics. Write ``x̂ = (x − μ)�
     dx = (s/N) · (N·dx̂ − Σ dx̂ − x̂ · Σ (dx̂ ⊙ x̂))
 
 (the mean subtracts the gradient's mean, the variance its component along ``x̂``).
-:func:`batch_norm` in training mode and :func:`layer_norm` both use it, over different axes.
+[`batch_norm`][jaxnn.batch_norm] in training mode and [`layer_norm`][jaxnn.layer_norm] both use it,
+over different axes.
 With fixed statistics (batch norm in evaluation mode) the map is affine: ``dx = dx̂·s``.
 For ``rms_norm``, ``x̂ = x·r`` with ``r = 1/sqrt((1/N) Σ x² + ε)``:
 ``dx = r · (dx̂ − x̂ · (1/N) Σ (dx̂ ⊙ x̂))``.
@@ -199,7 +200,7 @@ def batch_norm(
     The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
     statistics are used and the state is returned unchanged. The state's cotangent is dropped,
     as for all state.
-    The forward and backward are :func:`_batch_norm_forward` and :func:`_batch_norm_backward`.
+    The forward and backward are ``_batch_norm_forward`` and ``_batch_norm_backward``.
 
     Args:
       momentum: weight of the old running statistics, in ``[0, 1]``.
@@ -211,7 +212,7 @@ def batch_norm(
       dtype: dtype of the parameters and the running statistics.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"scale": (F,), "offset": (F,)}`` and state
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"scale": (F,), "offset": (F,)}`` and state
       ``{"mean": (F,), "var": (F,)}`` (zeros and ones at init). Neither is decayed by L2.
 
     >>> import jax, jax.numpy as jnp, jaxnn

@@ -1,6 +1,6 @@
 """Pooling layers (1-D, 2-D, 3-D windows, channels last), forward beside the hand-derived backward.
 
-Notation as in :func:`jaxnn.conv`, in 1-D: window ``o`` reads the padded positions
+Notation as in [`jaxnn.conv`][jaxnn.conv], in 1-D: window ``o`` reads the padded positions
 ``o·s + j`` for the taps ``j = 0 … k − 1``; ``x̃`` is the padded input.
 
 * **max**: ``y[o] = max_j x̃[o·s + j]`` (padding is ``−∞``, never chosen). Backward:
@@ -92,7 +92,7 @@ def _window_slices(x_pad: Array, window, strides, out) -> list[Array]:
 
 
 def _scatter_to_windows(per_tap: Sequence[Array], window, strides, spatial, pads) -> Array:
-    """``dx[i] = Σ_{o, j: o·s + j − lo = i} g_j[o]``, the adjoint of :func:`_window_slices`."""
+    """``dx[i] = Σ_{o, j: o·s + j − lo = i} g_j[o]``, the adjoint of ``_window_slices``."""
     padded = [n + lo + hi for n, (lo, hi) in zip(spatial, pads, strict=True)]
     total = None
     for tap, g in zip(_taps(window), per_tap, strict=True):
@@ -126,7 +126,8 @@ def max_pool(
         than the window; padded positions are ``−∞`` and never win.
 
     Returns:
-      A parameter-free :class:`jaxnn.Layer`. Its backward routes each window's gradient to the
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward routes each window's gradient to
+      the
       window's arg-max; on a tie the first maximum in row-major window order gets it all.
 
     >>> import jax.numpy as jnp, jaxnn
@@ -181,7 +182,7 @@ def avg_pool(
         docs/porting.md).
 
     Returns:
-      A parameter-free :class:`jaxnn.Layer`. Its backward gives each entry of a window
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward gives each entry of a window
       ``dy / count`` of that window (summed over the windows the entry belongs to).
 
     >>> import jax.numpy as jnp, jaxnn

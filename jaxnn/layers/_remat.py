@@ -49,9 +49,10 @@ class _Saved:
 def remat(block: Layer) -> Layer:
     """``block`` with its residuals recomputed in the backward instead of stored.
 
-    A combinator like :func:`jaxnn.residual`: params are a 1-tuple aligned with
+    A combinator like [`jaxnn.residual`][jaxnn.residual]: params are a 1-tuple aligned with
     ``sublayers == (block,)``, and so is state (``()`` when ``block`` has none), so
-    :func:`jaxnn.map_leaves` (precision policies, the gradient check's per-layer report)
+    [`jaxnn.map_leaves`][jaxnn.map_leaves] (precision policies, the gradient check's per-layer
+    report)
     reaches the layers inside. The gradients are those of ``block``;
     only memory (less) and compute (one more forward of ``block``) change.
 

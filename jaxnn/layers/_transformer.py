@@ -2,12 +2,15 @@
 
 Positional embeddings add a ``(T, D)`` table to a ``(N, T, D)`` sequence, ``y = x + P[:T]``:
 
-* learned (:func:`positional_embedding`): ``P`` is a parameter; ``dP[:T] = Σ_batch dy``, the
+* learned ([`positional_embedding`][jaxnn.positional_embedding]): ``P`` is a parameter; ``dP[:T] =
+  Σ_batch dy``, the
   rows past ``T`` get 0; ``dx = dy``;
-* sinusoidal (:func:`sinusoidal_positional_embedding`): ``P[t, 2i] = sin(t / 10000^(2i/D))``,
+* sinusoidal ([`sinusoidal_positional_embedding`][jaxnn.sinusoidal_positional_embedding]):
+  ``P[t, 2i] = sin(t / 10000^(2i/D))``,
   ``P[t, 2i+1] = cos(t / 10000^(2i/D))``, fixed; ``dx = dy``.
 
-:func:`transformer_block` is the pre-norm block made of the library's own layers::
+[`transformer_block`][jaxnn.transformer_block] is the pre-norm block made of the library's own
+layers::
 
     x + attention(layer_norm(x)),  then  x + dense(D)(gelu(dense(r·D)(layer_norm(x))))
 
@@ -67,7 +70,7 @@ def positional_embedding(
       dtype: dtype of ``P``.
 
     Returns:
-      A :class:`jaxnn.Layer` with params ``{"positions": (max_length, D)}``.
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"positions": (max_length, D)}``.
 
     >>> import jax, jax.numpy as jnp, jaxnn
     >>> layer = jaxnn.positional_embedding(16)
@@ -139,7 +142,7 @@ def sinusoidal_positional_embedding() -> Layer:
 
 
 def _width_dense(ratio: int, widen: bool) -> Layer:
-    """The library's :func:`dense` whose output width is ``ratio ×`` (or ``1/ratio ×``) its
+    """The library's [`dense`][jaxnn.dense] whose output width is ``ratio ×`` (or ``1/ratio ×``) its
     input's: ``init``, ``forward`` and ``backward`` are those of ``dense(width)`` with the
     width that follows from the input (so its parameters are checked as any dense layer's)."""
 
@@ -169,7 +172,8 @@ def transformer_block(
 
     ``x ← x + multi_head_attention(layer_norm(x))``, then
     ``x ← x + dense(D)(gelu(dense(mlp_ratio·D)(layer_norm(x))))``; ``D`` is the input's width
-    (divisible by ``num_heads``). It is a :func:`jaxnn.serial` of two :func:`jaxnn.residual`
+    (divisible by ``num_heads``). It is a [`jaxnn.serial`][jaxnn.serial] of two
+    [`jaxnn.residual`][jaxnn.residual]
     branches (params nest the same way), so its backward is theirs.
 
     Args:
