@@ -1,4 +1,5 @@
-"""Every guide's code runs: the Python blocks of each page under docs/guides/, in order.
+"""Every guide's code runs: the Python blocks of the front page and of each page under
+docs/guides/, in order.
 
 The blocks of one page share a namespace and run in a scratch folder, exactly as the docs build
 runs the guides that draw pictures (``docs/hooks.py``); a block under ``<!-- not run: why -->``
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
+PAGES = [ROOT / "docs" / "index.md", *GUIDES]
 
 
 def _hooks():
@@ -24,7 +26,7 @@ def _hooks():
 hooks = _hooks()
 
 
-@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("guide", PAGES, ids=lambda p: p.stem)
 def test_guide_code_runs(guide, tmp_path):
     text = guide.read_text()
     blocks = hooks.python_blocks(text)

@@ -18,9 +18,15 @@ def test_ci_runs_the_readme_test_command():
     assert _ci_test_command() in readme
 
 
+def _section(readme: str, title: str) -> str:
+    match = re.search(rf"^## {title}\n(.*?)(?=^## )", readme, re.S | re.M)
+    assert match, f"the README has no '## {title}' section"
+    return match.group(1)
+
+
 def test_readme_has_the_main_job_and_the_test_set_up_commands():
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", _section(readme, "Set up"), re.S)
     setup = [b for b in blocks if "pip install" in b]
     assert len(setup) == 2, "the README must keep exactly two set-up commands"
     assert "-m venv" in setup[0] and 'pip install -e ".[cli]"' in setup[0]
@@ -46,3 +52,10 @@ def test_readme_python_examples_run():
     assert len(blocks) >= 2
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_shows_the_docs_build_command_that_ci_runs():
+    docs = re.findall(r"```bash\n(.*?)```", _section((ROOT / "README.md").read_text(),
+                                                     "Documentation"), re.S)
+    assert docs == ['pip install -e ".[docs]" && mkdocs build --strict\n']
+    assert docs[0].strip() in (ROOT / ".ci" / "run").read_text()
