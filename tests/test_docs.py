@@ -1,4 +1,4 @@
-"""docs/reliability.md names a test for every bad input; every test it names exists."""
+"""docs/guides/reliability.md names a test for every bad input; every test it names exists."""
 
 import ast
 import pathlib
@@ -13,7 +13,7 @@ def _test_names(path: pathlib.Path) -> set[str]:
 
 
 def test_every_test_named_in_the_reliability_doc_exists():
-    text = (ROOT / "docs" / "reliability.md").read_text()
+    text = (ROOT / "docs" / "guides" / "reliability.md").read_text()
     named, current = [], None
     for file, name in re.findall(r"(test_\w+\.py)?::(test_\w+)", text):
         current = file or current
@@ -22,4 +22,4 @@ def test_every_test_named_in_the_reliability_doc_exists():
     assert len(named) > 40
     missing = [f"{file}::{name}" for file, name in named
                if name not in _test_names(ROOT / "tests" / file)]
-    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
+    assert not missing, f"docs/guides/reliability.md names tests that do not exist: {missing}"
