@@ -173,13 +173,13 @@ def test_forward_mode_is_documented_with_the_way_to_do_it():
 
 
 def test_defaults_that_differ_from_flax_are_listed_and_each_docstring_says_so():
-    table = (ROOT / "docs" / "porting.md").read_text()
+    table = (ROOT / "docs" / "guides" / "porting.md").read_text()
     for row in ["`avg_pool` padding", "pooling strides", "running variance",
                 "`layer_norm` `epsilon`", "`gelu`", "`leaky_relu` derivative"]:
         assert row in table, row
     for layer in [jaxnn.avg_pool, jaxnn.max_pool, jaxnn.batch_norm, jaxnn.layer_norm,
                   jaxnn.gelu, jaxnn.leaky_relu]:
-        assert "docs/porting.md" in pydoc.getdoc(layer), layer.__name__
+        assert "docs/guides/porting.md" in pydoc.getdoc(layer), layer.__name__
 
 
 def test_the_listed_differences_are_real():

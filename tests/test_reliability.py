@@ -1,7 +1,7 @@
 """Reliability: the check mode for NaN/Inf, determinism, and jit hygiene.
 
-Each bad input the library guards against has a test; ``docs/reliability.md`` lists them with
-the error each one gets.
+Each bad input the library guards against has a test; ``docs/guides/reliability.md`` lists
+them with the error each one gets.
 """
 
 import chex
