@@ -94,9 +94,9 @@ def value_and_grad(model: Layer, loss: Loss, *, train: bool = True) -> Callable:
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``,
-      mirroring ``jax.value_and_grad(..., has_aux=True)``; a stateless network takes
-      ``state=()``. ``opt_state`` is ignored: every gradient function a training step takes
-      has this signature, and some (mixed precision's) read the optimizer state.
+        mirroring ``jax.value_and_grad(..., has_aux=True)``; a stateless network takes
+        ``state=()``. ``opt_state`` is ignored: every gradient function a training step takes
+        has this signature, and some (mixed precision's) read the optimizer state.
 
     Examples:
       >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))
@@ -260,12 +260,12 @@ def per_example_value_and_grad(model: Layer, loss: Loss, *, train: bool = True) 
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``
-      where every leaf of ``grads`` has the batch on a new leading axis (entry ``i`` is the
-      gradient on the batch ``(x[i:i+1], y[i:i+1])``), ``value`` is the mean of the examples'
-      losses, and each example gets its own key ``split(key, B)[i]``. Each example runs through
-      the network alone, so ``new_state`` is the mean over examples of the states they return,
-      in the state's own dtype (a step counter advances by one; ``batch_norm`` in training
-      mode, whose statistics mix examples, refuses a batch of one). ``opt_state`` is ignored.
+        where every leaf of ``grads`` has the batch on a new leading axis (entry ``i`` is the
+        gradient on the batch ``(x[i:i+1], y[i:i+1])``), ``value`` is the mean of the examples'
+        losses, and each example gets its own key ``split(key, B)[i]``. Each example runs through
+        the network alone, so ``new_state`` is the mean over examples of the states they return,
+        in the state's own dtype (a step counter advances by one; ``batch_norm`` in training
+        mode, whose statistics mix examples, refuses a batch of one). ``opt_state`` is ignored.
 
     Examples:
       >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))
@@ -314,7 +314,7 @@ def per_example_grads(model: Layer, loss: Loss, params: Any, x: jax.Array, y: ja
 
     Returns:
       The gradients: the structure of ``params``, every leaf with a leading axis of ``B``
-      examples.
+        examples.
 
     Examples:
       >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))

@@ -66,7 +66,7 @@ def init(model: Layer, key: jax.Array, in_shape: Shape, *,
 
     Returns:
       ``(out_shape, params, state)`` with every leaf of ``params`` and ``state`` stacked on a
-      leading axis of size K. Member ``k`` equals ``model.init(keys[k], in_shape)``.
+        leading axis of size K. Member ``k`` equals ``model.init(keys[k], in_shape)``.
 
     Raises:
       ValueError: if ``members`` is missing with a single key, or disagrees with the keys.
@@ -178,9 +178,9 @@ def make_train_step(
 
     Returns:
       ``step(params, state, opt_state, x, y, key=None) -> (params, state, opt_state, loss)`` on
-      stacked params, model state and optimizer state; the loss comes back per member, shape
-      ``(K,)``. ``state`` is ``()`` for stateless members (shared) or stacked; ``key`` is
-      ``None`` or one key per member (shape ``(K,)``).
+        stacked params, model state and optimizer state; the loss comes back per member, shape
+        ``(K,)``. ``state`` is ``()`` for stateless members (shared) or stacked; ``key`` is
+        ``None`` or one key per member (shape ``(K,)``).
 
     Examples:
       Each member on its own bootstrap sample, and each member's update equal to its own run:
@@ -227,7 +227,7 @@ def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.
 
     Returns:
       The members' outputs stacked on a leading axis of size K; average it over axis 0 for
-      the ensemble's prediction.
+        the ensemble's prediction.
 
     Examples:
       >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1), jaxnn.sigmoid())

@@ -90,7 +90,7 @@ def epoch_batches(key: jax.Array, epoch: jax.Array | int, n: int,
 
     Returns:
       ``(indices, step_keys)``: ``indices`` of shape ``(n // batch_size, batch_size)``, one row
-      per step; ``step_keys`` with one key per step.
+        per step; ``step_keys`` with one key per step.
 
     Examples:
       ``jaxnn.fit`` is the function [`fit`][jaxnn.fit.fit]; import the module's other names
@@ -147,8 +147,8 @@ def make_epoch(
 
     Returns:
       ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
-      losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
-      so the function compiles once for given shapes and serves every epoch.
+        losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
+        so the function compiles once for given shapes and serves every epoch.
 
     Examples:
       >>> import optax

@@ -358,7 +358,7 @@ def loss_scaling(optimizer: optax.GradientTransformation,
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a
-      [`LossScalingState`][jaxnn.precision.LossScalingState].
+        [`LossScalingState`][jaxnn.precision.LossScalingState].
 
     Raises:
       TypeError: if ``loss_scale`` is not a [`LossScale`][jaxnn.precision.LossScale].
@@ -410,13 +410,12 @@ def value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``:
-      the explicit hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad]) through
-      [`apply_policy`][jaxnn.precision.apply_policy]'s model (after [`jaxnn.fuse`][jaxnn.fuse])
-      with ``dJ/dA[L]`` multiplied by
-      ``S`` (in float32, before any cast to the compute dtype) and the parameter gradients
-      divided by ``S``. ``S`` is read from the [`loss_scaling`][jaxnn.precision.loss_scaling] state
-      inside ``opt_state``
-      (``1`` when there is none). The model may have state (batch norm) and randomness.
+        the explicit hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad])
+        through [`apply_policy`][jaxnn.precision.apply_policy]'s model (after
+        [`jaxnn.fuse`][jaxnn.fuse]) with ``dJ/dA[L]`` multiplied by ``S`` (in float32, before any
+        cast to the compute dtype) and the parameter gradients divided by ``S``. ``S`` is read
+        from the [`loss_scaling`][jaxnn.precision.loss_scaling] state inside ``opt_state``
+        (``1`` when there is none). The model may have state (batch norm) and randomness.
 
     Examples:
       A float16 network trained with a dynamic loss scale; gradients arrive in float32:

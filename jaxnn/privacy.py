@@ -87,7 +87,7 @@ def clip_per_example(grads: Any, clip_norm: float) -> tuple[Any, jax.Array]:
 
     Returns:
       ``(clipped, norms)``: the gradients scaled by ``C / max(‖g_i‖, C)`` and the norms
-      ``‖g_i‖`` before clipping (shape ``(B,)``), the norm taken over all leaves together.
+        ``‖g_i‖`` before clipping (shape ``(B,)``), the norm taken over all leaves together.
 
     Raises:
       ValueError: if ``clip_norm`` is not positive or the leaves' batch axes differ.
@@ -202,7 +202,7 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a
-      [`PrivateAggregateState`][jaxnn.privacy.PrivateAggregateState].
+        [`PrivateAggregateState`][jaxnn.privacy.PrivateAggregateState].
 
     Raises:
       ValueError: if ``clip_norm`` is not positive or ``noise_multiplier`` negative.

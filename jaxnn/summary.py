@@ -87,11 +87,10 @@ def summary(model: Layer, in_shape: Sequence[int], *, key: jax.Array | None = No
 
     Returns:
       The table as a string (``print`` it). Rows are named by path as in gradient-check
-      reports (``serial/3:dense``, or ``serial/head:dense`` for a named layer), combinators
-      before the layers they contain; the parameter count of a combinator's row is the total
-      of its block. The last lines give the total
-      number of parameters and, if any layer keeps state (running statistics), of state
-      entries.
+        reports (``serial/3:dense``, or ``serial/head:dense`` for a named layer), combinators
+        before the layers they contain; the parameter count of a combinator's row is the total
+        of its block. The last lines give the total number of parameters and, if any layer
+        keeps state (running statistics), of state entries.
 
     Raises:
       TypeError: if ``model`` is not a [`jaxnn.Layer`][jaxnn.Layer].

@@ -77,8 +77,8 @@ def make_train_step(
 
     Returns:
       ``step(params, state, opt_state, x, y, key=None) -> (params, state, opt_state, loss)``:
-      the model runs in training mode; ``key`` is its randomness (dropout); ``loss`` is the value
-      the gradient function reports (the data loss, before any L2 penalty).
+        the model runs in training mode; ``key`` is its randomness (dropout); ``loss`` is the value
+        the gradient function reports (the data loss, before any L2 penalty).
 
     Raises:
       TypeError: if ``optimizer`` is not an ``optax.GradientTransformation``.
