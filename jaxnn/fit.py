@@ -1,11 +1,10 @@
-"""Whole epochs in one compiled ``lax.scan``: shuffle, mini-batches and steps without Python.
+r"""Whole epochs in one compiled ``lax.scan``: shuffle, mini-batches and steps without Python.
 
-[`fit`][jaxnn.fit] trains for a number of epochs. Each epoch is one call of a function compiled once
-([`make_epoch`][jaxnn.fit.make_epoch]): it draws the epoch's permutation, gathers the mini-batches
-and runs every
-step of [`jaxnn.make_train_step`][jaxnn.make_train_step] inside a ``lax.scan``. Python only runs
-between epochs, to
-report progress (``on_epoch``) or to stop early.
+[`fit`][jaxnn.fit.fit] trains for a number of epochs. Each epoch is one call of a function
+compiled once ([`make_epoch`][jaxnn.fit.make_epoch]): it draws the epoch's permutation, gathers
+the mini-batches and runs every step of [`jaxnn.make_train_step`][jaxnn.make_train_step] inside a
+``lax.scan``. Python only runs between epochs, to report progress (``on_epoch``) or to stop
+early.
 
 Randomness is a pure function of ``(key, epoch)``, so an epoch can be replayed on its own:
 
@@ -13,6 +12,15 @@ Randomness is a pure function of ``(key, epoch)``, so an epoch can be replayed o
 * the permutation is ``jax.random.permutation(perm_key, n)``; batch ``s`` holds the examples
   ``perm[s·B : (s+1)·B]``;
 * step ``s`` gets the model key ``split(step_key, steps_per_epoch)[s]`` (dropout, say).
+
+With $\pi$ the epoch's permutation of the $n$ examples, step $s$ of the epoch descends on the
+mean loss of its batch $\mathcal{B}_s$:
+
+$$
+\mathcal{B}_s = \{\pi(sB), \dots, \pi(sB + B - 1)\} \qquad
+J_s(\theta) = \frac{1}{B} \sum_{i \in \mathcal{B}_s} \mathcal{L}(f_{\theta}(x_i), y_i)
+\qquad s = 0, \dots, \lfloor n / B \rfloor - 1
+$$
 
 Last-batch policy: the remainder is dropped. An epoch has ``⌊n / B⌋`` steps of exactly ``B``
 examples, so every step's loss is the plain mean of the losses' own reduction and the step
@@ -42,13 +50,26 @@ __all__ = ["FitResult", "epoch_batches", "fit", "make_epoch"]
 
 
 class FitResult(NamedTuple):
-    """What [`fit`][jaxnn.fit] returns.
+    """What [`fit`][jaxnn.fit.fit] returns.
 
     Attributes:
       params: the trained parameters.
       state: the model's final state (``()`` for stateless models).
-      opt_state: the optimizer's final state (pass it back to [`fit`][jaxnn.fit] to resume).
+      opt_state: the optimizer's final state (pass it back to [`fit`][jaxnn.fit.fit] to resume).
       losses: the loss of every step, shape ``(epochs_run, steps_per_epoch)``.
+
+    Examples:
+      >>> import optax
+      >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 2))
+      >>> result = jaxnn.fit(net, jaxnn.mean_squared_error, optax.sgd(0.1), params, x,
+      ...                    x[:, :1], epochs=2, batch_size=4, key=jax.random.key(2))
+      >>> result._fields
+      ('params', 'state', 'opt_state', 'losses')
+      >>> params, state, opt_state, losses = result  # a NamedTuple: it unpacks
+      >>> losses.shape, state
+      ((2, 2), ())
     """
 
     params: Any
@@ -61,9 +82,29 @@ def epoch_batches(key: jax.Array, epoch: jax.Array | int, n: int,
                   batch_size: int) -> tuple[jax.Array, jax.Array]:
     """The example indices and model keys of one epoch (see the module doc).
 
+    Args:
+      key: the run's PRNG key (the ``key`` given to [`fit`][jaxnn.fit.fit]).
+      epoch: the epoch's index; folded into ``key``.
+      n: the number of training examples.
+      batch_size: ``B``, examples per step.
+
     Returns:
       ``(indices, step_keys)``: ``indices`` of shape ``(n // batch_size, batch_size)``, one row
-      per step; ``step_keys`` with one key per step.
+        per step; ``step_keys`` with one key per step.
+
+    Examples:
+      ``jaxnn.fit`` is the function [`fit`][jaxnn.fit.fit]; import the module's other names
+      from ``jaxnn.fit``:
+
+      >>> from jaxnn.fit import epoch_batches
+      >>> indices, step_keys = epoch_batches(jax.random.key(0), 0, n=10, batch_size=4)
+      >>> indices.shape, step_keys.shape  # 10 // 4 = 2 steps; 2 examples left out
+      ((2, 4), (2,))
+      >>> len(set(indices.ravel().tolist()))  # no example twice in an epoch
+      8
+      >>> again, _ = epoch_batches(jax.random.key(0), 0, n=10, batch_size=4)
+      >>> bool(jnp.array_equal(indices, again))  # a pure function of (key, epoch)
+      True
     """
     steps = n // batch_size
     perm_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
@@ -93,6 +134,10 @@ def make_epoch(
 ) -> Callable:
     """One epoch as a single jitted function.
 
+    The steps are [`jaxnn.make_train_step`][jaxnn.make_train_step]'s (built from ``model``,
+    ``loss``, ``optimizer`` and ``gradients``, not jitted on their own), run inside one
+    ``lax.scan`` over the batches of [`epoch_batches`][jaxnn.fit.epoch_batches].
+
     With a ``mesh`` ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]), every
     mini-batch is split over the
     mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps. With
@@ -102,8 +147,21 @@ def make_epoch(
 
     Returns:
       ``epoch_fn(params, state, opt_state, x, y, key, epoch) -> (params, state, opt_state,
-      losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
-      so the function compiles once for given shapes and serves every epoch.
+        losses)`` with ``losses`` of shape ``(n // batch_size,)``. ``epoch`` is an integer array,
+        so the function compiles once for given shapes and serves every epoch.
+
+    Examples:
+      >>> import optax
+      >>> from jaxnn.fit import make_epoch
+      >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> optimizer = optax.sgd(0.1)
+      >>> epoch_fn = make_epoch(net, jaxnn.mean_squared_error, optimizer, batch_size=4)
+      >>> x = jax.random.normal(jax.random.key(1), (10, 2))
+      >>> params, state, opt_state, losses = epoch_fn(
+      ...     params, (), optimizer.init(params), x, x[:, :1], jax.random.key(2), jnp.asarray(0))
+      >>> losses.shape
+      (2,)
     """
     step = make_train_step(model, loss, optimizer, gradients=gradients, jit=False)
 
@@ -142,8 +200,8 @@ def _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh) -> Callab
 
 def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs) -> Callable:
     """[`make_epoch`][jaxnn.fit.make_epoch], the same compiled function for the same pieces, so
-    that training in
-    several [`fit`][jaxnn.fit] calls (between checkpoints, say) compiles once."""
+    that training in several [`fit`][jaxnn.fit.fit] calls (between checkpoints, say) compiles
+    once."""
     if carry_specs is None:
         try:
             return _cached_epoch(model, loss, optimizer, batch_size, gradients, mesh)
@@ -175,23 +233,26 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
 
     Every step is [`jaxnn.make_train_step`][jaxnn.make_train_step]'s (the model's state is carried
-    from step to
-    step, each step gets its own key), on the batches of
-    [`epoch_batches`][jaxnn.fit.epoch_batches]. The result
-    equals the Python loop over the same batches.
+    from step to step, each step gets its own key), on the batches of
+    [`epoch_batches`][jaxnn.fit.epoch_batches]. The result equals the Python loop over the same
+    batches.
 
     Args:
-      model, loss, optimizer, gradients: as for [`jaxnn.make_train_step`][jaxnn.make_train_step]
-        (L2, loss scaling
-        or DP-SGD's aggregation are chained into ``optimizer``).
+      model: the network, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
+      loss: the loss, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
+      optimizer: the optax optimizer; L2, loss scaling or DP-SGD's aggregation are chained into
+        it.
       params: the initial parameters.
-      x, y: the whole training set, examples on the leading axis (kept on the device).
+      x: the whole training set's inputs, examples on the leading axis (kept on the device).
+      y: its targets, examples on the leading axis.
       epochs: the number of epochs to run.
       batch_size: examples per step; the ``n mod batch_size`` remainder is dropped (module doc).
       key: the PRNG key that shuffling and the model's randomness derive from.
       state: the model's initial state (batch-norm statistics); ``()`` for stateless models.
       opt_state: the optimizer state to resume from; ``optimizer.init(params)`` if ``None``.
       start_epoch: the index of the first epoch (to resume a run with the same shuffles).
+      gradients: ``"hand"``, ``"autodiff"`` or a gradient function, as for
+        [`jaxnn.make_train_step`][jaxnn.make_train_step].
       mesh: train data-parallel over this mesh
         ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]):
         everything is replicated and each mini-batch split over the ``"data"`` axis, so
@@ -206,14 +267,40 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
     Returns:
       A [`FitResult`][jaxnn.FitResult].
 
-    >>> import jax, optax, jaxnn
-    >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
-    >>> x = jax.random.normal(jax.random.key(1), (10, 2)); y = x[:, :1] * 2
-    >>> result = jaxnn.fit(net, jaxnn.mean_squared_error, optax.sgd(0.1), params, x, y,
-    ...                    epochs=3, batch_size=4, key=jax.random.key(2))
-    >>> result.losses.shape  # 3 epochs of 10 // 4 = 2 steps
-    (3, 2)
+    Raises:
+      ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
+        different numbers of examples, ``batch_size`` exceeds them, or it does not divide over
+        the ``mesh``.
+
+    Examples:
+      >>> import optax
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (10, 2))
+      >>> y = x[:, :1] * 2
+      >>> optimizer = optax.sgd(0.1)
+      >>> result = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y,
+      ...                    epochs=3, batch_size=4, key=jax.random.key(2))
+      >>> result.losses.shape  # 3 epochs of 10 // 4 = 2 steps
+      (3, 2)
+
+      Resuming from the result continues the same run (same shuffles, same steps; the same
+      pieces reuse the compiled epoch):
+
+      >>> more = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, result.params, x, y,
+      ...                  epochs=2, batch_size=4, key=jax.random.key(2),
+      ...                  opt_state=result.opt_state, start_epoch=3)
+      >>> whole = jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y,
+      ...                   epochs=5, batch_size=4, key=jax.random.key(2))
+      >>> bool(jnp.allclose(more.losses, whole.losses[3:]))
+      True
+
+      ``on_epoch`` sees each epoch's losses and can stop early:
+
+      >>> stop = lambda epoch, losses, params, state: epoch == 1
+      >>> jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, y, epochs=10,
+      ...           batch_size=4, key=jax.random.key(2), on_epoch=stop).losses.shape
+      (2, 2)
     """
     _check_fit_arguments(x, y, epochs, batch_size, mesh)
     if opt_state is None:

@@ -1,8 +1,7 @@
-"""Mixed precision: a dtype policy for every layer, and loss scaling for float16.
+r"""Mixed precision: a dtype policy for every layer, and loss scaling for float16.
 
 A [`Policy`][jaxnn.Policy] names three dtypes: parameters are stored (and updated by the optimizer)
-in
-``param_dtype``, layers compute in ``compute_dtype``, and each layer hands ``output_dtype`` to
+in ``param_dtype``, layers compute in ``compute_dtype``, and each layer hands ``output_dtype`` to
 the next. [`apply_policy`][jaxnn.precision.apply_policy] wraps every leaf layer of a network
 ([`jaxnn.map_leaves`][jaxnn.map_leaves]):
 
@@ -13,7 +12,7 @@ the next. [`apply_policy`][jaxnn.precision.apply_policy] wraps every leaf layer 
 
 So the matrix products of forward *and* backward run in bfloat16 or float16 while gradients
 arrive in float32, where the optimizer accumulates them. Losses reduce half-precision
-predictions in float32 ([`jaxnn.losses`][jaxnn.losses]).
+predictions in float32 (``jaxnn.losses``).
 
 Loss scaling. float16's smallest subnormal is ``2⁻²⁴ ≈ 6e-8``: a backward signal below it
 flushes to zero. Scaling multiplies the loss's derivative ``dJ/dA[L]`` by ``S`` before the
@@ -23,13 +22,35 @@ step whose gradients are not finite (the scale was too large, float16 overflowed
 skipped — parameters and optimizer state unchanged — and ``S`` is divided by ``factor``; after
 ``growth_interval`` finite steps in a row ``S`` is multiplied by ``factor``.
 
+In formulas, the backward starts from $S$ times the loss's derivative and the parameter
+gradients are divided by $S$ at the end; between the two, by linearity of the backward, every
+signal is $S$ times the true one:
+
+$$
+dA^{[L]} = S \, \frac{\partial J}{\partial A^{[L]}} \qquad
+dZ^{[l]} = S \, \frac{\partial J}{\partial Z^{[l]}} \qquad
+g = \frac{1}{S} \, dW = \frac{\partial J}{\partial W}
+$$
+
+and a dynamic scale $S_t$ with factor $f$ and growth interval $N$ moves as
+
+$$
+S_{t+1} = \begin{cases} \max(S_t / f, 1) & \text{if } g_t \text{ is not finite (step skipped)} \\
+f \, S_t & \text{after } N \text{ finite steps in a row} \\
+S_t & \text{otherwise} \end{cases}
+$$
+
 Both plug into the one training step, for stateless and stateful models alike: the gradient
 function [`value_and_grad`][jaxnn.precision.value_and_grad] and the optax transformation
 [`loss_scaling`][jaxnn.precision.loss_scaling] (which keeps
-``S`` and skips non-finite steps with ``optax.apply_if_finite``)::
+``S`` and skips non-finite steps with ``optax.apply_if_finite``):
 
-    step = jaxnn.make_train_step(model, loss, loss_scaling(optax.adam(1e-3), dynamic_loss_scale()),
-                                 gradients=value_and_grad(model, loss, policy))
+```python
+step = jaxnn.make_train_step(model, loss, loss_scaling(optax.adam(1e-3), dynamic_loss_scale()),
+                             gradients=value_and_grad(model, loss, policy))
+```
+
+(a runnable version is [`value_and_grad`][jaxnn.precision.value_and_grad]'s example).
 
 Gradient checks stay float64: [`jaxnn.gradcheck`][jaxnn.gradcheck] casts everything to float64 and
 checks the
@@ -83,6 +104,14 @@ class Policy(NamedTuple):
         ``float16``).
       output_dtype: the dtype each layer's output is handed on in; ``None`` means
         ``compute_dtype`` (activations between layers stay in half precision).
+
+    Examples:
+      >>> policy = jaxnn.Policy(compute_dtype=jnp.float16)
+      >>> [jnp.dtype(d).name for d in (policy.param_dtype, policy.compute_dtype)]
+      ['float32', 'float16']
+      >>> _, params, _ = jaxnn.dense(2, dtype=jnp.float16).init(jax.random.key(0), (-1, 3))
+      >>> jax.tree.map(lambda p: p.dtype.name, policy.cast_params(params))
+      {'W': 'float32', 'b': 'float32'}
     """
 
     param_dtype: Any = jnp.float32
@@ -139,13 +168,30 @@ def apply_policy(model: Layer, policy: Policy) -> Layer:
 
     The parameters keep their structure; cast them with ``policy.cast_params`` once.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> policy = jaxnn.Policy(compute_dtype=jnp.bfloat16)
-    >>> net = jaxnn.precision.apply_policy(jaxnn.serial(jaxnn.dense(3), jaxnn.relu()), policy)
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
-    >>> y, _ = jaxnn.apply(net, params, (), jnp.ones((4, 2), jnp.float32))
-    >>> y.dtype
-    dtype(bfloat16)
+    Args:
+      model: the network.
+      policy: the dtypes.
+
+    Returns:
+      The network with every leaf wrapped; its params and state are those of ``model``.
+
+    Raises:
+      TypeError: if ``policy`` is not a [`jaxnn.Policy`][jaxnn.Policy].
+
+    Examples:
+      >>> policy = jaxnn.Policy(compute_dtype=jnp.bfloat16)
+      >>> net = jaxnn.precision.apply_policy(jaxnn.serial(jaxnn.dense(3), jaxnn.relu()), policy)
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> y, _ = jaxnn.apply(net, params, (), jnp.ones((4, 2), jnp.float32))
+      >>> y.dtype
+      dtype(bfloat16)
+
+      The gradients come back in the parameters' dtype, the backward having run in bfloat16:
+
+      >>> grads = jax.grad(lambda p: jnp.sum(jaxnn.apply(net, p, (), jnp.ones((4, 2)))[0]))(
+      ...     params)
+      >>> grads[0]["W"].dtype
+      dtype('float32')
     """
     if not isinstance(policy, Policy):
         raise TypeError(f"apply_policy: policy must be a jaxnn.Policy, got {type(policy).__name__}")
@@ -165,6 +211,20 @@ class LossScale:
     arrays are ``scale`` and ``good_steps``; ``dynamic``, ``growth_interval`` and ``factor`` are
     static), carried from step to step in [`loss_scaling`][jaxnn.precision.loss_scaling]'s
     optimizer state.
+
+    Examples:
+      >>> loss_scale = jaxnn.precision.dynamic_loss_scale(8.0, growth_interval=2)
+      >>> float(loss_scale.scale), int(loss_scale.good_steps), loss_scale.dynamic
+      (8.0, 0, True)
+      >>> grads = loss_scale.unscale({"W": jnp.array([8.0, 16.0])})
+      >>> [round(float(g), 4) for g in grads["W"]]
+      [1.0, 2.0]
+      >>> for finite in (True, True, False):  # grows after 2 finite steps, shrinks at a bad one
+      ...     loss_scale = loss_scale.adjust(jnp.asarray(finite))
+      ...     print(float(loss_scale.scale), int(loss_scale.good_steps))
+      8.0 1
+      16.0 0
+      8.0 0
     """
 
     scale: jax.Array
@@ -196,7 +256,24 @@ class LossScale:
 
 
 def static_loss_scale(scale: float = 1.0) -> LossScale:
-    """A fixed loss scale (a power of two keeps scaling exact)."""
+    """A fixed loss scale (a power of two keeps scaling exact).
+
+    Args:
+      scale: ``S``, positive; ``1.0`` is no scaling (enough for bfloat16).
+
+    Returns:
+      A [`LossScale`][jaxnn.precision.LossScale] that never changes.
+
+    Raises:
+      ValueError: if ``scale`` is not positive.
+
+    Examples:
+      >>> loss_scale = jaxnn.precision.static_loss_scale(1024.0)
+      >>> float(loss_scale.scale), loss_scale.dynamic
+      (1024.0, False)
+      >>> float(loss_scale.adjust(jnp.asarray(False)).scale)  # never adjusted
+      1024.0
+    """
     if not scale > 0:
         raise ValueError(f"static_loss_scale: scale must be positive, got {scale!r}")
     return LossScale(jnp.asarray(scale, jnp.float32), jnp.zeros((), jnp.int32))
@@ -205,7 +282,28 @@ def static_loss_scale(scale: float = 1.0) -> LossScale:
 def dynamic_loss_scale(initial: float = 2.0**15, *, growth_interval: int = 2000,
                        factor: float = 2.0) -> LossScale:
     """A scale halved (÷ ``factor``) at every non-finite step, doubled after
-    ``growth_interval`` finite steps in a row; never below 1."""
+    ``growth_interval`` finite steps in a row; never below 1.
+
+    Args:
+      initial: the first scale, at least 1 (``2¹⁵`` by default).
+      growth_interval: the number of finite steps in a row after which ``S`` grows.
+      factor: what ``S`` is multiplied by when it grows and divided by when it shrinks (> 1).
+
+    Returns:
+      A dynamic [`LossScale`][jaxnn.precision.LossScale].
+
+    Raises:
+      ValueError: if an argument is out of range.
+
+    Examples:
+      >>> loss_scale = jaxnn.precision.dynamic_loss_scale(2.0)
+      >>> loss_scale.growth_interval, loss_scale.factor
+      (2000, 2.0)
+      >>> for _ in range(3):  # three overflowing steps: 2 -> 1, and never below 1
+      ...     loss_scale = loss_scale.adjust(jnp.asarray(False))
+      >>> float(loss_scale.scale)
+      1.0
+    """
     if not initial >= 1:
         raise ValueError(f"dynamic_loss_scale: initial must be >= 1, got {initial!r}")
     if not factor > 1:
@@ -219,8 +317,23 @@ def dynamic_loss_scale(initial: float = 2.0**15, *, growth_interval: int = 2000,
 
 class LossScalingState(NamedTuple):
     """The state of [`loss_scaling`][jaxnn.precision.loss_scaling]: the loss scale and
-    ``optax.apply_if_finite``'s state
-    around the inner optimizer's."""
+    ``optax.apply_if_finite``'s state around the inner optimizer's.
+
+    Attributes:
+      loss_scale: the current [`LossScale`][jaxnn.precision.LossScale].
+      guarded: ``optax.apply_if_finite``'s state, which holds the inner optimizer's.
+
+    Examples:
+      >>> import optax
+      >>> _, params, _ = jaxnn.dense(1).init(jax.random.key(0), (-1, 2))
+      >>> optimizer = jaxnn.precision.loss_scaling(
+      ...     optax.sgd(0.1), jaxnn.precision.dynamic_loss_scale(1024.0))
+      >>> opt_state = optimizer.init(params)
+      >>> type(opt_state).__name__, float(opt_state.loss_scale.scale)
+      ('LossScalingState', 1024.0)
+      >>> int(opt_state.guarded.total_notfinite)
+      0
+    """
 
     loss_scale: LossScale
     guarded: optax.ApplyIfFiniteState
@@ -242,6 +355,28 @@ def loss_scaling(optimizer: optax.GradientTransformation,
       loss_scale: [`static_loss_scale`][jaxnn.precision.static_loss_scale]
         (``static_loss_scale(1.0)``: no scaling, enough
         for bfloat16) or [`dynamic_loss_scale`][jaxnn.precision.dynamic_loss_scale] (float16).
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a
+        [`LossScalingState`][jaxnn.precision.LossScalingState].
+
+    Raises:
+      TypeError: if ``loss_scale`` is not a [`LossScale`][jaxnn.precision.LossScale].
+
+    Examples:
+      A step whose gradients overflowed changes nothing and halves the scale:
+
+      >>> import optax
+      >>> _, params, _ = jaxnn.dense(1).init(jax.random.key(0), (-1, 2))
+      >>> optimizer = jaxnn.precision.loss_scaling(
+      ...     optax.sgd(0.1), jaxnn.precision.dynamic_loss_scale(1024.0))
+      >>> opt_state = optimizer.init(params)
+      >>> overflowed = jax.tree.map(lambda p: jnp.full_like(p, jnp.inf), params)
+      >>> updates, opt_state = optimizer.update(overflowed, opt_state, params)
+      >>> all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+      True
+      >>> float(opt_state.loss_scale.scale)
+      512.0
     """
     if not isinstance(loss_scale, LossScale):
         raise TypeError(f"loss_scaling: loss_scale must be a jaxnn.precision.LossScale, got "
@@ -275,13 +410,36 @@ def value_and_grad(model: Layer, loss: Loss, policy: Policy) -> Callable:
 
     Returns:
       ``fn(params, state, x, y, key=None, opt_state=None) -> ((value, new_state), grads)``:
-      the explicit hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad]) through
-      [`apply_policy`][jaxnn.precision.apply_policy]'s model (after [`jaxnn.fuse`][jaxnn.fuse])
-      with ``dJ/dA[L]`` multiplied by
-      ``S`` (in float32, before any cast to the compute dtype) and the parameter gradients
-      divided by ``S``. ``S`` is read from the [`loss_scaling`][jaxnn.precision.loss_scaling] state
-      inside ``opt_state``
-      (``1`` when there is none). The model may have state (batch norm) and randomness.
+        the explicit hand-derived chain ([`jaxnn.value_and_grad`][jaxnn.value_and_grad])
+        through [`apply_policy`][jaxnn.precision.apply_policy]'s model (after
+        [`jaxnn.fuse`][jaxnn.fuse]) with ``dJ/dA[L]`` multiplied by ``S`` (in float32, before any
+        cast to the compute dtype) and the parameter gradients divided by ``S``. ``S`` is read
+        from the [`loss_scaling`][jaxnn.precision.loss_scaling] state inside ``opt_state``
+        (``1`` when there is none). The model may have state (batch norm) and randomness.
+
+    Examples:
+      A float16 network trained with a dynamic loss scale; gradients arrive in float32:
+
+      >>> import optax
+      >>> policy = jaxnn.Policy(compute_dtype=jnp.float16)
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 2), jnp.float32)
+      >>> y = x[:, :1]
+      >>> optimizer = jaxnn.precision.loss_scaling(
+      ...     optax.sgd(0.1), jaxnn.precision.dynamic_loss_scale(1024.0))
+      >>> opt_state = optimizer.init(params)
+      >>> fn = jaxnn.precision.value_and_grad(net, jaxnn.mean_squared_error, policy)
+      >>> (value, _), grads = fn(params, (), x, y, None, opt_state)
+      >>> grads[0]["W"].dtype
+      dtype('float32')
+      >>> (_, _), exact = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
+      >>> bool(jnp.allclose(grads[0]["W"], exact[0]["W"], atol=1e-2))  # float16's precision
+      True
+      >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer, gradients=fn)
+      >>> params, _, opt_state, loss = step(params, (), opt_state, x, y)
+      >>> float(opt_state.loss_scale.scale)
+      1024.0
     """
     model, loss = fuse(apply_policy(model, policy), loss)
 

@@ -1,4 +1,4 @@
-"""Per-example clipping and Gaussian noise: differentially private SGD (DP-SGD).
+r"""Per-example clipping and Gaussian noise: differentially private SGD (DP-SGD).
 
 For a batch of ``B`` examples with per-example gradients ``g_i`` (every parameter of the model
 together, one vector per example, by ``jax.vmap`` of the hand-derived chain):
@@ -7,6 +7,22 @@ together, one vector per example, by ``jax.vmap`` of the hand-derived chain):
   ``g_i · C / max(‖g_i‖₂, C)`` so that a zero gradient stays zero;
 * sum, add Gaussian noise of standard deviation ``σ·C`` to every entry and divide by ``B``:
   ``g̃ = (Σ_i ĝ_i + N(0, σ²C² I)) / B``.
+
+In formulas, with $g_i$ the gradient of example $i$'s loss with respect to all the parameters
+(one long vector):
+
+$$
+\hat{g}_i = \frac{g_i}{\max\left(1, \lVert g_i \rVert_2 / C\right)}
+$$
+
+$$
+\tilde{g} = \frac{1}{B} \left( \sum_{i=1}^{B} \hat{g}_i + \mathcal{N}(0, \sigma^2 C^2 I)
+\right)
+$$
+
+Clipping bounds what one example can change in the sum, $\lVert \hat{g}_i \rVert_2 \le C$,
+and the noise's standard deviation $\sigma C$ is measured in that bound; $\tilde{g}$ then
+goes to the optimizer in place of the batch gradient.
 
 ``σ`` is the noise multiplier; [`epsilon`][jaxnn.privacy.epsilon] turns ``(σ, q = B/n, steps)``
 into the ``ε``
@@ -23,12 +39,16 @@ DP-SGD is two pieces of the one training step, for stateless and stateful models
   takes those per-example
   gradients and returns the noisy mean, keeping its PRNG key in its state; chain it before any
   optimizer. An L2 term ([`jaxnn.l2_regularization`][jaxnn.l2_regularization]) chained after it
-  depends on no
-  example, so it is added after the noise, unclipped::
+  depends on no example, so it is added after the noise, unclipped.
 
-    optimizer = optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))
-    step = jaxnn.make_train_step(model, loss, optimizer,
-                                 gradients=per_example_value_and_grad(model, loss))
+Together (a runnable version is [`private_aggregate`][jaxnn.privacy.private_aggregate]'s
+example):
+
+```python
+optimizer = optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))
+step = jaxnn.make_train_step(model, loss, optimizer,
+                             gradients=per_example_value_and_grad(model, loss))
+```
 """
 
 from __future__ import annotations
@@ -67,7 +87,20 @@ def clip_per_example(grads: Any, clip_norm: float) -> tuple[Any, jax.Array]:
 
     Returns:
       ``(clipped, norms)``: the gradients scaled by ``C / max(‖g_i‖, C)`` and the norms
-      ``‖g_i‖`` before clipping (shape ``(B,)``), the norm taken over all leaves together.
+        ``‖g_i‖`` before clipping (shape ``(B,)``), the norm taken over all leaves together.
+
+    Raises:
+      ValueError: if ``clip_norm`` is not positive or the leaves' batch axes differ.
+
+    Examples:
+      >>> grads = {"W": jnp.array([[3.0, 0.0], [0.3, 0.0]]), "b": jnp.array([[4.0], [0.4]])}
+      >>> clipped, norms = jaxnn.privacy.clip_per_example(grads, 1.0)
+      >>> [round(float(n), 4) for n in norms]
+      [5.0, 0.5]
+      >>> [round(float(v), 4) for v in clipped["W"][:, 0]]  # 3/5, and 0.3 untouched
+      [0.6, 0.3]
+      >>> [round(float(v), 4) for v in clipped["b"][:, 0]]
+      [0.8, 0.4]
     """
     _check_positive("clip_norm", clip_norm)
     leaves = jax.tree.leaves(grads)
@@ -88,10 +121,36 @@ def clip_per_example(grads: Any, clip_norm: float) -> tuple[Any, jax.Array]:
 
 def clipped_noisy_mean(grads: Any, clip_norm: float, noise_multiplier: float,
                        key: jax.Array) -> Any:
-    """``(Σ_i clip(g_i, C) + N(0, σ²C² I)) / B`` for per-example gradients ``g_i``.
+    r"""``(Σ_i clip(g_i, C) + N(0, σ²C² I)) / B`` for per-example gradients ``g_i``.
 
     Each leaf draws its noise from its own key, ``split(key, n_leaves)[j]`` for leaf ``j`` in
     ``jax.tree.leaves`` order.
+
+    $$
+    \tilde{g} = \frac{1}{B} \left( \sum_{i=1}^{B} \frac{g_i}{\max(1, \lVert g_i \rVert_2 / C)}
+    + \mathcal{N}(0, \sigma^2 C^2 I) \right)
+    $$
+
+    Args:
+      grads: per-example gradients, every leaf with the batch on its leading axis.
+      clip_norm: ``C``.
+      noise_multiplier: ``σ``, non-negative (``0``: clipping alone, no privacy).
+      key: the PRNG key of the noise.
+
+    Returns:
+      The noisy mean, with the structure of one example's gradient.
+
+    Raises:
+      ValueError: if ``noise_multiplier`` is negative or ``clip_norm`` not positive.
+
+    Examples:
+      >>> grads = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}  # norms 5 and 0.5
+      >>> mean = jaxnn.privacy.clipped_noisy_mean(grads, 1.0, 0.0, jax.random.key(0))
+      >>> [round(float(v), 4) for v in mean["w"]]  # ((0.6, 0.8) + (0.3, 0.4)) / 2
+      [0.45, 0.6]
+      >>> noisy = jaxnn.privacy.clipped_noisy_mean(grads, 1.0, 1.1, jax.random.key(0))
+      >>> noisy["w"].shape, bool(jnp.allclose(noisy["w"], mean["w"]))
+      ((2,), False)
     """
     _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
     clipped, _ = clip_per_example(grads, clip_norm)
@@ -109,7 +168,20 @@ def clipped_noisy_mean(grads: Any, clip_norm: float, noise_multiplier: float,
 
 class PrivateAggregateState(NamedTuple):
     """The state of [`private_aggregate`][jaxnn.privacy.private_aggregate]: the key of the next
-    step's noise."""
+    step's noise.
+
+    Attributes:
+      key: the PRNG key the next ``update`` splits its noise key from.
+
+    Examples:
+      >>> tx = jaxnn.privacy.private_aggregate(1.0, 1.1, jax.random.key(0))
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> type(state).__name__
+      'PrivateAggregateState'
+      >>> _, after = tx.update({"w": jnp.ones((3, 2))}, state)
+      >>> bool(jnp.array_equal(jax.random.key_data(after.key), jax.random.key_data(state.key)))
+      False
+    """
 
     key: jax.Array
 
@@ -120,9 +192,38 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
 
     ``update`` takes per-example gradients (leading batch axis) and returns
     [`clipped_noisy_mean`][jaxnn.privacy.clipped_noisy_mean] of them with a fresh key each step
-    (``key, noise_key =
-    split(state.key)``). Chain it before the optimizer:
+    (``key, noise_key = split(state.key)``). Chain it before the optimizer:
     ``optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))``.
+
+    Args:
+      clip_norm: ``C``, positive.
+      noise_multiplier: ``σ``, non-negative.
+      key: the PRNG key of the first step's noise.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a
+        [`PrivateAggregateState`][jaxnn.privacy.PrivateAggregateState].
+
+    Raises:
+      ValueError: if ``clip_norm`` is not positive or ``noise_multiplier`` negative.
+
+    Examples:
+      One DP-SGD step: per-example gradients by the hand-derived chain, then the noisy mean,
+      then SGD:
+
+      >>> import optax
+      >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (8, 2))
+      >>> y = x[:, :1]
+      >>> optimizer = optax.chain(jaxnn.privacy.private_aggregate(1.0, 1.1, jax.random.key(2)),
+      ...                         optax.sgd(0.1))
+      >>> gradients = jaxnn.privacy.per_example_value_and_grad(net, jaxnn.mean_squared_error)
+      >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer,
+      ...                              gradients=gradients)
+      >>> new_params, _, opt_state, loss = step(params, (), optimizer.init(params), x, y)
+      >>> jax.tree.map(jnp.shape, new_params) == jax.tree.map(jnp.shape, params)
+      True
     """
     _check_positive("clip_norm", clip_norm)
     _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
@@ -154,6 +255,22 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
       sampling_rate: ``q`` in ``(0, 1]``.
       steps: the number of steps taken (non-negative int).
       delta: ``δ`` in ``(0, 1)``.
+
+    Returns:
+      ``ε``, a float (``0.0`` after no step).
+
+    Raises:
+      ValueError: if an argument is out of range.
+      ImportError: if ``dp-accounting`` is not installed.
+
+    Examples:
+      >>> eps = jaxnn.privacy.epsilon(noise_multiplier=1.1, sampling_rate=0.01, steps=1000,
+      ...                             delta=1e-5)
+      >>> round(eps, 1)
+      1.7
+      >>> eps < jaxnn.privacy.epsilon(noise_multiplier=1.1, sampling_rate=0.01, steps=10000,
+      ...                             delta=1e-5)  # every step spends more
+      True
     """
     _check_positive("noise_multiplier", noise_multiplier)
     if not 0 < sampling_rate <= 1:

@@ -87,21 +87,35 @@ def summary(model: Layer, in_shape: Sequence[int], *, key: jax.Array | None = No
 
     Returns:
       The table as a string (``print`` it). Rows are named by path as in gradient-check
-      reports (``serial/3:dense``, or ``serial/head:dense`` for a named layer), combinators
-      before the layers they contain; the parameter count of a combinator's row is the total
-      of its block. The last lines give the total
-      number of parameters and, if any layer keeps state (running statistics), of state
-      entries.
+        reports (``serial/3:dense``, or ``serial/head:dense`` for a named layer), combinators
+        before the layers they contain; the parameter count of a combinator's row is the total
+        of its block. The last lines give the total number of parameters and, if any layer
+        keeps state (running statistics), of state entries.
 
-    >>> import jaxnn
-    >>> print(jaxnn.summary(jaxnn.serial(jaxnn.dense(4), jaxnn.relu()), (-1, 3)))
-    layer             output shape  parameters        count
-    ----------------  ------------  ----------------  -----
-    serial            (-1, 4)                            16
-      serial/0:dense  (-1, 4)       W (3, 4), b (4,)     16
-      serial/1:relu   (-1, 4)                             0
-    ----------------  ------------  ----------------  -----
-    total parameters: 16
+    Raises:
+      TypeError: if ``model`` is not a [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+      >>> print(jaxnn.summary(jaxnn.serial(jaxnn.dense(4), jaxnn.relu()), (-1, 3)))
+      layer             output shape  parameters        count
+      ----------------  ------------  ----------------  -----
+      serial            (-1, 4)                            16
+        serial/0:dense  (-1, 4)       W (3, 4), b (4,)     16
+        serial/1:relu   (-1, 4)                             0
+      ----------------  ------------  ----------------  -----
+      total parameters: 16
+
+      A layer with running statistics adds a line for its state:
+
+      >>> print(jaxnn.summary(jaxnn.serial(jaxnn.dense(2), jaxnn.batch_norm()), (-1, 3)))
+      layer                  output shape  parameters               count
+      ---------------------  ------------  -----------------------  -----
+      serial                 (-1, 2)                                   12
+        serial/0:dense       (-1, 2)       W (3, 2), b (2,)             8
+        serial/1:batch_norm  (-1, 2)       offset (2,), scale (2,)      4
+      ---------------------  ------------  -----------------------  -----
+      total parameters: 12
+      total state entries (not trained): 4
     """
     if not isinstance(model, Layer):
         raise TypeError(f"summary: model must be a jaxnn.Layer, got {type(model).__name__}")

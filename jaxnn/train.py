@@ -17,7 +17,7 @@ opt_state, x, y, key)
   ([`jaxnn.precision.loss_scaling`][jaxnn.precision.loss_scaling]) or
   DP-SGD's aggregation ([`jaxnn.privacy.private_aggregate`][jaxnn.privacy.private_aggregate]).
 
-[`jaxnn.fit`][jaxnn.fit], [`jaxnn.ensemble`][jaxnn.ensemble] and
+[`jaxnn.fit.fit`][jaxnn.fit.fit], [`jaxnn.ensemble`][jaxnn.ensemble] and
 [`jaxnn.data_parallel`][jaxnn.data_parallel] wrap this same step.
 """
 
@@ -47,7 +47,18 @@ def make_train_step(
     jit: bool = True,
     donate: bool = False,
 ) -> Callable:
-    """The training step: gradients, then ``optimizer``, then the parameter update.
+    r"""The training step: gradients, then ``optimizer``, then the parameter update.
+
+    With parameters $\theta$, model state $s$ and optimizer state $o$, one step on a batch
+    $(x, y)$ is
+
+    $$
+    \bigl((J, s'), g\bigr) = \operatorname{gradient}(\theta, s, x, y) \qquad
+    (u, o') = \operatorname{optimizer.update}(g, o, \theta) \qquad \theta' = \theta + u
+    $$
+
+    so with ``optax.sgd(η)`` ($u = -\eta g$) it is classic gradient descent,
+    $\theta' = \theta - \eta \, \partial J / \partial \theta$.
 
     Args:
       model: the network.
@@ -66,8 +77,37 @@ def make_train_step(
 
     Returns:
       ``step(params, state, opt_state, x, y, key=None) -> (params, state, opt_state, loss)``:
-      the model runs in training mode; ``key`` is its randomness (dropout); ``loss`` is the value
-      the gradient function reports (the data loss, before any L2 penalty).
+        the model runs in training mode; ``key`` is its randomness (dropout); ``loss`` is the value
+        the gradient function reports (the data loss, before any L2 penalty).
+
+    Raises:
+      TypeError: if ``optimizer`` is not an ``optax.GradientTransformation``.
+      ValueError: if ``gradients`` is neither ``"hand"``, ``"autodiff"`` nor callable.
+
+    Examples:
+      >>> import optax
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1), jaxnn.sigmoid())
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (16, 2))
+      >>> y = (x[:, :1] > 0).astype(x.dtype)
+      >>> optimizer = optax.sgd(0.5)
+      >>> step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
+      >>> opt_state = optimizer.init(params)
+      >>> losses = []
+      >>> for _ in range(20):
+      ...     params, _, opt_state, loss = step(params, (), opt_state, x, y)
+      ...     losses.append(float(loss))
+      >>> losses[-1] < losses[0]
+      True
+
+      The hand-derived step and the autodiff reference take the same step:
+
+      >>> reference = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer,
+      ...                                   gradients="autodiff")
+      >>> hand_params = step(params, (), opt_state, x, y)[0]
+      >>> auto_params = reference(params, (), opt_state, x, y)[0]
+      >>> bool(jnp.allclose(hand_params[0]["W"], auto_params[0]["W"], atol=1e-6))
+      True
     """
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"make_train_step: optimizer must be an optax.GradientTransformation, "
@@ -114,6 +154,34 @@ def run_steps(step: Callable, params: Any, state: Any, opt_state: Any, x: jax.Ar
     ``split(key, n_steps)[s]`` (``None`` without a key). Returns the final params, model state
     and optimizer state and the loss of every step, shape ``(n_steps,)``. Equal to calling
     ``step`` ``n_steps`` times from Python, without a dispatch per step.
+
+    Args:
+      step: the training step (static: one compilation per step function and ``n_steps``).
+      params: the initial parameters.
+      state: the model's initial state (``()`` for a stateless model).
+      opt_state: the initial optimizer state.
+      x: the whole training set's inputs, examples on the leading axis.
+      y: its targets.
+      n_steps: the number of steps (static).
+      key: the PRNG key the steps' keys are split from, or ``None``.
+
+    Returns:
+      ``(params, state, opt_state, losses)`` after the last step.
+
+    Examples:
+      >>> import optax
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (16, 2))
+      >>> y = x[:, :1] - 2 * x[:, 1:]
+      >>> optimizer = optax.sgd(0.1)
+      >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+      >>> params, _, opt_state, losses = jaxnn.run_steps(step, params, (), optimizer.init(params),
+      ...                                                x, y, 50)
+      >>> losses.shape
+      (50,)
+      >>> bool(losses[-1] < 0.5 * losses[0])
+      True
     """
     keys = None if key is None else jax.random.split(key, n_steps)
 
@@ -128,13 +196,43 @@ def run_steps(step: Callable, params: Any, state: Any, opt_state: Any, x: jax.Ar
 
 
 def predict(model: Layer, params: Any, x: jax.Array, *, state: Any = ()) -> jax.Array:
-    """The network's output in evaluation mode (running statistics, no dropout)."""
+    """The network's output in evaluation mode (running statistics, no dropout).
+
+    Args:
+      model: the network.
+      params: its parameters.
+      x: the input, batch axis first.
+      state: the model's state (``()`` for a stateless model).
+
+    Returns:
+      The output of the last layer (probabilities after a final ``sigmoid``).
+
+    Examples:
+      >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dropout(0.5), jaxnn.dense(1),
+      ...                    jaxnn.sigmoid())
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+      >>> x = jnp.ones((4, 2))
+      >>> p = jaxnn.predict(net, params, x)
+      >>> p.shape
+      (4, 1)
+      >>> bool(jnp.all((p > 0) & (p < 1)))
+      True
+      >>> bool(jnp.array_equal(p, jaxnn.predict(net, params, x)))  # no dropout: deterministic
+      True
+    """
     y, _ = apply(model, params, state, x, train=False)
     return y
 
 
 def accuracy(prediction: jax.Array, target: jax.Array, *, threshold: float = 0.5) -> jax.Array:
-    """Fraction of correct predictions.
+    r"""Fraction of correct predictions.
+
+    $$
+    \operatorname{accuracy} = \frac{1}{m} \sum_{i=1}^{m} \mathbf{1}[\hat{y}_i = y_i]
+    $$
+
+    where $\hat{y}_i = \mathbf{1}[p_i > \text{threshold}]$ for one output per example and
+    $\hat{y}_i = \arg\max_j p_{ij}$ for $K > 1$ outputs.
 
     With one output per example ``prediction`` holds probabilities, compared with
     ``threshold``, and ``target`` has its shape. With ``K > 1`` outputs the arg-max is compared
@@ -142,10 +240,23 @@ def accuracy(prediction: jax.Array, target: jax.Array, *, threshold: float = 0.5
     (the ``(m, 1)`` labels [`jaxnn.data`][jaxnn.data] returns), or with one-hot rows of
     ``prediction``'s shape. Any other target shape is an error: targets are never broadcast.
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> probs = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    >>> float(jaxnn.accuracy(probs, jnp.array([[1], [0], [0]])))
-    0.666...
+    Args:
+      prediction: ``(m, 1)`` (or any shape) probabilities, or ``(m, K)`` class scores.
+      target: the targets, as above.
+      threshold: the probability above which a single output counts as class 1.
+
+    Returns:
+      The fraction, a scalar in ``[0, 1]``.
+
+    Raises:
+      ValueError: if the target's shape or dtype does not fit the prediction.
+
+    Examples:
+      >>> probs = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+      >>> float(jaxnn.accuracy(probs, jnp.array([[1], [0], [0]])))
+      0.666...
+      >>> float(jaxnn.accuracy(jnp.array([[0.9], [0.2], [0.6]]), jnp.array([[1.0], [0.0], [1.0]])))
+      1.0
     """
     if prediction.ndim >= 2 and prediction.shape[-1] > 1:
         return jnp.mean(jnp.argmax(prediction, -1) == _class_ids(prediction, target))
