@@ -118,7 +118,7 @@ def conv(
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (*kernel_size, C_in / G, features),
-      "b": (features,)}``.
+        "b": (features,)}``.
 
     Examples:
         A 2-D convolution with stride 2 on 28 × 28 single-channel images (``"SAME"`` padding:

@@ -162,7 +162,7 @@ def max_pool(
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward routes each window's gradient to
-      the window's arg-max; on a tie the first maximum in row-major window order gets it all.
+        the window's arg-max; on a tie the first maximum in row-major window order gets it all.
 
     Examples:
         Windows of 2 entries, stride 2, on one example of 4 positions and one channel:
@@ -244,7 +244,7 @@ def avg_pool(
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward gives each entry of a window
-      $dy / c$ of that window, $c$ its count (summed over the windows the entry belongs to).
+        $dy / c$ of that window, $c$ its count (summed over the windows the entry belongs to).
 
     Examples:
         >>> layer = jaxnn.avg_pool((2,))
