@@ -397,10 +397,6 @@ def he_uniform() -> Initializer:
 
 
 xavier_normal = glorot_normal
-"""Another name of [`glorot_normal`][jaxnn.initializers.glorot_normal]."""
 xavier_uniform = glorot_uniform
-"""Another name of [`glorot_uniform`][jaxnn.initializers.glorot_uniform]."""
 kaiming_normal = he_normal
-"""Another name of [`he_normal`][jaxnn.initializers.he_normal]."""
 kaiming_uniform = he_uniform
-"""Another name of [`he_uniform`][jaxnn.initializers.he_uniform]."""
