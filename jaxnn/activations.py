@@ -1,8 +1,14 @@
-"""Activations as functions on arrays, like ``jax.nn``: ``jaxnn.activations.relu(x)``.
+r"""Activations as functions on arrays, like ``jax.nn``: ``jaxnn.activations.relu(x)``.
 
 Each is the forward of the matching layer (``jaxnn.relu()``, defined with its hand-derived
 derivative in ``jaxnn/layers/_activations.py``) applied with [`jaxnn.apply`][jaxnn.apply], so
-``jax.grad`` of a function of the result runs the hand-derived ``dZ = dA * g'(Z)``.
+``jax.grad`` of a function of the result runs the hand-derived
+
+$$
+dZ = dA \odot g'(Z)
+$$
+
+(the formulas of each $g$ and $g'$ are on the [activation layers](#activations) above).
 """
 
 from jaxnn.layers._activations import elu as elu

@@ -1,9 +1,30 @@
-"""Activations, each forward next to its hand-derived derivative.
+r"""Activations, each forward next to its hand-derived derivative.
 
-Every activation ``g`` is written twice, side by side: ``g(z)`` and ``g'``, the latter as a
-function of whatever is cheapest to keep for the way back (the output ``a = g(z)`` when ``g'``
-can be written with it, which saves memory, since the next layer keeps ``a`` anyway; else ``z``).
-The backward is the classic ``dZ = dA * g'(Z)``.
+Every activation $g$ is written twice, side by side: $a = g(z)$ and $g'$, the latter as a
+function of whatever is cheapest to keep for the way back (the output $a = g(z)$ when $g'$
+can be written with it, which saves memory, since the next layer keeps $a$ anyway; else $z$).
+The backward is the classic
+
+$$
+dZ = dA \odot g'(Z)
+$$
+
+| activation | $a = g(z)$ | $g'(z)$, as the backward computes it | kept |
+| --- | --- | --- | --- |
+| ``sigmoid`` | $\sigma(z) = \frac{1}{1 + e^{-z}}$ | $a (1 - a)$ | $a$ |
+| ``tanh`` | $\tanh z$ | $1 - a^2$ | $a$ |
+| ``relu`` | $\max(z, 0)$ | $\mathbf{1}[a > 0]$ | $a$ |
+| ``leaky_relu`` | $z$ if $z > 0$, else $s z$ | $1$ if $a > 0$, else $s$ | $a$ |
+| ``elu`` | $z$ if $z > 0$, else $\alpha (e^{z} - 1)$ | $1$ if $a > 0$, else $a + \alpha$ | $a$ |
+| ``softplus`` | $\log(1 + e^{z})$ | $\sigma(z)$ | $z$ |
+| ``silu`` | $z\, \sigma(z)$ | $\sigma(z) \left(1 + z (1 - \sigma(z))\right)$ | $z$ |
+| ``gelu`` | $z\, \Phi(z)$ | $\Phi(z) + z\, \phi(z)$ | $z$ |
+| ``identity`` | $z$ | $1$ | nothing |
+| ``softmax`` | $p_i = e^{z_i} / \sum_j e^{z_j}$ | $\operatorname{diag}(p) - p p^\top$ | $p$ |
+
+($\Phi$ and $\phi$ are the standard normal CDF and density; [`gelu`][jaxnn.gelu] also has a
+tanh approximation; [`softmax`][jaxnn.softmax]'s backward is
+$dZ = p \odot \left(dA - \sum_j dA_j\, p_j\right)$.)
 
 Each name has two faces:
 
@@ -89,7 +110,26 @@ def _sigmoid(z: Array) -> Array:
 
 @_constructor
 def sigmoid_layer() -> Layer:
-    """Sigmoid ``a = 1 / (1 + e^{-z})``; backward ``dZ = dA * a * (1 - a)``."""
+    r"""Sigmoid $a = \sigma(z) = 1 / (1 + e^{-z})$; backward $dZ = dA \odot a (1 - a)$.
+
+    $$
+    g(z) = \frac{1}{1 + e^{-z}} \qquad g'(z) = a (1 - a)
+    $$
+
+    The forward is the stable form (``jax.nn.sigmoid``), which never evaluates $e^{+z}$ for a
+    large $z$; the backward keeps the output $a$.
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.sigmoid()
+        >>> x = jnp.array([-2.0, 0.0, 2.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [0.1192, 0.5, 0.8808]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [0.105, 0.25, 0.105]
+    """
     return _elementwise("sigmoid", _sigmoid, lambda a, dy: dy * a * (1 - a), keep="output")
 
 
@@ -97,7 +137,23 @@ def sigmoid_layer() -> Layer:
 
 @_constructor
 def tanh_layer() -> Layer:
-    """Hyperbolic tangent; backward ``dZ = dA * (1 - a²)``."""
+    r"""Hyperbolic tangent $a = \tanh z$; backward $dZ = dA \odot (1 - a^2)$.
+
+    $$
+    g(z) = \tanh z = \frac{e^{z} - e^{-z}}{e^{z} + e^{-z}} \qquad g'(z) = 1 - a^2
+    $$
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.tanh()
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [-0.7616, 0.0, 0.7616]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [0.42, 1.0, 0.42]
+    """
     return _elementwise("tanh", jnp.tanh, lambda a, dy: dy * (1 - a * a), keep="output")
 
 
@@ -105,9 +161,30 @@ def tanh_layer() -> Layer:
 
 @_constructor
 def relu_layer() -> Layer:
-    """Rectified linear unit ``a = max(z, 0)``; backward ``dZ = dA * 1[a > 0]``.
+    r"""Rectified linear unit $a = \max(z, 0)$; backward $dZ = dA \odot \mathbf{1}[a > 0]$.
 
-    At ``z = 0`` the derivative is taken as 0 (the sub-gradient JAX also uses).
+    $$
+    g(z) = \max(z, 0) \qquad g'(z) = \mathbf{1}[z > 0] = \mathbf{1}[a > 0]
+    $$
+
+    At $z = 0$ the derivative is taken as 0 (the sub-gradient JAX also uses).
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.relu()
+        >>> x = jnp.array([-1.0, 0.0, 2.0])
+        >>> layer(x).tolist()
+        [0.0, 0.0, 2.0]
+        >>> jax.grad(lambda x: layer(x).sum())(x).tolist()
+        [0.0, 0.0, 1.0]
+
+        In a network:
+
+        >>> model = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
+        >>> model.init(jax.random.key(0), (-1, 3))[0]
+        (-1, 1)
     """
     return _elementwise(
         "relu", jax.nn.relu, lambda a, dy: jnp.where(a > 0, dy, 0), keep="output"
@@ -118,14 +195,30 @@ def relu_layer() -> Layer:
 
 @_constructor
 def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
-    """Leaky ReLU ``a = z`` for ``z > 0``, ``s·z`` otherwise; backward ``dZ = dA`` or ``s·dA``.
+    r"""Leaky ReLU $a = z$ for $z > 0$, $s z$ otherwise; backward $dZ = dA$ or $s\, dA$.
+
+    $$
+    g(z) = \begin{cases} z & z > 0 \\ s z & z \le 0 \end{cases} \qquad
+    g'(z) = \begin{cases} 1 & a > 0 \\ s & a \le 0 \end{cases}
+    $$
 
     Args:
       negative_slope: ``s``, the slope for negative inputs (default 0.01). Must be positive, so
         that the sign of ``a`` is the sign of ``z`` and the output can be kept as the residual.
 
-    At exactly ``z = 0`` the derivative is the slope ``s`` (``jax.nn.leaky_relu``'s autodiff
+    At exactly $z = 0$ the derivative is the slope $s$ (``jax.nn.leaky_relu``'s autodiff
     gives 1 there; see docs/porting.md).
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.leaky_relu(0.1)
+        >>> x = jnp.array([-2.0, 0.0, 3.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [-0.2, 0.0, 3.0]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [0.1, 0.1, 1.0]
     """
     s = float(negative_slope)
     if not s > 0:
@@ -142,12 +235,32 @@ def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
 
 @_constructor
 def elu_layer(alpha: float = 1.0) -> Layer:
-    """Exponential linear unit; backward ``dZ = dA`` for ``z > 0``, ``dA·(a + α)`` otherwise.
+    r"""Exponential linear unit; backward $dZ = dA$ for $z > 0$, $dA \odot (a + \alpha)$ otherwise.
+
+    $$
+    g(z) = \begin{cases} z & z > 0 \\ \alpha (e^{z} - 1) & z \le 0 \end{cases} \qquad
+    g'(z) = \begin{cases} 1 & a > 0 \\ \alpha e^{z} = a + \alpha & a \le 0 \end{cases}
+    $$
 
     The negative branch is computed with ``expm1`` on ``z`` with positive entries replaced by 0,
     so that large positive inputs never overflow the unused branch. (``jnp.minimum(z, 0)`` would
     give autodiff the tie derivative 1/2 at ``z = 0``; the ``where`` keeps the reference path's
-    derivative at 0 equal to the hand-derived one, ``α``.)
+    derivative at 0 equal to the hand-derived one, $\alpha$.)
+
+    Args:
+      alpha: $\alpha$, the scale of the negative branch, which tends to $-\alpha$ (default 1).
+        Must be positive, so that the sign of $a$ is the sign of $z$.
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.elu()
+        >>> x = jnp.array([-1.0, 0.0, 2.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]  # e^{-1} - 1 for z = -1
+        [-0.6321, 0.0, 2.0]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]  # a + 1
+        [0.3679, 1.0, 1.0]
     """
     a_ = float(alpha)
     if not a_ > 0:
@@ -171,7 +284,25 @@ def _softplus(z: Array) -> Array:
 
 @_constructor
 def softplus_layer() -> Layer:
-    """Softplus ``a = log(1 + e^z)`` (stable form); backward ``dZ = dA * sigmoid(z)``."""
+    r"""Softplus $a = \log(1 + e^{z})$ (stable form); backward $dZ = dA \odot \sigma(z)$.
+
+    $$
+    g(z) = \log(1 + e^{z}) \qquad g'(z) = \sigma(z) = \frac{1}{1 + e^{-z}}
+    $$
+
+    The forward is ``logaddexp(z, 0)``, finite for every finite $z$; the backward keeps $z$.
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.softplus()
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [0.3133, 0.6931, 1.3133]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [0.2689, 0.5, 0.7311]
+    """
     return _elementwise("softplus", _softplus, lambda z, dy: dy * _sigmoid(z), keep="input")
 
 
@@ -179,7 +310,24 @@ def softplus_layer() -> Layer:
 
 @_constructor
 def silu_layer() -> Layer:
-    """SiLU / swish ``a = z·σ(z)``; backward ``dZ = dA·σ(z)·(1 + z·(1 − σ(z)))``."""
+    r"""SiLU / swish $a = z\, \sigma(z)$; backward $dZ = dA \odot g'(z)$.
+
+    $$
+    g(z) = z\, \sigma(z) \qquad g'(z) = \sigma(z) + z\, \sigma(z) (1 - \sigma(z))
+    = \sigma(z) \left(1 + z (1 - \sigma(z))\right)
+    $$
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.silu()
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [-0.2689, 0.0, 0.7311]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [0.0723, 0.5, 0.9277]
+    """
 
     def derivative(z, dy):
         s = _sigmoid(z)
@@ -197,16 +345,53 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @_constructor
 def gelu_layer(approximate: bool = False) -> Layer:
-    """GELU ``a = z·Φ(z)``.
+    r"""GELU $a = z\, \Phi(z)$.
 
-    Exact: ``Φ(z) = (1 + erf(z/√2)) / 2`` and ``g'(z) = Φ(z) + z·φ(z)`` with
-    ``φ(z) = e^{-z²/2} / √(2π)``.
+    Exact, with $\Phi$ the standard normal CDF and $\phi$ its density:
 
-    Tanh approximation: ``a = z/2 · (1 + tanh(u))`` with ``u = √(2/π)(z + 0.044715 z³)``, so
-    ``g'(z) = (1 + tanh u)/2 + z/2 · (1 − tanh² u) · √(2/π)(1 + 3·0.044715 z²)``.
+    $$
+    \Phi(z) = \frac{1}{2} \left(1 + \operatorname{erf}\left(\frac{z}{\sqrt{2}}\right)\right)
+    \qquad \phi(z) = \frac{e^{-z^2/2}}{\sqrt{2\pi}} \qquad g'(z) = \Phi(z) + z\, \phi(z)
+    $$
+
+    Tanh approximation:
+
+    $$
+    a = \frac{z}{2} \left(1 + \tanh u\right) \qquad
+    u = \sqrt{2/\pi} \left(z + 0.044715\, z^3\right)
+    $$
+
+    so that
+
+    $$
+    g'(z) = \frac{1 + \tanh u}{2}
+    + \frac{z}{2} \left(1 - \tanh^2 u\right) \sqrt{2/\pi} \left(1 + 3 \cdot 0.044715\, z^2\right)
+    $$
+
+    (for $|z| > 10$, where $\tanh u = \pm 1$ to every precision, the code clips $z$ inside $u$
+    and takes the second term as 0, so that $z^3$ cannot overflow in float16).
 
     The default is the exact form, as in PyTorch; ``jax.nn.gelu`` and Flax default to the tanh
     approximation (``approximate=True`` here; see docs/porting.md).
+
+    Args:
+      approximate: use the tanh approximation instead of the exact $\operatorname{erf}$ form.
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.gelu()
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in layer(x).tolist()]
+        [-0.1587, 0.0, 0.8413]
+        >>> [round(v, 4) for v in jax.grad(lambda x: layer(x).sum())(x).tolist()]
+        [-0.0833, 0.5, 1.0833]
+
+        The tanh approximation agrees to about $10^{-3}$:
+
+        >>> [round(v, 4) for v in jaxnn.gelu(approximate=True)(x).tolist()]
+        [-0.1588, 0.0, 0.8412]
     """
     if approximate:
 
@@ -243,7 +428,22 @@ def gelu_layer(approximate: bool = False) -> Layer:
 
 @_constructor
 def identity_layer() -> Layer:
-    """Identity ``a = z``; backward ``dZ = dA``."""
+    r"""Identity $a = z$; backward $dZ = dA$.
+
+    $$
+    g(z) = z \qquad g'(z) = 1
+    $$
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer] (a placeholder where a network expects an
+        activation).
+
+    Examples:
+        >>> layer = jaxnn.identity()
+        >>> x = jnp.array([-1.0, 2.0])
+        >>> layer(x).tolist(), jax.grad(lambda x: layer(x).sum())(x).tolist()
+        ([-1.0, 2.0], [1.0, 1.0])
+    """
 
     def forward(params, state, x, *, key=None, train=False):
         check_params("identity", params, {})
@@ -259,12 +459,39 @@ def identity_layer() -> Layer:
 
 @_constructor
 def softmax_layer(axis: int = -1) -> Layer:
-    """Softmax ``p_i = e^{z_i} / Σ_j e^{z_j}`` over ``axis`` (computed with ``z − max z``).
+    r"""Softmax $p_i = e^{z_i} / \sum_j e^{z_j}$ over ``axis`` (computed with $z - \max z$).
 
-    Backward (Jacobian ``diag(p) − p pᵀ`` applied to ``dA``): ``dZ = p ⊙ (dA − Σ_j dA_j p_j)``.
+    $$
+    p_i = \frac{e^{z_i}}{\sum_j e^{z_j}} \qquad
+    \frac{\partial p_i}{\partial z_k} = p_i (\delta_{ik} - p_k)
+    $$
+
+    Backward (the Jacobian $\operatorname{diag}(p) - p p^\top$ applied to $dA$):
+
+    $$
+    dZ = p \odot \left(dA - \sum_j dA_j\, p_j\right)
+    $$
+
     For training a classifier use logits with
     [`jaxnn.softmax_cross_entropy`][jaxnn.softmax_cross_entropy], whose fused
-    derivative is ``p − onehot``.
+    derivative is $p - \operatorname{onehot}(y)$.
+
+    Args:
+      axis: the axis the probabilities are normalized over (default the last).
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer] whose backward keeps $p$.
+
+    Examples:
+        $z = (0, \log 3)$ gives $p = (1/4, 3/4)$; the gradient of $p_0$ is
+        $p \odot (e_0 - p_0) = (3/16, -3/16)$:
+
+        >>> layer = jaxnn.softmax()
+        >>> z = jnp.array([[0.0, jnp.log(3.0)]])
+        >>> [round(v, 4) for v in layer(z)[0].tolist()]
+        [0.25, 0.75]
+        >>> [round(v, 4) for v in jax.grad(lambda z: layer(z)[0, 0])(z)[0].tolist()]
+        [0.1875, -0.1875]
     """
 
     if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
@@ -296,50 +523,205 @@ def _run(layer: Layer, x: Array) -> Array:
 
 
 def sigmoid(x: Array) -> Array:
-    """``1 / (1 + e^{-x})`` with the hand-derived backward ``a (1 − a)``."""
+    r"""$\sigma(x) = 1 / (1 + e^{-x})$ with the hand-derived backward $a (1 - a)$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-2.0, 0.0, 2.0])
+        >>> [round(v, 4) for v in jaxnn.activations.sigmoid(x).tolist()]
+        [0.1192, 0.5, 0.8808]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.sigmoid(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.105, 0.25, 0.105]
+    """
     return _run(_SIGMOID, x)
 
 
 def tanh(x: Array) -> Array:
-    """``tanh x`` with the hand-derived backward ``1 − a²``."""
+    r"""$\tanh x$ with the hand-derived backward $1 - a^2$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in jaxnn.activations.tanh(x).tolist()]
+        [-0.7616, 0.0, 0.7616]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.tanh(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.42, 1.0, 0.42]
+    """
     return _run(_TANH, x)
 
 
 def relu(x: Array) -> Array:
-    """``max(x, 0)`` with the hand-derived backward ``1[a > 0]``."""
+    r"""$\max(x, 0)$ with the hand-derived backward $\mathbf{1}[a > 0]$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 2.0])
+        >>> jaxnn.activations.relu(x).tolist()
+        [0.0, 0.0, 2.0]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.relu(x).sum())
+        >>> grad(x).tolist()
+        [0.0, 0.0, 1.0]
+    """
     return _run(_RELU, x)
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
-    """``x`` for ``x > 0``, ``negative_slope·x`` otherwise, hand-derived backward."""
+    r"""$x$ for $x > 0$, $s x$ otherwise, hand-derived backward $1$ or $s$.
+
+    Args:
+      x: the input, any shape.
+      negative_slope: $s$, the slope for negative inputs (default 0.01), positive.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-2.0, 0.0, 3.0])
+        >>> [round(v, 4) for v in jaxnn.activations.leaky_relu(x).tolist()]
+        [-0.02, 0.0, 3.0]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.leaky_relu(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.01, 0.01, 1.0]
+    """
     return _run(leaky_relu_layer(negative_slope), x)
 
 
 def elu(x: Array, alpha: float = 1.0) -> Array:
-    """``x`` for ``x > 0``, ``α(e^x − 1)`` otherwise, hand-derived backward."""
+    r"""$x$ for $x > 0$, $\alpha (e^{x} - 1)$ otherwise, hand-derived backward $1$ or $a + \alpha$.
+
+    Args:
+      x: the input, any shape.
+      alpha: $\alpha$, the scale of the negative branch (default 1), positive.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 2.0])
+        >>> [round(v, 4) for v in jaxnn.activations.elu(x).tolist()]
+        [-0.6321, 0.0, 2.0]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.elu(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.3679, 1.0, 1.0]
+    """
     return _run(elu_layer(alpha), x)
 
 
 def softplus(x: Array) -> Array:
-    """``log(1 + e^x)`` in stable form, hand-derived backward ``σ(x)``."""
+    r"""$\log(1 + e^{x})$ in stable form, hand-derived backward $\sigma(x)$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in jaxnn.activations.softplus(x).tolist()]
+        [0.3133, 0.6931, 1.3133]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.softplus(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.2689, 0.5, 0.7311]
+    """
     return _run(_SOFTPLUS, x)
 
 
 def silu(x: Array) -> Array:
-    """``x·σ(x)``, hand-derived backward."""
+    r"""$x\, \sigma(x)$, hand-derived backward $\sigma(x) (1 + x (1 - \sigma(x)))$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in jaxnn.activations.silu(x).tolist()]
+        [-0.2689, 0.0, 0.7311]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.silu(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [0.0723, 0.5, 0.9277]
+    """
     return _run(_SILU, x)
 
 
 def gelu(x: Array, approximate: bool = False) -> Array:
-    """``x·Φ(x)`` (exact, or the tanh approximation), hand-derived backward."""
+    r"""$x\, \Phi(x)$ (exact, or the tanh approximation), hand-derived backward.
+
+    Exact: $g'(x) = \Phi(x) + x\, \phi(x)$; [`jaxnn.gelu`][jaxnn.gelu] has both forms' formulas.
+
+    Args:
+      x: the input, any shape.
+      approximate: use the tanh approximation instead of the exact form.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 0.0, 1.0])
+        >>> [round(v, 4) for v in jaxnn.activations.gelu(x).tolist()]
+        [-0.1587, 0.0, 0.8413]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.gelu(x).sum())
+        >>> [round(v, 4) for v in grad(x).tolist()]
+        [-0.0833, 0.5, 1.0833]
+    """
     return _run(gelu_layer(approximate), x)
 
 
 def identity(x: Array) -> Array:
-    """``x``."""
+    r"""$x$, with the backward $dZ = dA$.
+
+    Args:
+      x: the input, any shape.
+
+    Returns:
+      An array of the shape of ``x``.
+
+    Examples:
+        >>> x = jnp.array([-1.0, 2.0])
+        >>> jaxnn.activations.identity(x).tolist()
+        [-1.0, 2.0]
+        >>> grad = jax.grad(lambda x: jaxnn.activations.identity(x).sum())
+        >>> grad(x).tolist()
+        [1.0, 1.0]
+    """
     return _run(_IDENTITY, x)
 
 
 def softmax(x: Array, axis: int = -1) -> Array:
-    """Softmax over ``axis``, hand-derived backward ``p ⊙ (dA − Σ dA·p)``."""
+    r"""Softmax over ``axis``, hand-derived backward $p \odot (dA - \sum_j dA_j\, p_j)$.
+
+    Args:
+      x: the input (logits), any shape.
+      axis: the axis the probabilities are normalized over (default the last).
+
+    Returns:
+      An array of the shape of ``x``: probabilities summing to 1 along ``axis``.
+
+    Examples:
+        >>> z = jnp.array([[0.0, jnp.log(3.0)]])
+        >>> [round(v, 4) for v in jaxnn.activations.softmax(z)[0].tolist()]
+        [0.25, 0.75]
+        >>> [round(v, 4) for v in jaxnn.activations.softmax(z, axis=0)[0].tolist()]
+        [1.0, 1.0]
+    """
     return _run(softmax_layer(axis), x)

@@ -1,26 +1,47 @@
-"""The convolution layer (1-D, 2-D, 3-D), forward beside its hand-derived backward.
+r"""The convolution layer (1-D, 2-D, 3-D), forward beside its hand-derived backward.
 
 Layout: inputs are channels-last (``NWC``, ``NHWC``, ``NDHWC``), kernels are ``WIO``, ``HWIO``,
-``DHWIO``: ``W`` has shape ``(*window, C_in / G, C_out)`` where ``G`` is ``feature_group_count``.
+``DHWIO``: ``W`` has shape ``(*window, C_in / G, C_out)`` where $G$ is ``feature_group_count``.
 
 Forward, in 1-D to keep the indices short (the other ranks repeat it per spatial axis), with
-``x̃`` the input padded by ``lo`` zeros in front, stride ``s``, dilation ``d``, ``c`` the input
-channels of output channel ``f``'s group:
+$\tilde{x}$ the input padded by $\ell$ zeros in front, stride $s$, dilation $d$, kernel taps
+$j = 0, \dots, k - 1$, and $c$ running over the input channels of output channel $f$'s group.
+Like every deep-learning "convolution" it is a cross-correlation: the kernel is not flipped.
 
-    ``Z[n, o, f] = Σ_j Σ_c x̃[n, o·s + j·d, c] · W[j, c, f] + b[f]``
+$$
+Z_{n,o,f} = \sum_{j=0}^{k-1} \sum_{c} \tilde{x}_{n,\, o s + j d,\, c}\, W_{j,c,f} + b_f
+$$
+
+The output has $L_{out} = \lfloor (L + \ell + h - k_{eff}) / s \rfloor + 1$ positions for an input
+of $L$ positions padded by $\ell$ in front and $h$ behind, with the dilated window
+$k_{eff} = (k - 1) d + 1$ (``"SAME"`` padding gives $L_{out} = \lceil L / s \rceil$).
 
 Backward, by the chain rule on that sum (each is one more ``lax.conv_general_dilated``):
 
-* ``db[f] = Σ_{n,o} dZ[n, o, f]`` — the classic ``db = Σ dZ``;
-* ``dW[j, c, f] = Σ_{n,o} x̃[n, o·s + j·d, c] · dZ[n, o, f]`` — the classic ``dW = A_prevᵀ dZ``:
-  a convolution of ``x`` with ``dZ`` as the kernel, the examples ``n`` contracted, the window
-  offset ``j`` as output position (stride ``d``) and ``o`` as kernel tap (dilation ``s``); the
-  groups pair input-channel group ``g`` with output-channel group ``g`` (``batch_group_count``);
-* ``dx[n, i, c] = Σ_{(o, j): o·s + j·d − lo = i} Σ_f dZ[n, o, f] · W[j, c, f]`` — the classic
-  ``dA_prev = Wᵀ dZ``: the transposed convolution, i.e. ``dZ`` spread out by the stride (``s − 1``
-  zeros between entries: ``lhs_dilation = s``) and correlated with the spatially flipped kernel
-  whose input and output channels are swapped within each group, with padding
-  ``(k_eff − 1 − lo, n + lo − 1 − (out − 1)·s)`` so that exactly ``n`` positions come out.
+* the bias gradient, the classic $db = \sum dZ$:
+
+    $$
+    db_f = \sum_{n,o} dZ_{n,o,f}
+    $$
+
+* the weight gradient, the classic $dW = A_{prev}^\top dZ$: a convolution of $x$ with $dZ$ as the
+  kernel, the examples $n$ contracted, the window offset $j$ as output position (stride $d$) and
+  $o$ as kernel tap (dilation $s$); the groups pair input-channel group $g$ with output-channel
+  group $g$ (``batch_group_count``):
+
+    $$
+    dW_{j,c,f} = \sum_{n,o} \tilde{x}_{n,\, o s + j d,\, c}\, dZ_{n,o,f}
+    $$
+
+* the input gradient, the classic $dA_{prev} = W^\top dZ$: the transposed convolution, i.e.
+  $dZ$ spread out by the stride ($s - 1$ zeros between entries: ``lhs_dilation = s``) and
+  correlated with the spatially flipped kernel whose input and output channels are swapped
+  within each group, with padding $(k_{eff} - 1 - \ell,\; L + \ell - 1 - (L_{out} - 1) s)$ so
+  that exactly $L$ positions come out:
+
+    $$
+    dx_{n,i,c} = \sum_{(o,\,j) \,:\, o s + j d - \ell = i} \; \sum_{f} dZ_{n,o,f}\, W_{j,c,f}
+    $$
 
 ``docs/design.md`` has the derivation of the paddings.
 """
@@ -29,7 +50,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +74,29 @@ def conv(
     use_bias: bool = True,
     w_init: initializers.Initializer | None = None,
     b_init: initializers.Initializer = initializers.zeros,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A convolution ``Z = x ⋆ W + b`` over 1, 2 or 3 spatial axes (channels last).
+    r"""A convolution $Z = x \star W + b$ over 1, 2 or 3 spatial axes (channels last).
 
     The number of spatial axes is ``len(kernel_size)``: ``conv(16, (3,))`` takes ``(N, W, C)``
     inputs, ``conv(16, (3, 3))`` takes ``(N, H, W, C)`` inputs.
+
+    In 1-D, with $\tilde{x}$ the padded input, stride $s$, dilation $d$ and $\ell$ zeros of
+    padding in front, the forward and the hand-derived gradients are (the module docstring above
+    derives them):
+
+    $$
+    Z_{n,o,f} = \sum_{j} \sum_{c} \tilde{x}_{n,\, o s + j d,\, c}\, W_{j,c,f} + b_f
+    $$
+
+    $$
+    dW_{j,c,f} = \sum_{n,o} \tilde{x}_{n,\, o s + j d,\, c}\, dZ_{n,o,f} \qquad
+    db_f = \sum_{n,o} dZ_{n,o,f}
+    $$
+
+    $$
+    dx_{n,i,c} = \sum_{(o,\,j) \,:\, o s + j d - \ell = i} \; \sum_{f} dZ_{n,o,f}\, W_{j,c,f}
+    $$
 
     Args:
       features: ``C_out``, the number of output channels.
@@ -80,13 +118,34 @@ def conv(
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (*kernel_size, C_in / G, features),
-      "b": (features,)}``.
+        "b": (features,)}``.
 
-    >>> import jax, jaxnn
-    >>> layer = jaxnn.conv(8, (3, 3), strides=2)
-    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 28, 28, 1))
-    >>> out_shape, params["W"].shape
-    ((-1, 14, 14, 8), (3, 3, 1, 8))
+    Examples:
+        A 2-D convolution with stride 2 on 28 × 28 single-channel images (``"SAME"`` padding:
+        $\lceil 28 / 2 \rceil = 14$ positions per axis):
+
+        >>> layer = jaxnn.conv(8, (3, 3), strides=2)
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 28, 28, 1))
+        >>> out_shape, params["W"].shape, params["b"].shape
+        ((-1, 14, 14, 8), (3, 3, 1, 8), (8,))
+        >>> z, _ = jaxnn.apply(layer, params, state, jnp.ones((2, 28, 28, 1)))
+        >>> z.shape
+        (2, 14, 14, 8)
+
+        The formulas on a 1-D example with one channel and the kernel taps $(1, -1)$:
+        $Z_o = x_o - x_{o+1}$ (a correlation: the kernel is not flipped), and with $dZ$ all
+        ones, $dW_j = \sum_o x_{o+j}$ and $dx_i = \sum_{o + j = i} W_j$:
+
+        >>> layer = jaxnn.conv(1, (2,), padding="VALID", use_bias=False)
+        >>> params = {"W": jnp.array([1.0, -1.0]).reshape(2, 1, 1)}
+        >>> x = jnp.array([1.0, 2.0, 4.0]).reshape(1, 3, 1)
+        >>> jaxnn.apply(layer, params, (), x)[0].ravel().tolist()
+        [-1.0, -2.0]
+        >>> def loss(params, x):
+        ...     return jaxnn.apply(layer, params, (), x)[0].sum()
+        >>> dparams, dx = jax.grad(loss, argnums=(0, 1))(params, x)
+        >>> dparams["W"].ravel().tolist(), dx.ravel().tolist()
+        ([3.0, 6.0], [1.0, 0.0, -1.0])
     """
     features = check_positive_int("conv", "features", features)
     geometry = _geometry(features, kernel_size, strides, padding, dilation, feature_group_count)

@@ -1,23 +1,40 @@
-"""The fully connected layer, forward beside its hand-derived backward.
+r"""The fully connected layer, forward beside its hand-derived backward.
 
-Forward (examples first, ``x`` of shape ``(m, n_in)``): ``Z = x W + b`` with ``W`` of shape
-``(n_in, n_out)`` and ``b`` of shape ``(n_out,)``.
+Forward, examples first: $x$ has shape $(m, n_{in})$ (one example per row), $W$ has shape
+$(n_{in}, n_{out})$ and $b$ has shape $(n_{out},)$:
 
-Backward, the classic formulas transposed to the examples-first layout:
+$$
+Z = x W + b \qquad Z_{kj} = \sum_{i} x_{ki} W_{ij} + b_j
+$$
 
-* ``dW = xᵀ dZ``      (classic: ``dW[l] = dZ[l] A[l-1]ᵀ``)
-* ``db = Σ_rows dZ``  (classic: ``db[l] = Σ_i dZ[l][:, i]``)
-* ``dx = dZ Wᵀ``      (classic: ``dA[l-1] = W[l]ᵀ dZ[l]``)
+Backward: given $dZ = \partial L / \partial Z$ of shape $(m, n_{out})$, the classic formulas
+transposed to the examples-first layout:
 
-Leading axes beyond the batch (a sequence axis, say) are allowed: they are summed over in ``dW``
-and ``db`` just like examples.
+| gradient | jaxnn (examples in rows) | classic (examples in columns) |
+| --- | --- | --- |
+| weights | $dW = x^\top dZ$ | $dW^{[l]} = dZ^{[l]} A^{[l-1]\top}$ |
+| bias | $db = \sum_{\text{rows}} dZ$ | $db^{[l]} = \sum_{i} dZ^{[l]}_{:,i}$ |
+| input | $dx = dZ\, W^\top$ | $dA^{[l-1]} = W^{[l]\top} dZ^{[l]}$ |
 
-``dW`` is computed as ``(dZᵀ x)ᵀ`` when the layer narrows its input four-fold or more (see
+Entry by entry (the parameter gradients sum over the examples $k$, the input gradient over the
+output features $j$):
+
+$$
+dW_{ij} = \sum_{k} x_{ki}\, dZ_{kj} \qquad db_j = \sum_{k} dZ_{kj} \qquad
+dx_{ki} = \sum_{j} dZ_{kj} W_{ij}
+$$
+
+Leading axes beyond the batch (a sequence axis, say) are allowed: they are summed over in $dW$
+and $db$ just like examples.
+
+$dW$ is computed as $(dZ^\top x)^\top$ when the layer narrows its input four-fold or more (see
 [`weight_gradient`][jaxnn.layers.weight_gradient]): the same sums, in the operand order XLA's CPU
 backend runs fastest.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +49,19 @@ def dense(
     use_bias: bool = True,
     w_init: initializers.Initializer | None = None,
     b_init: initializers.Initializer = initializers.zeros,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A fully connected layer ``Z = x W + b``.
+    r"""A fully connected layer $Z = x W + b$.
+
+    For $x$ of shape $(m, n_{in})$ and the upstream gradient $dZ$ of shape $(m, n_{out})$, the
+    hand-derived backward is
+
+    $$
+    dW = x^\top dZ \qquad db = \sum_{\text{rows}} dZ \qquad dx = dZ\, W^\top
+    $$
+
+    (the classic $dW = dZ\, A_{prev}^\top$, $db = \sum dZ$, $dA_{prev} = W^\top dZ$ transposed).
+    Inputs may have more leading axes, ``(m, ..., n_in)``; they are flattened into rows.
 
     Args:
       features: ``n_out``, the number of output features.
@@ -47,6 +74,27 @@ def dense(
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (n_in, n_out), "b": (n_out,)}``.
+
+    Examples:
+        Build, initialize for inputs of 4 features (the batch size is left open, ``-1``), apply:
+
+        >>> layer = jaxnn.dense(3)
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 4))
+        >>> out_shape, params["W"].shape, params["b"].shape
+        ((-1, 3), (4, 3), (3,))
+        >>> x = jnp.arange(8.0).reshape(2, 4)
+        >>> z, state = jaxnn.apply(layer, params, state, x)
+        >>> z.shape
+        (2, 3)
+
+        ``jax.grad`` runs the hand-derived backward. With $L = \sum Z$, $dZ$ is all ones, so
+        $dW = x^\top dZ$ and $db = \sum_{\text{rows}} dZ = (2, 2, 2)$:
+
+        >>> grads = jax.grad(lambda p: jaxnn.apply(layer, p, state, x)[0].sum())(params)
+        >>> bool(jnp.allclose(grads["W"], x.T @ jnp.ones((2, 3))))
+        True
+        >>> grads["b"].tolist()
+        [2.0, 2.0, 2.0]
     """
     features = check_positive_int("dense", "features", features)
     w_init = initializers.lecun_normal() if w_init is None else w_init
@@ -105,15 +153,41 @@ def _backward(params, x: jax.Array, dz: jax.Array):
 
 
 def weight_gradient(x: jax.Array, dz: jax.Array) -> jax.Array:
-    """``dW = xᵀ dZ`` for ``x`` of shape ``(m, n_in)`` and ``dZ`` of shape ``(m, n_out)``.
+    r"""$dW = x^\top dZ$ for $x$ of shape $(m, n_{in})$ and $dZ$ of shape $(m, n_{out})$.
 
-    Every entry is the sum over examples ``dW[i, j] = Σ_k x[k, i] dZ[k, j]``; only the operand
-    order of the matrix product depends on the backend. When lowering for XLA's CPU backend, a
-    layer that narrows its input four-fold or more (``4·n_out ≤ n_in``) computes
-    ``(dZᵀ x)ᵀ``, which that backend runs several times faster than ``xᵀ dZ`` (figures in
+    Every entry is the sum over examples
+
+    $$
+    dW_{ij} = \sum_{k} x_{ki}\, dZ_{kj}
+    $$
+
+    and only the operand order of the matrix product depends on the backend. When lowering for
+    XLA's CPU backend, a layer that narrows its input four-fold or more
+    ($4\, n_{out} \le n_{in}$) computes
+    $(dZ^\top x)^\top$, which that backend runs several times faster than $x^\top dZ$ (figures in
     ``benchmarks/README.md``); an ``optimization_barrier`` keeps XLA's simplifier from folding
     the transpose back into the slow product. Every other backend (GPU, TPU) gets the plain
-    ``xᵀ dZ``: the choice is made at lowering time by ``jax.lax.platform_dependent``.
+    $x^\top dZ$: the choice is made at lowering time by ``jax.lax.platform_dependent``.
+
+    Args:
+      x: the layer's input, flattened to rows: shape ``(m, n_in)``.
+      dz: the gradient of the layer's output: shape ``(m, n_out)``.
+
+    Returns:
+      $dW$, of shape ``(n_in, n_out)`` (the shape of ``W``).
+
+    Examples:
+        >>> x = jnp.arange(6.0).reshape(3, 2)
+        >>> dz = jnp.ones((3, 1))
+        >>> jaxnn.layers.weight_gradient(x, dz).tolist()  # column sums of x
+        [[6.0], [9.0]]
+
+        A layer narrowing 8 features to 2 (four-fold or more) gets the same sums:
+
+        >>> x, dz = jnp.ones((5, 8)), jnp.ones((5, 2))
+        >>> dw = jaxnn.layers.weight_gradient(x, dz)
+        >>> dw.shape, bool(jnp.allclose(dw, x.T @ dz))
+        ((8, 2), True)
     """
     n_in, n_out = x.shape[-1], dz.shape[-1]
     if 4 * n_out > n_in:

@@ -1,12 +1,16 @@
-"""Dropout, forward beside its hand-derived backward.
+r"""Dropout, forward beside its hand-derived backward.
 
-Forward in training mode, with ``rate`` the probability of **dropping** an entry (not the keep
-probability, as in stax) and a mask ``k ~ Bernoulli(1 − rate)`` drawn from the PRNG key::
+Forward in training mode, with $p$ = ``rate`` the probability of **dropping** an entry (not the
+keep probability, as in stax) and a mask $k$ drawn from the PRNG key, one independent draw per
+entry:
 
-    y = k ⊙ x · 1/(1 − rate)         dx = k ⊙ dy · 1/(1 − rate)
+$$
+k_i \sim \operatorname{Bernoulli}(1 - p) \qquad y = \frac{k \odot x}{1 - p}
+\qquad dx = \frac{k \odot dy}{1 - p}
+$$
 
-(inverted dropout: the expectation of ``y`` is ``x``, so evaluation needs no rescaling). In
-evaluation mode ``y = x`` and ``dx = dy``.
+(inverted dropout: $\mathbb{E}[y] = x$, so evaluation needs no rescaling). The backward uses
+the same mask $k$ as the forward. In evaluation mode $y = x$ and $dx = dy$.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ __all__ = ["dropout"]
 
 
 def dropout(rate: float) -> Layer:
-    """Inverted dropout: zeroes each entry with probability ``rate`` in training mode.
+    r"""Inverted dropout: zeroes each entry with probability ``rate`` in training mode.
+
+    With $p$ = ``rate`` and the mask $k_i \sim \operatorname{Bernoulli}(1 - p)$, in training
+    mode:
+
+    $$
+    y = \frac{k \odot x}{1 - p} \qquad dx = \frac{k \odot dy}{1 - p}
+    $$
 
     Training mode needs a PRNG key (``jaxnn.apply(..., key=k, train=True)``, or the last
     argument of a training step, ``step(params, state, opt_state, x, y, key)``); each call with
@@ -40,13 +51,27 @@ def dropout(rate: float) -> Layer:
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] without params or state.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.dropout(0.5)
-    >>> y, _ = jaxnn.apply(layer, (), (), jnp.ones(6), key=jax.random.key(0), train=True)
-    >>> sorted(set(y.tolist())) # kept entries are scaled by 1/(1 − 0.5)
-    [0.0, 2.0]
-    >>> jaxnn.apply(layer, (), (), jnp.ones(3))[0].tolist()  # evaluation mode: the identity
-    [1.0, 1.0, 1.0]
+    Examples:
+        >>> layer = jaxnn.dropout(0.5)
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 6))
+        >>> out_shape, params, state
+        ((-1, 6), (), ())
+        >>> x, key = jnp.ones((1, 6)), jax.random.key(0)
+        >>> y, _ = jaxnn.apply(layer, (), (), x, key=key, train=True)
+        >>> sorted(set(y.ravel().tolist()))  # kept entries are scaled by 1/(1 − 0.5)
+        [0.0, 2.0]
+
+        The backward applies the same mask and scale to the gradient ($dy$ all ones here, so
+        $dx = y$):
+
+        >>> dx = jax.grad(lambda x: jaxnn.apply(layer, (), (), x, key=key, train=True)[0].sum())(x)
+        >>> bool((dx == y).all())
+        True
+
+        Evaluation mode (the default) is the identity:
+
+        >>> jaxnn.apply(layer, (), (), jnp.ones((1, 3)))[0].tolist()
+        [[1.0, 1.0, 1.0]]
     """
     name = "dropout"
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool):

@@ -1,19 +1,26 @@
-"""Embedding: integer ids to learned vectors, forward beside its hand-derived backward.
+r"""Embedding: integer ids to learned vectors, forward beside its hand-derived backward.
 
-Forward: a row lookup in the table ``E`` of shape ``(num_embeddings, features)``::
+Forward: a row lookup in the table $E$ of shape ``(num_embeddings, features)``, for every
+position $p$ of the ids (of any shape):
 
-    y[..., :] = E[ids[...], :]
+$$
+y_{p,:} = E_{\text{ids}_p,:}
+$$
 
-Backward: each row of the table receives the sum of the output gradients of the positions that
-looked it up (a scatter-add); the integer ids get no gradient::
+Backward: each row $r$ of the table receives the sum of the output gradients of the positions
+that looked it up (a scatter-add, ``dE = zeros.at[ids].add(dy)``); the integer ids get no
+gradient:
 
-    dE = Σ_positions onehot(ids) ⊗ dy      i.e.  dE = zeros.at[ids].add(dy)
-    dids = None
+$$
+dE_{r,:} = \sum_{p \,:\, \text{ids}_p = r} dy_{p,:}
+\qquad \text{i.e.} \qquad dE = \sum_{p} \operatorname{onehot}(\text{ids}_p) \otimes dy_{p,:}
+$$
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +37,22 @@ def embedding(
     features: int,
     *,
     w_init: initializers.Initializer | None = None,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A lookup table mapping integer ids of any shape to vectors: ``ids.shape + (features,)``.
+    r"""A lookup table mapping integer ids of any shape to vectors: ``ids.shape + (features,)``.
+
+    Forward and backward, for every position $p$ of the ids and every row $r$ of the table $E$:
+
+    $$
+    y_{p,:} = E_{\text{ids}_p,:} \qquad dE_{r,:} = \sum_{p \,:\, \text{ids}_p = r} dy_{p,:}
+    $$
 
     The table is the params entry ``"embedding"``, deliberately not ``"W"``, so L2
-    ([`jaxnn.weight_mask`][jaxnn.weight_mask]) does not decay it: the penalty's gradient ``λ·E``
-    would
-    shrink every row at every step, while a row's data gradient is non-zero only in the steps
-    whose batch holds its id, so rare ids would be pulled to zero by the penalty alone. (Leaving
-    embeddings out of weight decay is the usual practice for the same reason.) To decay it
-    anyway, add ``λ·E`` to its gradient yourself.
+    ([`jaxnn.weight_mask`][jaxnn.weight_mask]) does not decay it: the penalty's gradient
+    $\lambda E$ would shrink every row at every step, while a row's data gradient is non-zero
+    only in the steps whose batch holds its id, so rare ids would be pulled to zero by the
+    penalty alone. (Leaving embeddings out of weight decay is the usual practice for the same
+    reason.) To decay it anyway, add $\lambda E$ to its gradient yourself.
 
     Ids must lie in ``[0, num_embeddings)``; negative ids do **not** count from the end. When
     the ids are concrete (outside ``jit``) an id out of range raises a ``ValueError``. Under
@@ -52,22 +64,30 @@ def embedding(
       num_embeddings: the number of ids (rows of the table).
       features: the length of each vector.
       w_init: initializer of the table (default
-        [`jaxnn.initializers.normal`][jaxnn.initializers.normal] with
-        ``stddev=1``: entries of unit variance, the scale a following ``dense`` with its
-        ``lecun_normal`` initialization expects of its input, as PyTorch's default).
+        [`jaxnn.initializers.normal`][jaxnn.initializers.normal] with ``stddev=1``: entries
+        of unit variance, the scale a following ``dense`` with its ``lecun_normal``
+        initialization expects of its input, as PyTorch's default).
       dtype: dtype of the table.
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"embedding": (num_embeddings, features)}``.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.embedding(10, 3)
-    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 5))
-    >>> out_shape
-    (-1, 5, 3)
-    >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[1, 2, 3, 4, 1]]))
-    >>> bool((y[0, 0] == params["embedding"][1]).all())
-    True
+    Examples:
+        >>> layer = jaxnn.embedding(10, 3)
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 5))
+        >>> out_shape, params["embedding"].shape
+        ((-1, 5, 3), (10, 3))
+        >>> ids = jnp.array([[1, 2, 3, 4, 1]])
+        >>> y, _ = jaxnn.apply(layer, params, state, ids)
+        >>> y.shape, bool((y[0, 0] == params["embedding"][1]).all())
+        ((1, 5, 3), True)
+
+        The backward scatter-adds $dy$ into the rows that were looked up: with $dy$ all ones,
+        row 1 (looked up twice) gets 2 per feature, rows never looked up get 0:
+
+        >>> dE = jax.grad(lambda p: jaxnn.apply(layer, p, state, ids)[0].sum())(params)
+        >>> dE["embedding"][:, 0].tolist()
+        [0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     """
     num_embeddings = check_positive_int("embedding", "num_embeddings", num_embeddings)
     features = check_positive_int("embedding", "features", features)

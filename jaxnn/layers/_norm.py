@@ -1,27 +1,58 @@
-"""Normalization layers, each forward beside its hand-derived backward.
+r"""Normalization layers, each forward beside its hand-derived backward.
 
 All three normalize, then scale and shift per feature:
 
-* ``batch_norm``: statistics over the batch (every axis but the feature axis), running
-  statistics kept as explicit state for evaluation;
-* ``layer_norm``: mean and variance over the features of each example;
-* ``rms_norm``: the root mean square over the features of each example (no centring).
+* [`batch_norm`][jaxnn.batch_norm]: statistics over the batch (every axis but the feature axis),
+  running statistics kept as explicit state for evaluation;
+* [`layer_norm`][jaxnn.layer_norm]: mean and variance over the features of each example;
+* [`rms_norm`][jaxnn.rms_norm]: the root mean square over the features of each example (no
+  centring).
 
-The backward of a normalization by its own statistics. Write ``x̂ = (x − μ)·s`` with
-``μ = (1/N) Σ x`` and ``s = 1/sqrt(σ² + ε)``, ``σ² = (1/N) Σ (x − μ)²``, the sums over the
-``N`` entries that share the statistics, and ``dx̂ = dy·γ``. Since ``∂μ/∂x_j = 1/N`` and
-``∂σ²/∂x_j = (2/N)(x_j − μ)``,
+**The forward.** Over the $N$ entries that share the statistics (one feature across the batch
+for batch norm, one example's features for layer norm), with $\gamma$ the scale and $\beta$
+the offset:
 
-    dx = (s/N) · (N·dx̂ − Σ dx̂ − x̂ · Σ (dx̂ ⊙ x̂))
+$$
+\mu = \frac{1}{N} \sum x \qquad \sigma^2 = \frac{1}{N} \sum (x - \mu)^2 \qquad
+s = \frac{1}{\sqrt{\sigma^2 + \varepsilon}}
+$$
 
-(the mean subtracts the gradient's mean, the variance its component along ``x̂``).
-[`batch_norm`][jaxnn.batch_norm] in training mode and [`layer_norm`][jaxnn.layer_norm] both use it,
-over different axes.
-With fixed statistics (batch norm in evaluation mode) the map is affine: ``dx = dx̂·s``.
-For ``rms_norm``, ``x̂ = x·r`` with ``r = 1/sqrt((1/N) Σ x² + ε)``:
-``dx = r · (dx̂ − x̂ · (1/N) Σ (dx̂ ⊙ x̂))``.
+$$
+\hat{x} = (x - \mu)\, s \qquad y = \gamma \odot \hat{x} + \beta
+$$
 
-In every case ``dγ = Σ dy ⊙ x̂`` and ``dβ = Σ dy`` over all axes but the feature axis.
+**The backward of a normalization by its own statistics.** Write $d\hat{x} = dy \odot \gamma$.
+Since $\partial \mu / \partial x_j = 1/N$ and $\partial \sigma^2 / \partial x_j = (2/N)(x_j - \mu)$,
+
+$$
+dx = \frac{s}{N} \left( N\, d\hat{x} - \sum d\hat{x} - \hat{x} \sum d\hat{x} \odot \hat{x} \right)
+$$
+
+(the mean subtracts the gradient's mean, the variance its component along $\hat{x}$). The code
+computes it in the equivalent form with means, written $\overline{\,\cdot\,}$, over the same
+$N$ entries:
+
+$$
+dx = s \left( d\hat{x} - \overline{d\hat{x}} - \hat{x}\, \overline{d\hat{x} \odot \hat{x}} \right)
+$$
+
+[`batch_norm`][jaxnn.batch_norm] in training mode and [`layer_norm`][jaxnn.layer_norm] both use
+it, over different axes. With fixed statistics (batch norm in evaluation mode) the map is
+affine: $dx = d\hat{x}\, s$.
+
+For ``rms_norm``, no centring:
+
+$$
+r = \frac{1}{\sqrt{\frac{1}{N} \sum x^2 + \varepsilon}} \qquad \hat{x} = x\, r \qquad
+dx = r \left( d\hat{x} - \hat{x}\, \overline{d\hat{x} \odot \hat{x}} \right)
+$$
+
+In every case the parameter gradients sum over all axes but the feature axis:
+
+$$
+d\gamma = \sum dy \odot \hat{x} \qquad d\beta = \sum dy
+$$
+
 Statistics are computed in at least float32, so half-precision inputs are normalized stably;
 the output has the input's dtype.
 """
@@ -31,7 +62,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,56 +205,97 @@ def batch_norm(
     axis: int = -1,
     scale_init: initializers.Initializer = initializers.ones,
     offset_init: initializers.Initializer = initializers.zeros,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """Batch normalization with running statistics as explicit state.
+    r"""Batch normalization with running statistics as explicit state.
 
-    Forward, with ``μ_B``, ``σ²_B`` the mean and (biased) variance over every axis but the
-    feature axis (``N`` entries per feature)::
+    Forward, with $\mu_B$, $\sigma^2_B$ the mean and (biased) variance over every axis but the
+    feature axis ($N$ entries per feature) in training mode, and the running $\mu_{run}$,
+    $\sigma^2_{run}$ in evaluation mode:
 
-        train:  x̂ = (x − μ_B) / sqrt(σ²_B + ε)         eval:  x̂ = (x − μ_run) / sqrt(σ²_run + ε)
-        y = γ ⊙ x̂ + β
+    $$
+    \text{train: } \hat{x} = \frac{x - \mu_B}{\sqrt{\sigma^2_B + \varepsilon}} \qquad
+    \text{eval: } \hat{x} = \frac{x - \mu_{run}}{\sqrt{\sigma^2_{run} + \varepsilon}} \qquad
+    y = \gamma \odot \hat{x} + \beta
+    $$
 
-    Backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``)::
+    Backward, with $s = 1/\sqrt{\sigma^2 + \varepsilon}$, $d\hat{x} = dy \odot \gamma$, the sums
+    over the $N$ entries of a feature:
 
-        train:  dx = (s/N)(N·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)   eval:  dx = dx̂·s
-        dγ = Σ dy ⊙ x̂,   dβ = Σ dy
+    $$
+    \text{train: } dx = \frac{s}{N} \left( N\, d\hat{x} - \sum d\hat{x}
+    - \hat{x} \sum d\hat{x} \odot \hat{x} \right) \qquad
+    \text{eval: } dx = d\hat{x}\, s
+    $$
+
+    $$
+    d\gamma = \sum dy \odot \hat{x} \qquad d\beta = \sum dy
+    $$
 
     In training mode the state is updated as
 
-        running = momentum · running + (1 − momentum) · batch
+    $$
+    \text{running} \leftarrow \text{momentum} \cdot \text{running}
+    + (1 - \text{momentum}) \cdot \text{batch}
+    $$
 
     (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
-    batch mean and the **unbiased** batch variance ``σ²_B · N/(N − 1)``, the estimate of the
-    population variance the original batch-norm paper uses at inference (and PyTorch keeps;
-    Flax's ``BatchNorm`` keeps the biased ``σ²_B``, see docs/porting.md).
-    The normalization itself uses the biased ``σ²_B``. In evaluation mode the running
+    batch mean and the **unbiased** batch variance $\sigma^2_B \cdot N / (N - 1)$, the estimate of
+    the population variance the original batch-norm paper uses at inference (and PyTorch keeps;
+    Flax's ``BatchNorm`` keeps the biased $\sigma^2_B$, see docs/porting.md).
+    The normalization itself uses the biased $\sigma^2_B$. In evaluation mode the running
     statistics are used and the state is returned unchanged. The state's cotangent is dropped,
     as for all state.
     The forward and backward are ``_batch_norm_forward`` and ``_batch_norm_backward``.
 
     Args:
       momentum: weight of the old running statistics, in ``[0, 1]``.
-      epsilon: ``ε`` added to the variance.
-      use_scale, use_offset: learn ``γ`` (params entry ``"scale"``), ``β`` (``"offset"``).
+      epsilon: $\varepsilon$ added to the variance.
+      use_scale: learn $\gamma$ (params entry ``"scale"``).
+      use_offset: learn $\beta$ (params entry ``"offset"``).
       axis: the feature axis (default the last, NHWC images and ``(batch, features)`` alike);
         not the batch axis 0.
-      scale_init, offset_init: initializers of ``γ`` (ones) and ``β`` (zeros).
+      scale_init: initializer of $\gamma$ (ones).
+      offset_init: initializer of $\beta$ (zeros).
       dtype: dtype of the parameters and the running statistics.
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"scale": (F,), "offset": (F,)}`` and state
-      ``{"mean": (F,), "var": (F,)}`` (zeros and ones at init). Neither is decayed by L2.
+        ``{"mean": (F,), "var": (F,)}`` (zeros and ones at init). Neither is decayed by L2.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.batch_norm(momentum=0.9)
-    >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
-    >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
-    >>> y, state = jaxnn.apply(layer, params, state, x, train=True)
-    >>> [[round(v, 4) for v in row] for row in y.tolist()]
-    [[-1.0, -1.0], [1.0, 1.0]]
-    >>> [round(m, 4) for m in state["mean"].tolist()]  # 0.9 · 0 + 0.1 · (2, 20)
-    [0.2, 2.0]
+    Examples:
+        Training mode normalizes with the batch's statistics and updates the running ones:
+
+        >>> layer = jaxnn.batch_norm(momentum=0.9)
+        >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
+        >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
+        >>> y, new_state = jaxnn.apply(layer, params, state, x, train=True)
+        >>> [[round(v, 4) for v in row] for row in y.tolist()]
+        [[-1.0, -1.0], [1.0, 1.0]]
+        >>> [round(m, 4) for m in new_state["mean"].tolist()]  # 0.9 · 0 + 0.1 · (2, 20)
+        [0.2, 2.0]
+
+        The running variance takes the unbiased batch variance, $(1, 100) \cdot 2/1$:
+
+        >>> [round(v, 4) for v in new_state["var"].tolist()]  # 0.9 · 1 + 0.1 · (2, 200)
+        [1.1, 20.9]
+
+        A gradient that is the same for every example is removed by the mean: with $L = \sum y$,
+        $d\hat{x} = 1$ and $dx = 0$, while $d\gamma = \sum \hat{x} = 0$ and $d\beta = N = 2$:
+
+        >>> def loss(params, x):
+        ...     return jaxnn.apply(layer, params, state, x, train=True)[0].sum()
+        >>> dparams, dx = jax.grad(loss, argnums=(0, 1))(params, x)
+        >>> bool(jnp.allclose(dx, 0.0, atol=1e-6)), dparams["offset"].tolist()
+        (True, [2.0, 2.0])
+
+        Evaluation mode (the default) uses the running statistics and leaves them unchanged:
+
+        >>> y, same_state = jaxnn.apply(layer, params, new_state, x)
+        >>> [round(v, 4) for v in y[0].tolist()]  # (1 − 0.2) / √1.1, (10 − 2) / √20.9
+        [0.7628, 1.7499]
+        >>> bool((same_state["mean"] == new_state["mean"]).all())
+        True
     """
     config = _batch_norm_config(momentum, epsilon, axis, use_scale, use_offset)
     init = functools.partial(_batch_norm_init, config, scale_init, offset_init, dtype)
@@ -359,31 +431,65 @@ def layer_norm(
     use_offset: bool = True,
     scale_init: initializers.Initializer = initializers.ones,
     offset_init: initializers.Initializer = initializers.zeros,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """Layer normalization over the feature (last) axis of each example.
+    r"""Layer normalization over the feature (last) axis of each example.
 
-    Forward, with ``μ``, ``σ²`` the mean and (biased) variance of the ``F`` features of each
-    example, and backward (``s = 1/sqrt(σ² + ε)``, ``dx̂ = dy·γ``, sums over the features)::
+    Forward, with $\mu$, $\sigma^2$ the mean and (biased) variance of the $F$ features of each
+    example:
 
-        x̂ = (x − μ)·s,  y = γ ⊙ x̂ + β        dx = (s/F)(F·dx̂ − Σ dx̂ − x̂ Σ dx̂ ⊙ x̂)
-                                              dγ = Σ_examples dy ⊙ x̂,  dβ = Σ_examples dy
+    $$
+    \hat{x} = \frac{x - \mu}{\sqrt{\sigma^2 + \varepsilon}} \qquad y = \gamma \odot \hat{x} + \beta
+    $$
+
+    Backward, with $s = 1/\sqrt{\sigma^2 + \varepsilon}$, $d\hat{x} = dy \odot \gamma$, the sums in
+    $dx$ over the features of the example and those in $d\gamma$, $d\beta$ over the examples:
+
+    $$
+    dx = \frac{s}{F} \left( F\, d\hat{x} - \sum d\hat{x} - \hat{x} \sum d\hat{x} \odot \hat{x}
+    \right)
+    $$
+
+    $$
+    d\gamma = \sum_{\text{examples}} dy \odot \hat{x} \qquad d\beta = \sum_{\text{examples}} dy
+    $$
 
     The same in training and evaluation; no state.
 
     Args:
-      epsilon: ``ε`` added to the variance. The default 1e-5 is PyTorch's; Flax's ``LayerNorm``
-        uses 1e-6 (see docs/porting.md).
-      use_scale, use_offset: learn ``γ`` (``"scale"``) and ``β`` (``"offset"``), shape ``(F,)``.
-      scale_init, offset_init: their initializers (ones, zeros).
+      epsilon: $\varepsilon$ added to the variance. The default 1e-5 is PyTorch's; Flax's
+        ``LayerNorm`` uses 1e-6 (see docs/porting.md).
+      use_scale: learn $\gamma$ (params entry ``"scale"``, shape ``(F,)``).
+      use_offset: learn $\beta$ (params entry ``"offset"``, shape ``(F,)``).
+      scale_init: initializer of $\gamma$ (ones).
+      offset_init: initializer of $\beta$ (zeros).
       dtype: dtype of the parameters.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.layer_norm()
-    >>> _, params, _ = layer.init(jax.random.key(0), (-1, 2))
-    >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[1.0, 3.0]]))
-    >>> [round(v, 4) for v in y[0].tolist()]
-    [-1.0, 1.0]
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"scale": (F,), "offset": (F,)}`` and no
+        state.
+
+    Examples:
+        >>> layer = jaxnn.layer_norm()
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 2))
+        >>> out_shape, params["scale"].shape, params["offset"].shape, state
+        ((-1, 2), (2,), (2,), ())
+        >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[1.0, 3.0]]))
+        >>> [round(v, 4) for v in y[0].tolist()]
+        [-1.0, 1.0]
+
+        Each example (here each position of a sequence) is normalized on its own: every row
+        of the output has mean 0 and variance 1 (up to $\varepsilon$):
+
+        >>> x = jax.random.normal(jax.random.key(1), (2, 5, 8)) * 3.0 + 1.0
+        >>> _, params, _ = layer.init(jax.random.key(0), (-1, 5, 8))
+        >>> y, _ = jaxnn.apply(layer, params, (), x)
+        >>> y.shape
+        (2, 5, 8)
+        >>> bool(jnp.allclose(y.mean(-1), 0.0, atol=1e-5))
+        True
+        >>> bool(jnp.allclose(y.var(-1), 1.0, atol=1e-3))
+        True
     """
     name = "layer_norm"
     epsilon = _check_epsilon(name, epsilon)
@@ -440,23 +546,54 @@ def rms_norm(
     epsilon: float = 1e-6,
     use_scale: bool = True,
     scale_init: initializers.Initializer = initializers.ones,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """Root-mean-square normalization over the feature (last) axis of each example.
+    r"""Root-mean-square normalization over the feature (last) axis of each example.
 
-    Forward and backward (``r = 1/sqrt((1/F) Σ x² + ε)``, ``dx̂ = dy·γ``, sums over the
-    ``F`` features)::
+    Forward, with $r$ the inverse root mean square of the $F$ features of each example:
 
-        x̂ = x·r,  y = γ ⊙ x̂        dx = r · (dx̂ − x̂ · (1/F) Σ dx̂ ⊙ x̂)
-                                    dγ = Σ_examples dy ⊙ x̂
+    $$
+    r = \frac{1}{\sqrt{\frac{1}{F} \sum x^2 + \varepsilon}} \qquad \hat{x} = x\, r \qquad
+    y = \gamma \odot \hat{x}
+    $$
 
-    (``∂x̂_i/∂x_j = r(δ_ij − x̂_i x̂_j / F)``.) No centring and no offset; no state.
+    Backward, with $d\hat{x} = dy \odot \gamma$ and the sum in $dx$ over the features (since
+    $\partial \hat{x}_i / \partial x_j = r \left( \delta_{ij} - \hat{x}_i \hat{x}_j / F \right)$):
+
+    $$
+    dx = r \left( d\hat{x} - \hat{x} \cdot \frac{1}{F} \sum d\hat{x} \odot \hat{x} \right) \qquad
+    d\gamma = \sum_{\text{examples}} dy \odot \hat{x}
+    $$
+
+    No centring and no offset; no state.
 
     Args:
-      epsilon: ``ε`` added to the mean square.
-      use_scale: learn ``γ`` (params entry ``"scale"``, shape ``(F,)``).
+      epsilon: $\varepsilon$ added to the mean square.
+      use_scale: learn $\gamma$ (params entry ``"scale"``, shape ``(F,)``).
       scale_init: its initializer (ones).
       dtype: dtype of the parameters.
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"scale": (F,)}`` and no state.
+
+    Examples:
+        $x = (3, 4)$ has mean square $12.5$, so $\hat{x} = x / \sqrt{12.5}$:
+
+        >>> layer = jaxnn.rms_norm()
+        >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 2))
+        >>> out_shape, params["scale"].shape, state
+        ((-1, 2), (2,), ())
+        >>> y, _ = jaxnn.apply(layer, params, (), jnp.array([[3.0, 4.0]]))
+        >>> [round(v, 4) for v in y[0].tolist()]
+        [0.8485, 1.1314]
+
+        The backward removes the gradient's component along $\hat{x}$: a gradient proportional
+        to $\hat{x}$ (here from $L = \frac{1}{2} \sum y^2$, $dy = \hat{x}$) gives $dx = 0$:
+
+        >>> x = jnp.array([[3.0, 4.0]])
+        >>> dx = jax.grad(lambda x: 0.5 * (jaxnn.apply(layer, params, (), x)[0] ** 2).sum())(x)
+        >>> bool(jnp.allclose(dx, 0.0, atol=1e-6))
+        True
     """
     name = "rms_norm"
     epsilon = _check_epsilon(name, epsilon)

@@ -1,24 +1,52 @@
-"""Pooling layers (1-D, 2-D, 3-D windows, channels last), forward beside the hand-derived backward.
+r"""Pooling layers (1-D, 2-D, 3-D windows, channels last), forward beside the hand-derived backward.
 
-Notation as in [`jaxnn.conv`][jaxnn.conv], in 1-D: window ``o`` reads the padded positions
-``o·s + j`` for the taps ``j = 0 … k − 1``; ``x̃`` is the padded input.
+Notation as in [`jaxnn.conv`][jaxnn.conv], in 1-D and per channel: window $o$ reads the padded
+positions $o s + j$ for the taps $j = 0, \dots, k - 1$ (stride $s$); $\tilde{x}$ is the input
+padded by $\ell$ entries in front; $dy$ is the gradient of the output.
 
-* **max**: ``y[o] = max_j x̃[o·s + j]`` (padding is ``−∞``, never chosen). Backward:
-  ``dx[i] = Σ_{o : j*(o) = i + lo − o·s} dy[o]`` where ``j*(o)`` is the arg-max tap of window
-  ``o``: each window's gradient goes to the one entry that won it, and an entry that wins
-  several overlapping windows adds their gradients. **Ties**: the first maximum in row-major
-  order of the window (smallest ``j``; in 2-D, the top-most row, then the left-most column)
-  gets all of the gradient, the other tied entries none.
-* **average**: ``y[o] = (1/c[o]) Σ_j x̃[o·s + j]`` where ``c[o]`` counts the window's real
-  (unpadded) entries, or all ``k`` taps with ``count_include_pad=True``. Backward:
-  ``dx[i] = Σ_{o, j : o·s + j − lo = i} dy[o] / c[o]``: every entry of a window gets an equal
-  share of its gradient, padded positions take their share away only when they are counted.
-* **global average**: ``y[n, c] = mean_{spatial} x[n, …, c]``; ``dx = dy / (number of spatial
-  positions)`` broadcast back over the spatial axes.
+* **max**: the largest entry of each window (padding is $-\infty$, never chosen):
+
+    $$
+    y_o = \max_{j} \tilde{x}_{o s + j} \qquad
+    j^*_o = \operatorname{argmax}_{j} \tilde{x}_{o s + j}
+    $$
+
+    Backward: each window's gradient goes to the one entry that won it, and an entry that wins
+    several overlapping windows adds their gradients:
+
+    $$
+    dx_i = \sum_{o \,:\, o s + j^*_o - \ell = i} dy_o
+    $$
+
+    **Ties**: the first maximum in row-major order of the window (smallest $j$; in 2-D, the
+    top-most row, then the left-most column) gets all of the gradient, the other tied entries
+    none.
+
+* **average**: the window's sum divided by $c_o$, the number of its real (unpadded) entries,
+  or by all $k$ taps with ``count_include_pad=True``:
+
+    $$
+    y_o = \frac{1}{c_o} \sum_{j} \tilde{x}_{o s + j}
+    $$
+
+    Backward: every entry of a window gets an equal share $dy_o / c_o$ of its gradient (padded
+    positions take their share away only when they are counted), summed over the windows the
+    entry belongs to:
+
+    $$
+    dx_i = \sum_{(o,\,j) \,:\, o s + j - \ell = i} \frac{dy_o}{c_o}
+    $$
+
+* **global average**: the mean over the $P$ spatial positions $p$; the gradient is spread
+  evenly back over them:
+
+    $$
+    y_{n,c} = \frac{1}{P} \sum_{p} x_{n,p,c} \qquad dx_{n,p,c} = \frac{dy_{n,c}}{P}
+    $$
 
 Both window backward passes are one scatter, written with public ``lax`` operations: the
-per-tap gradient (``dy`` masked by the arg-max for max, ``dy / c`` for average) is placed back at
-positions ``o·s + j`` by ``lax.pad`` with ``s − 1`` interior zeros, the taps are summed, and the
+per-tap gradient ($dy$ masked by the arg-max for max, $dy / c$ for average) is placed back at
+positions $o s + j$ by ``lax.pad`` with $s - 1$ interior zeros, the taps are summed, and the
 padding is cut off.
 """
 
@@ -115,7 +143,14 @@ def max_pool(
     strides: int | Sequence[int] | None = None,
     padding: _spatial.Padding = "VALID",
 ) -> Layer:
-    """Max pooling: the largest entry of each window, per channel.
+    r"""Max pooling: the largest entry of each window, per channel.
+
+    In 1-D, with $\tilde{x}$ the input padded by $\ell$ entries of $-\infty$ in front, stride $s$
+    and $j^*_o$ the first arg-max tap of window $o$:
+
+    $$
+    y_o = \max_{j} \tilde{x}_{o s + j} \qquad dx_i = \sum_{o \,:\, o s + j^*_o - \ell = i} dy_o
+    $$
 
     Args:
       window: the window, one entry per spatial axis: ``(2,)`` for ``(N, W, C)`` inputs,
@@ -127,12 +162,30 @@ def max_pool(
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward routes each window's gradient to
-      the
-      window's arg-max; on a tie the first maximum in row-major window order gets it all.
+        the window's arg-max; on a tie the first maximum in row-major window order gets it all.
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.max_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0].tolist()
-    [3.0, 2.0]
+    Examples:
+        Windows of 2 entries, stride 2, on one example of 4 positions and one channel:
+
+        >>> layer = jaxnn.max_pool((2,))
+        >>> x = jnp.array([1.0, 3.0, 2.0, 0.0]).reshape(1, 4, 1)
+        >>> layer(x).ravel().tolist()
+        [3.0, 2.0]
+
+        The gradient goes to each window's winner only (here $dy$ is all ones), and on a tie
+        to the first maximum:
+
+        >>> jax.grad(lambda x: layer(x).sum())(x).ravel().tolist()
+        [0.0, 1.0, 1.0, 0.0]
+        >>> jax.grad(lambda x: layer(x).sum())(jnp.ones((1, 2, 1))).ravel().tolist()
+        [1.0, 0.0]
+
+        In 2-D, ``(N, H, W, C)`` inputs; each channel is pooled on its own:
+
+        >>> out_shape, params, state = jaxnn.max_pool((2, 2)).init(jax.random.key(0),
+        ...                                                        (-1, 4, 4, 3))
+        >>> out_shape, params, state
+        ((-1, 2, 2, 3), (), ())
     """
     name = "max_pool"
     rank, window, strides, padding = _window_arguments(name, window, strides, padding)
@@ -168,7 +221,15 @@ def avg_pool(
     padding: _spatial.Padding = "VALID",
     count_include_pad: bool = False,
 ) -> Layer:
-    """Average pooling: the mean of each window, per channel.
+    r"""Average pooling: the mean of each window, per channel.
+
+    In 1-D, with $\tilde{x}$ the input padded by $\ell$ zeros in front, stride $s$ and $c_o$ the
+    number of entries window $o$ divides by:
+
+    $$
+    y_o = \frac{1}{c_o} \sum_{j} \tilde{x}_{o s + j} \qquad
+    dx_i = \sum_{(o,\,j) \,:\, o s + j - \ell = i} \frac{dy_o}{c_o}
+    $$
 
     Args:
       window: the window, one entry per spatial axis.
@@ -183,11 +244,28 @@ def avg_pool(
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward gives each entry of a window
-      ``dy / count`` of that window (summed over the windows the entry belongs to).
+        $dy / c$ of that window, $c$ its count (summed over the windows the entry belongs to).
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.avg_pool((2,))(jnp.array([[[1.0], [3.0], [2.0], [0.0]]]))[0, :, 0].tolist()
-    [2.0, 1.0]
+    Examples:
+        >>> layer = jaxnn.avg_pool((2,))
+        >>> x = jnp.array([1.0, 3.0, 2.0, 0.0]).reshape(1, 4, 1)
+        >>> layer(x).ravel().tolist()
+        [2.0, 1.0]
+
+        Every entry gets $dy / 2$ of its window's gradient ($dy$ all ones):
+
+        >>> jax.grad(lambda x: layer(x).sum())(x).ravel().tolist()
+        [0.5, 0.5, 0.5, 0.5]
+
+        With padding, the edge windows hold fewer real entries. By default their mean is over
+        those only; ``count_include_pad=True`` divides by the full window of 3:
+
+        >>> same = jaxnn.avg_pool((3,), strides=1, padding="SAME")
+        >>> [round(v, 4) for v in same(x).ravel().tolist()]
+        [2.0, 2.0, 1.6667, 1.0]
+        >>> padded = jaxnn.avg_pool((3,), strides=1, padding="SAME", count_include_pad=True)
+        >>> [round(v, 4) for v in padded(x).ravel().tolist()]
+        [1.3333, 2.0, 1.6667, 0.6667]
     """
     name = "avg_pool"
     rank, window, strides, padding = _window_arguments(name, window, strides, padding)
@@ -224,13 +302,34 @@ def avg_pool(
 
 
 def global_avg_pool() -> Layer:
-    """The mean over all spatial axes: ``(N, *spatial, C) → (N, C)``.
+    r"""The mean over all spatial axes: ``(N, *spatial, C) → (N, C)``.
 
-    Backward: ``dx[n, …, c] = dy[n, c] / P`` with ``P`` the number of spatial positions.
+    Forward and backward, with $P$ the number of spatial positions $p$:
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.global_avg_pool()(jnp.arange(6.0).reshape(1, 3, 2)).tolist()
-    [[2.0, 3.0]]
+    $$
+    y_{n,c} = \frac{1}{P} \sum_{p} x_{n,p,c} \qquad dx_{n,p,c} = \frac{dy_{n,c}}{P}
+    $$
+
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        Three positions, two channels: the mean per channel, and a gradient of $1/3$ to every
+        position:
+
+        >>> layer = jaxnn.global_avg_pool()
+        >>> x = jnp.arange(6.0).reshape(1, 3, 2)
+        >>> layer(x).tolist()
+        [[2.0, 3.0]]
+        >>> dx = jax.grad(lambda x: layer(x).sum())(x)
+        >>> dx.shape, sorted({round(v, 4) for v in dx.ravel().tolist()})
+        ((1, 3, 2), [0.3333])
+
+        Images ``(N, H, W, C)`` become ``(N, C)``, ready for a [`jaxnn.dense`][jaxnn.dense]
+        head:
+
+        >>> layer.init(jax.random.key(0), (-1, 7, 7, 16))[0]
+        (-1, 16)
     """
     name = "global_avg_pool"
 

@@ -1,7 +1,14 @@
-"""Shape layers: ``flatten`` and ``reshape``, the batch axis kept.
+r"""Shape layers: [`flatten`][jaxnn.flatten] and [`reshape`][jaxnn.reshape], the batch axis kept.
 
-Forward ``y = x.reshape(batch, *shape)``; backward ``dx = dy.reshape(x.shape)``: a reshape moves
-no entry relative to the row-major order, so its derivative is the reshape back.
+Forward and backward, with $N$ the batch size:
+
+$$
+y = \operatorname{reshape}(x, (N, \text{shape})) \qquad
+dx = \operatorname{reshape}(dy, \operatorname{shape}(x))
+$$
+
+A reshape moves no entry relative to the row-major order, so its derivative is the reshape
+back.
 """
 
 from __future__ import annotations
@@ -43,11 +50,22 @@ def _shape_layer(name: str, target_of) -> Layer:
 def flatten() -> Layer:
     """All axes after the batch axis flattened into one: ``(N, d1, …, dk) → (N, d1·…·dk)``.
 
-    Row-major order (the last axis varies fastest), as ``x.reshape(N, -1)``.
+    Row-major order (the last axis varies fastest), as ``x.reshape(N, -1)``; the backward is
+    ``dy.reshape(x.shape)``.
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.flatten()(jnp.ones((2, 3, 4, 5))).shape
-    (2, 60)
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
+
+    Examples:
+        >>> layer = jaxnn.flatten()
+        >>> layer(jnp.ones((2, 3, 4, 5))).shape
+        (2, 60)
+        >>> layer.init(jax.random.key(0), (-1, 7, 7, 16))[0]  # before a dense head
+        (-1, 784)
+        >>> layer(jnp.arange(8.0).reshape(2, 2, 2)).tolist()  # the last axis varies fastest
+        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
+        >>> jax.grad(lambda x: layer(x).sum())(jnp.ones((2, 3, 4))).shape
+        (2, 3, 4)
     """
     return _shape_layer("flatten", lambda shape: (math.prod(shape),))
 
@@ -59,9 +77,17 @@ def reshape(shape: Sequence[int]) -> Layer:
       shape: the new non-batch shape; one entry may be ``-1``, inferred from the size. The
         number of entries per example must not change.
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.reshape((4, -1))(jnp.ones((2, 12))).shape
-    (2, 4, 3)
+    Returns:
+      A parameter-free [`jaxnn.Layer`][jaxnn.Layer]; its backward is ``dy.reshape(x.shape)``.
+
+    Examples:
+        >>> layer = jaxnn.reshape((4, -1))
+        >>> layer(jnp.ones((2, 12))).shape
+        (2, 4, 3)
+        >>> layer.init(jax.random.key(0), (-1, 12))[0]
+        (-1, 4, 3)
+        >>> jax.grad(lambda x: layer(x).sum())(jnp.ones((2, 12))).shape
+        (2, 12)
     """
     name = "reshape"
     if isinstance(shape, int) or not isinstance(shape, Sequence):
