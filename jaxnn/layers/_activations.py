@@ -207,7 +207,7 @@ def leaky_relu_layer(negative_slope: float = 0.01) -> Layer:
         that the sign of ``a`` is the sign of ``z`` and the output can be kept as the residual.
 
     At exactly $z = 0$ the derivative is the slope $s$ (``jax.nn.leaky_relu``'s autodiff
-    gives 1 there; see docs/porting.md).
+    gives 1 there; see docs/guides/porting.md).
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer].
@@ -372,7 +372,7 @@ def gelu_layer(approximate: bool = False) -> Layer:
     and takes the second term as 0, so that $z^3$ cannot overflow in float16).
 
     The default is the exact form, as in PyTorch; ``jax.nn.gelu`` and Flax default to the tanh
-    approximation (``approximate=True`` here; see docs/porting.md).
+    approximation (``approximate=True`` here; see docs/guides/porting.md).
 
     Args:
       approximate: use the tanh approximation instead of the exact $\operatorname{erf}$ form.

@@ -93,7 +93,7 @@ def dropout(rate: float) -> Layer:
         if key is None:
             raise ValueError(
                 "dropout: training mode needs a PRNG key, got key=None; pass "
-                "jaxnn.apply(..., key=jax.random.key(seed), train=True), or use "
+                "jaxnn.apply(..., key=jax.random.key(seed), train=True), or "
                 "give the training step a key: step(params, state, opt_state, x, y, key)"
             )
         keep = jax.random.bernoulli(key, keep_probability, x.shape)

@@ -242,7 +242,7 @@ def batch_norm(
     (so ``momentum`` is the weight of the past: 0.99 averages over about 100 batches) with the
     batch mean and the **unbiased** batch variance $\sigma^2_B \cdot N / (N - 1)$, the estimate of
     the population variance the original batch-norm paper uses at inference (and PyTorch keeps;
-    Flax's ``BatchNorm`` keeps the biased $\sigma^2_B$, see docs/porting.md).
+    Flax's ``BatchNorm`` keeps the biased $\sigma^2_B$, see docs/guides/porting.md).
     The normalization itself uses the biased $\sigma^2_B$. In evaluation mode the running
     statistics are used and the state is returned unchanged. The state's cotangent is dropped,
     as for all state.
@@ -458,7 +458,7 @@ def layer_norm(
 
     Args:
       epsilon: $\varepsilon$ added to the variance. The default 1e-5 is PyTorch's; Flax's
-        ``LayerNorm`` uses 1e-6 (see docs/porting.md).
+        ``LayerNorm`` uses 1e-6 (see docs/guides/porting.md).
       use_scale: learn $\gamma$ (params entry ``"scale"``, shape ``(F,)``).
       use_offset: learn $\beta$ (params entry ``"offset"``, shape ``(F,)``).
       scale_init: initializer of $\gamma$ (ones).

@@ -156,7 +156,7 @@ def max_pool(
       window: the window, one entry per spatial axis: ``(2,)`` for ``(N, W, C)`` inputs,
         ``(2, 2)`` for ``(N, H, W, C)`` inputs.
       strides: the step between windows (default: the window, i.e. non-overlapping windows,
-        as in PyTorch; Flax's default is 1, see docs/porting.md).
+        as in PyTorch; Flax's default is 1, see docs/guides/porting.md).
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``(low, high)`` pairs, each smaller
         than the window; padded positions are ``−∞`` and never win.
 
@@ -234,13 +234,13 @@ def avg_pool(
     Args:
       window: the window, one entry per spatial axis.
       strides: the step between windows (default: the window, as in PyTorch; Flax's default
-        is 1, see docs/porting.md).
+        is 1, see docs/guides/porting.md).
       padding: ``"VALID"`` (default), ``"SAME"`` or explicit ``(low, high)`` pairs, each smaller
         than the window; padded positions hold zeros.
       count_include_pad: if false (default) a window's sum is divided by the number of its real
         entries, so padding never dilutes the mean; if true, by the full window size (Flax's
         ``avg_pool`` and PyTorch's ``AvgPool2d`` default to including the padding, see
-        docs/porting.md).
+        docs/guides/porting.md).
 
     Returns:
       A parameter-free [`jaxnn.Layer`][jaxnn.Layer]. Its backward gives each entry of a window
