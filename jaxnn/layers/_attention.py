@@ -138,8 +138,8 @@ def multi_head_attention(
 ) -> Layer:
     r"""Multi-head scaled dot-product attention, ``softmax(QKᵀ/√d) V``, memory-linear in time.
 
-    With $h$ heads of width $d = D / h$ (head $k$ takes columns $kd$ to $(k + 1)d$ of the
-    projections):
+    With $h$ heads of width $d = D / h$ (head $k$ takes columns $(k - 1)d + 1$ to $kd$ of the
+    projections $Q$, $K$, $V$):
 
     $$
     y = \operatorname{concat}_{k=1}^{h}\left(\operatorname{softmax}\left(
