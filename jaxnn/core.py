@@ -1,4 +1,4 @@
-"""The Layer protocol and the wiring of hand-derived backward passes into JAX.
+r"""The Layer protocol and the wiring of hand-derived backward passes into JAX.
 
 A [`Layer`][jaxnn.Layer] is four pure functions in a frozen record (read like a NamedTuple: fields,
 tuple unpacking, ``_replace``), in the spirit of optax's ``GradientTransformation`` and stax's
@@ -13,12 +13,34 @@ tuple unpacking, ``_replace``), in the spirit of optax's ``GradientTransformatio
   hand (the classic ``dZ = dA * g'(Z)``, ``dW = A_prevᵀ dZ``, ``db = Σ dZ``, ``dA_prev = dZ Wᵀ``).
   It never calls ``jax.vjp`` or ``jax.grad``.
 
+For a dense layer followed by an activation $g$, in jaxnn's examples-first layout (the rows of
+$A_{\text{prev}}$ are the $m$ examples, $W$ is $(n_{\text{in}}, n_{\text{out}})$), ``forward``
+computes
+
+$$ Z = A_{\text{prev}} W + b, \qquad A = g(Z) $$
+
+and ``backward`` turns the gradient $dA = \partial J / \partial A$ of whatever comes after into
+the classic four formulas, transposed for this layout:
+
+$$
+dZ = dA \odot g'(Z) \qquad dW = A_{\text{prev}}^\top dZ \qquad
+db = \sum_{i} dZ_{i} \qquad dA_{\text{prev}} = dZ\, W^\top
+$$
+
+In general ``backward`` is the vector-Jacobian product of ``forward``: given
+$dy = \partial J / \partial y$ it returns
+
+$$
+d\theta = \left(\frac{\partial y}{\partial \theta}\right)^\top dy, \qquad
+dx = \left(\frac{\partial y}{\partial x}\right)^\top dy
+$$
+
+with $d\theta$ shaped like ``params`` and $dx$ like the input.
+
 [`apply`][jaxnn.apply] attaches ``backward`` to ``forward`` with ``jax.custom_vjp``, so
-``jax.grad``,
-``jax.vjp`` and ``jax.value_and_grad`` of any function of the output use the hand-derived rule.
-[`reference_apply`][jaxnn.reference_apply] runs the very same ``forward`` under plain autodiff; the
-gradient check
-compares the two.
+``jax.grad``, ``jax.vjp`` and ``jax.value_and_grad`` of any function of the output use the
+hand-derived rule. [`reference_apply`][jaxnn.reference_apply] runs the very same ``forward``
+under plain autodiff; the gradient check compares the two.
 
 State (batch-norm running statistics, say) flows forward only: its cotangent is dropped, as if
 ``new_state`` went through ``jax.lax.stop_gradient``.
@@ -70,6 +92,21 @@ class Record:
     A NamedTuple instance cannot be weakly referenced, and ``jax.jit`` (like other function
     caches) needs that; a frozen dataclass can, so layers and losses are usable wherever JAX
     expects a function (``jax.jit(jaxnn.relu())``, ``jax.jit(jaxnn.mean_squared_error)``).
+
+    Examples:
+      A user's own record is a frozen dataclass deriving from it:
+
+      >>> import dataclasses
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class Pair(jaxnn.core.Record):
+      ...     first: int
+      ...     second: int
+      >>> pair = Pair(1, 2)
+      >>> pair._fields, tuple(pair), pair[1], len(pair)
+      (('first', 'second'), (1, 2), 2, 2)
+      >>> first, second = pair._replace(second=5)
+      >>> second, pair._asdict()
+      (5, {'first': 1, 'second': 2})
     """
 
     @property
@@ -116,6 +153,27 @@ class Layer(Record):
         the names aligned with ``sublayers``; its params and state are then dicts keyed by
         them, and paths read ``"serial/head:dense"``. ``()`` for positional sublayers (params
         and state are tuples, paths read ``"serial/1:dense"``) and for leaves.
+
+    Examples:
+      A built-in layer is such a record; its functions can be called one by one:
+
+      >>> layer = jaxnn.dense(3)
+      >>> layer.name, layer._fields[:4], layer.weights
+      ('dense', ('name', 'init', 'forward', 'backward'), ('W',))
+      >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 2))
+      >>> out_shape, jax.tree.map(jnp.shape, params), state
+      ((-1, 3), {'W': (2, 3), 'b': (3,)}, ())
+      >>> x = jnp.ones((4, 2))
+      >>> y, new_state, residuals = layer.forward(params, state, x, key=None, train=False)
+      >>> dparams, dx = layer.backward(params, residuals, jnp.ones_like(y))
+      >>> y.shape, jax.tree.map(jnp.shape, dparams), dx.shape
+      ((4, 3), {'W': (2, 3), 'b': (3,)}, (4, 2))
+
+      A combinator lists its sublayers:
+
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu())
+      >>> net, [sub.name for sub in net.sublayers]
+      (serial(dense, relu), ['dense', 'relu'])
     """
 
     name: str
@@ -275,7 +333,7 @@ def apply(
     key: PRNGKey | None = None,
     train: bool = False,
 ) -> tuple[Array, State]:
-    """Runs ``layer`` forward with its hand-derived backward attached.
+    r"""Runs ``layer`` forward with its hand-derived backward attached.
 
     Args:
       layer: the layer (or whole network).
@@ -291,16 +349,25 @@ def apply(
     Reverse mode only: JAX refuses forward mode (``jax.jvp``, ``jax.jacfwd``,
     ``jax.linearize``) through a ``custom_vjp`` function, so for forward-mode derivatives use
     [`reference_apply`][jaxnn.reference_apply] (the same forward under plain autodiff). Second
-    derivatives work
-    here, because they differentiate the hand-derived backward, which is plain JAX:
+    derivatives work here, because they differentiate the hand-derived backward, which is plain JAX:
     ``jax.hessian`` (forward over reverse) and ``jax.jacrev(jax.jacrev(f))``.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.dense(3)
-    >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
-    >>> y, _ = jaxnn.apply(layer, params, state, jnp.ones((4, 2)))
-    >>> y.shape
-    (4, 3)
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> layer = jaxnn.dense(3)
+      >>> _, params, state = layer.init(jax.random.key(0), (-1, 2))
+      >>> y, _ = jaxnn.apply(layer, params, state, jnp.ones((4, 2)))
+      >>> y.shape
+      (4, 3)
+
+      ``jax.grad`` of a function of ``y`` runs ``dense``'s hand-derived backward
+      ($dW = x^\top dZ$, $db = \sum_i dZ_i$, with $dZ$ all ones here):
+
+      >>> def total(params, x):
+      ...     return jaxnn.apply(layer, params, (), x)[0].sum()
+      >>> grads = jax.grad(total)(params, jnp.ones((4, 2)))
+      >>> grads["W"].tolist(), grads["b"].tolist()
+      ([[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]], [4.0, 4.0, 4.0])
     """
     return _apply_rule(layer, train, _input_spec(x))(params, state, x, key)
 
@@ -318,13 +385,43 @@ def reference_apply(
 
     ``jax.grad`` through this path differentiates the forward's own operations and never calls
     ``layer.backward``: it is the reference the hand-derived gradients are checked against.
+
+    Examples:
+      The hand-derived gradient and the autodiff reference agree:
+
+      >>> layer = jaxnn.serial(jaxnn.dense(3), jaxnn.tanh(), jaxnn.dense(1))
+      >>> _, params, _ = layer.init(jax.random.key(0), (-1, 2))
+      >>> x = jax.random.normal(jax.random.key(1), (5, 2))
+      >>> def cost(run, params):
+      ...     return jnp.sum(run(layer, params, (), x)[0] ** 2)
+      >>> by_hand = jax.grad(lambda p: cost(jaxnn.apply, p))(params)
+      >>> by_autodiff = jax.grad(lambda p: cost(jaxnn.reference_apply, p))(params)
+      >>> jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, atol=1e-5)),
+      ...                           by_hand, by_autodiff))
+      True
+
+      Unlike [`apply`][jaxnn.apply], it supports forward mode:
+
+      >>> jax.jacfwd(lambda x: jaxnn.reference_apply(layer, params, (), x)[0])(x).shape
+      (5, 1, 5, 2)
     """
     y, new_state, _ = layer.forward(params, state, x, key=key, train=train)
     return y, new_state
 
 
 def split_key(key: PRNGKey | None, n: int) -> Sequence[PRNGKey | None]:
-    """``n`` independent keys from ``key``, or ``n`` Nones when there is no key."""
+    """``n`` independent keys from ``key``, or ``n`` Nones when there is no key.
+
+    Combinators use it to give each sublayer its own key in ``forward`` (``key`` is ``None``
+    outside training).
+
+    Examples:
+      >>> keys = jaxnn.core.split_key(jax.random.key(0), 3)
+      >>> len(keys), bool((jax.random.key_data(keys[0]) != jax.random.key_data(keys[1])).any())
+      (3, True)
+      >>> jaxnn.core.split_key(None, 2)
+      (None, None)
+    """
     if key is None:
         return (None,) * n
     return tuple(jax.random.split(key, n))
@@ -337,15 +434,42 @@ def leaf_layer(
     backward: BackwardFn,
     weights: tuple[str, ...] = (),
 ) -> Layer:
-    """Makes a leaf [`Layer`][jaxnn.Layer] (a convenience for users' own layers); ``weights`` names
-    the
-    parameters L2 regularization acts on."""
+    r"""Makes a leaf [`Layer`][jaxnn.Layer] (a convenience for users' own layers); ``weights``
+    names the parameters L2 regularization acts on.
+
+    Examples:
+      A layer of one's own, $y = x^2$ with the hand-derived $dx = 2x \odot dy$:
+
+      >>> def forward(params, state, x, *, key=None, train=False):
+      ...     return x ** 2, state, x          # residuals: what backward needs
+      >>> def backward(params, x, dy):
+      ...     return (), 2 * x * dy            # (dparams, dx)
+      >>> square = jaxnn.core.leaf_layer(
+      ...     "square", jaxnn.core.stateless_init(lambda shape: shape), forward, backward)
+      >>> square
+      square
+      >>> x = jnp.array([1.0, 2.0, 3.0])
+      >>> jax.grad(lambda x: jaxnn.apply(square, (), (), x)[0].sum())(x).tolist()
+      [2.0, 4.0, 6.0]
+
+      [`jaxnn.gradcheck.check_layer`][jaxnn.gradcheck.check_layer] verifies such a backward
+      against autodiff and finite differences.
+    """
     return Layer(name=name, init=init, forward=forward, backward=backward,
                  weights=tuple(weights))
 
 
 def sublayer_labels(layer: Layer) -> tuple[str, ...]:
-    """How ``layer``'s sublayers are labelled in paths: their names, or ``"0"``, ``"1"``, …"""
+    """How ``layer``'s sublayers are labelled in paths: their names, or ``"0"``, ``"1"``, …
+
+    Examples:
+      >>> jaxnn.core.sublayer_labels(jaxnn.serial(jaxnn.dense(2), jaxnn.relu()))
+      ('0', '1')
+      >>> jaxnn.core.sublayer_labels(jaxnn.serial(enc=jaxnn.dense(2), head=jaxnn.dense(1)))
+      ('enc', 'head')
+      >>> jaxnn.core.sublayer_labels(jaxnn.dense(2))
+      ()
+    """
     return layer.names or tuple(str(i) for i in range(len(layer.sublayers)))
 
 
@@ -371,11 +495,12 @@ def children(layer: Layer, tree: Any, what: str = "params") -> list[tuple[str, L
       ValueError: ``tree`` does not have one entry per sublayer; the message names the
         combinator and says what was expected.
 
-    >>> import jax, jaxnn
-    >>> net = jaxnn.serial(enc=jaxnn.dense(2), head=jaxnn.dense(1))
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
-    >>> [(label, sub.name, p["W"].shape) for label, sub, p in jaxnn.core.children(net, params)]
-    [('enc', 'dense', (3, 2)), ('head', 'dense', (2, 1))]
+    Examples:
+      >>> import jax, jaxnn
+      >>> net = jaxnn.serial(enc=jaxnn.dense(2), head=jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+      >>> [(label, sub.name, p["W"].shape) for label, sub, p in jaxnn.core.children(net, params)]
+      [('enc', 'dense', (3, 2)), ('head', 'dense', (2, 1))]
     """
     subs, n = layer.sublayers, len(layer.sublayers)
     if isinstance(tree, tuple) and not tree:
@@ -398,6 +523,19 @@ def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None
     ``path`` names where the leaf sits: ``"serial/2:dense"`` for the third layer of a serial,
     ``"serial/head:dense"`` for the layer named ``head``; combinators are kept (with their
     names).
+
+    Examples:
+      The paths of a network's leaves, and the network with every ``relu`` made a ``tanh``:
+
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(),
+      ...                    jaxnn.residual(jaxnn.serial(jaxnn.dense(4), jaxnn.relu())))
+      >>> paths = []
+      >>> _ = jaxnn.map_leaves(lambda leaf, path: paths.append(path) or leaf, net)
+      >>> paths  # doctest: +NORMALIZE_WHITESPACE
+      ['serial/0:dense', 'serial/1:relu', 'serial/2:residual/0:serial/0:dense',
+       'serial/2:residual/0:serial/1:relu']
+      >>> jaxnn.map_leaves(lambda leaf, path: jaxnn.tanh() if leaf.name == "relu" else leaf, net)
+      serial(dense, tanh, residual(serial(dense, tanh)))
     """
     path = layer.name if path is None else path
     if not layer.sublayers:
@@ -414,7 +552,19 @@ def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None
 def stateless_init(
     out_shape_fn: Callable[[Shape], Shape],
 ) -> InitFn:
-    """An ``init`` for layers with no parameters and no state."""
+    """An ``init`` for layers with no parameters and no state.
+
+    Args:
+      out_shape_fn: maps the input shape (a tuple, batch axis first) to the output shape.
+
+    Returns:
+      ``init(key, in_shape) -> (out_shape_fn(in_shape), (), ())``.
+
+    Examples:
+      >>> init = jaxnn.core.stateless_init(lambda shape: shape[:-1] + (2 * shape[-1],))
+      >>> init(jax.random.key(0), (-1, 3))
+      ((-1, 6), (), ())
+    """
 
     def init(key: PRNGKey, in_shape: Shape) -> tuple[Shape, Params, State]:
         del key
@@ -428,6 +578,13 @@ def check_features(layer_name: str, x: Array, expected: int, axis: int = -1) -> 
 
     Called in ``forward`` at trace time, so a mismatch is a Python error naming the layer
     rather than an XLA shape error.
+
+    Examples:
+      >>> jaxnn.core.check_features("dense", jnp.zeros((4, 3)), 3)  # fine: returns None
+      >>> jaxnn.core.check_features("dense", jnp.zeros((4, 5)), 3)
+      Traceback (most recent call last):
+      ...
+      ValueError: dense: expected input with 3 features on axis -1, got shape (4, 5) (5 features)
     """
     if x.ndim == 0:
         raise ValueError(f"{layer_name}: expected an input with a feature axis, got a scalar")
@@ -440,7 +597,15 @@ def check_features(layer_name: str, x: Array, expected: int, axis: int = -1) -> 
 
 
 def check_float(layer_name: str, x: Array, argument: str = "input") -> None:
-    """Raises a clear error when ``x`` is not a floating-point array."""
+    """Raises a clear error when ``x`` is not a floating-point array.
+
+    Examples:
+      >>> jaxnn.core.check_float("dense", jnp.zeros(3))  # fine: returns None
+      >>> jaxnn.core.check_float("dense", jnp.arange(3, dtype=jnp.int32))
+      Traceback (most recent call last):
+      ...
+      TypeError: dense: expected a floating-point input, got dtype int32; convert it with ...
+    """
     dtype = getattr(x, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
@@ -455,9 +620,14 @@ def check_positive_int(layer_name: str, argument: str, value: Any) -> int:
     Any integer type is accepted (``3``, ``np.int64(3)``); ``True`` is refused, as are floats
     (``3.0``) and arrays.
 
-    >>> import numpy as np
-    >>> check_positive_int("dense", "features", np.int64(3))
-    3
+    Examples:
+      >>> import numpy as np
+      >>> jaxnn.core.check_positive_int("dense", "features", np.int64(3))
+      3
+      >>> jaxnn.core.check_positive_int("dense", "features", 3.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: dense: features must be a positive int, got 3.0
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{layer_name}: {argument} must be a positive int, got {value!r}")
@@ -475,14 +645,28 @@ def check_params(layer_name: str, params: Params,
 
     Called in ``forward`` while tracing (so under ``jit`` too). ``expected`` maps each entry's
     name to its shape, ``None`` standing for a size the input decides (checked against the
-    input by [`check_features`][jaxnn.core.check_features]). Every entry must be a floating-point
-    array. A layer
-    without parameters passes ``{}`` and accepts any pytree without arrays (``()``, ``{}``).
+    input by [`check_features`][jaxnn.core.check_features]). Every entry must be a
+    floating-point array. A layer without parameters passes ``{}`` and accepts any pytree
+    without arrays (``()``, ``{}``).
 
     Raises:
       ValueError: naming the layer and the missing, extra or mis-shaped entry, with the
         expected and the actual shape.
       TypeError: naming the layer and the entry that is not a floating-point array.
+
+    Examples:
+      >>> expected = {"W": (None, 2), "b": (2,)}   # W's first axis: the input's width
+      >>> jaxnn.core.check_params("dense", {"W": jnp.zeros((3, 2)), "b": jnp.zeros(2)},
+      ...                         expected)  # fine: returns None
+      >>> jaxnn.core.check_params("dense", {"W": jnp.zeros((3, 2))}, expected)
+      Traceback (most recent call last):
+      ...
+      ValueError: dense: params lack the entry 'b'; expected the entries 'W' (any, 2), 'b' (2,), ...
+      >>> jaxnn.core.check_params("dense", {"W": jnp.zeros((3, 4)), "b": jnp.zeros(2)},
+      ...                         expected)
+      Traceback (most recent call last):
+      ...
+      ValueError: dense: params['W'] must have shape (any, 2), got (3, 4)
     """
     if not expected:
         leaves = jax.tree_util.tree_leaves(params)

@@ -1,4 +1,4 @@
-"""Losses, each a value and its hand-derived derivatives.
+r"""Losses, each a value and its hand-derived derivatives.
 
 The classic derivation keeps ``dJ/dA[L]`` apart from the network, because it depends on the task: a
 [`Loss`][jaxnn.Loss] is ``value(prediction, target)`` next to ``grad(prediction, target)``, both by
@@ -10,25 +10,75 @@ distillation from a learned teacher, or a loss between two network outputs). Cal
 Reductions: every loss is a mean over examples (axis 0). The elementwise losses
 (binary cross-entropy, mean squared error) average over every entry, so with one output per
 example this is the classic ``J = (1/m) Σ_i L_i``; softmax cross-entropy sums over the class axis
-and averages over examples.
+and averages over examples. Below, $n$ is the number of entries of the prediction and $m$ the
+number of examples (rows); $a$ is a probability, $z$ a logit, $p$ a prediction, $y$ the target.
+
+Each loss below gives its $J$ and its derivatives by hand; in short, binary cross-entropy on
+probabilities, on logits, softmax cross-entropy on logits and mean squared error:
+
+$$
+J = -\frac{1}{n} \sum \left[y \log a + (1 - y) \log(1 - a)\right] \qquad
+\frac{\partial J}{\partial a} = -\frac{1}{n} \left(\frac{y}{a} - \frac{1 - y}{1 - a}\right)
+\qquad \frac{\partial J}{\partial y} = -\frac{1}{n} \log \frac{a}{1 - a}
+$$
+
+$$
+J = \frac{1}{n} \sum \left[\operatorname{softplus}(z) - z y\right] \qquad
+\frac{\partial J}{\partial z} = \frac{1}{n} \left(\sigma(z) - y\right) \qquad
+\frac{\partial J}{\partial y} = -\frac{1}{n} z
+$$
+
+$$
+J = -\frac{1}{m} \sum_{i} \sum_{j} y_{ij} \log p_{ij} \qquad
+\frac{\partial J}{\partial z} = \frac{1}{m} (p - y) \qquad
+\frac{\partial J}{\partial y} = -\frac{1}{m} \log p
+$$
+
+$$
+J = \frac{1}{n} \sum (p - y)^2 \qquad
+\frac{\partial J}{\partial p} = \frac{2}{n} (p - y) \qquad
+\frac{\partial J}{\partial y} = -\frac{2}{n} (p - y)
+$$
+
+(for softmax cross-entropy $p = \operatorname{softmax}(z)$ row by row).
 
 Targets never broadcast: a target whose shape differs from the prediction's is an error.
 
 Stable fused forms. A sigmoid output followed by
 [`binary_cross_entropy`][jaxnn.binary_cross_entropy] has
-``dZ[L] = (1/m)(A[L] − Y)``;
-[`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits] computes exactly that
-from
-the logits without ever forming ``log(0)``. [`jaxnn.fuse`][jaxnn.fuse] rewrites
+``dZ[L] = (1/m)(A[L] − Y)``: with $a = \sigma(z)$ and $\sigma'(z) = a(1 - a)$, the chain rule
+cancels the denominators,
+
+$$
+\frac{\partial J}{\partial z} = \frac{\partial J}{\partial a} \odot a (1 - a)
+= -\frac{1}{n}\left(y (1 - a) - (1 - y) a\right) = \frac{1}{n} (a - y)
+$$
+
+[`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits] computes exactly
+that from the logits without ever forming ``log(0)``. [`jaxnn.fuse`][jaxnn.fuse] rewrites
 ``serial(…, sigmoid())`` with ``binary_cross_entropy`` into ``serial(…)`` with
 ``binary_cross_entropy_with_logits``, and the training functions apply it, so training always
-uses the stable ``a − y``. Softmax
-cross-entropy takes logits and its derivative is ``(p − onehot)/m``.
+uses the stable ``a − y``. Softmax cross-entropy takes logits and its derivative is
+``(p − onehot)/m``: for a target row that sums to 1,
+
+$$
+\frac{\partial J}{\partial z_{ij}} = \frac{1}{m}\left(p_{ij} \sum_{k} y_{ik} - y_{ij}\right)
+= \frac{1}{m} \left(p_{ij} - y_{ij}\right)
+$$
+
+which is $\frac{1}{m}(p - \text{onehot})$ for class labels.
+
+The target gradient $\partial J / \partial y$ (``target_grad``) is what makes a loss between
+two learned outputs trainable on both sides (a student against a learned teacher): calling
+``jax.grad(loss, argnums=1)`` runs it, by hand like ``grad``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import pathlib
 from collections.abc import Callable
 
 import jax
@@ -45,11 +95,11 @@ __all__ = [
     "softmax_cross_entropy",
 ]
 
-#: The clipping of [`binary_cross_entropy`][jaxnn.binary_cross_entropy]: probabilities are
-#: kept in ``[ε, 1 − ε]`` with ``ε = max(BCE_EPSILON, machine epsilon of the prediction's
-#: dtype)`` (1e-7 in float32 and float64; 2⁻¹⁰ in float16, 2⁻⁷ in bfloat16, so the derivative
-#: ``1/ε`` stays representable).
 BCE_EPSILON = 1e-7
+"""The clipping of [`binary_cross_entropy`][jaxnn.binary_cross_entropy]: probabilities are
+kept in ``[ε, 1 − ε]`` with ``ε = max(BCE_EPSILON, machine epsilon of the prediction's
+dtype)`` (1e-7 in float32 and float64; 2⁻¹⁰ in float16, 2⁻⁷ in bfloat16, so the derivative
+``1/ε`` stays representable)."""
 
 
 def _bce_epsilon(dtype) -> float:
@@ -58,7 +108,7 @@ def _bce_epsilon(dtype) -> float:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Loss(Record):
-    """A loss: a value and its hand-derived derivatives.
+    r"""A loss: a value and its hand-derived derivatives.
 
     A frozen record read like a NamedTuple (fields, ``_replace``); unlike a NamedTuple it can be
     weakly referenced, so ``jax.jit(loss)`` works.
@@ -72,6 +122,32 @@ class Loss(Record):
       target_grad: ``(prediction, target) -> dJ/dtarget``, derived by hand (``None`` for integer
         targets). A loss without one refuses to be differentiated with respect to its target
         (an error, never a silent zero); its target may still be a constant.
+
+    Examples:
+      A loss of one's own, mean absolute error $J = \frac{1}{n} \sum |p - y|$ with
+      $\partial J / \partial p = \frac{1}{n} \operatorname{sign}(p - y)$:
+
+      >>> mae = jaxnn.Loss(
+      ...     "mean_absolute_error",
+      ...     value=lambda p, y: jnp.mean(jnp.abs(p - y)),
+      ...     grad=lambda p, y: jnp.sign(p - y) / p.size)
+      >>> p, y = jnp.array([[0.5], [3.0]]), jnp.array([[1.0], [1.0]])
+      >>> round(float(mae(p, y)), 4)
+      1.25
+      >>> jax.grad(mae)(p, y).ravel().tolist()          # runs the grad given above
+      [-0.5, 0.5]
+
+      It has no ``target_grad``, so its target may only be a constant:
+
+      >>> jax.grad(mae, argnums=1)(p, y)
+      Traceback (most recent call last):
+      ...
+      TypeError: mean_absolute_error: this loss has no hand-derived derivative with respect ...
+
+      The built-in losses are such records:
+
+      >>> jaxnn.mean_squared_error.name, jaxnn.mean_squared_error._fields
+      ('mean_squared_error', ('name', 'value', 'grad', 'fused', 'target_grad'))
     """
 
     name: str
@@ -121,13 +197,6 @@ def _loss_rule(loss: Loss):
 
     rule.defvjp(rule_fwd, rule_bwd, symbolic_zeros=True)
     return rule
-
-
-def _make_loss(name, value, grad, target_grad, doc, fused=None) -> Loss:
-    """A built-in loss, with its own documentation for ``help()``."""
-    loss = Loss(name, value, grad, fused=fused, target_grad=target_grad)
-    object.__setattr__(loss, "__doc__", doc)
-    return loss
 
 
 def _check_prediction(name: str, prediction: Array) -> None:
@@ -371,57 +440,183 @@ def _mse_target_grad(p: Array, y: Array) -> Array:
     return -2 * (p - y) / p.size
 
 
-binary_cross_entropy_with_logits = _make_loss(
-    _BCE_LOGITS, _bce_logits_value, _bce_logits_grad, _bce_logits_target_grad,
-    """Binary cross-entropy on logits: ``J = (1/n) Σ [softplus(z) − z·y]``.
+binary_cross_entropy_with_logits = Loss(
+    _BCE_LOGITS, _bce_logits_value, _bce_logits_grad, target_grad=_bce_logits_target_grad)
+r"""Binary cross-entropy on logits: ``J = (1/n) Σ [softplus(z) − z·y]``.
 
-    The stable fused form of a sigmoid followed by
-    [`binary_cross_entropy`][jaxnn.binary_cross_entropy], averaged over
-    every entry. Labels lie in ``[0, 1]`` (soft labels allowed); concrete labels outside it or
-    NaN are an error, traced ones (under ``jit``) give NaN.
+$$ J = \frac{1}{n} \sum_{k} \left[\operatorname{softplus}(z_k) - z_k y_k\right] \qquad
+\operatorname{softplus}(z) = \log\left(1 + e^{z}\right) $$
 
-    Derivatives: ``dJ/dz = (1/n)(σ(z) − y)``, ``dJ/dy = −z/n``.
-    """,
-)
+over the $n$ entries of $z$: the stable fused form of a sigmoid followed by
+[`binary_cross_entropy`][jaxnn.binary_cross_entropy], averaged over
+every entry. Labels lie in ``[0, 1]`` (soft labels allowed); concrete labels outside it or
+NaN are an error, traced ones (under ``jit``) give NaN.
 
-binary_cross_entropy = _make_loss(
-    _BCE, _bce_value, _bce_grad, _bce_target_grad,
-    """Binary cross-entropy on probabilities: ``J = −(1/n) Σ [y log a + (1 − y) log(1 − a)]``.
+Derivatives: ``dJ/dz = (1/n)(σ(z) − y)``, ``dJ/dy = −z/n``:
 
-    ``a`` is clipped to ``[ε, 1 − ε]`` (``BCE_EPSILON``) with a straight-through derivative.
-    Predictions must be probabilities: concrete values outside ``[0, 1]`` (logits by mistake)
-    are an error, traced ones give NaN; labels as for
-    [`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits].
-    Training rewrites a final sigmoid with this loss into the fused form
-    ([`jaxnn.fuse`][jaxnn.fuse]).
+$$ \frac{\partial J}{\partial z} = \frac{1}{n} \left(\sigma(z) - y\right) \qquad
+\frac{\partial J}{\partial y} = -\frac{1}{n} z $$
 
-    Derivatives: ``dJ/da = −(1/n)(y/a − (1 − y)/(1 − a))``, ``dJ/dy = −(1/n) log(a/(1 − a))``.
-    """,
-    fused=("sigmoid", binary_cross_entropy_with_logits),
-)
+Examples:
+  >>> z, y = jnp.array([[2.0], [-1.0]]), jnp.array([[1.0], [0.0]])
+  >>> round(float(jaxnn.binary_cross_entropy_with_logits(z, y)), 4)
+  0.2201
+  >>> dz = jax.grad(jaxnn.binary_cross_entropy_with_logits)(z, y)     # (σ(z) − y)/n
+  >>> [round(v, 4) for v in dz.ravel().tolist()]
+  [-0.0596, 0.1345]
+  >>> jax.grad(jaxnn.binary_cross_entropy_with_logits, argnums=1)(z, y).ravel().tolist()
+  [-1.0, 0.5]
 
-softmax_cross_entropy = _make_loss(
-    _SOFTMAX_CE, _softmax_ce_value, _softmax_ce_grad, _softmax_ce_target_grad,
-    """Softmax cross-entropy on logits: ``J = −(1/m) Σ_i Σ_j y_ij log softmax(z_i)_j``.
+  The same value as a sigmoid followed by binary cross-entropy on probabilities:
 
-    Logits are ``(batch, ..., classes)``; targets are integer class ids of shape
-    ``z.shape[:-1]`` or one-hot/probability rows of ``z``'s shape. Concrete ids out of range are
-    an error; traced ones give a row of NaN.
+  >>> round(float(jaxnn.binary_cross_entropy(jax.nn.sigmoid(z), y)), 4)
+  0.2201
+"""
 
-    Derivatives: ``dJ/dz = (1/m)(p − onehot)``; ``dJ/dy = −(1/m) log p`` for float targets
-    (class ids take no gradient).
-    """,
-)
+binary_cross_entropy = Loss(
+    _BCE, _bce_value, _bce_grad, target_grad=_bce_target_grad,
+    fused=("sigmoid", binary_cross_entropy_with_logits))
+r"""Binary cross-entropy on probabilities: ``J = −(1/n) Σ [y log a + (1 − y) log(1 − a)]``.
 
-mean_squared_error = _make_loss(
-    _MSE, _mse_value, _mse_grad, _mse_target_grad,
-    """Mean squared error over every entry: ``J = (1/n) Σ (p − y)²``.
+$$ J = -\frac{1}{n} \sum_{k} \left[y_k \log a_k + (1 - y_k) \log(1 - a_k)\right] $$
 
-    Half-precision predictions are reduced in float32, so the value is finite wherever
-    ``(p − y)²`` fits float32. The gradient comes back in the prediction's dtype: in float16 it
-    is finite while ``2|p − y|/n ≤ 65504``, i.e. ``|p − y| ≤ 32752·n`` (at ``p − y = 6e4`` a
-    batch of one entry overflows to inf; two entries do not).
+over the $n$ entries of $a$. ``a`` is clipped to ``[ε, 1 − ε]`` (``BCE_EPSILON``) with a
+straight-through derivative.
+Predictions must be probabilities: concrete values outside ``[0, 1]`` (logits by mistake)
+are an error, traced ones give NaN; labels as for
+[`binary_cross_entropy_with_logits`][jaxnn.binary_cross_entropy_with_logits].
+Training rewrites a final sigmoid with this loss into the fused form
+([`jaxnn.fuse`][jaxnn.fuse]), whose derivative with respect to the logits is
+$\frac{1}{n}(a - y)$.
 
-    Derivatives: ``dJ/dp = (2/n)(p − y)``, ``dJ/dy = −(2/n)(p − y)``.
-    """,
-)
+Derivatives: ``dJ/da = −(1/n)(y/a − (1 − y)/(1 − a))``, ``dJ/dy = −(1/n) log(a/(1 − a))``:
+
+$$ \frac{\partial J}{\partial a} = -\frac{1}{n} \left(\frac{y}{a} - \frac{1 - y}{1 - a}\right)
+\qquad \frac{\partial J}{\partial y} = -\frac{1}{n} \log \frac{a}{1 - a} $$
+
+Examples:
+  >>> a, y = jnp.array([[0.8], [0.4]]), jnp.array([[1.0], [0.0]])
+  >>> round(float(jaxnn.binary_cross_entropy(a, y)), 4)      # −(log 0.8 + log 0.6)/2
+  0.367
+  >>> da = jax.grad(jaxnn.binary_cross_entropy)(a, y)        # −(1/2)(1/0.8), (1/2)(1/0.6)
+  >>> [round(v, 4) for v in da.ravel().tolist()]
+  [-0.625, 0.8333]
+  >>> dy = jax.grad(jaxnn.binary_cross_entropy, argnums=1)(a, y)
+  >>> [round(v, 4) for v in dy.ravel().tolist()]
+  [-0.6931, 0.2027]
+
+  The last layer and the stable loss that replace a sigmoid followed by this loss:
+
+  >>> jaxnn.binary_cross_entropy.fused
+  ('sigmoid', binary_cross_entropy_with_logits)
+"""
+
+softmax_cross_entropy = Loss(
+    _SOFTMAX_CE, _softmax_ce_value, _softmax_ce_grad, target_grad=_softmax_ce_target_grad)
+r"""Softmax cross-entropy on logits: ``J = −(1/m) Σ_i Σ_j y_ij log softmax(z_i)_j``.
+
+$$ p_{ij} = \frac{e^{z_{ij}}}{\sum_{k} e^{z_{ik}}} \qquad
+J = -\frac{1}{m} \sum_{i} \sum_{j} y_{ij} \log p_{ij} $$
+
+with $i$ over the $m$ rows (the examples, times any axes between batch and classes) and $j$
+over the classes; $\log p$ is computed stably (``log_softmax``).
+Logits are ``(batch, ..., classes)``; targets are integer class ids of shape
+``z.shape[:-1]`` or one-hot/probability rows of ``z``'s shape. Concrete ids out of range are
+an error; traced ones give a row of NaN.
+
+Derivatives: ``dJ/dz = (1/m)(p − onehot)``; ``dJ/dy = −(1/m) log p`` for float targets
+(class ids take no gradient):
+
+$$ \frac{\partial J}{\partial z_{ij}} = \frac{1}{m}\left(p_{ij} \sum_{k} y_{ik} - y_{ij}\right)
+\qquad \frac{\partial J}{\partial y_{ij}} = -\frac{1}{m} \log p_{ij} $$
+
+(the first is $\frac{1}{m}(p_{ij} - y_{ij})$ when the target row sums to 1).
+
+Examples:
+  >>> z = jnp.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+  >>> labels = jnp.array([2, 0])
+  >>> round(float(jaxnn.softmax_cross_entropy(z, labels)), 4)
+  0.7531
+  >>> dz = jax.grad(jaxnn.softmax_cross_entropy)(z, labels)     # (p − onehot)/2
+  >>> [[round(v, 4) for v in row] for row in dz.tolist()]
+  [[0.045, 0.1224, -0.1674], [-0.3333, 0.1667, 0.1667]]
+
+  One-hot (or soft) targets give the same value, and a gradient of their own:
+
+  >>> onehot = jax.nn.one_hot(labels, 3)
+  >>> round(float(jaxnn.softmax_cross_entropy(z, onehot)), 4)
+  0.7531
+  >>> dy = jax.grad(jaxnn.softmax_cross_entropy, argnums=1)(z, onehot)   # −(log p)/2
+  >>> [round(v, 4) for v in dy[1].tolist()]
+  [0.5493, 0.5493, 0.5493]
+"""
+
+mean_squared_error = Loss(_MSE, _mse_value, _mse_grad, target_grad=_mse_target_grad)
+r"""Mean squared error over every entry: ``J = (1/n) Σ (p − y)²``.
+
+$$ J = \frac{1}{n} \sum_{k} (p_k - y_k)^2 $$
+
+over the $n$ entries of $p$.
+Half-precision predictions are reduced in float32, so the value is finite wherever
+``(p − y)²`` fits float32. The gradient comes back in the prediction's dtype: in float16 it
+is finite while ``2|p − y|/n ≤ 65504``, i.e. ``|p − y| ≤ 32752·n`` (at ``p − y = 6e4`` a
+batch of one entry overflows to inf; two entries do not).
+
+Derivatives: ``dJ/dp = (2/n)(p − y)``, ``dJ/dy = −(2/n)(p − y)``:
+
+$$ \frac{\partial J}{\partial p} = \frac{2}{n} (p - y) \qquad
+\frac{\partial J}{\partial y} = -\frac{2}{n} (p - y) $$
+
+Examples:
+  >>> p, y = jnp.array([[0.5], [2.0]]), jnp.array([[0.0], [1.0]])
+  >>> float(jaxnn.mean_squared_error(p, y))                  # (0.25 + 1)/2
+  0.625
+  >>> jax.grad(jaxnn.mean_squared_error)(p, y).ravel().tolist()             # (2/n)(p − y)
+  [0.5, 1.0]
+  >>> jax.grad(jaxnn.mean_squared_error, argnums=1)(p, y).ravel().tolist()  # −(2/n)(p − y)
+  [-0.5, -1.0]
+
+  In a training step, the loss of a network's output:
+
+  >>> net = jaxnn.dense(1)
+  >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+  >>> x = jnp.ones((2, 3))
+  >>> def cost(params):
+  ...     return jaxnn.mean_squared_error(jaxnn.apply(net, params, (), x)[0], y)
+  >>> jax.tree.map(jnp.shape, jax.grad(cost)(params))
+  {'W': (3, 1), 'b': (1,)}
+"""
+
+
+def _attribute_docstrings() -> dict[str, str]:
+    """The string literal written right under each module-level assignment of this file, by
+    name.
+
+    That literal is where a built-in loss is documented: mkdocstrings reads it from the source
+    (a ``Loss`` instance has no docstring of its own to read statically); setting it as the
+    instance's ``__doc__`` gives ``help()``, ``inspect.getdoc`` and doctest the same text.
+    """
+    try:
+        source = pathlib.Path(__file__).read_text(encoding="utf-8")
+    except OSError:  # no source shipped: the losses keep the Loss class's docstring
+        return {}
+    body = ast.parse(source).body
+    found = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            found[node.targets[0].id] = inspect.cleandoc(after.value.value)
+    return found
+
+
+_BUILT_IN = (binary_cross_entropy_with_logits, binary_cross_entropy, softmax_cross_entropy,
+             mean_squared_error)
+_DOCS = _attribute_docstrings()
+for _loss in _BUILT_IN:
+    if _loss.name in _DOCS:
+        object.__setattr__(_loss, "__doc__", _DOCS[_loss.name])
+
+__test__ = {_loss.name: _loss.__doc__ for _loss in _BUILT_IN if _loss.name in _DOCS}
+"""doctest runs the examples of the losses' docstrings from here: it looks for examples in
+functions and classes, and a loss is an instance."""

@@ -1,28 +1,59 @@
-"""Multi-head attention, memory-linear: a blockwise forward beside its hand-derived backward.
+r"""Multi-head attention, memory-linear: a blockwise forward beside its hand-derived backward.
 
 Per head, with ``Q = x_q Wq``, ``K = x_kv Wk``, ``V = x_kv Wv`` split into ``h`` heads of width
-``d`` and the output ``y = concat_heads(O) Wo``::
+``d`` and the output ``y = concat_heads(O) Wo``:
 
-    S = Q Kᵀ / √d   (masked entries −∞),   P = softmax_rows(S),   O = P V
+$$ Q = x_q W_q + b_q \qquad K = x_{kv} W_k + b_k \qquad V = x_{kv} W_v + b_v $$
+
+$$ S = \frac{Q K^\top}{\sqrt{d}} \qquad P = \operatorname{softmax}(S) \qquad O = P V $$
+
+$$ y = \operatorname{concat}_{\text{heads}}(O)\, W_o + b_o $$
+
+with the softmax taken along each row of $S$ (over the keys) and masked entries of $S$ set to
+$-\infty$.
 
 The forward never forms ``S`` whole: it runs over blocks of keys keeping, per query row, the
 running maximum ``m``, the running sum ``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``,
-rescaling all three by ``exp(m_old − m_new)`` when the maximum grows. It saves ``Q, K, V, O`` and
-the per-row log-sum-exp ``L = m + log l``, nothing of size ``T × T``.
+rescaling all three by ``exp(m_old − m_new)`` when the maximum grows. For the key block $j$,
+with $S_j = Q K_j^\top / \sqrt{d}$ and $a$ the running sum of rows of $V$, each query row
+updates
 
-The backward recomputes ``P = exp(S − L)`` block by block (``dO`` the gradient of ``O``)::
+$$ m' = \max\left(m, \max_{k} (S_j)_k\right) $$
 
-    D  = rowsum(dO ⊙ O)
-    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − D)
-    dQ = dS K / √d,   dK = dSᵀ Q / √d
+$$ l' = e^{m - m'}\, l + \sum_{k} e^{(S_j)_k - m'} $$
 
-then the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...).
+$$ a' = e^{m - m'}\, a + e^{S_j - m'}\, V_j $$
+
+starting from $m = -\infty$, $l = 0$, $a = 0$, and ends with
+
+$$ O = \frac{a}{l} \qquad L = m + \log l $$
+
+It saves ``Q, K, V, O`` and the per-row log-sum-exp ``L = m + log l``, nothing of size
+``T × T``.
+
+The backward recomputes ``P = exp(S − L)`` block by block (``dO`` the gradient of ``O``):
+
+$$ P = \exp(S - L) \qquad D = \operatorname{rowsum}(dO \odot O) $$
+
+$$ dV = P^\top dO \qquad dP = dO\, V^\top \qquad dS = P \odot (dP - D) $$
+
+$$ dQ = \frac{dS\, K}{\sqrt{d}} \qquad dK = \frac{dS^\top Q}{\sqrt{d}} $$
+
+$D$ is the softmax backward's row term, computed once from $O$ instead of from every block of
+$P$: for query row $i$, $\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$.
+Then come the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...):
+
+$$ dW_q = x_q^\top dQ \qquad db_q = \sum_{i} dQ_{i} \qquad dx_q = dQ\, W_q^\top $$
+
+and the same for $K$, $V$ and the output projection (with $dy$ and $\operatorname{concat}(O)$);
+in self-attention $x_q = x_{kv} = x$ and $dx = dx_q + dx_k + dx_v$.
 A query row whose keys are all masked outputs ``O = 0`` and passes no gradient.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,9 +134,17 @@ def multi_head_attention(
     block_size: int = 128,
     use_bias: bool = True,
     w_init: initializers.Initializer | None = None,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """Multi-head scaled dot-product attention, ``softmax(QKᵀ/√d) V``, memory-linear in time.
+    r"""Multi-head scaled dot-product attention, ``softmax(QKᵀ/√d) V``, memory-linear in time.
+
+    With $h$ heads of width $d = D / h$ (head $k$ takes columns $(k - 1)d + 1$ to $kd$ of the
+    projections $Q$, $K$, $V$):
+
+    $$
+    y = \operatorname{concat}_{k=1}^{h}\left(\operatorname{softmax}\left(
+    \frac{Q_k K_k^\top}{\sqrt{d}}\right) V_k\right) W_o + b_o
+    $$
 
     Inputs: ``x`` of shape ``(N, T, D_in)`` (self-attention), ``(x, key_mask)``,
     ``(queries, keys_values)`` (cross-attention) or ``(queries, keys_values, key_mask)``, where
@@ -129,16 +168,33 @@ def multi_head_attention(
       dtype: dtype of the parameters.
 
     Returns:
-      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv,
-      D),
-      "Wo": (D, D)}`` and biases ``"bq", "bk", "bv", "bo"`` of shape ``(D,)``.
+      A [`jaxnn.Layer`][jaxnn.Layer] with params
+      ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv, D), "Wo": (D, D)}`` and biases
+      ``"bq", "bk", "bv", "bo"`` of shape ``(D,)``.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.multi_head_attention(2, causal=True)
-    >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 5, 4))
-    >>> y, _ = jaxnn.apply(layer, params, (), jnp.ones((3, 5, 4)))
-    >>> out_shape, y.shape
-    ((-1, 5, 4), (3, 5, 4))
+    Examples:
+      Causal self-attention:
+
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> layer = jaxnn.multi_head_attention(2, causal=True)
+      >>> out_shape, params, _ = layer.init(jax.random.key(0), (-1, 5, 4))
+      >>> y, _ = jaxnn.apply(layer, params, (), jnp.ones((3, 5, 4)))
+      >>> out_shape, y.shape
+      ((-1, 5, 4), (3, 5, 4))
+      >>> sorted(jax.tree.map(jnp.shape, params).items())
+      [('Wk', (4, 4)), ('Wo', (4, 4)), ('Wq', (4, 4)), ('Wv', (4, 4)),
+       ('bk', (4,)), ('bo', (4,)), ('bq', (4,)), ('bv', (4,))]
+
+      Cross-attention with a key mask (``True`` for the keys that may be attended to):
+
+      >>> cross = jaxnn.multi_head_attention(2, features=8, block_size=2)
+      >>> shapes = ((-1, 3, 4), (-1, 6, 5), (-1, 6))
+      >>> out_shape, params, _ = cross.init(jax.random.key(0), shapes)
+      >>> queries, keys_values = jnp.ones((2, 3, 4)), jnp.ones((2, 6, 5))
+      >>> mask = jnp.arange(6).reshape(1, 6) < jnp.array([[6], [2]])   # 6 and 2 valid keys
+      >>> y, _ = jaxnn.apply(cross, params, (), (queries, keys_values, mask))
+      >>> out_shape, y.shape, params["Wk"].shape
+      ((-1, 3, 8), (2, 3, 8), (5, 8))
     """
     num_heads = check_positive_int(_NAME, "num_heads", num_heads)
     block_size = check_positive_int(_NAME, "block_size", block_size)

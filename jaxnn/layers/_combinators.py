@@ -1,12 +1,26 @@
-"""Combinators: layers made of layers. A network is itself a [`jaxnn.Layer`][jaxnn.Layer].
+r"""Combinators: layers made of layers. A network is itself a [`jaxnn.Layer`][jaxnn.Layer].
 
-``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``. Its backward is the classic chain rule
-walked in reverse: ``dA[L]`` goes into ``fL.backward``, whose ``dx`` is ``dA[L-1]`` for
-``f(L-1).backward``, and so on down to ``dA[0] = dx``.
+``serial(f1, …, fL)`` is the composition ``fL ∘ … ∘ f1``:
+
+$$ A^{[0]} = x, \qquad A^{[l]} = f_l\left(A^{[l-1]}\right), \qquad y = A^{[L]} $$
+
+Its backward is the classic chain rule walked in reverse: ``dA[L]`` goes into ``fL.backward``,
+whose ``dx`` is ``dA[L-1]`` for ``f(L-1).backward``, and so on down to ``dA[0] = dx``. With
+$J_{f_l}$ the Jacobian of layer $l$ with respect to its input and $\theta_l$ its parameters,
+each ``backward`` computes
+
+$$
+dA^{[l-1]} = J_{f_l}^\top \, dA^{[l]}, \qquad
+d\theta_l = \left(\frac{\partial A^{[l]}}{\partial \theta_l}\right)^\top dA^{[l]}
+$$
+
+for $l = L, \ldots, 1$, starting from $dA^{[L]} = dy$ and ending with $dx = dA^{[0]}$.
 
 ``parallel`` (fan-out to branches, a tuple of outputs), ``concatenate`` (a tuple back into one
 array) and ``residual`` (``x + f(x)``) compose their branches' backward the same way: the input
-gradient of a fan-out is the sum of the branches' ones.
+gradient of a fan-out is the sum of the branches' ones,
+
+$$ dx = \sum_{i} J_{f_i}^\top \, dy_i $$
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ _NAME_RULE = "a non-empty str without '/', ':' or whitespace that is not all dig
 
 
 def serial(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
-    """The layers applied one after another.
+    r"""The layers applied one after another.
 
     ``serial(f1, …, fL)`` takes positional layers: params and state are tuples with one entry
     per layer. ``serial(("enc", f1), ("head", f2))`` or ``serial(enc=f1, head=f2)`` names them:
@@ -30,14 +44,41 @@ def serial(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
     positional layers are errors. A network whose layers have no state has state ``()``. In
     ``forward`` each layer gets its own key split from ``key`` (when one is given).
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
-    >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 3))
-    >>> out_shape, state
-    ((-1, 1), ())
-    >>> named = jaxnn.serial(enc=jaxnn.dense(4), head=jaxnn.dense(1))
-    >>> list(named.init(jax.random.key(0), (-1, 3))[1])
-    ['enc', 'head']
+    Forward and backward (the chain rule, last layer first):
+
+    $$ y = f_L(\cdots f_2(f_1(x))) $$
+
+    $$ dA^{[L]} = dy, \qquad dA^{[l-1]} = J_{f_l}^\top \, dA^{[l]}, \qquad dx = dA^{[0]} $$
+
+    Args:
+      *layers: the layers in order, or ``(name, layer)`` pairs.
+      **named_layers: the layers by name, in order (instead of ``*layers``).
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] whose ``sublayers`` are the given layers.
+
+    Raises:
+      TypeError: an argument is not a layer (``jaxnn.relu`` without parentheses, say), or
+        named and positional layers are mixed.
+      ValueError: no layers, an invalid name, or a name given twice.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
+      >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 3))
+      >>> out_shape, state
+      ((-1, 1), ())
+      >>> [jax.tree.map(jnp.shape, p) for p in params]
+      [{'W': (3, 4), 'b': (4,)}, (), {'W': (4, 1), 'b': (1,)}]
+      >>> y, _ = jaxnn.apply(net, params, state, jnp.ones((2, 3)))
+      >>> y.shape
+      (2, 1)
+
+      Named layers give params keyed by name:
+
+      >>> named = jaxnn.serial(enc=jaxnn.dense(4), head=jaxnn.dense(1))
+      >>> list(named.init(jax.random.key(0), (-1, 3))[1])
+      ['enc', 'head']
     """
     layers, names = _sublayers("serial", layers, named_layers)
     n = len(layers)
@@ -167,23 +208,37 @@ def _add_gradients(a, b):
 
 
 def parallel(*layers: Layer | tuple[str, Layer], **named_layers: Layer) -> Layer:
-    """Fan-out: the same input to every branch; the output is the tuple of their outputs.
+    r"""Fan-out: the same input to every branch; the output is the tuple of their outputs.
 
     ``parallel(f1, …, fk)(x) = (f1(x), …, fk(x))``. Backward: each branch gets its own entry of
-    ``dy`` and, since ``x`` feeds every branch, ``dx = Σ_i dx_i`` (the multivariate chain rule).
-    Params and state are tuples with one entry per branch, or dicts keyed by the branches'
-    names when they are named as in [`serial`][jaxnn.serial] (``parallel(a=f1, b=f2)``); the output
-    and
-    ``dy`` stay tuples in branch order. State is ``()`` when no branch has state; each branch
-    gets its own key. Follow it with [`concatenate`][jaxnn.concatenate] (or any layer taking a
-    tuple) to merge
-    the branches.
+    ``dy`` and, since ``x`` feeds every branch, ``dx = Σ_i dx_i`` (the multivariate chain rule):
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> net = jaxnn.serial(jaxnn.parallel(jaxnn.dense(2), jaxnn.dense(3)), jaxnn.concatenate())
-    >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 4))
-    >>> out_shape
-    (-1, 5)
+    $$ y = \left(f_1(x), \ldots, f_k(x)\right), \qquad dx = \sum_{i=1}^{k} J_{f_i}^\top \, dy_i $$
+
+    Params and state are tuples with one entry per branch, or dicts keyed by the branches'
+    names when they are named as in [`serial`][jaxnn.serial] (``parallel(a=f1, b=f2)``); the
+    output and ``dy`` stay tuples in branch order. State is ``()`` when no branch has state;
+    each branch gets its own key. Follow it with [`concatenate`][jaxnn.concatenate] (or any
+    layer taking a tuple) to merge the branches.
+
+    Args:
+      *layers: the branches in order, or ``(name, layer)`` pairs.
+      **named_layers: the branches by name, in order (instead of ``*layers``).
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] whose ``init`` reports a tuple of output shapes.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> branches = jaxnn.parallel(jaxnn.dense(2), jaxnn.dense(3))
+      >>> branches.init(jax.random.key(0), (-1, 4))[0]
+      ((-1, 2), (-1, 3))
+      >>> net = jaxnn.serial(branches, jaxnn.concatenate())
+      >>> out_shape, params, state = net.init(jax.random.key(0), (-1, 4))
+      >>> out_shape
+      (-1, 5)
+      >>> jaxnn.apply(net, params, state, jnp.ones((6, 4)))[0].shape
+      (6, 5)
     """
     layers, names = _sublayers("parallel", layers, named_layers)
     n = len(layers)
@@ -249,13 +304,37 @@ def _concatenation_axis(axis: int, shapes: list[tuple]) -> int:
 
 
 def concatenate(axis: int = -1) -> Layer:
-    """Joins a tuple of arrays (the output of [`parallel`][jaxnn.parallel], say) along ``axis``.
+    r"""Joins a tuple of arrays (the output of [`parallel`][jaxnn.parallel], say) along ``axis``.
 
     ``y = concat(x_1, …, x_k)`` along ``axis``; backward splits ``dy`` back into the pieces:
     ``dx_i = dy[…, o_i : o_i + n_i, …]`` with ``n_i`` the size of ``x_i`` on ``axis`` and ``o_i``
-    the sum of the sizes before it. Its ``init`` takes the tuple of the inputs' shapes. The
-    arrays must have the same rank, dtype and sizes on every other axis (nothing is broadcast or
-    promoted). No params or state.
+    the sum of the sizes before it,
+
+    $$ y = \left[\, x_1 \;\; x_2 \;\; \cdots \;\; x_k \,\right], \qquad o_i = \sum_{j < i} n_j $$
+
+    Its ``init`` takes the tuple of the inputs' shapes. The arrays must have the same rank,
+    dtype and sizes on every other axis (nothing is broadcast or promoted). No params or state.
+
+    Args:
+      axis: the axis to join along (negative counts from the end).
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] taking a tuple of arrays.
+
+    Examples:
+      >>> layer = jaxnn.concatenate()
+      >>> layer.init(jax.random.key(0), ((-1, 2), (-1, 3)))[0]
+      (-1, 5)
+      >>> a, b = jnp.zeros((4, 2)), jnp.ones((4, 3))
+      >>> layer((a, b)).shape
+      (4, 5)
+
+      The backward hands each input its slice of ``dy``:
+
+      >>> weights = jnp.arange(5.0).reshape(1, 5)     # dy: 0, 1, 2, 3, 4 in every row
+      >>> da, db = jax.grad(lambda xs: (layer(xs) * weights).sum())((a, b))
+      >>> da[0].tolist(), db[0].tolist()
+      ([0.0, 1.0], [2.0, 3.0, 4.0])
     """
     if not isinstance(axis, int) or isinstance(axis, bool):
         raise TypeError(f"concatenate: axis must be an int, got {axis!r}")
@@ -291,17 +370,43 @@ def concatenate(axis: int = -1) -> Layer:
 
 
 def residual(layer: Layer) -> Layer:
-    """The skip connection ``y = x + f(x)`` around ``layer`` (``f``).
+    r"""The skip connection ``y = x + f(x)`` around ``layer`` (``f``).
 
     Backward: ``dx = dy + dx_f``, where ``(dparams, dx_f) = f.backward(…, dy)``; the identity
-    path passes ``dy`` through unchanged. ``f`` must map its input shape to itself (checked at
-    ``init`` and, at trace time, in ``forward``). Params are a 1-tuple aligned with
-    ``sublayers == (f,)``; so is state, or ``()`` when ``f`` has none.
+    path passes ``dy`` through unchanged:
 
-    >>> import jax, jaxnn
-    >>> block = jaxnn.residual(jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4)))
-    >>> block.init(jax.random.key(0), (-1, 4))[0]
-    (-1, 4)
+    $$
+    y = x + f(x), \qquad dx = dy + J_f^\top dy, \qquad
+    d\theta_f = \left(\frac{\partial f}{\partial \theta_f}\right)^\top dy
+    $$
+
+    ``f`` must map its input shape to itself (checked at ``init`` and, at trace time, in
+    ``forward``). Params are a 1-tuple aligned with ``sublayers == (f,)``; so is state, or
+    ``()`` when ``f`` has none.
+
+    Args:
+      layer: the branch ``f``; it must keep the shape of its input.
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with ``sublayers == (layer,)``.
+
+    Examples:
+      >>> import jax, jaxnn
+      >>> block = jaxnn.residual(jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4)))
+      >>> out_shape, params, state = block.init(jax.random.key(0), (-1, 4))
+      >>> out_shape, len(params)
+      ((-1, 4), 1)
+
+      Around ``f = 0`` (a dense layer with zero weights) the block is the identity, and
+      $dx = dy$:
+
+      >>> zero = {"W": jnp.zeros((4, 4)), "b": jnp.zeros(4)}
+      >>> identity = jaxnn.residual(jaxnn.dense(4))
+      >>> x = jnp.arange(8.0).reshape(2, 4)
+      >>> bool((jaxnn.apply(identity, (zero,), (), x)[0] == x).all())
+      True
+      >>> jax.grad(lambda x: jaxnn.apply(identity, (zero,), (), x)[0].sum())(x).tolist()
+      [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
     """
     _check_layers("residual", (layer,))
 

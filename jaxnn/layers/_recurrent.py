@@ -1,4 +1,4 @@
-"""Recurrent layers (LSTM, GRU): a forward ``lax.scan`` beside its hand-derived backward, a
+r"""Recurrent layers (LSTM, GRU): a forward ``lax.scan`` beside its hand-derived backward, a
 reverse ``lax.scan`` (back-propagation through time, BPTT).
 
 Sequences are ``(N, T, C)`` (examples, time, features); the layers run time-major inside.
@@ -23,10 +23,23 @@ for a length of 0).
 **The sum over time of the weight gradients** (``dW = Σ_t x_tᵀ dz_t``, and the same for ``dU``,
 ``db``, ``dx_t = dz_t Wᵀ``) does not depend on the recurrence: the reverse scan carries only
 ``(dh, dc)`` and emits each step's ``dz_t``; the sums are then one matrix product each over all
-``N·T`` rows rather than ``T`` small products accumulated inside the loop.
+``N·T`` rows rather than ``T`` small products accumulated inside the loop:
+
+$$
+dW = \sum_{t=1}^{T} x_t^\top dz_t \qquad dU = \sum_{t=1}^{T} h_{t-1}^\top dz_t \qquad
+db = \sum_{t=1}^{T} \sum_{n=1}^{N} dz_{t,n} \qquad dx_t = dz_t W^\top
+$$
+
+where $x_t$ is $(N, C)$, $h_{t-1}$ and the gate gradients $dz_t$ are $(N, G H)$ with $G$ gates
+(4 for the LSTM, 3 for the GRU). With padding, a mask $m_{t,n}$, 1 at the valid steps of
+example $n$ and 0 at its padding, selects per example the new state or the old one
+(forward, $h_t = m_t \odot \tilde{h}_t + (1 - m_t) \odot h_{t-1}$ with $\tilde{h}_t$ the
+step's result) and zeroes $dz_t$ (backward).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -226,28 +239,46 @@ def lstm(
     forget_bias: float = 1.0,
     w_init: initializers.Initializer | None = None,
     u_init: initializers.Initializer | None = None,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A long short-term memory layer, with hand-derived back-propagation through time.
+    r"""A long short-term memory layer, with hand-derived back-propagation through time.
 
     Parameters ``W (C, 4H)``, ``U (H, 4H)``, ``b (4H,)``; the gate order along the ``4H`` axis
     is ``i, f, g, o`` (input, forget, candidate, output), each a block of ``H`` columns. Forward
-    (``σ`` the logistic sigmoid)::
+    ($\sigma$ the logistic sigmoid), for $t = 1, \ldots, T$:
 
-        z_t = x_t W + h_{t-1} U + b = [z_i, z_f, z_g, z_o]
-        i = σ(z_i)  f = σ(z_f)  g = tanh(z_g)  o = σ(z_o)
-        c_t = f ⊙ c_{t-1} + i ⊙ g        h_t = o ⊙ tanh(c_t)
+    $$ z_t = x_t W + h_{t-1} U + b = \left[\, z_i \;\; z_f \;\; z_g \;\; z_o \,\right] $$
+
+    $$ i = \sigma(z_i) \qquad f = \sigma(z_f) \qquad g = \tanh(z_g) \qquad o = \sigma(z_o) $$
+
+    $$ c_t = f \odot c_{t-1} + i \odot g \qquad h_t = o \odot \tanh(c_t) $$
 
     Backward, step ``t`` from ``T`` down to 1, with ``dh`` (from ``y_t`` and from step ``t+1``)
-    and ``dc`` (from step ``t+1``) carried::
+    and ``dc`` (from step ``t+1``) carried. First the cell's gradient collects the path
+    through $h_t$,
 
-        do = dh ⊙ tanh(c_t)                      dz_o = do ⊙ o(1 − o)
-        dc ← dc + dh ⊙ o ⊙ (1 − tanh²(c_t))
-        di = dc ⊙ g                              dz_i = di ⊙ i(1 − i)
-        df = dc ⊙ c_{t-1}                        dz_f = df ⊙ f(1 − f)
-        dg = dc ⊙ i                              dz_g = dg ⊙ (1 − g²)
-        dh_{t-1} = dz_t Uᵀ      dc_{t-1} = dc ⊙ f      dx_t = dz_t Wᵀ
-        dW = Σ_t x_tᵀ dz_t      dU = Σ_t h_{t-1}ᵀ dz_t      db = Σ_t Σ_n dz_t
+    $$ dc \leftarrow dc + dh \odot o \odot \left(1 - \tanh^2(c_t)\right) $$
+
+    then each gate's gradient goes through its nonlinearity
+    ($\sigma' = \sigma(1 - \sigma)$, $\tanh' = 1 - \tanh^2$):
+
+    $$ do = dh \odot \tanh(c_t) \qquad dz_o = do \odot o \odot (1 - o) $$
+
+    $$ di = dc \odot g \qquad dz_i = di \odot i \odot (1 - i) $$
+
+    $$ df = dc \odot c_{t-1} \qquad dz_f = df \odot f \odot (1 - f) $$
+
+    $$ dg = dc \odot i \qquad dz_g = dg \odot (1 - g^2) $$
+
+    and $dz_t = [\, dz_i \;\; dz_f \;\; dz_g \;\; dz_o \,]$ gives the carries for step
+    $t - 1$, the input's gradient and the sums over time:
+
+    $$ dh_{t-1} = dz_t U^\top \qquad dc_{t-1} = dc \odot f \qquad dx_t = dz_t W^\top $$
+
+    $$
+    dW = \sum_t x_t^\top dz_t \qquad dU = \sum_t h_{t-1}^\top dz_t \qquad
+    db = \sum_t \sum_n dz_{t,n}
+    $$
 
     A padded step (``t ≥ lengths[n]``) passes ``dh`` and ``dc`` through unchanged and has
     ``dz_t = 0``. ``dh0``, ``dc0`` are the carries left after step 1.
@@ -264,13 +295,33 @@ def lstm(
       u_init: initializer of ``U`` (default orthogonal).
       dtype: dtype of the parameters.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.lstm(5)
-    >>> _, params, _ = layer.init(jax.random.key(0), (2, 7, 3))
-    >>> params["W"].shape, params["U"].shape, params["b"].shape
-    ((3, 20), (5, 20), (20,))
-    >>> jaxnn.apply(layer, params, (), jnp.ones((2, 7, 3)))[0].shape
-    (2, 7, 5)
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (C, 4H), "U": (H, 4H), "b": (4H,)}``
+      and no state.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> layer = jaxnn.lstm(5)
+      >>> _, params, _ = layer.init(jax.random.key(0), (2, 7, 3))
+      >>> params["W"].shape, params["U"].shape, params["b"].shape
+      ((3, 20), (5, 20), (20,))
+      >>> jaxnn.apply(layer, params, (), jnp.ones((2, 7, 3)))[0].shape
+      (2, 7, 5)
+
+      The forget-gate block of ``b`` starts at ``forget_bias``:
+
+      >>> params["b"].reshape(4, 5)[:, 0].tolist()   # gates i, f, g, o
+      [0.0, 1.0, 0.0, 0.0]
+
+      Variable-length sequences and the last valid hidden state only:
+
+      >>> last = jaxnn.lstm(5, return_sequences=False, lengths=True)
+      >>> shapes = ((2, 7, 3), (2,))
+      >>> out_shape, params, _ = last.init(jax.random.key(0), shapes)
+      >>> x, lengths = jnp.ones((2, 7, 3)), jnp.array([7, 3])
+      >>> h, _ = jaxnn.apply(last, params, (), (x, lengths))
+      >>> out_shape, h.shape
+      ((2, 5), (2, 5))
     """
     name = "lstm"
     _check_hidden(name, hidden)
@@ -383,28 +434,43 @@ def gru(
     initial_state: bool = False,
     w_init: initializers.Initializer | None = None,
     u_init: initializers.Initializer | None = None,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A gated recurrent unit layer, with hand-derived back-propagation through time.
+    r"""A gated recurrent unit layer, with hand-derived back-propagation through time.
 
     Parameters ``W (C, 3H)``, ``U (H, 3H)``, ``b (3H,)``; the gate order along the ``3H`` axis
     is ``r, z, n`` (reset, update, candidate). The reset gate acts on the recurrent part of the
-    candidate (the "reset after" form of cuDNN and PyTorch; ``b`` is added once)::
+    candidate (the "reset after" form of cuDNN and PyTorch; ``b`` is added once):
 
-        a_t = x_t W + b = [a_r, a_z, a_n]        u_t = h_{t-1} U = [u_r, u_z, u_n]
-        r = σ(a_r + u_r)   z = σ(a_z + u_z)   n = tanh(a_n + r ⊙ u_n)
-        h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+    $$
+    a_t = x_t W + b = \left[\, a_r \;\; a_z \;\; a_n \,\right] \qquad
+    u_t = h_{t-1} U = \left[\, u_r \;\; u_z \;\; u_n \,\right]
+    $$
+
+    $$ r = \sigma(a_r + u_r) \qquad z = \sigma(a_z + u_z) \qquad n = \tanh(a_n + r \odot u_n) $$
+
+    $$ h_t = (1 - z) \odot n + z \odot h_{t-1} $$
 
     Backward, step ``t`` from ``T`` down to 1, with ``dh`` carried (from ``y_t`` and step
-    ``t+1``)::
+    ``t+1``):
 
-        dn = dh ⊙ (1 − z)                  da_n = dn ⊙ (1 − n²)
-        dz = dh ⊙ (h_{t-1} − n)            da_z = du_z = dz ⊙ z(1 − z)
-        dr = da_n ⊙ u_n                    da_r = du_r = dr ⊙ r(1 − r)
-        du_n = da_n ⊙ r
-        dh_{t-1} = dh ⊙ z + du_t Uᵀ        dx_t = da_t Wᵀ
-        dW = Σ_t x_tᵀ da_t    dU = Σ_t h_{t-1}ᵀ du_t    db = Σ_t Σ_n da_t
+    $$ dn = dh \odot (1 - z) \qquad da_n = dn \odot (1 - n^2) $$
 
+    $$ dz = dh \odot (h_{t-1} - n) \qquad da_z = du_z = dz \odot z \odot (1 - z) $$
+
+    $$ dr = da_n \odot u_n \qquad da_r = du_r = dr \odot r \odot (1 - r) $$
+
+    $$ du_n = da_n \odot r $$
+
+    $$ dh_{t-1} = dh \odot z + du_t U^\top \qquad dx_t = da_t W^\top $$
+
+    $$
+    dW = \sum_t x_t^\top da_t \qquad dU = \sum_t h_{t-1}^\top du_t \qquad
+    db = \sum_t \sum_n da_{t,n}
+    $$
+
+    ($da_t = [\, da_r \;\; da_z \;\; da_n \,]$ and $du_t = [\, du_r \;\; du_z \;\; du_n \,]$
+    differ only in the candidate block, where the reset gate sits on the recurrent side.)
     A padded step (``t ≥ lengths[n]``) passes ``dh`` through and has ``da_t = du_t = 0``.
 
     Args:
@@ -416,6 +482,30 @@ def gru(
       w_init: initializer of ``W`` (default Glorot uniform).
       u_init: initializer of ``U`` (default orthogonal).
       dtype: dtype of the parameters.
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"W": (C, 3H), "U": (H, 3H), "b": (3H,)}``
+      and no state.
+
+    Examples:
+      >>> layer = jaxnn.gru(4)
+      >>> out_shape, params, state = layer.init(jax.random.key(0), (-1, 6, 3))
+      >>> out_shape, jax.tree.map(jnp.shape, params), state
+      ((-1, 6, 4), {'U': (4, 12), 'W': (3, 12), 'b': (12,)}, ())
+      >>> x = jax.random.normal(jax.random.key(1), (2, 6, 3))
+      >>> jaxnn.apply(layer, params, (), x)[0].shape
+      (2, 6, 4)
+
+      With an initial state, whose gradient comes back beside ``x``'s:
+
+      >>> stateful = jaxnn.gru(4, initial_state=True, return_sequences=False)
+      >>> _, params, _ = stateful.init(jax.random.key(0), ((2, 6, 3), (2, 4)))
+      >>> h0 = jnp.zeros((2, 4))
+      >>> def last(inputs):
+      ...     return jaxnn.apply(stateful, params, (), inputs)[0].sum()
+      >>> dx, dh0 = jax.jit(jax.grad(last))((x, h0))
+      >>> dx.shape, dh0.shape
+      ((2, 6, 3), (2, 4))
     """
     name = "gru"
     _check_hidden(name, hidden)

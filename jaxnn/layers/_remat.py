@@ -1,4 +1,4 @@
-"""Rematerialization: trade compute for memory by recomputing a block's forward on the way back.
+r"""Rematerialization: trade compute for memory by recomputing a block's forward on the way back.
 
 A network's backward needs what every layer's forward kept (its residuals: inputs, pre-
 activations, masks). For a deep network these residuals, alive from the forward until the
@@ -9,12 +9,22 @@ backward reaches them, dominate memory. ``remat(block)`` keeps only the block's 
 * backward: recompute ``block.forward(params, state, x)`` to get its residuals back, then run
   ``block.backward`` — the hand-derived backward, never ``jax.vjp``.
 
+With $r$ the block's residuals and $f$ its forward:
+
+$$ \text{forward:} \quad (y, r) = f(\theta, s, x), \quad \text{keep } (x, s, \text{key}) $$
+
+$$
+\text{backward:} \quad (\cdot, r) = f(\theta, s, x), \qquad
+(d\theta, dx) = f.\text{backward}(\theta, r, dy)
+$$
+
 This is ``jax.checkpoint`` for hand-derived backward passes. Like ``jax.checkpoint`` it puts
 the recomputation's inputs through ``jax.lax.optimization_barrier``, so that XLA cannot merge
 the recomputed forward with the original one (common-subexpression elimination would keep the
 residuals alive and undo the saving). Wrapping every block of ``√L`` layers of an ``L``-layer
 network keeps ``√L`` block inputs plus one block's residuals alive instead of all ``L``
-layers' residuals, for one extra forward pass. ``benchmarks/remat_memory.py`` measures it.
+layers' residuals, for one extra forward pass: peak residual memory goes from $O(L)$ layers'
+worth to $O(\sqrt{L})$. ``benchmarks/remat_memory.py`` measures it.
 
 The recomputed forward runs with the same ``key`` and ``train`` flag, so a block with dropout
 draws the same mask again; state updates of the recomputation are discarded (the forward's own
@@ -56,14 +66,32 @@ def remat(block: Layer) -> Layer:
     reaches the layers inside. The gradients are those of ``block``;
     only memory (less) and compute (one more forward of ``block``) change.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> block = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(8), jaxnn.relu())
-    >>> net = jaxnn.serial(jaxnn.remat(block), jaxnn.remat(block), jaxnn.dense(1))
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 4))
-    >>> x, y = jnp.ones((2, 4)), jnp.zeros((2, 1))
-    >>> (value, _), grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
-    >>> jax.tree.map(jnp.shape, grads[0][0][0])
-    {'W': (4, 8), 'b': (8,)}
+    Args:
+      block: the layer (usually a [`jaxnn.serial`][jaxnn.serial] of several) whose residuals
+        are recomputed.
+
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] with ``sublayers == (block,)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> block = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(8), jaxnn.relu())
+      >>> net = jaxnn.serial(jaxnn.remat(block), jaxnn.remat(block), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 4))
+      >>> x, y = jnp.ones((2, 4)), jnp.zeros((2, 1))
+      >>> loss_and_grad = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)
+      >>> (value, _), grads = loss_and_grad(params, (), x, y)
+      >>> jax.tree.map(jnp.shape, grads[0][0][0])
+      {'W': (4, 8), 'b': (8,)}
+
+      The same gradients as without ``remat``:
+
+      >>> plain = jaxnn.serial(block, block, jaxnn.dense(1))
+      >>> plain_params = (params[0][0], params[1][0], params[2])
+      >>> (_, _), plain_grads = jaxnn.value_and_grad(plain, jaxnn.mean_squared_error)(
+      ...     plain_params, (), x, y)
+      >>> bool(jnp.allclose(grads[2]["W"], plain_grads[2]["W"], atol=1e-6))
+      True
     """
     if not isinstance(block, Layer):
         hint = " (did you forget the parentheses?)" if callable(block) else ""

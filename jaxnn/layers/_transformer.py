@@ -1,23 +1,35 @@
-"""Positions and the transformer block, each forward beside its hand-derived backward.
+r"""Positions and the transformer block, each forward beside its hand-derived backward.
 
 Positional embeddings add a ``(T, D)`` table to a ``(N, T, D)`` sequence, ``y = x + P[:T]``:
 
-* learned ([`positional_embedding`][jaxnn.positional_embedding]): ``P`` is a parameter; ``dP[:T] =
-  Σ_batch dy``, the
-  rows past ``T`` get 0; ``dx = dy``;
+$$ y_{n,t} = x_{n,t} + P_t \qquad dx = dy $$
+
+* learned ([`positional_embedding`][jaxnn.positional_embedding]): ``P`` is a parameter;
+  ``dP[:T] = Σ_batch dy``, the rows past ``T`` get 0; ``dx = dy``;
 * sinusoidal ([`sinusoidal_positional_embedding`][jaxnn.sinusoidal_positional_embedding]):
-  ``P[t, 2i] = sin(t / 10000^(2i/D))``,
-  ``P[t, 2i+1] = cos(t / 10000^(2i/D))``, fixed; ``dx = dy``.
+  ``P[t, 2i] = sin(t / 10000^(2i/D))``, ``P[t, 2i+1] = cos(t / 10000^(2i/D))``, fixed;
+  ``dx = dy``.
 
 [`transformer_block`][jaxnn.transformer_block] is the pre-norm block made of the library's own
-layers::
+layers: ``x + attention(layer_norm(x))``, then ``x + dense(D)(gelu(dense(r·D)(layer_norm(x))))``,
+that is, with $\operatorname{LN}$ the layer norm and $\operatorname{MHA}$ the attention,
 
-    x + attention(layer_norm(x)),  then  x + dense(D)(gelu(dense(r·D)(layer_norm(x))))
+$$ u = x + \operatorname{MHA}\left(\operatorname{LN}_1(x)\right) $$
 
-so its backward is the chain of their hand-derived backward passes.
+$$ y = u + \operatorname{gelu}\left(\operatorname{LN}_2(u)\, W_1 + b_1\right) W_2 + b_2 $$
+
+($W_1$ is $(D, rD)$, $W_2$ is $(rD, D)$), so its backward is the chain of their hand-derived
+backward passes, each residual adding its identity path:
+
+$$ du = dy + J_{\text{mlp}}^\top\, dy \qquad dx = du + J_{\text{attn}}^\top\, du $$
+
+where $J_{\text{mlp}}$ and $J_{\text{attn}}$ are the Jacobians of the two branches
+(layer norm included).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -57,11 +69,17 @@ def positional_embedding(
     max_length: int,
     *,
     w_init: initializers.Initializer | None = None,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
 ) -> Layer:
-    """A learned position table added to a sequence: ``y[n, t] = x[n, t] + P[t]``.
+    r"""A learned position table added to a sequence: ``y[n, t] = x[n, t] + P[t]``.
 
-    Backward: ``dP[t] = Σ_n dy[n, t]`` for ``t < T`` (0 for the rows past ``T``), ``dx = dy``.
+    Backward: ``dP[t] = Σ_n dy[n, t]`` for ``t < T`` (0 for the rows past ``T``), ``dx = dy``:
+
+    $$
+    y_{n,t} = x_{n,t} + P_t \qquad
+    dP_t = \sum_{n} dy_{n,t} \;\; (t < T), \quad dP_t = 0 \;\; (t \geq T) \qquad dx = dy
+    $$
+
     The table is not a weight: L2 does not act on it.
 
     Args:
@@ -72,12 +90,23 @@ def positional_embedding(
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params ``{"positions": (max_length, D)}``.
 
-    >>> import jax, jax.numpy as jnp, jaxnn
-    >>> layer = jaxnn.positional_embedding(16)
-    >>> _, params, _ = layer.init(jax.random.key(0), (-1, 5, 3))
-    >>> y, _ = jaxnn.apply(layer, params, (), jnp.zeros((2, 5, 3)))
-    >>> bool((y[1] == params["positions"][:5]).all())
-    True
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> layer = jaxnn.positional_embedding(16)
+      >>> _, params, _ = layer.init(jax.random.key(0), (-1, 5, 3))
+      >>> params["positions"].shape
+      (16, 3)
+      >>> y, _ = jaxnn.apply(layer, params, (), jnp.zeros((2, 5, 3)))
+      >>> bool((y[1] == params["positions"][:5]).all())
+      True
+
+      The table's gradient sums over the batch; the rows past the sequence get 0:
+
+      >>> def total(params):
+      ...     return jaxnn.apply(layer, params, (), jnp.zeros((2, 5, 3)))[0].sum()
+      >>> d_positions = jax.grad(total)(params)["positions"]
+      >>> d_positions[:5].min().item(), d_positions[:5].max().item(), d_positions[5:].max().item()
+      (2.0, 2.0, 0.0)
     """
     name = "positional_embedding"
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
@@ -114,13 +143,28 @@ def sinusoidal_table(length: int, features: int) -> np.ndarray:
 
 
 def sinusoidal_positional_embedding() -> Layer:
-    """The fixed sinusoidal positions added to a sequence: ``y = x + P[:T]`` (no parameters).
+    r"""The fixed sinusoidal positions added to a sequence: ``y = x + P[:T]`` (no parameters).
+
+    For a width $D$, position $t$ and $i = 0, 1, \ldots$:
+
+    $$
+    P_{t,2i} = \sin\left(\frac{t}{10000^{2i/D}}\right) \qquad
+    P_{t,2i+1} = \cos\left(\frac{t}{10000^{2i/D}}\right)
+    $$
 
     Backward: ``dx = dy``.
 
-    >>> import jax.numpy as jnp, jaxnn
-    >>> jaxnn.sinusoidal_positional_embedding()(jnp.zeros((1, 3, 2)))[0, 0].tolist()
-    [0.0, 1.0]
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] without params or state, so it can be called directly.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxnn
+      >>> layer = jaxnn.sinusoidal_positional_embedding()
+      >>> layer(jnp.zeros((1, 3, 2)))[0, 0].tolist()     # t = 0: sin 0, cos 0
+      [0.0, 1.0]
+      >>> y = layer(jnp.zeros((1, 3, 4)))
+      >>> [round(v, 4) for v in y[0, 1].tolist()]        # t = 1: sin 1, cos 1, sin 0.01, cos 0.01
+      [0.8415, 0.5403, 0.01, 1.0]
     """
     name = "sinusoidal_positional_embedding"
 
@@ -168,13 +212,17 @@ def transformer_block(
     causal: bool = False,
     block_size: int = 128,
 ) -> Layer:
-    """A pre-norm transformer block on ``(N, T, D)``, made of the library's own layers.
+    r"""A pre-norm transformer block on ``(N, T, D)``, made of the library's own layers.
 
     ``x ← x + multi_head_attention(layer_norm(x))``, then
     ``x ← x + dense(D)(gelu(dense(mlp_ratio·D)(layer_norm(x))))``; ``D`` is the input's width
-    (divisible by ``num_heads``). It is a [`jaxnn.serial`][jaxnn.serial] of two
-    [`jaxnn.residual`][jaxnn.residual]
-    branches (params nest the same way), so its backward is theirs.
+    (divisible by ``num_heads``):
+
+    $$ u = x + \operatorname{MHA}\left(\operatorname{LN}_1(x)\right) \qquad
+    y = u + \operatorname{gelu}\left(\operatorname{LN}_2(u)\, W_1 + b_1\right) W_2 + b_2 $$
+
+    It is a [`jaxnn.serial`][jaxnn.serial] of two [`jaxnn.residual`][jaxnn.residual] branches
+    (params nest the same way), so its backward is theirs.
 
     Args:
       num_heads: the attention's heads.
@@ -182,10 +230,24 @@ def transformer_block(
       causal: causal attention (a language model).
       block_size: the attention's key block size.
 
-    >>> import jax, jaxnn
-    >>> block = jaxnn.transformer_block(2, causal=True)
-    >>> block.init(jax.random.key(0), (-1, 6, 8))[0]
-    (-1, 6, 8)
+    Returns:
+      A [`jaxnn.Layer`][jaxnn.Layer] named ``"transformer_block"``.
+
+    Examples:
+      >>> import jax, jaxnn
+      >>> block = jaxnn.transformer_block(2, causal=True)
+      >>> out_shape, params, state = block.init(jax.random.key(0), (-1, 6, 8))
+      >>> out_shape
+      (-1, 6, 8)
+      >>> block
+      transformer_block(residual(serial(layer_norm, multi_head_attention)),
+                        residual(serial(layer_norm, dense, gelu, dense)))
+      >>> attention_params, mlp_params = params[0][0], params[1][0]
+      >>> mlp_params[1]["W"].shape, mlp_params[3]["W"].shape     # W_1 (D, 4D), W_2 (4D, D)
+      ((8, 32), (32, 8))
+      >>> y, _ = jaxnn.apply(block, params, state, jnp.ones((2, 6, 8)))
+      >>> y.shape
+      (2, 6, 8)
     """
     if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio < 1:
         raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got "
