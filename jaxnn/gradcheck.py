@@ -11,34 +11,34 @@ where $\theta$ stands for every parameter and the input, three ways:
   ``backward`` reached through ``jax.custom_vjp``;
 * **jax.grad**: ``jax.grad`` of $S$ through [`jaxnn.reference_apply`][jaxnn.reference_apply], the
   same forward under plain autodiff;
-* **finite differences**: the fourth-order central difference, for each entry $\theta_i$ of
-  every parameter and of the input ($e_i$ the unit vector of that entry, $\varepsilon$ =
-  ``fd_eps`` = 1e-3),
+* **finite differences**: the fourth-order central difference below, for each entry $\theta_i$
+  of every parameter and of the input (at most ``max_fd_entries`` entries per array, sampled at
+  random beyond that). All perturbed points of a check are evaluated by one compiled, vmapped
+  function.
 
-  $$\hat{g}_i(\varepsilon) = \frac{8\,[S(\theta + \varepsilon e_i) - S(\theta - \varepsilon e_i)]
-  - [S(\theta + 2\varepsilon e_i) - S(\theta - 2\varepsilon e_i)]}{12\varepsilon}$$
+With $e_i$ the unit vector of entry $i$ and the step $\varepsilon$ = ``fd_eps`` = 1e-3, the
+finite-difference estimate is
 
-  which is the Richardson combination $\frac{4 D(\varepsilon) - D(2\varepsilon)}{3}$ of two
-  plain central differences $D(h) = \frac{S(\theta + h e_i) - S(\theta - h e_i)}{2h}$: their
-  $h^2$ error terms cancel, leaving an error of order $\varepsilon^4$. At most
-  ``max_fd_entries`` entries per array are estimated (sampled at random beyond that). All
-  perturbed points of a check are evaluated by one compiled, vmapped function.
+$$\hat{g}_i(\varepsilon) = \frac{8\,[S(\theta + \varepsilon e_i) - S(\theta - \varepsilon e_i)] -
+[S(\theta + 2\varepsilon e_i) - S(\theta - 2\varepsilon e_i)]}{12\varepsilon}$$
+
+the Richardson combination $\frac{4 D(\varepsilon) - D(2\varepsilon)}{3}$ of two plain central
+differences $D(h) = \frac{S(\theta + h e_i) - S(\theta - h e_i)}{2h}$: their $h^2$ error terms
+cancel, leaving an error of order $\varepsilon^4$.
 
 An entry where the function is not smooth within the step (a ReLU's kink, a tie of
 ``max_pool``) is detected and skipped, counted in
 [`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped]; it never fails the check.
 ``jax.grad`` still sees it. Seven points are evaluated per entry, at the offsets
 $-2\varepsilon, -\varepsilon, -\varepsilon/2, 0, \varepsilon/2, \varepsilon, 2\varepsilon$, and
-the entry counts as smooth when both of these hold:
+the entry counts as smooth when both of these hold. First, the same stencil at half the step
+agrees: $\lvert \hat{g}_i(\varepsilon) - \hat{g}_i(\varepsilon/2) \rvert \le \tau s_i$. Second,
+the gap between the right and the left one-sided slopes
 
-* the same stencil at half the step agrees:
-  $\lvert \hat{g}_i(\varepsilon) - \hat{g}_i(\varepsilon/2) \rvert \le \tau s_i$;
-* the gap between the right and the left one-sided slopes,
+$$\Delta(h) = \frac{S(\theta + h e_i) - S(\theta)}{h} - \frac{S(\theta) - S(\theta - h e_i)}{h}$$
 
-  $$\Delta(h) = \frac{S(\theta + h e_i) - S(\theta)}{h} - \frac{S(\theta) - S(\theta - h e_i)}{h}$$
-
-  halves with the step, as $h \, \partial_i^2 S$ does for a smooth $S$ (at a kink it stays the
-  jump of the slope): $\lvert \Delta(\varepsilon) - 2\Delta(\varepsilon/2) \rvert \le \tau s_i$.
+halves with the step, as $h \, \partial_i^2 S$ does for a smooth $S$ (at a kink it stays the
+jump of the slope): $\lvert \Delta(\varepsilon) - 2\Delta(\varepsilon/2) \rvert \le \tau s_i$.
 
 Both use $\tau$ = ``rtol_fd / 2`` and
 $s_i = \max(\lvert \hat{g}_i \rvert, 10^{-3} \max(\text{scale}, \max_j \lvert \hat{g}_j \rvert))$,
