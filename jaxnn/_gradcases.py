@@ -25,7 +25,9 @@ __all__ = ["LAYER_CASES", "LOSS_CASES", "NOT_LAYERS_OR_LOSSES", "LayerCase", "Lo
            "case_input"]
 
 NOT_LAYERS_OR_LOSSES = frozenset({"Loss", "weight_gradient"})
-"""Names in ``jaxnn.layers.__all__`` / ``jaxnn.losses.__all__`` that are helpers, not layers."""
+"""Names in ``jaxnn.layers.__all__`` / ``jaxnn.losses.__all__`` that are helpers, not layers:
+every other name there must have an entry in [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] or
+[`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES] (``tests/test_registry.py`` checks it)."""
 
 
 class LayerCase(NamedTuple):
@@ -44,6 +46,18 @@ class LayerCase(NamedTuple):
         (standard normal),
         ``"away_from_zero"`` (at least 0.05 from 0, for a kink there) or ``"distinct"`` (a
         shuffled ramp without ties, for a maximum).
+
+    Examples:
+        A case for a user's layer, checked like the registered ones:
+
+        >>> from jaxnn.gradcheck import LayerCase, check_case
+        >>> case = LayerCase(lambda: jaxnn.dense(3), (4, 2))
+        >>> case
+        dense[4x2]
+        >>> case.inputs, dict(case.options)
+        ('normal', {})
+        >>> LayerCase(lambda: jaxnn.dense(3), (4, 2), "my dense")
+        my dense
     """
 
     make: Callable[[], Layer]
@@ -64,7 +78,26 @@ def _shape_text(shape: tuple) -> str:
 
 
 class LossCase(NamedTuple):
-    """A loss and a function drawing ``(prediction, target)`` from a numpy generator."""
+    """A loss and a function drawing ``(prediction, target)`` from a numpy generator.
+
+    Attributes:
+      loss: the [`jaxnn.Loss`][jaxnn.Loss] checked.
+      make_inputs: ``rng -> (prediction, target)``, ``rng`` a ``numpy.random.Generator``
+        (seeded by [`check_case`][jaxnn.gradcheck.check_case]'s ``seed``).
+      label: the name in ``jaxnn gradcheck``'s table (default: the loss's name).
+
+    Examples:
+        >>> from jaxnn.gradcheck import LossCase, check_case
+        >>> case = LossCase(jaxnn.mean_squared_error,
+        ...                 lambda rng: (rng.normal(size=(4, 1)), rng.normal(size=(4, 1))))
+        >>> case
+        mean_squared_error
+        >>> prediction, target = case.make_inputs(np.random.default_rng(0))
+        >>> prediction.shape, target.shape
+        ((4, 1), (4, 1))
+        >>> check_case(case).passed
+        True
+    """
 
     loss: Loss
     make_inputs: Callable[[np.random.Generator], tuple[Any, Any]]
@@ -78,8 +111,30 @@ def case_input(case: LayerCase, seed: int = 0, in_shape: tuple | None = None) ->
     """The input a case is checked at, as ``case.inputs`` asks; ``None`` for ``"normal"``.
 
     ``None`` lets [`jaxnn.gradcheck.check_layer`][jaxnn.gradcheck.check_layer] draw its own input
-    (and check at
-    batch 1 too). ``in_shape`` overrides ``case.in_shape`` (the property tests vary it).
+    (and check at batch 1 too). ``in_shape`` overrides ``case.in_shape`` (the property tests vary
+    it).
+
+    Args:
+      case: the case.
+      seed: seeds ``numpy.random.default_rng``.
+      in_shape: the shape to draw instead of ``case.in_shape``.
+
+    Returns:
+      A NumPy array of the case's shape, or ``None`` for ``inputs="normal"``.
+
+    Raises:
+      ValueError: ``case.inputs`` is none of the three.
+
+    Examples:
+        >>> from jaxnn.gradcheck import LAYER_CASES, case_input
+        >>> case_input(LAYER_CASES["dense"][0]) is None
+        True
+        >>> x = case_input(LAYER_CASES["relu"][0])
+        >>> x.shape, bool(np.all(np.abs(x) >= 0.05))
+        ((3, 4), True)
+        >>> x = case_input(LAYER_CASES["max_pool"][0])
+        >>> x.shape, len(np.unique(x)) == x.size
+        ((2, 6, 3), True)
     """
     shape = case.in_shape if in_shape is None else in_shape
     rng = np.random.default_rng(seed)
@@ -309,7 +364,11 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
         LayerCase(lambda: L.transformer_block(3, mlp_ratio=1, causal=True), (2, 4, 6)),
     ),
 }
-"""Exported layer name -> its configurations. Register a new layer here, and nowhere else."""
+"""Exported layer name -> its configurations. Register a new layer here, and nowhere else.
+
+Each entry is a tuple of [`LayerCase`][jaxnn.gradcheck.LayerCase] (at least three), checked by
+[`check_case`][jaxnn.gradcheck.check_case]; e.g. ``LAYER_CASES["dense"][0]`` is ``dense(3)`` at
+input shape ``(4, 2)``."""
 
 
 def _probabilities(shape):
@@ -353,4 +412,5 @@ LOSS_CASES: dict[str, tuple[LossCase, ...]] = {
     "mean_squared_error": tuple(LossCase(losses.mean_squared_error, _regression(s))
                                 for s in ((4, 1), (5,), (3, 4))),
 }
-"""Exported loss name -> its configurations."""
+"""Exported loss name -> its configurations: tuples of
+[`LossCase`][jaxnn.gradcheck.LossCase], checked by [`check_case`][jaxnn.gradcheck.check_case]."""

@@ -7,6 +7,25 @@ One row per (layer or function, parameter or leaf): the largest relative error a
 functions (``table()``,
 ``markdown()``, ``_repr_html_()`` for notebooks); ``plot_errors`` draws where the error sits
 in each parameter.
+
+Examples:
+    Two comparisons of one parameter make one row; skipped entries become a note:
+
+    >>> from jaxnn import _report_render
+    >>> from jaxnn.gradcheck import Comparison, GradcheckReport
+    >>> report = GradcheckReport([
+    ...     Comparison("dense", "b", "jax.grad", 0.0, 0.0, 1e-9),
+    ...     Comparison("dense", "b", "finite differences", 1e-9, 3e-8, 1e-6, skipped=2),
+    ... ])
+    >>> _report_render.rows(report)
+    [Row(layer='dense', parameter='b', vs_autodiff='0.00e+00', vs_finite_differences='3.00e-08',
+         worst_entry='-', verdict='pass')]
+    >>> print(_report_render.markdown(report))
+    | layer | parameter | rel. err vs jax.grad | rel. err vs finite diff. | worst entry |  |
+    | --- | --- | --- | --- | --- | --- |
+    | dense | b | 0.00e+00 | 3.00e-08 | - | pass |
+    <BLANKLINE>
+    - 2 finite-difference entries skipped: non-smooth point, a kink within the step
 """
 
 from __future__ import annotations

@@ -16,15 +16,16 @@ disk (``fsync``) and renamed over the destination (``os.replace``), so a crash l
 the old checkpoint or the new one, never half of one. The next save to the same file removes
 what a killed one left behind, and a checkpoint written over keeps its file mode.
 
->>> import jax.numpy as jnp, optax, tempfile, os
->>> from jaxnn import checkpoint
->>> params = {"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}
->>> tree = (params, optax.adam(1e-3).init(params))
->>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
->>> checkpoint.save(path, tree, step=7)
->>> restored = checkpoint.load(path, tree)
->>> checkpoint.load_metadata(path)["step"]
-7
+Examples:
+    >>> import jax.numpy as jnp, optax, tempfile, os
+    >>> from jaxnn import checkpoint
+    >>> params = {"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    >>> tree = (params, optax.adam(1e-3).init(params))
+    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+    >>> checkpoint.save(path, tree, step=7)
+    >>> restored = checkpoint.load(path, tree)
+    >>> checkpoint.load_metadata(path)["step"]
+    7
 """
 
 from __future__ import annotations
@@ -44,12 +45,28 @@ import numpy as np
 __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_metadata", "save"]
 
 FORMAT_VERSION = 1
+"""The checkpoint format this jaxnn writes and reads, kept in every file's metadata; a file of
+another version raises [`CheckpointError`][jaxnn.checkpoint.CheckpointError] on loading."""
 _METADATA_KEY = "__metadata__"
 _TMP_PREFIX = ".tmp-"  # then the destination's name, the writer's pid, a random part
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupted, or does not match the template."""
+    """A checkpoint that is missing, corrupted, or does not match the template.
+
+    A ``ValueError``; the message names the file and the first leaf that differs.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from jaxnn import checkpoint
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+        >>> checkpoint.save(path, {"W": jnp.ones((2, 3))})
+        >>> try:
+        ...     checkpoint.load(path, {"W": jnp.ones((3, 2))})
+        ... except checkpoint.CheckpointError as e:
+        ...     print(str(e).replace(path, "ckpt.npz"))
+        ckpt.npz: shape mismatch at ['W']: expected (3, 2), got (2, 3)
+    """
 
 
 def _leaf_path(path) -> str:
@@ -100,6 +117,24 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
       step: the training step, kept in the metadata.
       metadata: more JSON-serializable information to keep (see
         [`load_metadata`][jaxnn.checkpoint.load_metadata]).
+
+    Raises:
+      TypeError: ``metadata`` is not JSON-serializable.
+      CheckpointError: two leaves of ``tree`` have the same path name.
+
+    Examples:
+        Parameters, optimizer state and a PRNG key in one file:
+
+        >>> import os, tempfile, optax
+        >>> from jaxnn import checkpoint
+        >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+        >>> opt_state = optax.adam(1e-3).init(params)
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+        >>> checkpoint.save(path, (params, opt_state, jax.random.key(1)), step=100,
+        ...                 metadata={"lr": 1e-3, "layers": [3, 1]})
+        >>> checkpoint.load_metadata(path)
+        {'step': 100, 'lr': 0.001, 'layers': [3, 1]}
     """
     path = os.fspath(path)
     leaves = _flatten(tree)
@@ -210,7 +245,25 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of a checkpoint: ``{"step": …, **metadata given to save}``."""
+    """The metadata of a checkpoint: ``{"step": …, **metadata given to save}``.
+
+    Args:
+      path: a file written by [`save`][jaxnn.checkpoint.save].
+
+    Returns:
+      A dict: ``"step"`` (``None`` when not given) and the entries of ``metadata``.
+
+    Raises:
+      CheckpointError: the file is missing, unreadable or of another format version.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from jaxnn import checkpoint
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+        >>> checkpoint.save(path, {"W": jnp.zeros(2)}, metadata={"data": "moons"})
+        >>> checkpoint.load_metadata(path)
+        {'step': None, 'data': 'moons'}
+    """
     path = os.fspath(path)
     _, meta = _read(path)
     return {"step": meta.get("step"), **meta.get("user", {})}
@@ -231,6 +284,21 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     Raises:
       CheckpointError: the file is missing or unreadable, or the first leaf (in tree order) that
         is missing, extra, or of another shape or dtype, with the expected and the found.
+
+    Examples:
+        The template is what ``init`` makes; NamedTuples (optax states) come back as they were:
+
+        >>> import os, tempfile, optax
+        >>> from jaxnn import checkpoint
+        >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+        >>> opt_state = optax.adam(1e-3).init(params)
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+        >>> checkpoint.save(path, (params, opt_state), step=5)
+        >>> _, template, _ = net.init(jax.random.key(1), (-1, 2))
+        >>> p, s = checkpoint.load(path, (template, optax.adam(1e-3).init(template)))
+        >>> bool(jnp.all(p[0]["W"] == params[0]["W"])), type(s[0]).__name__
+        (True, 'ScaleByAdamState')
     """
     path = os.fspath(path)
     arrays, meta = _read(path)

@@ -20,8 +20,20 @@ cross-entropy, after ``y[:, 0]``, or [`one_hot`][jaxnn.data.one_hot]).
   [`batches`][jaxnn.data.batches].
 
 A file that is missing, truncated or corrupted raises [`DataFileError`][jaxnn.data.DataFileError],
-naming the file
-and what is wrong with it.
+naming the file and what is wrong with it.
+
+Examples:
+    A generated set, split, standardized with the training set's statistics, in batches:
+
+    >>> from jaxnn import data
+    >>> x, y = data.two_moons(200, seed=0)
+    >>> x.shape, y.shape
+    ((200, 2), (200, 1))
+    >>> x_train, y_train, x_test, y_test = data.train_test_split(x, y, test_fraction=0.25)
+    >>> x_train, stats = data.standardize(x_train)
+    >>> x_test, _ = data.standardize(x_test, stats)
+    >>> [xb.shape[0] for xb, yb in data.batches(jax.random.key(0), x_train, y_train, 64)]
+    [64, 64, 22]
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +73,22 @@ __all__ = [
 
 
 class DataFileError(ValueError):
-    """A data file that is missing, truncated, corrupted or laid out unexpectedly."""
+    """A data file that is missing, truncated, corrupted or laid out unexpectedly.
+
+    A ``ValueError``; the message starts with the file's path.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from jaxnn.data import DataFileError, load_idx
+        >>> path = os.path.join(tempfile.mkdtemp(), "labels.idx")
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(bytes([0, 0, 0x08, 1, 0, 0, 0, 5, 7, 1]))  # 5 labels declared, 2 given
+        >>> try:
+        ...     load_idx(path)
+        ... except DataFileError as e:
+        ...     print(str(e).replace(path, "labels.idx"))
+        labels.idx: truncated: dimensions (5,) of uint8 need 5 data bytes, found 2
+    """
 
 
 def _require(module: str, extra: str, what: str):
@@ -106,11 +134,27 @@ def _labels(y: np.ndarray, where: str = "labels") -> jax.Array:
 # --- generated 2-D data sets ------------------------------------------------------------------
 
 
-def planar_flower(m: int = 400, *, petals: int = 4, noise: float = 0.2, seed: int = 1):
-    """The planar "flower": two classes of points on the petals of a rose curve.
+def planar_flower(m: int = 400, *, petals: int = 4, noise: float = 0.2,
+                  seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    r"""The planar "flower": two classes of points on the petals of a rose curve.
 
-    Half the points of each class lie on alternating petals of ``r = a·sin(petals·θ)``, with
-    Gaussian noise on ``θ`` and ``r``; a linear classifier gets about half right.
+    Half the points of each class lie on alternating petals of $r = a \sin(k \theta)$
+    ($a = 4$, $k$ = ``petals``), with Gaussian noise on $\theta$ and $r$; a point is
+    $(r \sin \theta, r \cos \theta)$. A linear classifier gets about half right.
+
+    Args:
+      m: the number of points, even (``m // 2`` per class).
+      petals: $k$, the rose's frequency.
+      noise: the standard deviation of the noise on $\theta$ and on $r$.
+      seed: seeds the noise.
+
+    Returns:
+      ``(x, y)``: ``x`` (m, 2) float32, ``y`` (m, 1) float32 0/1, class 0 first.
+
+    Examples:
+        >>> x, y = jaxnn.data.planar_flower(400)
+        >>> x.shape, x.dtype, y.shape, int(y.sum())
+        ((400, 2), dtype('float32'), (400, 1), 200)
     """
     if m < 2 or m % 2:
         raise ValueError(f"planar_flower: m must be an even number >= 2, got {m}")
@@ -130,8 +174,26 @@ def planar_flower(m: int = 400, *, petals: int = 4, noise: float = 0.2, seed: in
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def two_moons(m: int = 400, *, noise: float = 0.1, seed: int = 1):
-    """Two interleaving half circles, one per class."""
+def two_moons(m: int = 400, *, noise: float = 0.1,
+              seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    r"""Two interleaving half circles, one per class.
+
+    Class 0 lies on $(\cos t, \sin t)$, class 1 on $(1 - \cos t, 0.5 - \sin t)$, $t$ evenly
+    spaced in $[0, \pi]$, plus Gaussian noise of standard deviation ``noise``.
+
+    Args:
+      m: the number of points (``m // 2`` in class 0, the rest in class 1).
+      noise: the standard deviation of the noise on each coordinate.
+      seed: seeds the noise.
+
+    Returns:
+      ``(x, y)``: ``x`` (m, 2) float32, ``y`` (m, 1) float32 0/1, class 0 first.
+
+    Examples:
+        >>> x, y = jaxnn.data.two_moons(100, noise=0.05)
+        >>> x.shape, y.shape, int(y.sum())
+        ((100, 2), (100, 1), 50)
+    """
     if m < 2:
         raise ValueError(f"two_moons: m must be >= 2, got {m}")
     rng = np.random.default_rng(seed)
@@ -146,9 +208,26 @@ def two_moons(m: int = 400, *, noise: float = 0.1, seed: int = 1):
     return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
-def circles(m: int = 400, *, factor: float = 0.5, noise: float = 0.08, seed: int = 1):
+def circles(m: int = 400, *, factor: float = 0.5, noise: float = 0.08,
+            seed: int = 1) -> tuple[jax.Array, jax.Array]:
     """Two concentric circles: class 0 on the outer one (radius 1), class 1 on the inner one
-    (radius ``factor``), with Gaussian noise of standard deviation ``noise``."""
+    (radius ``factor``), with Gaussian noise of standard deviation ``noise``.
+
+    Args:
+      m: the number of points (``m // 2`` on the outer circle, the rest on the inner one).
+      factor: the inner radius, in (0, 1).
+      noise: the standard deviation of the noise on each coordinate.
+      seed: seeds the noise.
+
+    Returns:
+      ``(x, y)``: ``x`` (m, 2) float32, ``y`` (m, 1) float32 0/1, class 0 first.
+
+    Examples:
+        >>> x, y = jaxnn.data.circles(200, factor=0.3, noise=0.0)
+        >>> radius = jnp.sqrt(jnp.sum(x ** 2, axis=1))
+        >>> round(float(radius[0]), 4), round(float(radius[-1]), 4)
+        (1.0, 0.3)
+    """
     if m < 2:
         raise ValueError(f"circles: m must be >= 2, got {m}")
     if not 0 < factor < 1:
@@ -165,9 +244,28 @@ def circles(m: int = 400, *, factor: float = 0.5, noise: float = 0.08, seed: int
     return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
 
-def spirals(m: int = 400, *, turns: float = 1.5, noise: float = 0.05, seed: int = 1):
-    """Two interleaved Archimedean spirals, one per class (the second is the first turned by
-    π); radius grows from 0.1 to 1 over ``turns`` turns."""
+def spirals(m: int = 400, *, turns: float = 1.5, noise: float = 0.05,
+            seed: int = 1) -> tuple[jax.Array, jax.Array]:
+    r"""Two interleaved Archimedean spirals, one per class (the second is the first turned by
+    π); radius grows from 0.1 to 1 over ``turns`` turns.
+
+    With $s$ evenly spaced in $[0, 1]$, a point of class $c$ is $(r \cos t, r \sin t)$ with
+    $r = 0.1 + 0.9 s$ and $t = 2 \pi \cdot \text{turns} \cdot s + c \pi$, plus Gaussian noise.
+
+    Args:
+      m: the number of points (``m // 2`` in class 0, the rest in class 1).
+      turns: how many times each arm winds around, > 0.
+      noise: the standard deviation of the noise on each coordinate.
+      seed: seeds the noise.
+
+    Returns:
+      ``(x, y)``: ``x`` (m, 2) float32, ``y`` (m, 1) float32 0/1, class 0 first.
+
+    Examples:
+        >>> x, y = jaxnn.data.spirals(300, turns=2.0)
+        >>> x.shape, int(y.sum())
+        ((300, 2), 150)
+    """
     if m < 2:
         raise ValueError(f"spirals: m must be >= 2, got {m}")
     if turns <= 0:
@@ -189,24 +287,37 @@ def spirals(m: int = 400, *, turns: float = 1.5, noise: float = 0.05, seed: int 
 # --- scikit-learn's bundled data sets ---------------------------------------------------------
 
 
-def digits():
+def digits() -> tuple[jax.Array, jax.Array]:
     """scikit-learn's 8×8 handwritten digits: ``x`` (1797, 64) with pixel values 0…16 scaled to
-    [0, 1], ``y`` (1797, 1) int32 classes 0…9. Needs the ``data`` extra."""
+    [0, 1], ``y`` (1797, 1) int32 classes 0…9. Needs the ``data`` extra.
+
+    Examples:
+        >>> x, y = jaxnn.data.digits()
+        >>> x.shape, y.shape, y.dtype, float(x.max())
+        ((1797, 64), (1797, 1), dtype('int32'), 1.0)
+        >>> jaxnn.data.one_hot(y).shape  # for softmax cross-entropy
+        (1797, 10)
+    """
     datasets = _require("sklearn.datasets", "data", "jaxnn.data.digits")
     bunch = datasets.load_digits()
     return jnp.asarray(bunch.data / 16.0, jnp.float32), _labels(bunch.target)
 
 
-def breast_cancer():
+def breast_cancer() -> tuple[jax.Array, jax.Array]:
     """scikit-learn's Wisconsin breast-cancer set: ``x`` (569, 30) raw features (standardize
-    them), ``y`` (569, 1) float32, 1 = benign. Needs the ``data`` extra."""
+    them), ``y`` (569, 1) float32, 1 = benign. Needs the ``data`` extra.
+
+    Examples:
+        >>> x, y = jaxnn.data.breast_cancer()
+        >>> x.shape, y.dtype, int(y.sum())
+        ((569, 30), dtype('float32'), 357)
+        >>> x, _ = jaxnn.data.standardize(x)
+    """
     datasets = _require("sklearn.datasets", "data", "jaxnn.data.breast_cancer")
     bunch = datasets.load_breast_cancer()
     return jnp.asarray(bunch.data, jnp.float32), _labels(bunch.target)
 
 
-#: The built-in data sets by name: a function ``seed -> (x, y)``. The generated ones have 400
-#: examples; scikit-learn's ignore their seed argument (they are fixed files).
 BUILTIN: dict[str, Callable[[int], tuple[jax.Array, jax.Array]]] = {
     "flower": lambda seed: planar_flower(400, seed=seed),
     "moons": lambda seed: two_moons(400, seed=seed),
@@ -215,10 +326,33 @@ BUILTIN: dict[str, Callable[[int], tuple[jax.Array, jax.Array]]] = {
     "digits": lambda seed: digits(),
     "breast-cancer": lambda seed: breast_cancer(),
 }
+"""The built-in data sets by name: a function ``seed -> (x, y)``. The generated ones have 400
+examples; scikit-learn's ignore their seed argument (they are fixed files). ``jaxnn train
+--data NAME`` and [`load_builtin`][jaxnn.data.load_builtin] pick from it: ``"flower"``,
+``"moons"``, ``"circles"``, ``"spirals"``, ``"digits"``, ``"breast-cancer"``."""
 
 
 def load_builtin(name: str, seed: int = 1) -> tuple[jax.Array, jax.Array]:
-    """The built-in data set ``name`` (one of [`BUILTIN`][jaxnn.data.BUILTIN])."""
+    """The built-in data set ``name`` (one of [`BUILTIN`][jaxnn.data.BUILTIN]).
+
+    Args:
+      name: a key of [`BUILTIN`][jaxnn.data.BUILTIN].
+      seed: seeds a generated set (ignored by scikit-learn's).
+
+    Returns:
+      ``(x, y)``.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
+
+    Examples:
+        >>> from jaxnn.data import BUILTIN, load_builtin
+        >>> sorted(BUILTIN)
+        ['breast-cancer', 'circles', 'digits', 'flower', 'moons', 'spirals']
+        >>> x, y = load_builtin("spirals", seed=3)
+        >>> x.shape, y.shape
+        ((400, 2), (400, 1))
+    """
     if name not in BUILTIN:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(BUILTIN)}")
     return BUILTIN[name](seed)
@@ -271,7 +405,8 @@ def _h5_images(x: np.ndarray, path: str, split: str) -> jax.Array:
     return jnp.asarray(x / 255.0)
 
 
-def load_h5(path: str | os.PathLike, split: str | None = None):
+def load_h5(path: str | os.PathLike,
+            split: str | None = None) -> tuple[jax.Array, jax.Array, list[str] | None]:
     """Images and labels from an HDF5 file in the classic cat-vs-non-cat layout.
 
     The file holds ``{split}_set_x`` (``m`` images, ``(m, h, w, c)`` or ``(m, h, w)``, pixel
@@ -286,6 +421,23 @@ def load_h5(path: str | os.PathLike, split: str | None = None):
 
     Returns:
       ``(x, y, classes)``, ``classes`` the decoded ``list_classes`` (``None`` when absent).
+
+    Raises:
+      DataFileError: the file is missing or unreadable, holds no (or both) splits, or its
+        images and labels do not match.
+
+    Examples:
+        A file in that layout, written with ``h5py``:
+
+        >>> import os, tempfile, h5py
+        >>> path = os.path.join(tempfile.mkdtemp(), "train.h5")
+        >>> with h5py.File(path, "w") as f:
+        ...     f["train_set_x"] = np.full((3, 2, 2, 3), 255, np.uint8)
+        ...     f["train_set_y"] = np.array([0, 1, 1])
+        ...     f["list_classes"] = np.array([b"non-cat", b"cat"])
+        >>> x, y, classes = jaxnn.data.load_h5(path)
+        >>> x.shape, float(x.max()), y[:, 0].tolist(), classes
+        ((3, 12), 1.0, [0.0, 1.0, 1.0], ['non-cat', 'cat'])
     """
     h5py = _require("h5py", "data", "jaxnn.data.load_h5")
     path = os.fspath(path)
@@ -331,6 +483,26 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     int16, 0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions, then each
     dimension as a big-endian uint32; the data follows, big-endian, and must fill exactly the
     product of the dimensions. Gzip is recognized by its magic bytes, whatever the file name.
+
+    Args:
+      path: the file.
+
+    Returns:
+      A NumPy array of the declared shape and type, in native byte order.
+
+    Raises:
+      DataFileError: the file is missing, not IDX, truncated, has trailing bytes, or its gzip
+        data is corrupted.
+
+    Examples:
+        >>> import gzip, os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "images.idx.gz")
+        >>> header = bytes([0, 0, 0x08, 3]) + np.array([2, 2, 3], ">u4").tobytes()
+        >>> with open(path, "wb") as f:
+        ...     _ = f.write(gzip.compress(header + bytes(range(12))))
+        >>> a = jaxnn.data.load_idx(path)
+        >>> a.shape, a.dtype, a[1, 1].tolist()
+        ((2, 2, 3), dtype('uint8'), [9, 10, 11])
     """
     path = os.fspath(path)
     try:
@@ -371,11 +543,40 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def load_mnist(images: str | os.PathLike, labels: str | os.PathLike):
+def load_mnist(images: str | os.PathLike,
+               labels: str | os.PathLike) -> tuple[jax.Array, jax.Array]:
     """MNIST-format images and labels (IDX files, raw or gzip).
 
     Returns ``x`` of shape ``(m, h·w)`` (pixel values scaled to [0, 1]) and ``y`` of shape
     ``(m, 1)`` (int32 classes; float32 0/1 when only two classes occur).
+
+    Args:
+      images: the images' IDX file, ``(m, h, w)`` (e.g. ``train-images-idx3-ubyte.gz``).
+      labels: the labels' IDX file, ``(m,)`` (e.g. ``train-labels-idx1-ubyte.gz``).
+
+    Returns:
+      ``(x, y)``.
+
+    Raises:
+      DataFileError: a file is unreadable (see [`load_idx`][jaxnn.data.load_idx]), or the two
+        do not match.
+
+    Examples:
+        Two images of 2×2 pixels and their labels, written in the IDX format:
+
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> def idx(name, dims, data):
+        ...     path = os.path.join(folder, name)
+        ...     with open(path, "wb") as f:
+        ...         header = bytes([0, 0, 0x08, len(dims)]) + np.array(dims, ">u4").tobytes()
+        ...         _ = f.write(header + bytes(data))
+        ...     return path
+        >>> images = idx("images.idx", [2, 2, 2], [0, 255, 0, 255, 51, 0, 0, 0])
+        >>> labels = idx("labels.idx", [2], [7, 3])
+        >>> x, y = jaxnn.data.load_mnist(images, labels)
+        >>> x.shape, round(float(x[1, 0]), 4), y[:, 0].tolist()
+        ((2, 4), 0.2, [7, 3])
     """
     x = load_idx(images)
     y = load_idx(labels)
@@ -396,11 +597,30 @@ def load_mnist(images: str | os.PathLike, labels: str | os.PathLike):
 # --- preparation ------------------------------------------------------------------------------
 
 
-def train_test_split(x, y, *, test_fraction: float = 0.2, seed: int = 0):
+def train_test_split(x: jax.Array, y: jax.Array, *, test_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Splits ``(x, y)`` at random into ``(x_train, y_train, x_test, y_test)``.
 
     ``round(test_fraction · m)`` examples go to the test set; the permutation is drawn from
     ``seed``, so the split is reproducible.
+
+    Args:
+      x: the inputs, examples first.
+      y: the targets, examples first.
+      test_fraction: the share of examples to test on, in (0, 1).
+      seed: seeds the permutation.
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length, or one side would be empty.
+
+    Examples:
+        >>> x, y = jaxnn.data.circles(50)
+        >>> x_train, y_train, x_test, y_test = jaxnn.data.train_test_split(x, y, test_fraction=0.2)
+        >>> x_train.shape, y_train.shape, x_test.shape, y_test.shape
+        ((40, 2), (40, 1), (10, 2), (10, 1))
     """
     m = x.shape[0]
     if y.shape[0] != m:
@@ -417,8 +637,17 @@ def train_test_split(x, y, *, test_fraction: float = 0.2, seed: int = 0):
     return x[train], y[train], x[test], y[test]
 
 
-def standardize(x, stats: tuple | None = None):
-    """Features shifted to mean 0 and scaled to standard deviation 1.
+def standardize(x: jax.Array,
+                stats: tuple | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    r"""Features shifted to mean 0 and scaled to standard deviation 1.
+
+    For each feature $j$ over the $m$ examples (the population standard deviation):
+
+    $$\hat{x}_{ij} = \frac{x_{ij} - \mu_j}{\sigma_j} \qquad
+    \mu_j = \frac{1}{m} \sum_{i} x_{ij} \qquad
+    \sigma_j = \sqrt{\frac{1}{m} \sum_{i} (x_{ij} - \mu_j)^2}$$
+
+    with $\sigma_j$ replaced by 1 where it is 0.
 
     Args:
       x: ``(m, n)`` features.
@@ -426,7 +655,24 @@ def standardize(x, stats: tuple | None = None):
         ``x`` when omitted. A constant feature (std 0) is only shifted.
 
     Returns:
-      ``((x − mean) / std, (mean, std))``.
+      ``((x − mean) / std, (mean, std))``, ``mean`` and ``std`` of shape ``(1, n)``.
+
+    Raises:
+      ValueError: ``stats`` are for another number of features.
+
+    Examples:
+        >>> x = jnp.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+        >>> z, (mean, std) = jaxnn.data.standardize(x)
+        >>> z[:, 0].tolist(), z[:, 1].tolist()  # the constant feature is only shifted
+        ([-1.224744..., 0.0, 1.224744...], [0.0, 0.0, 0.0])
+        >>> mean.tolist()
+        [[3.0, 5.0]]
+
+        A test set uses the training set's statistics:
+
+        >>> z_test, _ = jaxnn.data.standardize(jnp.array([[3.0, 6.0]]), (mean, std))
+        >>> z_test.tolist()
+        [[0.0, 1.0]]
     """
     x = jnp.asarray(x)
     if stats is None:
@@ -440,10 +686,30 @@ def standardize(x, stats: tuple | None = None):
     return (x - mean) / std, stats
 
 
-def one_hot(labels, num_classes: int | None = None, dtype=jnp.float32) -> jax.Array:
-    """Integer labels (shape ``(m,)`` or ``(m, 1)``) as one-hot rows ``(m, num_classes)``.
+def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = jnp.float32) -> jax.Array:
+    r"""Integer labels (shape ``(m,)`` or ``(m, 1)``) as one-hot rows ``(m, num_classes)``.
 
     ``num_classes`` defaults to ``max(labels) + 1``; labels outside ``[0, num_classes)`` raise.
+    Row $i$ is the indicator of label $y_i$:
+
+    $$Y_{ik} = \mathbf{1}[y_i = k] \qquad k = 0, \dots, K - 1$$
+
+    Args:
+      labels: whole class numbers, ``(m,)`` or ``(m, 1)`` (``y`` as the loaders return it).
+      num_classes: $K$.
+      dtype: the result's dtype.
+
+    Returns:
+      An ``(m, num_classes)`` array of 0 and 1.
+
+    Raises:
+      ValueError: labels of another shape, fractional, or outside ``[0, num_classes)``.
+
+    Examples:
+        >>> jaxnn.data.one_hot(jnp.array([[2], [0], [1]])).tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+        >>> jaxnn.data.one_hot(np.array([1, 0]), num_classes=4).shape
+        (2, 4)
     """
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -478,6 +744,29 @@ def batches(
     batch has the same shape, so a jitted step compiles once). The order is a pure function of
     ``key``: derive the key of epoch ``e`` as ``jax.random.fold_in(key, e)`` and a run can
     resume at any epoch.
+
+    Args:
+      key: the PRNG key of the permutation.
+      x: the inputs, examples first.
+      y: the targets, examples first.
+      batch_size: examples per batch, a positive int.
+      drop_last: drop the last, shorter batch.
+
+    Yields:
+      ``(x_batch, y_batch)`` pairs.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length, the set is empty, or ``batch_size`` is not
+        a positive int.
+
+    Examples:
+        >>> x, y = jaxnn.data.two_moons(10)
+        >>> key = jax.random.key(0)
+        >>> [xb.shape for xb, yb in jaxnn.data.batches(key, x, y, 4)]
+        [(4, 2), (4, 2), (2, 2)]
+        >>> [xb.shape for xb, yb in jaxnn.data.batches(key, x, y, 4, drop_last=True)]
+        [(4, 2), (4, 2)]
+        >>> epoch_3 = jaxnn.data.batches(jax.random.fold_in(key, 3), x, y, 4)
     """
     m = x.shape[0]
     if y.shape[0] != m:

@@ -1,4 +1,4 @@
-"""Data parallelism over every visible device with ``jax.sharding``.
+r"""Data parallelism over every visible device with ``jax.sharding``.
 
 [`shard_train_step`][jaxnn.data_parallel.shard_train_step] turns a train step into a data-parallel
 one: a one-axis
@@ -8,7 +8,12 @@ its leading axis (``NamedSharding(mesh, P("data"))``). The step itself is unchan
 partitions it (GSPMD), each device computes the forward and backward on its part of the batch,
 and the sums over examples inside the losses' means and the backward's ``dW = xᵀ dZ`` become
 all-reduces across devices. The result equals the one-device step up to the order of floating-
-point summation.
+point summation: with the batch $x$ split into the parts $x_{(1)}, \dots, x_{(D)}$ of the $D$
+devices, a dense layer's weight gradient is
+
+$$dW = x^\top dZ = \sum_{d=1}^{D} x_{(d)}^\top \, dZ_{(d)}$$
+
+each device computing one term on its own part and the sum being the all-reduce.
 
 Several hosts. Call ``jax.distributed.initialize()`` at the start of every process (with
 ``coordinator_address``, ``num_processes`` and ``process_id``, or from the cluster's
@@ -23,6 +28,19 @@ the same program on every process; the library adds no orchestration of its own.
 ``tests/test_multi_process.py`` runs it as 2 and 4 processes against one. To split the
 parameters and optimizer state themselves instead of replicating them, see
 [`jaxnn.sharding`][jaxnn.sharding].
+
+The examples below run on whatever devices the process sees, one CPU device included (a 1-device
+mesh: everything is "split" into one part). To try several devices on one CPU, start Python with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``.
+
+Examples:
+    >>> from jaxnn import data_parallel
+    >>> mesh = data_parallel.data_mesh()
+    >>> mesh.axis_names, mesh.size == jax.device_count()
+    (('data',), True)
+    >>> x = data_parallel.shard_batch(jnp.ones((4 * jax.device_count(), 3)), mesh)
+    >>> x.sharding.spec == jax.sharding.PartitionSpec("data")
+    True
 """
 
 from __future__ import annotations
@@ -38,13 +56,32 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = ["DATA_AXIS", "data_mesh", "replicate", "shard_batch", "shard_train_step"]
 
-#: The name of the mesh axis the batch is split on.
 DATA_AXIS = "data"
+"""The name of the mesh axis the batch is split on (and that
+[`jaxnn.sharding`][jaxnn.sharding]'s FSDP strategy splits parameters over)."""
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A one-axis mesh named ``"data"`` over ``devices`` (default: ``jax.devices()``, every
-    device of every process)."""
+    device of every process).
+
+    Args:
+      devices: the devices, in mesh order.
+
+    Returns:
+      A ``jax.sharding.Mesh`` with the one axis [`DATA_AXIS`][jaxnn.data_parallel.DATA_AXIS].
+
+    Raises:
+      ValueError: ``devices`` is empty.
+
+    Examples:
+        >>> from jaxnn.data_parallel import data_mesh
+        >>> mesh = data_mesh()
+        >>> mesh.axis_names, mesh.size == jax.device_count()
+        (('data',), True)
+        >>> data_mesh(jax.devices()[:1]).size  # a 1-device mesh
+        1
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("data_mesh: no devices given")
@@ -52,7 +89,21 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Puts a full copy of every leaf of ``tree`` on every device of ``mesh``."""
+    """Puts a full copy of every leaf of ``tree`` on every device of ``mesh``.
+
+    Args:
+      tree: a pytree of arrays (parameters, optimizer state).
+      mesh: the mesh.
+
+    Returns:
+      ``tree`` with every leaf sharded ``NamedSharding(mesh, P())``.
+
+    Examples:
+        >>> from jaxnn.data_parallel import data_mesh, replicate
+        >>> params = replicate({"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}, data_mesh())
+        >>> params["W"].sharding.is_fully_replicated
+        True
+    """
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
@@ -72,14 +123,32 @@ def _check_divisible(what: str, leaf: Any, devices: int) -> None:
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
-    """Splits every leaf of ``tree`` on its leading (example) axis over the mesh's devices.
+    r"""Splits every leaf of ``tree`` on its leading (example) axis over the mesh's devices.
 
     In a single process the leaves are the whole batch. With several processes
     (``jax.process_count() > 1``) each process passes its local part, and the global batch is
     the concatenation over processes (``jax.make_array_from_process_local_data``).
 
+    Args:
+      tree: a pytree of arrays with a leading example axis (``x``, ``y``).
+      mesh: a mesh with a ``"data"`` axis.
+
+    Returns:
+      ``tree`` with every leaf sharded ``NamedSharding(mesh, P("data"))``: device $d$ of $D$
+      holds examples $[d \cdot m / D, (d + 1) \cdot m / D)$.
+
     Raises:
       ValueError: when the leading axis does not divide evenly over the devices.
+
+    Examples:
+        >>> from jaxnn.data_parallel import data_mesh, shard_batch
+        >>> mesh = data_mesh()
+        >>> m = 4 * jax.device_count()  # a multiple of the device count
+        >>> x, y = shard_batch((jnp.ones((m, 3)), jnp.zeros((m, 1))), mesh)
+        >>> x.shape == (m, 3), x.sharding.spec
+        (True, P('data',))
+        >>> len(x.addressable_shards) == jax.device_count()
+        True
     """
     return _shard_batch(tree, mesh, "shard_batch")
 
@@ -118,13 +187,19 @@ def shard_train_step(
       batch arguments on their leading axis (raising a clear ``ValueError`` when that axis does
       not divide by the device count), and runs one compiled step; its outputs are replicated.
 
-    >>> import jax, jax.numpy as jnp, optax, jaxnn
-    >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
-    >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
-    >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1))
-    >>> parallel_step = jaxnn.data_parallel.shard_train_step(step)
-    >>> x = jnp.ones((8 * jax.device_count(), 2)); y = jnp.zeros((x.shape[0], 1))
-    >>> params, _, opt_state, loss = parallel_step(params, (), optax.sgd(0.1).init(params), x, y)
+    Examples:
+        One step over every visible device (one CPU device is a 1-device mesh):
+
+        >>> import jax, jax.numpy as jnp, optax, jaxnn
+        >>> net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(), jaxnn.dense(1))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 2))
+        >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optax.sgd(0.1))
+        >>> parallel_step = jaxnn.data_parallel.shard_train_step(step)
+        >>> x = jnp.ones((8 * jax.device_count(), 2)); y = jnp.zeros((x.shape[0], 1))
+        >>> params, _, opt_state, loss = parallel_step(params, (), optax.sgd(0.1).init(params),
+        ...                                            x, y)
+        >>> loss.shape, loss.sharding.is_fully_replicated
+        ((), True)
     """
     mesh = data_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names:

@@ -1,4 +1,4 @@
-"""An opt-in check mode that names the first layer whose output is not finite.
+r"""An opt-in check mode that names the first layer whose output is not finite.
 
 Normal training never pays for it: the checks exist only in a model rebuilt by
 [`checked`][jaxnn.debug.checked]. They are ``jax.experimental.checkify`` checks, which are
@@ -7,15 +7,21 @@ into the compiled program (an error value returned next to the result), not host
 they work under ``jax.jit``, ``jax.vmap`` and ``lax.scan`` and cost one ``isfinite`` reduction
 per layer.
 
->>> import jax, jax.numpy as jnp, jaxnn
->>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
->>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
->>> x = jnp.array([[1.0, jnp.inf, 0.0]])
->>> try:
-...     jaxnn.debug.checked_apply(net, params, (), x)
-... except jaxnn.debug.NonFiniteError as e:
-...     print(e)
-non-finite values in the input of serial/0:dense (first non-finite point in the network)
+Each leaf layer checks, in execution order, that its input, its parameters and its output are
+finite, and (in the backward pass) that its $dW$, $db$ and $dx$ are; the loss checks its value
+and its derivative. A check of a tree $t$ is one reduction,
+$\bigwedge_{a \in t} \bigwedge_i \operatorname{isfinite}(a_i)$.
+
+Examples:
+    >>> import jax, jax.numpy as jnp, jaxnn
+    >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+    >>> x = jnp.array([[1.0, jnp.inf, 0.0]])
+    >>> try:
+    ...     jaxnn.debug.checked_apply(net, params, (), x)
+    ... except jaxnn.debug.NonFiniteError as e:
+    ...     print(e)
+    non-finite values in the input of serial/0:dense (first non-finite point in the network)
 """
 
 from __future__ import annotations
@@ -36,7 +42,24 @@ _FIRST = " (first non-finite point in the network)"
 
 
 class NonFiniteError(FloatingPointError):
-    """Raised by the check mode; the message names the layer."""
+    """Raised by the check mode; the message names the layer.
+
+    A ``FloatingPointError`` (so also an ``ArithmeticError``).
+
+    Examples:
+        >>> from jaxnn.debug import NonFiniteError, checked_apply
+        >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> bad = ({"W": params[0]["W"].at[1, 0].set(jnp.nan), "b": params[0]["b"]}, ())
+        >>> try:
+        ...     checked_apply(net, bad, (), jnp.ones((4, 3)))
+        ... except NonFiniteError as e:
+        ...     print(e)
+        non-finite values in the parameters of serial/0:dense
+        (first non-finite point in the network)
+        >>> issubclass(NonFiniteError, FloatingPointError)
+        True
+    """
 
 
 def _all_finite(tree) -> jax.Array:
@@ -55,6 +78,31 @@ def checked(model: Layer) -> Layer:
     in execution order is reported, so the message names the first layer that produced (or
     received) a non-finite value. Backward passes are checked too: a non-finite ``dx`` names
     the layer whose backward produced it.
+
+    Args:
+      model: any [`jaxnn.Layer`][jaxnn.Layer].
+
+    Returns:
+      A layer with ``model``'s structure, names and parameters, whose leaf layers run
+      ``checkify.check`` on their input, parameters, output and gradients.
+
+    Examples:
+        Run under ``checkify`` by hand; the error value carries the message:
+
+        >>> from jax.experimental import checkify
+        >>> from jaxnn.debug import checked
+        >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> safe = checked(net)
+        >>> safe.name
+        'serial'
+        >>> run = checkify.checkify(lambda x: jaxnn.apply(safe, params, (), x))
+        >>> err, (y, _) = run(jnp.ones((4, 3)))
+        >>> err.get() is None, y.shape
+        (True, (4, 2))
+        >>> err, _ = run(jnp.array([[1.0, jnp.nan, 0.0]]))
+        >>> err.get().startswith("non-finite values in the input of serial/0:dense")
+        True
     """
 
     def wrap(leaf: Layer, path: str) -> Layer:
@@ -104,7 +152,32 @@ def _raise(err: checkify.Error) -> None:
 def checked_apply(model: Layer, params: Any, state: Any, x: jax.Array, *,
                   key: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, Any]:
     """[`jaxnn.apply`][jaxnn.apply] in check mode: raises
-    [`NonFiniteError`][jaxnn.debug.NonFiniteError] naming the layer."""
+    [`NonFiniteError`][jaxnn.debug.NonFiniteError] naming the layer.
+
+    Args:
+      model: the network.
+      params: its parameters.
+      state: its state (``()`` for none).
+      x: the input.
+      key: the PRNG key of the forward pass (dropout).
+      train: the mode.
+
+    Returns:
+      ``(y, new_state)``, as [`jaxnn.apply`][jaxnn.apply] returns them, when every value is
+      finite.
+
+    Raises:
+      NonFiniteError: the first layer (in execution order) whose input, parameters or output
+        is not finite.
+
+    Examples:
+        >>> from jaxnn.debug import checked_apply
+        >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.relu())
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> y, new_state = checked_apply(net, params, (), jnp.ones((4, 3)))
+        >>> y.shape, new_state
+        ((4, 2), ())
+    """
     checked_model = checked(model)
 
     def run(params, state, x, key):
@@ -123,6 +196,38 @@ def checked_value_and_grad(model: Layer, loss: Loss, params: Any, x: jax.Array, 
     Returns ``((value, new_state), grads)`` like
     ``jaxnn.value_and_grad(model, loss)``; raises [`NonFiniteError`][jaxnn.debug.NonFiniteError]
     naming the first layer whose output or backward is not finite, or the loss.
+
+    Args:
+      model: the network.
+      loss: its loss.
+      params: the network's parameters.
+      x: a batch of inputs.
+      y: the batch's targets.
+      state: the network's state (``()`` for none).
+      key: the PRNG key of the forward pass (dropout).
+      train: the mode (training by default, as in a train step).
+
+    Returns:
+      ``((value, new_state), grads)``, ``grads`` with the structure of ``params``.
+
+    Raises:
+      NonFiniteError: the first non-finite point, forward or backward.
+
+    Examples:
+        >>> from jaxnn.debug import checked_value_and_grad
+        >>> net = jaxnn.serial(jaxnn.dense(1), jaxnn.sigmoid())
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> x, y = jnp.ones((4, 3)), jnp.ones((4, 1))
+        >>> (value, new_state), grads = checked_value_and_grad(
+        ...     net, jaxnn.binary_cross_entropy, params, x, y)
+        >>> value.shape, jax.tree.map(jnp.shape, grads)
+        ((), ({'W': (3, 1), 'b': (1,)}, ()))
+        >>> try:
+        ...     checked_value_and_grad(net, jaxnn.binary_cross_entropy, params,
+        ...                            x.at[2, 1].set(jnp.inf), y)
+        ... except jaxnn.debug.NonFiniteError as e:
+        ...     print(e)
+        non-finite values in the input of serial/0:dense (first non-finite point in the network)
     """
     model, loss = fuse(model, loss)
     chain = value_and_grad(checked(model), _checked_loss(loss), train=train)

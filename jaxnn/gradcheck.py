@@ -1,37 +1,68 @@
-"""Gradient verification: hand-derived backward passes against autodiff and finite differences.
+r"""Gradient verification: hand-derived backward passes against autodiff and finite differences.
 
-Everything runs in float64. For a layer ``f`` the check draws a fixed random cotangent ``v`` and
-differentiates the scalar ``S = Σ v ⊙ f(params, x)``:
+Everything runs in float64. For a layer $f$ the check draws a fixed random cotangent $v$ (standard
+normal, the shape of the output) and differentiates the scalar
 
-* **hand-derived**: ``jax.grad`` of ``S`` through [`jaxnn.apply`][jaxnn.apply], i.e. the layer's own
+$$S(\theta) = \sum_{k} v_k \, f_k(\theta)$$
+
+where $\theta$ stands for every parameter and the input, three ways:
+
+* **hand-derived**: ``jax.grad`` of $S$ through [`jaxnn.apply`][jaxnn.apply], i.e. the layer's own
   ``backward`` reached through ``jax.custom_vjp``;
-* **jax.grad**: ``jax.grad`` of ``S`` through [`jaxnn.reference_apply`][jaxnn.reference_apply], the
-  same forward
-  under plain autodiff;
-* **finite differences**: the fourth-order central difference
-  ``[8(S(θ + εe_i) − S(θ − εe_i)) − (S(θ + 2εe_i) − S(θ − 2εe_i))] / 12ε`` (``ε = 1e-3``) for
-  each entry ``θ_i`` of every parameter and of the input (at most ``max_fd_entries`` entries
-  per array, sampled at random beyond that). All perturbed points of a check are evaluated by
-  one compiled, vmapped function. An entry where the function is not smooth within the step
-  (a ReLU's kink, a tie of ``max_pool``) is detected — the stencil at ``ε/2`` disagrees, or the
-  gap between the right and left slopes does not halve with the step — and skipped, counted
-  in [`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped]; it never fails the check.
-  ``jax.grad`` still sees it.
+* **jax.grad**: ``jax.grad`` of $S$ through [`jaxnn.reference_apply`][jaxnn.reference_apply], the
+  same forward under plain autodiff;
+* **finite differences**: the fourth-order central difference below, for each entry $\theta_i$
+  of every parameter and of the input (at most ``max_fd_entries`` entries per array, sampled at
+  random beyond that). All perturbed points of a check are evaluated by one compiled, vmapped
+  function.
+
+With $e_i$ the unit vector of entry $i$ and the step $\varepsilon$ = ``fd_eps`` = 1e-3, the
+finite-difference estimate is
+
+$$\hat{g}_i(\varepsilon) = \frac{8\,[S(\theta + \varepsilon e_i) - S(\theta - \varepsilon e_i)] -
+[S(\theta + 2\varepsilon e_i) - S(\theta - 2\varepsilon e_i)]}{12\varepsilon}$$
+
+the Richardson combination $\frac{4 D(\varepsilon) - D(2\varepsilon)}{3}$ of two plain central
+differences $D(h) = \frac{S(\theta + h e_i) - S(\theta - h e_i)}{2h}$: their $h^2$ error terms
+cancel, leaving an error of order $\varepsilon^4$.
+
+An entry where the function is not smooth within the step (a ReLU's kink, a tie of
+``max_pool``) is detected and skipped, counted in
+[`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped]; it never fails the check.
+``jax.grad`` still sees it. Seven points are evaluated per entry, at the offsets
+$-2\varepsilon, -\varepsilon, -\varepsilon/2, 0, \varepsilon/2, \varepsilon, 2\varepsilon$, and
+the entry counts as smooth when both of these hold. First, the same stencil at half the step
+agrees: $\lvert \hat{g}_i(\varepsilon) - \hat{g}_i(\varepsilon/2) \rvert \le \tau s_i$. Second,
+the gap between the right and the left one-sided slopes
+
+$$\Delta(h) = \frac{S(\theta + h e_i) - S(\theta)}{h} - \frac{S(\theta) - S(\theta - h e_i)}{h}$$
+
+halves with the step, as $h \, \partial_i^2 S$ does for a smooth $S$ (at a kink it stays the
+jump of the slope): $\lvert \Delta(\varepsilon) - 2\Delta(\varepsilon/2) \rvert \le \tau s_i$.
+
+Both use $\tau$ = ``rtol_fd / 2`` and
+$s_i = \max(\lvert \hat{g}_i \rvert, 10^{-3} \max(\text{scale}, \max_j \lvert \hat{g}_j \rvert))$,
+``scale`` being the largest ``jax.grad`` entry of the whole check (every parameter and the input).
 
 [`check_layer`][jaxnn.gradcheck.check_layer] checks at the given input shape and at batch 1 (2 in
-training mode), since
-a backward can be right at one batch size and wrong at another.
+training mode), since a backward can be right at one batch size and wrong at another.
 
-The error of one array is reported as the largest absolute difference and the largest relative
-difference ``|a_i − b_i| / max(|a_i|, |b_i|, floor)``, where ``floor`` is 1e-3 times the
-largest reference entry of the whole check (every parameter and the input): entries tiny next
-to the rest of the gradient — rounding noise around an exact zero, such as the bias gradient of
-a layer followed by batch normalization — are judged on the gradient's scale instead of
-dividing by ~0. A real error still shows: against ``jax.grad`` an entry of size ``g`` that is
-wrong by 100% gives a relative error of at least ``min(1, 1000·g/scale)``. A comparison
-passes when the relative error is within ``rtol_autodiff`` (default 1e-9) against ``jax.grad``
-and ``rtol_fd`` (default 1e-6) against finite differences (both fields of
-[`Tolerances`][jaxnn.gradcheck.Tolerances]).
+The error of one array $a$ (hand-derived) against its reference $b$ is reported as the largest
+absolute difference $\max_i \lvert a_i - b_i \rvert$ and the largest relative difference
+
+$$\text{rel}(a, b) = \max_i \frac{\lvert a_i - b_i \rvert}
+{\max(\lvert a_i \rvert, \lvert b_i \rvert, \text{floor})}
+\qquad \text{floor} = 10^{-3} \max(\max_j \lvert b_j \rvert, \text{scale})$$
+
+where ``scale`` is the largest reference entry of the whole check (every parameter and the
+input): entries tiny next to the rest of the gradient — rounding noise around an exact zero,
+such as the bias gradient of a layer followed by batch normalization — are judged on the
+gradient's scale instead of dividing by ~0 (an entry where $a_i = b_i$ has error 0, one where
+either is not finite has error $\infty$). A real error still shows: against ``jax.grad`` an entry
+of size $g$ that is wrong by 100% gives a relative error of at least
+$\min(1, 1000 g / \text{scale})$. A comparison passes when the relative error is within
+``rtol_autodiff`` (default 1e-9) against ``jax.grad`` and ``rtol_fd`` (default 1e-6) against
+finite differences (both fields of [`Tolerances`][jaxnn.gradcheck.Tolerances]).
 
 Every exported layer and loss is checked at the configurations of
 [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] and
@@ -40,18 +71,19 @@ Every exported layer and loss is checked at the configurations of
 
 Any JAX function with a ``jax.custom_vjp`` / ``jax.custom_jvp`` rule, a user's or a library's,
 is checked by [`check_function`][jaxnn.gradcheck.check_function]: the rule against autodiff of the
-function with its rules
-removed and against finite differences. Every report has one row per parameter or argument leaf
-with the index of its worst entry, and renders as text
+function with its rules removed and against finite differences. Every report has one row per
+parameter or argument leaf with the index of its worst entry, and renders as text
 ([`GradcheckReport.table`][jaxnn.gradcheck.GradcheckReport.table]),
-Markdown and HTML (docs/verification.md).
+Markdown ([`GradcheckReport.markdown`][jaxnn.gradcheck.GradcheckReport.markdown]) and HTML
+(in notebooks; see [the verification page](../../verification.md)).
 
-A user's own layer is checked by the same call:
+Examples:
+    A user's own layer is checked by the same call:
 
->>> import jaxnn
->>> report = jaxnn.gradcheck.check_layer(jaxnn.dense(3), (4, 2))
->>> report.passed
-True
+    >>> import jaxnn
+    >>> report = jaxnn.gradcheck.check_layer(jaxnn.dense(3), (4, 2))
+    >>> report.passed
+    True
 """
 
 from __future__ import annotations
@@ -101,13 +133,25 @@ __all__ = [
 
 
 class Tolerances(NamedTuple):
-    """The pass thresholds of a check and its finite-difference settings.
+    r"""The pass thresholds of a check and its finite-difference settings.
 
     Attributes:
       rtol_autodiff: the largest relative error against ``jax.grad``.
       rtol_fd: the largest relative error against finite differences.
-      fd_eps: the finite-difference step ``ε``.
+      fd_eps: the finite-difference step $\varepsilon$.
       max_fd_entries: entries per array estimated by finite differences (sampled beyond it).
+
+    Examples:
+        The defaults, and looser ones for a check that compares fewer entries:
+
+        >>> from jaxnn.gradcheck import Tolerances
+        >>> Tolerances()
+        Tolerances(rtol_autodiff=1e-09, rtol_fd=1e-06, fd_eps=0.001, max_fd_entries=1024)
+        >>> Tolerances(rtol_fd=1e-5, max_fd_entries=64).rtol_fd
+        1e-05
+
+        Every check takes them as ``tolerances=``; a
+        [`LayerCase`][jaxnn.gradcheck.LayerCase] sets fields of them in its ``options``.
     """
 
     rtol_autodiff: float = 1e-9
@@ -121,38 +165,103 @@ DEFAULT_TOLERANCES = Tolerances()
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """One array's hand-derived gradient against one reference."""
+    r"""One array's hand-derived gradient against one reference: one row of a
+    [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport].
+
+    ``max_relative_error`` is the $\text{rel}(a, b)$ of the [module doc][jaxnn.gradcheck], with
+    $a$ the hand-derived gradient and $b$ the reference; the comparison passes when it is at
+    most ``tolerance``.
+
+    Examples:
+        Checks make them; here is one by hand:
+
+        >>> from jaxnn.gradcheck import Comparison
+        >>> c = Comparison("dense", "W", "jax.grad", max_abs_error=3e-12,
+        ...                max_relative_error=2e-10, tolerance=1e-9, in_shape=(4, 2))
+        >>> c.passed
+        True
+        >>> c.layer, c.parameter, c.reference
+        ('dense', 'W', 'jax.grad')
+        >>> import dataclasses
+        >>> dataclasses.replace(c, max_relative_error=1e-6).passed
+        False
+    """
 
     layer: str
+    """The layer (or function) checked; ``"serial/2:dense"`` inside a model."""
     parameter: str
-    reference: str  # "jax.grad" or "finite differences"
+    """The parameter or input leaf: ``"W"``, ``"b"``, ``"input"``, ``"params.W"``, ``"x"``."""
+    reference: str
+    """What the hand-derived gradient is compared with: ``"jax.grad"`` or
+    ``"finite differences"``."""
     max_abs_error: float
+    r"""The largest absolute difference $\max_i \lvert a_i - b_i \rvert$."""
     max_relative_error: float
+    """The largest relative difference (module doc), the number judged."""
     tolerance: float
-    in_shape: tuple = ()  # the input's shape at which the gradient was checked
-    skipped: int = 0  # finite-difference entries at non-smooth points, left out
-    worst_index: tuple[int, ...] | None = None  # the entry with the largest relative error
-    # per-entry relative errors (NaN where not compared), for plots; not part of equality
+    """The threshold ``max_relative_error`` is judged against (``rtol_autodiff`` or
+    ``rtol_fd`` of [`Tolerances`][jaxnn.gradcheck.Tolerances])."""
+    in_shape: tuple = ()
+    """The input's shape at which the gradient was checked (``()`` for a function check)."""
+    skipped: int = 0
+    """Finite-difference entries at non-smooth points (a kink within the step), left out of
+    the comparison and counted here (0 in the rows against ``jax.grad``)."""
+    worst_index: tuple[int, ...] | None = None
+    """The index of the entry with the largest relative error (``None`` when nothing was
+    compared)."""
     errors: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    """Per-entry relative errors (NaN where not compared), for plots; not part of equality."""
 
     @property
     def passed(self) -> bool:
+        """``max_relative_error <= tolerance``."""
         return bool(self.max_relative_error <= self.tolerance)
 
 
 @dataclasses.dataclass
 class GradcheckReport:
-    """The comparisons of a check, one per layer, parameter and reference."""
+    """The comparisons of a check, one per layer, parameter and reference.
+
+    Every check of this module returns one. It renders as a table, one row per (layer,
+    parameter) with its error against each reference: ``str(report)`` and
+    [`table`][jaxnn.gradcheck.GradcheckReport.table] as plain text,
+    [`markdown`][jaxnn.gradcheck.GradcheckReport.markdown] for GitHub, and as HTML in notebooks.
+
+    Examples:
+        A report of two comparisons, one failing (checks fill them in; these are by hand):
+
+        >>> from jaxnn.gradcheck import Comparison, GradcheckReport
+        >>> report = GradcheckReport([
+        ...     Comparison("dense", "W", "jax.grad", 1e-12, 1e-11, 1e-9, (4, 2)),
+        ...     Comparison("dense", "W", "finite differences", 1e-3, 2e-4, 1e-6, (4, 2),
+        ...                worst_index=(1, 0)),
+        ... ])
+        >>> report.passed, report.failing_layers
+        (False, ['dense'])
+        >>> print(report.table())
+        layer  parameter  rel. err vs jax.grad  rel. err vs finite diff.  worst entry
+        -----  ---------  --------------------  ------------------------  -----------  ----
+        dense  W          1.00e-11              2.00e-04                  (1, 0)       FAIL
+        >>> report.raise_if_failed()
+        Traceback (most recent call last):
+        ...
+        AssertionError: gradient check failed:
+        ...
+    """
 
     comparisons: list[Comparison] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)  # what was left out, and why
+    """Every [`Comparison`][jaxnn.gradcheck.Comparison], in the order checked."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What was left out, and why (printed below the table)."""
 
     @property
     def passed(self) -> bool:
+        """Whether every comparison passed."""
         return all(c.passed for c in self.comparisons)
 
     @property
     def failures(self) -> list[Comparison]:
+        """The comparisons that failed."""
         return [c for c in self.comparisons if not c.passed]
 
     @property
@@ -161,6 +270,7 @@ class GradcheckReport:
         return list(dict.fromkeys(c.layer for c in self.failures))
 
     def extend(self, other: GradcheckReport) -> None:
+        """Appends ``other``'s comparisons and notes to this report."""
         self.comparisons.extend(other.comparisons)
         self.notes.extend(other.notes)
 
@@ -185,6 +295,7 @@ class GradcheckReport:
         return self.table()
 
     def raise_if_failed(self) -> None:
+        """Raises ``AssertionError`` with the table when some comparison failed."""
         if not self.passed:
             raise AssertionError("gradient check failed:\n" + self.table())
 
@@ -192,11 +303,43 @@ class GradcheckReport:
 # --- comparing arrays ---------------------------------------------------------------------------
 
 
-def compare(actual, expected, scale: float = 0.0) -> tuple[float, float]:
-    """``(max_abs_error, max_relative_error)`` of two arrays, as defined in the module doc.
+def compare(actual: Any, expected: Any, scale: float = 0.0) -> tuple[float, float]:
+    r"""``(max_abs_error, max_relative_error)`` of two arrays, as defined in the module doc.
+
+    With $a$ = ``actual`` and $b$ = ``expected``:
+
+    $$\max_i \lvert a_i - b_i \rvert \qquad
+    \max_i \frac{\lvert a_i - b_i \rvert}
+    {\max(\lvert a_i \rvert, \lvert b_i \rvert, \text{floor})}$$
 
     ``scale`` is the largest gradient entry of the whole check (all parameters and the input);
-    the floor of the relative error's denominator is ``1e-3·max(max|expected|, scale)``.
+    the floor of the relative error's denominator is
+    $\text{floor} = 10^{-3} \max(\max_j \lvert b_j \rvert, \text{scale})$. Entries that are
+    equal count 0; if any difference is not finite both errors are ``inf``; empty arrays give
+    ``(0.0, 0.0)``.
+
+    Args:
+      actual: the gradient judged (the hand-derived one).
+      expected: the reference (``jax.grad`` or finite differences), of the same shape.
+      scale: the largest gradient entry of the whole check (0: ``expected``'s own).
+
+    Returns:
+      ``(max_abs_error, max_relative_error)`` as floats.
+
+    Raises:
+      ValueError: the shapes differ.
+
+    Examples:
+        >>> from jaxnn.gradcheck import compare
+        >>> abs_err, rel_err = compare(np.array([1.0, 2.0]), np.array([1.0, 2.002]))
+        >>> round(abs_err, 6), round(rel_err, 6)
+        (0.002, 0.000999)
+
+        An entry near an exact zero is judged on the floor, not on its own size:
+
+        >>> abs_err, rel_err = compare(np.array([1e-9, 1.0]), np.array([0.0, 1.0]))
+        >>> round(rel_err, 9)
+        1e-06
     """
     a = np.asarray(actual, dtype=np.float64)
     b = np.asarray(expected, dtype=np.float64)
@@ -420,7 +563,7 @@ def check_layer(
     batch_sizes: Sequence[int] | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> GradcheckReport:
-    """Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
+    r"""Checks ``layer.backward`` against ``jax.grad`` and finite differences, in float64.
 
     Args:
       layer: any [`jaxnn.Layer`][jaxnn.Layer], a user's own included.
@@ -428,7 +571,8 @@ def check_layer(
         a layer taking a tuple of arrays ([`jaxnn.concatenate`][jaxnn.concatenate]). Not needed
         when ``x`` is
         given.
-      params, state: the layer's parameters and state; made by ``layer.init`` when omitted.
+      params: the layer's parameters; made by ``layer.init`` when omitted.
+      state: the layer's state; made by ``layer.init`` when omitted.
       x: the input, an array or a tuple of arrays; standard normal entries when omitted
         (integer ids in ``[0, 4)`` when ``input_dtype`` is an integer type: then only the
         parameters' gradients are checked).
@@ -443,8 +587,24 @@ def check_layer(
 
     Returns:
       A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport]: a row per parameter and input
-      (``"input[i]"`` per entry of a
-      tuple), for ``S = Σ_i Σ v_i ⊙ y_i`` with a random cotangent ``v_i`` per output.
+      (``"input[i]"`` per entry of a tuple), for $S = \sum_k \sum v_k \odot y_k$ with a random
+      cotangent $v_k$ per output $y_k$.
+
+    Examples:
+        A dense layer checked at input shape ``(3, 2)`` and, by default, at batch 1:
+
+        >>> from jaxnn.gradcheck import check_layer
+        >>> report = check_layer(jaxnn.dense(2), (3, 2))
+        >>> report.passed
+        True
+        >>> sorted({c.in_shape for c in report.comparisons})
+        [(1, 2), (3, 2)]
+        >>> print(report.table())
+        layer  parameter  rel. err vs jax.grad  rel. err vs finite diff.  worst entry
+        -----  ---------  --------------------  ------------------------  -----------  ----
+        dense  W          ...  pass
+        dense  b          ...  pass
+        dense  input      ...  pass
     """
     with jax.enable_x64(True):
         k_init, k_x, k_v, k_fwd = jax.random.split(jax.random.key(seed), 4)
@@ -530,7 +690,33 @@ def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key,
 
 def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
                tolerances: Tolerances = DEFAULT_TOLERANCES) -> GradcheckReport:
-    """Checks ``loss.grad`` (the hand-derived ``dJ/dprediction``) in float64."""
+    r"""Checks ``loss.grad`` (the hand-derived $\partial J / \partial a$) in float64.
+
+    The hand-derived side is ``loss(prediction, target)``, whose ``jax.custom_vjp`` runs
+    ``loss.grad``; the references are ``jax.grad`` of ``loss.value`` and finite differences of
+    it, as in the module doc. The report has one row, named ``loss.name`` / ``"prediction"``.
+
+    Args:
+      loss: a [`jaxnn.Loss`][jaxnn.Loss] (``jaxnn.mean_squared_error``, a user's own).
+      prediction: the network's output $a$ at which to differentiate.
+      target: the labels $y$ (held fixed).
+      seed: seeds the finite-difference sampling.
+      tolerances: the pass thresholds and finite-difference settings.
+
+    Returns:
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport].
+
+    Examples:
+        >>> from jaxnn.gradcheck import check_loss
+        >>> a = jnp.array([[0.2], [0.9], [0.4]])
+        >>> y = jnp.array([[0.0], [1.0], [1.0]])
+        >>> report = check_loss(jaxnn.binary_cross_entropy, a, y)
+        >>> report.passed
+        True
+        >>> [(c.layer, c.parameter, c.reference) for c in report.comparisons]
+        [('binary_cross_entropy', 'prediction', 'jax.grad'),
+         ('binary_cross_entropy', 'prediction', 'finite differences')]
+    """
     with jax.enable_x64(True):
         prediction, target = _to_float64(prediction), _to_float64(target)
 
@@ -549,7 +735,32 @@ def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
 
 def check_case(case: LayerCase | LossCase, seed: int = 0) -> GradcheckReport:
     """Checks one case of [`LAYER_CASES`][jaxnn.gradcheck.LAYER_CASES] /
-    [`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES] (or a user's own case)."""
+    [`LOSS_CASES`][jaxnn.gradcheck.LOSS_CASES] (or a user's own case).
+
+    A [`LayerCase`][jaxnn.gradcheck.LayerCase] goes to
+    [`check_layer`][jaxnn.gradcheck.check_layer] with its input shape, its ``options``
+    (those naming [`Tolerances`][jaxnn.gradcheck.Tolerances] fields set the tolerances) and the
+    input [`case_input`][jaxnn.gradcheck.case_input] draws; a
+    [`LossCase`][jaxnn.gradcheck.LossCase] goes to [`check_loss`][jaxnn.gradcheck.check_loss]
+    with the inputs it draws from ``numpy.random.default_rng(seed)``.
+
+    Args:
+      case: the case.
+      seed: seeds the inputs, parameters, cotangent and finite-difference sampling.
+
+    Returns:
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport].
+
+    Examples:
+        >>> from jaxnn.gradcheck import LAYER_CASES, LOSS_CASES, check_case
+        >>> case = LAYER_CASES["relu"][0]
+        >>> case, case.inputs
+        (relu[3x4], 'away_from_zero')
+        >>> check_case(case).passed
+        True
+        >>> check_case(LOSS_CASES["mean_squared_error"][0]).passed
+        True
+    """
     if isinstance(case, LossCase):
         prediction, target = case.make_inputs(np.random.default_rng(seed))
         return check_loss(case.loss, prediction, target, seed=seed)
@@ -607,6 +818,36 @@ def check_model(
     2. with ``per_layer``, each leaf layer on its own, at the very input it receives inside the
        model (so a wrong backward in a layer without parameters is named too);
     3. the loss's own derivative at the model's output.
+
+    Args:
+      model: the network.
+      loss: its loss.
+      params: the network's parameters.
+      x: a batch of inputs.
+      y: the batch's targets.
+      state: the network's state (``()`` for none).
+      key: the PRNG key of the forward pass (dropout).
+      train: the mode to check.
+      seed: seeds the cotangents and the finite-difference sampling.
+      per_layer: also check each leaf layer alone (part 2).
+      tolerances: the pass thresholds and finite-difference settings.
+
+    Returns:
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport]; ``report.failing_layers`` names
+      the layers at fault.
+
+    Examples:
+        >>> from jaxnn.gradcheck import check_model
+        >>> net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+        >>> y = jnp.ones((4, 1))
+        >>> report = check_model(net, jaxnn.mean_squared_error, params, x, y)
+        >>> report.passed, report.failing_layers
+        (True, [])
+        >>> list(dict.fromkeys(c.layer for c in report.comparisons))
+        ['serial/0:dense', 'serial/2:dense', 'serial/0:dense (alone)', 'serial/1:tanh (alone)',
+         'serial/2:dense (alone)', 'mean_squared_error']
     """
     with jax.enable_x64(True):
         params, state = _to_float64(params), _to_float64(state)
@@ -701,7 +942,12 @@ def check_function(
       custom rule replaced by the computation it wraps (``fn.fun``, at any depth, also inside
       ``jax.jit``: see ``jaxnn._undecorated``);
     * **finite differences** of ``S`` through ``fn`` (kink-safe: an entry within a step of a
-      non-smooth point is skipped and counted, never failed).
+      non-smooth point is skipped and counted, never failed; the stencil and the test are the
+      module doc's).
+
+    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
+    autodiff may pick different ones: entries the finite differences find non-smooth are left
+    out of the comparison with ``jax.grad`` too.
 
     Args:
       fn: the function whose derivative is checked.
@@ -720,13 +966,27 @@ def check_function(
       named by the argument
       (``"x"``, ``"params.W"``, ``"args[1][0]"``), with the index of its worst entry.
 
-    >>> import jax, jax.numpy as jnp
-    >>> @jax.custom_vjp
-    ... def cube(x):
-    ...     return x ** 3
-    >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
-    >>> check_function(cube, jnp.arange(1.0, 4.0)).passed
-    True
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxnn.gradcheck import check_function
+        >>> @jax.custom_vjp
+        ... def cube(x):
+        ...     return x ** 3
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+        >>> report = check_function(cube, jnp.arange(1.0, 4.0))
+        >>> report.passed
+        True
+        >>> [(c.parameter, c.reference) for c in report.comparisons]
+        [('x', 'jax.grad'), ('x', 'finite differences')]
+
+        A wrong rule fails, and the report names the argument:
+
+        >>> @jax.custom_vjp
+        ... def wrong(x):
+        ...     return x ** 3
+        >>> wrong.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))
+        >>> check_function(wrong, jnp.arange(1.0, 4.0)).failing_layers
+        ['wrong']
     """
     with jax.enable_x64(True):
         name = name or _function_name(fn)

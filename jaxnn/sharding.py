@@ -1,4 +1,4 @@
-"""Sharded parameters over a ``("data", "model")`` mesh: FSDP, tensor parallel, replicated.
+r"""Sharded parameters over a ``("data", "model")`` mesh: FSDP, tensor parallel, replicated.
 
 Data parallelism ([`jaxnn.data_parallel`][jaxnn.data_parallel]) keeps a full copy of the parameters
 and the
@@ -25,6 +25,38 @@ Strategies ([`param_specs`][jaxnn.sharding.param_specs]):
 
 Every strategy is overridable per parameter: ``overrides(path, leaf_layer, name, array)`` returns
 a ``PartitionSpec`` to use instead, or ``None`` to keep the rule's.
+
+What a strategy saves is measured by
+[`bytes_per_device_fraction`][jaxnn.sharding.bytes_per_device_fraction]: the largest share of a
+tree's bytes that one device holds, $1/D$ when every leaf is evenly split over $D$ devices and 1
+when replicated.
+
+The examples below build their mesh from ``jax.devices()[:1]``: a 1-device mesh, so they print
+the same on any machine (every split axis has one part). On a CPU, start Python with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` and pass ``make_mesh(data=2, model=4)``
+to see real splits.
+
+Examples:
+    Tensor-parallel specs of a two-layer MLP (column split, then row split) and one sharded step:
+
+    >>> import optax
+    >>> from jaxnn import sharding
+    >>> mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    >>> net = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4))
+    >>> _, params, _ = net.init(jax.random.key(0), (-1, 6))
+    >>> optimizer = optax.adam(1e-3)
+    >>> opt_state = optimizer.init(params)
+    >>> specs, opt_specs = sharding.layout(net, optimizer, params, opt_state, mesh, "tensor")
+    >>> specs
+    ({'W': P(None, 'model'), 'b': P('model',)}, (), {'W': P('model', None), 'b': P()})
+    >>> step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+    >>> sharded_step = sharding.shard_train_step(step, mesh, specs, opt_specs)
+    >>> params = sharding.place(params, specs, mesh)
+    >>> opt_state = sharding.place(opt_state, opt_specs, mesh)
+    >>> x, y = jnp.ones((4, 6)), jnp.zeros((4, 4))
+    >>> params, _, opt_state, loss = sharded_step(params, (), opt_state, x, y, None)
+    >>> params[0]["W"].sharding.spec
+    P(None, 'model')
 """
 
 from __future__ import annotations
@@ -58,9 +90,12 @@ __all__ = [
     "to_host",
 ]
 
-#: The name of the mesh axis tensor parallelism splits weights over.
 MODEL_AXIS = "model"
+"""The name of the mesh axis tensor parallelism splits weights over (the other axis of
+[`make_mesh`][jaxnn.sharding.make_mesh]'s meshes is ``"data"``,
+[`jaxnn.data_parallel.DATA_AXIS`][jaxnn.data_parallel.DATA_AXIS])."""
 STRATEGIES = ("replicated", "fsdp", "tensor")
+"""The strategies [`param_specs`][jaxnn.sharding.param_specs] knows (module doc)."""
 
 Overrides = Callable[[str, Layer, str, Any], P | None]
 
@@ -70,6 +105,25 @@ def make_mesh(data: int | None = None, model: int = 1,
     """A ``(data, model)`` mesh over ``devices`` (default every device of every process).
 
     ``data`` defaults to ``len(devices) // model``; ``data · model`` must equal the device count.
+
+    Args:
+      data: the size of the ``"data"`` axis.
+      model: the size of the ``"model"`` axis, a positive int dividing the device count.
+      devices: the devices, filling the mesh row by row (a row is one ``"data"`` index).
+
+    Returns:
+      A ``jax.sharding.Mesh`` of shape ``(data, model)``, axes ``("data", "model")``.
+
+    Raises:
+      ValueError: the sizes do not multiply to the device count.
+
+    Examples:
+        >>> from jaxnn.sharding import make_mesh
+        >>> mesh = make_mesh(devices=jax.devices()[:1])  # a 1-device mesh
+        >>> mesh.axis_names, dict(mesh.shape)
+        (('data', 'model'), {'data': 1, 'model': 1})
+        >>> make_mesh().size == jax.device_count()  # every device, all on "data"
+        True
     """
     devices = list(jax.devices() if devices is None else devices)
     if not isinstance(model, int) or model < 1 or len(devices) % model:
@@ -115,17 +169,21 @@ def _attention_rule(params: dict, column: bool) -> dict[str, P]:
     return specs
 
 
-#: Layers whose rule is a complete column-then-row pair (the next layer starts a new pair).
 SELF_CONTAINED = frozenset({"multi_head_attention"})
+"""Layers whose rule is a complete column-then-row pair (the next layer starts a new pair):
+attention splits its Q, K, V projections by heads and its output projection by rows."""
 
-#: Tensor-parallel rules by leaf-layer name: ``rule(params, column) -> {param name: spec}``;
-#: ``column`` alternates over the layers that have a rule (the first is column-split). A rule
-#: may leave parameters out (replicated).
 TENSOR_RULES: dict[str, Callable[[dict, bool], dict[str, P]]] = {
     "dense": _matrix_rule,
     "conv": _matrix_rule,
     "multi_head_attention": _attention_rule,
 }
+"""Tensor-parallel rules by leaf-layer name: ``rule(params, column) -> {param name: spec}``;
+``column`` alternates over the layers that have a rule (the first is column-split). A rule
+may leave parameters out (replicated). A new layer gets tensor parallelism by adding its rule
+here: ``TENSOR_RULES["dense"]({"W": W, "b": b}, True)`` is
+``{"W": P(None, "model"), "b": P("model")}``, with ``False`` it is
+``{"W": P("model", None), "b": P()}``."""
 
 
 # --- walking the network ------------------------------------------------------------------------
@@ -198,6 +256,30 @@ def param_specs(model: Layer, params: Any, mesh: Mesh, strategy: str = "fsdp", *
 
     Returns:
       A pytree of ``PartitionSpec`` with the structure of ``params``.
+
+    Raises:
+      ValueError: an unknown strategy, or a mesh without the axis it needs.
+
+    Examples:
+        On a 1-device mesh FSDP has nothing to split (``P()``); the tensor rules still say
+        which axis each weight would be split on:
+
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn.sharding import make_mesh, param_specs
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> net = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 6))
+        >>> param_specs(net, params, mesh, "fsdp")
+        ({'W': P(), 'b': P()}, (), {'W': P(), 'b': P()})
+        >>> param_specs(net, params, mesh, "tensor")
+        ({'W': P(None, 'model'), 'b': P('model',)}, (), {'W': P('model', None), 'b': P()})
+
+        An override keeps the last layer's weight whole:
+
+        >>> def keep_head(path, leaf, name, array):
+        ...     return P() if path == "serial/2:dense" and name == "W" else None
+        >>> param_specs(net, params, mesh, "tensor", overrides=keep_head)[2]
+        {'W': P(), 'b': P()}
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"param_specs: strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -224,7 +306,27 @@ def param_specs(model: Layer, params: Any, mesh: Mesh, strategy: str = "fsdp", *
 def opt_state_specs(optimizer: optax.GradientTransformation, opt_state: Any,
                     specs: Any) -> Any:
     """The specs of an optimizer state: the parameters' spec for every entry shaped like a
-    parameter (Adam's moments, say), ``P()`` for the rest (step counts, scalars)."""
+    parameter (Adam's moments, say), ``P()`` for the rest (step counts, scalars).
+
+    Args:
+      optimizer: the optax optimizer that made ``opt_state``.
+      opt_state: its state (arrays or ``jax.ShapeDtypeStruct``).
+      specs: the parameters' specs ([`param_specs`][jaxnn.sharding.param_specs]).
+
+    Returns:
+      A pytree of ``PartitionSpec`` with the structure of ``opt_state``.
+
+    Examples:
+        >>> import optax
+        >>> from jaxnn.sharding import make_mesh, opt_state_specs, param_specs
+        >>> net = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 6))
+        >>> specs = param_specs(net, params, make_mesh(devices=jax.devices()[:1]), "tensor")
+        >>> optimizer = optax.adam(1e-3)
+        >>> adam_state, _ = opt_state_specs(optimizer, optimizer.init(params), specs)
+        >>> adam_state.count, adam_state.mu == specs
+        (P(), True)
+    """
     return optax.tree_map_params(optimizer, lambda _, spec: spec, opt_state, specs,
                                  transform_non_params=lambda _: P(),
                                  is_leaf=lambda x: isinstance(x, P))
@@ -232,26 +334,110 @@ def opt_state_specs(optimizer: optax.GradientTransformation, opt_state: Any,
 
 def layout(model: Layer, optimizer: optax.GradientTransformation, params: Any, opt_state: Any,
            mesh: Mesh, strategy: str = "fsdp") -> tuple[Any, Any]:
-    """The specs of the parameters and of the optimizer state under ``strategy``."""
+    """The specs of the parameters and of the optimizer state under ``strategy``.
+
+    [`param_specs`][jaxnn.sharding.param_specs] then
+    [`opt_state_specs`][jaxnn.sharding.opt_state_specs], without overrides.
+
+    Args:
+      model: the network.
+      optimizer: the optax optimizer.
+      params: the network's parameters.
+      opt_state: the optimizer's state.
+      mesh: the mesh.
+      strategy: ``"replicated"``, ``"fsdp"`` or ``"tensor"``.
+
+    Returns:
+      ``(param_specs, opt_state_specs)``.
+
+    Examples:
+        >>> import optax
+        >>> from jaxnn.sharding import layout, make_mesh
+        >>> net = jaxnn.serial(jaxnn.dense(8), jaxnn.relu(), jaxnn.dense(4))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 6))
+        >>> optimizer = optax.sgd(0.1)
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> specs, opt_specs = layout(net, optimizer, params, optimizer.init(params), mesh,
+        ...                           "replicated")
+        >>> specs
+        ({'W': P(), 'b': P()}, (), {'W': P(), 'b': P()})
+    """
     specs = param_specs(model, params, mesh, strategy)
     return specs, opt_state_specs(optimizer, opt_state, specs)
 
 
 def shardings(specs: Any, mesh: Mesh) -> Any:
-    """The ``NamedSharding`` on ``mesh`` of every spec in a tree of ``PartitionSpec``."""
+    """The ``NamedSharding`` on ``mesh`` of every spec in a tree of ``PartitionSpec``.
+
+    Args:
+      specs: a pytree of ``PartitionSpec``.
+      mesh: the mesh.
+
+    Returns:
+      The same tree with a ``jax.sharding.NamedSharding`` for every spec (what ``jax.jit``'s
+      ``in_shardings`` / ``out_shardings`` and ``jax.device_put`` take).
+
+    Examples:
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn.sharding import make_mesh, shardings
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> s = shardings({"W": P(None, "model"), "b": P()}, mesh)
+        >>> s["W"].spec, s["W"].mesh is mesh
+        (P(None, 'model'), True)
+    """
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, P))
 
 
 def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
-    """``tree`` with every leaf put on ``mesh`` by its spec."""
+    """``tree`` with every leaf put on ``mesh`` by its spec.
+
+    Args:
+      tree: a pytree of arrays.
+      specs: a pytree of ``PartitionSpec`` of the same structure.
+      mesh: the mesh.
+
+    Returns:
+      ``tree``, every leaf a ``jax.Array`` sharded as its spec says.
+
+    Examples:
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn.sharding import make_mesh, place
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> tree = place({"W": jnp.ones((6, 8))}, {"W": P(None, "model")}, mesh)
+        >>> tree["W"].sharding.spec
+        P(None, 'model')
+    """
     return jax.device_put(tree, shardings(specs, mesh))
 
 
 def bytes_per_device_fraction(tree: Any) -> float:
-    """The largest share of ``tree``'s bytes any one device holds, measured from the arrays'
+    r"""The largest share of ``tree``'s bytes any one device holds, measured from the arrays'
     ``addressable_shards`` (``1/devices`` when everything is evenly split, ``1`` when
-    replicated)."""
+    replicated).
+
+    Summing over the leaves $\ell$ of ``tree`` and, for device $d$, over the shards $s$ of
+    $\ell$ that $d$ holds:
+
+    $$\text{fraction} = \frac{\max_d \sum_{\ell} \sum_{s \in \ell \text{ on } d}
+    \operatorname{bytes}(s)}{\sum_{\ell} \operatorname{bytes}(\ell)}$$
+
+    (0 for an empty tree). Only this process's devices are counted.
+
+    Args:
+      tree: a pytree of ``jax.Array``.
+
+    Returns:
+      The fraction, in (0, 1].
+
+    Examples:
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn.sharding import bytes_per_device_fraction, make_mesh, place
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> tree = place({"W": jnp.ones((6, 8))}, {"W": P(None, "model")}, mesh)
+        >>> bytes_per_device_fraction(tree)  # one device holds everything
+        1.0
+    """
     total, per_device = 0, {}
     for leaf in jax.tree.leaves(tree):
         total += leaf.nbytes
@@ -266,6 +452,20 @@ def to_host(tree: Any) -> Any:
     A replicated array gives its local copy; an array split over devices of several processes
     is gathered (``multihost_utils.process_allgather``). Use it before saving or printing what
     a multi-process run holds.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      ``tree`` with every leaf a ``numpy.ndarray``.
+
+    Examples:
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn.sharding import make_mesh, place, to_host
+        >>> mesh = make_mesh(devices=jax.devices()[:1])
+        >>> host = to_host(place({"W": jnp.ones((6, 8))}, {"W": P(None, "model")}, mesh))
+        >>> type(host["W"]).__name__, host["W"].shape
+        ('ndarray', (6, 8))
     """
 
     def one(leaf):
@@ -287,6 +487,36 @@ def shard_train_step(step: Callable, mesh: Mesh, param_specs_: Any,
     split from step to step), the batch ``x``, ``y`` is split over ``"data"``, the model state,
     key and loss are replicated. The step itself is unchanged: GSPMD partitions it, gathering a
     split weight where the forward needs it whole and reducing each gradient to its shard.
+
+    Args:
+      step: a train step from [`jaxnn.make_train_step`][jaxnn.make_train_step].
+      mesh: the ``(data, model)`` mesh.
+      param_specs_: the parameters' specs ([`param_specs`][jaxnn.sharding.param_specs]).
+      opt_state_specs_: the optimizer state's specs
+        ([`opt_state_specs`][jaxnn.sharding.opt_state_specs]).
+
+    Returns:
+      The jitted step, called with all six arguments (``key`` may be ``None``) and returning
+      ``(params, state, opt_state, loss)``.
+
+    Examples:
+        FSDP over a 1-device mesh (the module example shows the tensor strategy):
+
+        >>> import optax
+        >>> from jaxnn import sharding
+        >>> mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.tanh(), jaxnn.dense(1))
+        >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+        >>> optimizer = optax.sgd(0.1)
+        >>> opt_state = optimizer.init(params)
+        >>> specs, opt_specs = sharding.layout(net, optimizer, params, opt_state, mesh, "fsdp")
+        >>> step = sharding.shard_train_step(
+        ...     jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer),
+        ...     mesh, specs, opt_specs)
+        >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 1))
+        >>> params, state, opt_state, loss = step(params, (), opt_state, x, y, None)
+        >>> loss.shape, jax.tree.map(jnp.shape, params)
+        ((), ({'W': (3, 4), 'b': (4,)}, (), {'W': (4, 1), 'b': (1,)}))
     """
     batch = NamedSharding(mesh, P(DATA_AXIS))
     replicated = NamedSharding(mesh, P())

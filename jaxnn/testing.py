@@ -1,23 +1,35 @@
-"""Test helpers: assert that gradients match, and hypothesis strategies for inputs away from kinks.
+r"""Test helpers: assert that gradients match, and hypothesis strategies for inputs away from kinks.
 
-For a test suite, pytest or otherwise::
+For a test suite, pytest or otherwise:
 
-    from jaxnn.testing import assert_gradients_match
+```python
+from jaxnn.testing import assert_gradients_match
 
-    def test_my_rule():
-        assert_gradients_match(my_custom_vjp_function, x, w)    # AssertionError: the report
-        assert_gradients_match(my_layer, (4, 3))                 # a jaxnn Layer and its in_shape
+def test_my_rule():
+    assert_gradients_match(my_custom_vjp_function, x, w)    # AssertionError: the report
+    assert_gradients_match(my_layer, (4, 3))                 # a jaxnn Layer and its in_shape
+```
 
 The strategies need ``hypothesis`` (imported when a strategy is made, so this module imports
-without it)::
+without it):
 
-    @hypothesis.given(inputs_away_from_kinks((4, 3), (3,), kinks=(0.0,)))
-    def test_my_rule(args):
-        assert_gradients_match(my_function, *args)
+```python
+@hypothesis.given(inputs_away_from_kinks((4, 3), (3,), kinks=(0.0,)))
+def test_my_rule(args):
+    assert_gradients_match(my_function, *args)
+```
 
->>> import jax, jaxnn
->>> assert_gradients_match(jax.nn.relu, jax.numpy.array([1.0, -2.0])).passed
-True
+Why keep away from kinks: the finite differences of
+[`jaxnn.gradcheck`][jaxnn.gradcheck] evaluate the function at $\theta_i \pm \varepsilon$ and
+$\theta_i \pm 2\varepsilon$ ($\varepsilon$ = 1e-3 by default), so an entry $\theta_i$ with
+$\lvert \theta_i - k \rvert > 2\varepsilon$ for every kink $k$ has its whole stencil on one
+side of the kink. The checker would skip the others (and count them), checking less.
+
+Examples:
+    >>> import jax, jaxnn
+    >>> from jaxnn.testing import assert_gradients_match
+    >>> assert_gradients_match(jax.nn.relu, jax.numpy.array([1.0, -2.0])).passed
+    True
 """
 
 from __future__ import annotations
@@ -51,6 +63,28 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
       AssertionError: some comparison failed; the message is the report's table, so the
         failing leaf, its error against each reference and its worst entry are in the test's
         output.
+
+    Examples:
+        A function with a custom rule, and a rule that is wrong:
+
+        >>> from jaxnn.testing import assert_gradients_match
+        >>> @jax.custom_vjp
+        ... def square(x):
+        ...     return x ** 2
+        >>> square.defvjp(lambda x: (x ** 2, x), lambda x, g: (2 * x * g,))
+        >>> assert_gradients_match(square, jnp.array([0.5, -1.5])).passed
+        True
+        >>> square.defvjp(lambda x: (x ** 2, x), lambda x, g: (x * g,))
+        >>> assert_gradients_match(square, jnp.array([0.5, -1.5]))
+        Traceback (most recent call last):
+        ...
+        AssertionError: gradients of square do not match:
+        ...
+
+        A layer, with its input shape:
+
+        >>> assert_gradients_match(jaxnn.tanh(), (2, 3)).passed
+        True
     """
     if isinstance(fn_or_layer, Layer):
         report = gradcheck.check_layer(fn_or_layer, *args, **kwargs)
@@ -76,12 +110,42 @@ def _away_from(values: np.ndarray, kinks: Sequence[float], margin: float) -> np.
 
 def arrays_away_from_kinks(shape: Sequence[int], *, kinks: Sequence[float] = (0.0,),
                            margin: float = 0.05, bound: float = 3.0) -> Any:
-    """A hypothesis strategy of float64 arrays of ``shape``, every entry at least ``margin``
+    r"""A hypothesis strategy of float64 arrays of ``shape``, every entry at least ``margin``
     from each of ``kinks`` and within ``[-bound - 2·margin, bound + 2·margin]``.
 
-    Finite differences with step ``ε`` see a kink only within ``2ε`` of it (``ε = 1e-3`` by
-    default), so ``margin = 0.05`` keeps every stencil on one side. The kinks must lie at least
-    ``2·margin`` apart, or moving an entry away from one can bring it to another.
+    Entries are drawn in $[-\text{bound}, \text{bound}]$; an entry $x$ closer than ``margin``
+    to a kink $k$ is moved out to $k \pm \text{margin}$, on its own side ($k + \text{margin}$
+    when $x \ge k$), a hair beyond so that rounding keeps it out.
+
+    Finite differences with step $\varepsilon$ see a kink only within $2\varepsilon$ of it
+    ($\varepsilon$ = 1e-3 by default), so ``margin = 0.05`` keeps every stencil on one side. The
+    kinks must lie at least ``2·margin`` apart, or moving an entry away from one can bring it to
+    another.
+
+    Args:
+      shape: the arrays' shape.
+      kinks: where the function checked is not smooth.
+      margin: the smallest distance of an entry from a kink.
+      bound: the range entries are drawn from, before moving.
+
+    Returns:
+      A ``hypothesis`` search strategy.
+
+    Raises:
+      ValueError: two kinks lie closer than ``2·margin``.
+
+    Examples:
+        Every array drawn keeps 0.05 away from the kinks of ``clip(x, 0, 1)``:
+
+        >>> import hypothesis
+        >>> from jaxnn.testing import arrays_away_from_kinks
+        >>> @hypothesis.settings(max_examples=20, deadline=None, database=None, derandomize=True,
+        ...                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
+        ... @hypothesis.given(arrays_away_from_kinks((2, 3), kinks=(0.0, 1.0)))
+        ... def test_away(x):
+        ...     assert x.shape == (2, 3) and x.dtype == np.float64
+        ...     assert np.all(np.abs(x) >= 0.05) and np.all(np.abs(x - 1.0) >= 0.05)
+        >>> test_away()
     """
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
@@ -101,7 +165,32 @@ def inputs_away_from_kinks(*shapes: Sequence[int], kinks: Sequence[float] = (0.0
                            margin: float = 0.05, bound: float = 3.0) -> Any:
     """A hypothesis strategy of tuples of arrays, one of each shape in ``shapes``, drawn by
     [`arrays_away_from_kinks`][jaxnn.testing.arrays_away_from_kinks]: the arguments of a function
-    to check."""
+    to check.
+
+    Args:
+      *shapes: one shape per argument.
+      kinks: as for [`arrays_away_from_kinks`][jaxnn.testing.arrays_away_from_kinks].
+      margin: as for [`arrays_away_from_kinks`][jaxnn.testing.arrays_away_from_kinks].
+      bound: as for [`arrays_away_from_kinks`][jaxnn.testing.arrays_away_from_kinks].
+
+    Returns:
+      A ``hypothesis`` search strategy of tuples of float64 arrays.
+
+    Examples:
+        >>> import hypothesis
+        >>> from jaxnn.testing import inputs_away_from_kinks
+        >>> @hypothesis.settings(max_examples=10, deadline=None, database=None, derandomize=True,
+        ...                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
+        ... @hypothesis.given(inputs_away_from_kinks((4, 3), (3,)))
+        ... def test_args(args):
+        ...     x, b = args
+        ...     assert (x.shape, b.shape) == ((4, 3), (3,))
+        ...     assert np.all(np.abs(x) >= 0.05) and np.all(np.abs(b) >= 0.05)
+        >>> test_args()
+
+        In a test, each drawn tuple is the arguments of the function checked, as
+        ``assert_gradients_match(fn, *args)``.
+    """
     from hypothesis import strategies as st
 
     return st.tuples(*(arrays_away_from_kinks(s, kinks=kinks, margin=margin, bound=bound)
