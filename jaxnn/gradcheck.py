@@ -447,7 +447,7 @@ def _stencils(table: np.ndarray, eps: float, tolerance: float,
     estimate = (8 * (p1 - m1) - (p2 - m2)) / (12 * eps)
     half_step = (8 * (ph - mh) - (p1 - m1)) / (6 * eps)
     gap_change = (p1 - 2 * center + m1) / eps - 2 * (ph - 2 * center + mh) / (eps / 2)
-    size = np.maximum(np.abs(estimate), 1e-3 * max(scale, np.max(np.abs(estimate), initial=0)))
+    size = np.maximum(np.abs(estimate), 1e-3 * max(scale, _largest([estimate])))
     limit = tolerance * np.where(size == 0, 1.0, size)
     smooth = (np.abs(estimate - half_step) <= limit) & (np.abs(gap_change) <= limit)
     return estimate, smooth
@@ -500,7 +500,10 @@ def _is_float(x) -> bool:
 
 
 def _largest(arrays: Sequence) -> float:
-    return max((float(np.max(np.abs(np.asarray(a)))) for a in arrays if np.size(a)), default=0.0)
+    """The largest finite ``|entry|``: a NaN or inf in one reference entry (autodiff of ``‖x‖``
+    at 0, say) must not turn the scale, and with it every comparison, into NaN."""
+    return max((float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
+                for a in map(np.asarray, arrays) if np.size(a)), default=0.0)
 
 
 def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, arrays: list,

@@ -397,3 +397,36 @@ def test_exact_kinks_are_skipped_not_failed():
 def test_nothing_to_differentiate_is_an_error_not_a_pass():
     with pytest.raises(ValueError, match=r"no floating-point leaf to differentiate.*integer"):
         check_function(lambda n: jnp.sin(n * 1.0), jnp.arange(3))
+
+
+@jax.custom_vjp
+def _row_norms_twice_as_steep(x):
+    return jnp.sqrt(jnp.sum(x * x, axis=-1))
+
+
+def _row_norms_fwd(x):
+    n = jnp.sqrt(jnp.sum(x * x, axis=-1))
+    return n, (x, n)
+
+
+def _row_norms_bwd(res, g):
+    x, n = res
+    safe = jnp.where(n > 0, n, 1.0)
+    # wrong by a factor 2 everywhere; 0 (not autodiff's NaN) on an all-zero row
+    return (jnp.where(n[..., None] > 0, 2 * x / safe[..., None], 0.0) * g[..., None],)
+
+
+_row_norms_twice_as_steep.defvjp(_row_norms_fwd, _row_norms_bwd)
+
+
+def test_a_nan_in_the_autodiff_reference_does_not_hide_a_wrong_rule():
+    # autodiff of the norm is NaN on the zero row; that one row must not make every other
+    # entry "non-smooth": the factor 2 on the other rows still fails
+    x = jax.random.normal(jax.random.key(0), (4, 3), jnp.float64).at[1].set(0.0)
+    report = check_function(_row_norms_twice_as_steep, x)
+    assert not report.passed
+    assert {c.reference for c in report.failures} == {"jax.grad", "finite differences"}
+    for row in report.failures:
+        assert row.max_relative_error > 0.3, row
+        assert row.worst_index[0] != 1, "the rows that are wrong are the nonzero ones"
+        assert row.skipped <= 3, "only the zero row's entries are non-smooth"
