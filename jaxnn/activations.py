@@ -8,7 +8,8 @@ $$
 dZ = dA \odot g'(Z)
 $$
 
-(the formulas of each $g$ and $g'$ are on the [activation layers](#activations) above).
+(the formulas of each $g$ and $g'$ are with the activation layers, from
+[`jaxnn.relu`][jaxnn.relu] on).
 """
 
 from jaxnn.layers._activations import elu as elu
