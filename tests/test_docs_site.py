@@ -109,6 +109,7 @@ def _target(site: pathlib.Path, page: pathlib.Path, link: str):
     return target, urllib.parse.unquote(parts.fragment)
 
 
+@pytest.mark.slow  # builds the whole site (and runs the guides that draw)
 def test_the_strict_build_makes_every_page_and_the_guides_pictures(site):
     for page in ["index.html", "api/index.html", "api/layers/dense/index.html",
                  "guides/classic/index.html", "guides/own-layer/index.html"]:
@@ -118,6 +119,7 @@ def test_the_strict_build_makes_every_page_and_the_guides_pictures(site):
         assert (site / "guides" / picture).stat().st_size > 1000, picture
 
 
+@pytest.mark.slow  # builds the whole site (and runs the guides that draw)
 def test_no_page_of_the_site_has_a_broken_link(site):
     broken = []
     pages = sorted(site.rglob("*.html"))
@@ -135,6 +137,7 @@ def test_no_page_of_the_site_has_a_broken_link(site):
     assert not broken, "\n".join(broken[:50])
 
 
+@pytest.mark.slow  # builds the whole site (and runs the guides that draw)
 def test_the_math_is_mathml_and_no_formula_is_left_as_tex(site):
     dense = (site / "api/layers/dense/index.html").read_text()
     assert dense.count("<math") >= 4, "the dense layer's formulas are not rendered"
@@ -208,6 +211,7 @@ return Array.from(document.querySelectorAll('math')).map(m => {
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", BROWSER_PAGES, ids=["front page", "api page", "guide"])
 def test_the_page_loads_in_chromium_with_its_math_laid_out_and_no_console_error(
         served, browser, path):

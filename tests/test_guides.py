@@ -26,6 +26,7 @@ def _hooks():
 hooks = _hooks()
 
 
+@pytest.mark.slow  # each guide trains something end to end: 10-70 s of CPU
 @pytest.mark.parametrize("guide", PAGES, ids=lambda p: p.stem)
 def test_guide_code_runs(guide, tmp_path):
     text = guide.read_text()
