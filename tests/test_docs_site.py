@@ -217,7 +217,11 @@ def test_the_page_loads_in_chromium_with_its_math_laid_out_and_no_console_error(
         served, browser, path):
     browser.get_log("browser")  # drop what earlier pages logged
     browser.get(served + path)
-    assert browser.execute_script("return document.readyState") == "complete"
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # get() returns once the load event fired; on a loaded machine give a slow one time
+    WebDriverWait(browser, 60).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
     assert browser.title, path
     maths = browser.execute_script(MATH_LAYOUT)
     assert maths, f"{path or 'index'}: no formula on the page"
