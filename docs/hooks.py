@@ -16,9 +16,11 @@ Three jobs, each failing a ``--strict`` build through a logged warning:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import inspect
+import io
 import logging
 import os
 import pathlib
@@ -207,7 +209,8 @@ def on_files(files, config):
             continue
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=f"jaxnn-docs-{page.stem}-"))
         try:
-            run_guide(page, scratch)
+            with contextlib.redirect_stdout(io.StringIO()):  # the build log stays the build's
+                run_guide(page, scratch)
         except Exception as err:  # noqa: BLE001 - reported, and fails a strict build
             log.warning("guides/%s: its code failed while drawing its pictures: %r",
                         page.name, err)
