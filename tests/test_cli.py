@@ -15,6 +15,9 @@ import pytest
 
 import jaxnn
 from jaxnn import checkpoint, cli
+from jaxnn.cli import common as cli_common
+from jaxnn.cli import gradcheck as cli_gradcheck
+from jaxnn.cli import train as cli_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,9 +38,9 @@ def run_main(monkeypatch, cwd, *args):
 def _load_params(folder, sizes, seed=0, activation="relu", dropout=0.0):
     """The params saved in ``folder``'s checkpoint, read against a freshly built template."""
     meta = checkpoint.load_metadata(folder / "checkpoint.npz")
-    model = cli.build_model(sizes, activation, meta["config"]["dropout"])
+    model = cli_common.build_model(sizes, activation, meta["config"]["dropout"])
     _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
-    opt = cli.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"], model,
+    opt = cli_common.make_optimizer(meta["config"]["optimizer"], meta["config"]["lr"], model,
                              meta["config"]["l2"])
     template = {"params": params, "state": state, "opt_state": opt.init(params),
                 "costs": np.zeros(meta["step"], np.float32)}
@@ -74,8 +77,8 @@ def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
     assert meta["step"] == 60 and restored["costs"].shape == (60,)
     assert meta["config"]["layers"] == "2,20,7,5,1" and meta["config"]["dataset"] is None
     # the saved parameters are the trained ones: they reproduce the reported accuracy
-    ds = cli.load_dataset(None, None, None, seed=0)
-    model = cli.build_model([2, 20, 7, 5, 1])
+    ds = cli_train.load_dataset(None, None, None, seed=0)
+    model = cli_common.build_model([2, 20, 7, 5, 1])
     acc = jaxnn.accuracy(jaxnn.predict(model, restored["params"], ds.x_test), ds.y_test)
     assert float(acc) == pytest.approx(metrics["test_accuracy"])
     # and the costs went down
@@ -87,7 +90,7 @@ def test_the_readme_main_job_reaches_90_percent_test_accuracy(tmp_path):
     proc = jaxnn_cmd(tmp_path, "train")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
-    assert metrics["step"] == cli.DEFAULT_STEPS
+    assert metrics["step"] == cli_train.DEFAULT_STEPS
     assert metrics["train_accuracy"] >= 0.9 and metrics["test_accuracy"] >= 0.9
 
 
@@ -256,15 +259,15 @@ def test_gradcheck_of_every_built_in_layer_and_loss_exits_0(tmp_path):
 
 
 def test_every_exported_layer_and_loss_has_a_default_check():
-    table = cli.gradcheck_table()
-    exported = (set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)) - cli.NOT_LAYERS_OR_LOSSES
+    table = cli_gradcheck.gradcheck_table()
+    exported = (set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)) - cli_gradcheck.NOT_LAYERS_OR_LOSSES
     assert len(table) == len(exported)
 
 
 def test_an_exported_layer_without_a_default_check_fails_loudly():
     with pytest.raises(cli.CommandError, match="no default gradient-check configuration for "
                        "the exported brand_new_layer"):
-        cli.gradcheck_table(["dense", "brand_new_layer"], [])
+        cli_gradcheck.gradcheck_table(["dense", "brand_new_layer"], [])
 
 
 def _wrong_relu():
@@ -273,11 +276,11 @@ def _wrong_relu():
 
 
 def test_gradcheck_exits_1_naming_a_layer_with_a_wrong_backward(monkeypatch, capsys):
-    layer_checks = cli._default_layer_checks()
+    layer_checks = cli_gradcheck._default_layer_checks()
     layer_checks["relu"] = lambda: jaxnn.gradcheck.LayerCase(_wrong_relu, (4, 5), "relu (wrong)",
                                                              inputs="away_from_zero")
-    real_table = cli.gradcheck_table
-    monkeypatch.setattr(cli, "gradcheck_table", lambda *a, **k: real_table(
+    real_table = cli_gradcheck.gradcheck_table
+    monkeypatch.setattr(cli_gradcheck, "gradcheck_table", lambda *a, **k: real_table(
         ["identity", "relu"], [], layer_checks=layer_checks))
     assert cli.main(["gradcheck"]) == 1
     out = capsys.readouterr().out
@@ -288,7 +291,7 @@ def test_gradcheck_exits_1_naming_a_layer_with_a_wrong_backward(monkeypatch, cap
 
 @pytest.mark.slow
 def test_gradcheck_of_a_model_given_by_flags():
-    report = cli._gradcheck_model(cli.build_parser().parse_args(
+    report = cli_gradcheck._gradcheck_model(cli.build_parser().parse_args(
         ["gradcheck", "--layers", "3,4,2", "--activation", "tanh"]))
     assert report.passed
     names = {c.layer for c in report.comparisons}
@@ -307,10 +310,10 @@ def test_console_script_is_declared():
 
 
 def test_build_model_is_the_classic_network():
-    model = cli.build_model([2, 4, 3, 1], "tanh")
+    model = cli_common.build_model([2, 4, 3, 1], "tanh")
     assert [layer.name for layer in model.sublayers] == ["dense", "tanh", "dense", "tanh",
                                                          "dense", "sigmoid"]
-    assert [layer.name for layer in cli.build_model([5, 3], "relu").sublayers] == ["dense"]
+    assert [layer.name for layer in cli_common.build_model([5, 3], "relu").sublayers] == ["dense"]
     x = jnp.ones((2, 2))
     _, params, _ = model.init(jax.random.key(0), (-1, 2))
     assert jaxnn.predict(model, params, x).shape == (2, 1)
@@ -420,7 +423,7 @@ def _run_and_read(monkeypatch, cwd, out, *args):
 
 
 def test_the_cost_history_grows_on_the_host_and_is_saved_as_an_array(tmp_path, monkeypatch):
-    history = cli.CostHistory()
+    history = cli_train.CostHistory()
     chunks = [np.full(n, n, np.float32) for n in (3, 1000, 1, 5000, 7)]
     buffers = set()
     for chunk in chunks:
@@ -547,7 +550,7 @@ def test_metrics_json_is_strict_json_when_the_cost_is_not_finite(tmp_path, monke
 def test_the_progress_rate_leaves_out_the_first_epoch(tmp_path, monkeypatch):
     clock = [0.0]
     bars = []
-    real = cli._progress_bar
+    real = cli_train._progress_bar
 
     def bar_on_a_fake_clock(*args):
         bar = real(*args)
@@ -565,7 +568,7 @@ def test_the_progress_rate_leaves_out_the_first_epoch(tmp_path, monkeypatch):
 
         return real_fit(*args, on_epoch=timed, **kwargs)
 
-    monkeypatch.setattr(cli, "_progress_bar", bar_on_a_fake_clock)
+    monkeypatch.setattr(cli_train, "_progress_bar", bar_on_a_fake_clock)
     monkeypatch.setattr(jaxnn, "fit", fit)
     assert run_main(monkeypatch, tmp_path, "train", "--layers", "2,4,1", "--steps", 11) == 0
     meter = bars[0].format_meter(**{**bars[0].format_dict, "ncols": 200})

@@ -219,10 +219,11 @@ _RUN = ["--layers", "2,6,1", "--batch-size", "8", "--optimizer", "adam", "--seed
 
 
 def _trained(folder):
-    from jaxnn import checkpoint, cli
+    from jaxnn import checkpoint
+    from jaxnn.cli import common as cli_common
 
     meta = checkpoint.load_metadata(folder / "checkpoint.npz")
-    model = cli.build_model([2, 6, 1])
+    model = cli_common.build_model([2, 6, 1])
     _, params, state = model.init(jax.random.key(0), (-1, 2))
     template = {"params": params, "state": state, "opt_state": optax.adam(0.01).init(params),
                 "costs": np.zeros(meta["step"], np.float32)}

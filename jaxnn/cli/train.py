@@ -1,126 +1,45 @@
-"""The ``jaxnn`` command: train, verify and report.
-
-``jaxnn train`` trains the classic L-layer classifier (dense/activation … dense, sigmoid or
-softmax output) with [`jaxnn.fit`][jaxnn.fit] on a built-in data set or a user's files,
-prints the cost and the accuracy, draws ``cost.png`` (and ``decision_boundary.png`` for 2-D data)
-and saves a checkpoint it can resume from. ``jaxnn gradcheck`` checks every built-in layer and
-loss (or a model given by flags) against ``jax.grad`` and finite differences. ``jaxnn summary``
-prints a model's table; ``jaxnn bench`` runs the speed benchmark in its short mode.
-
-Also ``python -m jaxnn``. Run ``jaxnn COMMAND --help`` for the options.
-"""
+"""``jaxnn train``: the classic L-layer classifier trained with [`jaxnn.fit`][jaxnn.fit] on a
+built-in data set or a user's files; cost lines, pictures, metrics, checkpoints and resume."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import importlib.util
-import inspect
 import json
 import math
 import os
-import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jaxnn
 from jaxnn import checkpoint, data, plots
-from jaxnn._gradcases import NOT_LAYERS_OR_LOSSES
-from jaxnn._report_render import plot_errors
-from jaxnn.checkpoint import CheckpointError
-from jaxnn.data import DataFileError
-from jaxnn.gradcheck import LAYER_CASES, LOSS_CASES
+from jaxnn.cli.common import (
+    ACTIVATIONS,
+    DEFAULT_LR,
+    OPTIMIZERS,
+    CommandError,
+    build_model,
+    loss_for,
+    make_optimizer,
+    parse_layers,
+    require,
+)
 
 CHECKPOINT_FILE = "checkpoint.npz"
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "silu", "softplus")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-DEFAULT_LR = {"sgd": 0.2, "momentum": 0.02, "adam": 0.01}
+
 DEFAULT_HIDDEN = (20, 7, 5)
 DEFAULT_STEPS = 3000
 # the options that define a run: a resumed run must keep them
 RUN_OPTIONS = ("dataset", "data", "test_data", "layers", "activation", "optimizer", "lr",
                "batch_size", "seed", "l2", "dropout")
 
-
-class CommandError(Exception):
-    """A problem the user can fix (bad option, missing file): printed, exit status 1."""
-
-def _require(module: str, extra: str, what: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise CommandError(f"{what} needs the optional package {module!r}: install it with "
-                           f'pip install "jaxnn[{extra}]"') from err
-
-
-# --- models -----------------------------------------------------------------------------------
-
-
-def parse_layers(text: str) -> list[int]:
-    """``"2,20,7,5,1"`` → ``[2, 20, 7, 5, 1]`` (input size first, at least two sizes)."""
-    try:
-        sizes = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise CommandError(f"--layers: expected comma-separated positive integers such as "
-                           f"2,20,7,5,1, got {text!r}") from None
-    if len(sizes) < 2 or any(n < 1 for n in sizes):
-        raise CommandError(f"--layers: expected at least two positive sizes (input first, output "
-                           f"last), got {text!r}")
-    return sizes
-
-
-def build_model(sizes: Sequence[int], activation: str = "relu", dropout: float = 0.0):
-    """The classic L-layer network for ``sizes = [n_x, n_1, …, n_L]``.
-
-    Hidden layers are ``dense(n_l)`` and ``activation`` (then ``dropout(rate)`` when
-    ``dropout > 0``); the output is ``dense(1), sigmoid()`` for one unit (binary
-    cross-entropy) or ``dense(n_L)`` logits for several (softmax cross-entropy).
-    """
-
-    if activation not in ACTIVATIONS:
-        raise CommandError(f"unknown activation {activation!r}; choose one of "
-                           f"{', '.join(ACTIVATIONS)}")
-    if not 0 <= dropout < 1:
-        raise CommandError(f"--dropout: the rate must lie in [0, 1), got {dropout}")
-    layers = []
-    for n in sizes[1:-1]:
-        layers += [jaxnn.dense(n), getattr(jaxnn, activation)()]
-        if dropout:
-            layers.append(jaxnn.dropout(dropout))
-    layers.append(jaxnn.dense(sizes[-1]))
-    if sizes[-1] == 1:
-        layers.append(jaxnn.sigmoid())
-    return jaxnn.serial(*layers)
-
-
-def loss_for(sizes: Sequence[int]):
-
-    return jaxnn.binary_cross_entropy if sizes[-1] == 1 else jaxnn.softmax_cross_entropy
-
-
-def make_optimizer(name: str, lr: float, model: Any = None, l2: float = 0.0):
-    """The optax optimizer ``name``, after L2 on ``model``'s weights when ``l2 > 0``."""
-
-    if name == "sgd":
-        optimizer = optax.sgd(lr)
-    elif name == "momentum":
-        optimizer = optax.sgd(lr, momentum=0.9)
-    elif name == "adam":
-        optimizer = optax.adam(lr)
-    else:
-        raise CommandError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if l2:
-        return optax.chain(jaxnn.l2_regularization(model, l2), optimizer)
-    return optimizer
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -474,7 +393,7 @@ def _save(plan: RunPlan, run: RunState) -> None:
 
 
 def _progress_bar(plan: RunPlan, start: int, disable: bool):
-    tqdm = _require("tqdm", "cli", "jaxnn train (its progress bar)").tqdm
+    tqdm = require("tqdm", "cli", "jaxnn train (its progress bar)").tqdm
     # smoothing=0: the rate is steps / time since the count was last restarted
     return tqdm(total=plan.total, initial=start, disable=disable, desc="train", unit="step",
                 file=sys.stderr, dynamic_ncols=True, smoothing=0)
@@ -622,10 +541,10 @@ def _report(plan: RunPlan, model: Any, run: RunState, elapsed: float, start: int
     return 0
 
 
-def train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``jaxnn train``: plan, restore, loop, report (see ``jaxnn train --help``)."""
-    _require("matplotlib", "cli", "jaxnn train (its pictures)").use("Agg")
-    _require("tqdm", "cli", "jaxnn train (its progress bar)")
+    require("matplotlib", "cli", "jaxnn train (its pictures)").use("Agg")
+    require("tqdm", "cli", "jaxnn train (its progress bar)")
     plan = _plan_run(args)
     model = build_model(plan.sizes, plan.config["activation"], plan.config["dropout"])
     loss = loss_for(plan.sizes)
@@ -642,232 +561,10 @@ def train(args: argparse.Namespace) -> int:
         return _report(plan, model, run, time.perf_counter() - began, start)
 
 
-# --- gradcheck --------------------------------------------------------------------------------
 
 
-def _first_case(cases: dict[str, tuple], name: str) -> Callable[[], Any]:
-    return lambda: cases[name][0]
-
-
-def _default_layer_checks() -> dict[str, Callable[[], Any]]:
-    """The first configuration of each layer in ``jaxnn.gradcheck.LAYER_CASES``."""
-    return {name: _first_case(LAYER_CASES, name) for name in LAYER_CASES}
-
-
-def _default_loss_checks() -> dict[str, Callable[[], Any]]:
-    """The first configuration of each loss in ``jaxnn.gradcheck.LOSS_CASES``."""
-    return {name: _first_case(LOSS_CASES, name) for name in LOSS_CASES}
-
-
-def gradcheck_table(layer_names: Sequence[str] | None = None,
-                    loss_names: Sequence[str] | None = None,
-                    layer_checks: dict[str, Callable[[], Any]] | None = None,
-                    loss_checks: dict[str, Callable[[], Any]] | None = None) -> list:
-    """The checks to run: one per exported layer and loss (``jaxnn.layers.__all__``,
-    ``jaxnn.losses.__all__`` by default), the first of its registered cases.
-
-    Raises:
-      CommandError: an exported name has no registered case (listing all of them).
-    """
-
-    if layer_names is None:
-        layer_names = [n for n in jaxnn.layers.__all__ if n not in NOT_LAYERS_OR_LOSSES]
-    if loss_names is None:
-        loss_names = [n for n in jaxnn.losses.__all__ if n not in NOT_LAYERS_OR_LOSSES]
-    layer_checks = _default_layer_checks() if layer_checks is None else layer_checks
-    loss_checks = _default_loss_checks() if loss_checks is None else loss_checks
-    missing = [n for n in layer_names if n not in layer_checks]
-    missing += [n for n in loss_names if n not in loss_checks]
-    if missing:
-        raise CommandError(f"no default gradient-check configuration for the exported "
-                           f"{', '.join(missing)}: register one in LAYER_CASES / LOSS_CASES "
-                           f"(jaxnn/_gradcases.py)")
-    return [layer_checks[n]() for n in layer_names] + [loss_checks[n]() for n in loss_names]
-
-
-def run_gradchecks(checks: Sequence) -> Any:
-    """Runs each case in float64 and gathers one
-    [`jaxnn.gradcheck.GradcheckReport`][jaxnn.gradcheck.GradcheckReport],
-    its rows named by the case's label."""
-
-    report = jaxnn.gradcheck.GradcheckReport()
-    for case in checks:
-        part = jaxnn.gradcheck.check_case(case)
-        report.comparisons.extend(dataclasses.replace(c, layer=repr(case))
-                                  for c in part.comparisons)
-    return report
-
-
-def _gradcheck_model(args: argparse.Namespace) -> Any:
-
-
-    sizes = parse_layers(args.layers)
-    model = build_model(sizes, args.activation or "relu")
-    _, params, state = model.init(jax.random.key(args.seed), (-1, sizes[0]))
-    kx, ky = jax.random.split(jax.random.key(args.seed + 1))
-    x = jax.random.normal(kx, (8, sizes[0]))
-    if sizes[-1] == 1:
-        y = (jax.random.uniform(ky, (8, 1)) > 0.5).astype(x.dtype)
-    else:
-        y = jax.random.randint(ky, (8,), 0, sizes[-1])
-    return jaxnn.gradcheck.check_model(model, loss_for(sizes), params, x, y, state=state)
-
-
-def _load_target(spec: str) -> Any:
-    """The object ``MODULE:NAME`` names (``NAME`` may be dotted), imported from the current
-    folder or ``sys.path``."""
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise CommandError(f"--target: expected MODULE:NAME such as mypkg.layers:scaled_tanh, "
-                           f"got {spec!r}")
-    if os.getcwd() not in sys.path:  # as `python -m` does, so a user's package is found
-        sys.path.insert(0, os.getcwd())
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as e:
-        raise CommandError(f"--target: cannot import {module_name!r}: {e}") from e
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise CommandError(f"--target: {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise CommandError(f"--target: {spec} is a {type(target).__name__}, not a layer or a "
-                           f"function")
-    return target
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"4,3"`` → ``(4, 3)``; ``""`` → ``()`` (a scalar)."""
-    try:
-        shape = tuple(int(d) for d in text.split(",") if d.strip())
-    except ValueError:
-        shape = (-1,)
-    if any(d <= 0 for d in shape):
-        raise CommandError(f"--shape: expected comma-separated positive integers such as 4,3, "
-                           f"got {text!r}")
-    return shape
-
-
-def _as_layer(target: Any) -> Any:
-    """``target`` if it is a Layer, the Layer a no-argument constructor returns, else None."""
-    if isinstance(target, jaxnn.Layer):
-        return target
-    try:
-        required = [p for p in inspect.signature(target).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
-                                                           p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return None
-    if required or isinstance(target, type):
-        return None
-    made = target()
-    return made if isinstance(made, jaxnn.Layer) else None
-
-
-def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
-    """Checks the layer or function ``--target`` names at ``--shape``."""
-    target = _load_target(args.target)
-    shapes = [parse_shape(s) for s in args.shape or []]
-    if not shapes:
-        raise CommandError("--target needs --shape: the input shape of a layer (batch first), "
-                           "or one --shape per argument of a function")
-    layer = _as_layer(target)
-    if layer is not None:
-        in_shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
-        return jaxnn.gradcheck.check_layer(layer, in_shape, seed=args.seed), f"layer {args.target}"
-    with jax.enable_x64(True):
-        keys = jax.random.split(jax.random.key(args.seed), len(shapes))
-        arrays = [jax.random.normal(k, s, "float64") for k, s in zip(keys, shapes, strict=True)]
-        report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)
-    return report, f"function {args.target}"
-
-
-def _gradcheck_report(args: argparse.Namespace) -> tuple[Any, str]:
-    """The report the flags ask for, and what it covers in words."""
-    if args.target:
-        return _gradcheck_target(args)
-    if args.shape:
-        raise CommandError("--shape goes with --target")
-    if args.layers:
-        return _gradcheck_model(args), f"model {args.layers} ({args.activation or 'relu'})"
-    if args.only:
-
-        names = [n.strip() for n in args.only.split(",") if n.strip()]
-        exported = set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)
-        unknown = [n for n in names if n not in exported or n in NOT_LAYERS_OR_LOSSES]
-        if unknown or not names:
-            valid = sorted(exported - NOT_LAYERS_OR_LOSSES)
-            raise CommandError(f"--only: unknown {', '.join(unknown) or 'empty list'}; choose "
-                               f"among {', '.join(valid)}")
-        report = run_gradchecks(gradcheck_table(
-            [n for n in names if n in jaxnn.layers.__all__],
-            [n for n in names if n in jaxnn.losses.__all__]))
-        return report, ", ".join(names)
-    return run_gradchecks(gradcheck_table()), "every built-in layer and loss"
-
-
-def gradcheck(args: argparse.Namespace) -> int:
-    """``jaxnn gradcheck``: every built-in layer and loss, the model given by ``--layers``, or a
-    user's layer or function given by ``--target``; ``--plot`` draws the errors."""
-    began = time.perf_counter()
-    if sum(bool(x) for x in (args.target, args.layers, args.only)) > 1:
-        raise CommandError("give one of --target, --layers and --only")
-    report, what = _gradcheck_report(args)
-    print(report.table())
-    n_failed = len(report.failing_layers)
-    verdict = "passed" if report.passed else f"FAILED in {n_failed}: " + ", ".join(
-        report.failing_layers)
-    print(f"\ngradient check of {what} (float64; ≤ 1e-9 vs jax.grad, ≤ 1e-6 vs finite "
-          f"differences): {verdict} ({time.perf_counter() - began:.1f} s)")
-    if args.plot:
-        _require("matplotlib", "cli", "--plot")
-        plot_errors(report, args.plot)
-        print(f"wrote {args.plot}")
-    return 0 if report.passed else 1
-
-
-# --- summary ----------------------------------------------------------------------------------
-
-
-def summary(args: argparse.Namespace) -> int:
-    """``jaxnn summary``: the model's layers, output shapes and parameter counts."""
-    sizes = parse_layers(args.layers)
-    model = build_model(sizes, args.activation or "relu", args.dropout or 0.0)
-    print(jaxnn.summary(model, (-1, sizes[0])))
-    return 0
-
-
-# --- bench ------------------------------------------------------------------------------------
-
-BENCHMARK = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "train_step.py"
-
-
-def bench(args: argparse.Namespace) -> int:
-    """``jaxnn bench``: ``benchmarks/train_step.py --quick`` (from a source checkout)."""
-    if not BENCHMARK.is_file():
-        raise CommandError(f"jaxnn bench runs the benchmark of a source checkout, and "
-                           f"{BENCHMARK} is not there (install jaxnn with pip install -e from a "
-                           f"clone of the repository)")
-    name = "jaxnn_benchmark_train_step"
-    spec = importlib.util.spec_from_file_location(name, BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
-    except ImportError as err:  # a peer library of the full comparison, say
-        raise CommandError(f"{BENCHMARK}: {err}") from err
-    if not hasattr(module, "main"):
-        raise CommandError(f"{BENCHMARK} has no main(argv) to run")
-    extra = [a for a in args.bench_args if a != "--"]
-    argv = extra if args.full else ["--quick", *extra]
-    result = module.main(argv)
-    return result if isinstance(result, int) else 0
-
-
-# --- the command line -------------------------------------------------------------------------
-
-
-def _add_train_command(commands) -> None:
+def add_command(commands) -> None:
+    """Adds ``jaxnn train`` to the sub-command parser."""
 
     p = commands.add_parser(
         "train", help="train the classic L-layer classifier; draw its cost and decision boundary",
@@ -875,7 +572,7 @@ def _add_train_command(commands) -> None:
         "built-in planar flower (2 features, 2 classes), layers 2,20,7,5,1, relu, full-batch "
         "gradient descent. Writes cost.png, decision_boundary.png (2-D data), metrics.json and "
         "checkpoint.npz into --out. Ctrl-C or SIGTERM saves a checkpoint and stops.")
-    p.set_defaults(run=train, typed={})
+    p.set_defaults(run=run, typed={})
 
     def typed(name, kind, help):
         p.add_argument(name, action=_Typed, kind=kind, help=help)
@@ -910,64 +607,3 @@ def _add_train_command(commands) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_other_commands(commands) -> None:
-    p = commands.add_parser(
-        "gradcheck", help="verify every built-in layer and loss (or a model) in float64",
-        description="Check hand-derived gradients against jax.grad (≤ 1e-9 relative) and "
-        "finite differences (≤ 1e-6), in float64. Exit status 1 on any failure.")
-    p.add_argument("--only", metavar="NAMES", help="check only these exported layers and "
-                   "losses, e.g. dense,relu,binary_cross_entropy")
-    p.add_argument("--layers", help="check this model instead, e.g. 2,4,1")
-    p.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation of --layers")
-    p.add_argument("--target", metavar="MODULE:NAME", help="check your own layer (a Layer or a "
-                   "constructor of no arguments) or function, e.g. mypkg.layers:scaled_tanh; "
-                   "imported from the current folder or the installed packages")
-    p.add_argument("--shape", action="append", metavar="N,N,...", help="with --target: the "
-                   "layer's input shape (batch first), or one --shape per function argument")
-    p.add_argument("--plot", metavar="PNG", help="draw one heat map of the relative error per "
-                   "parameter into this file")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=gradcheck)
-
-    p = commands.add_parser("summary", help="the model's layers, shapes and parameter counts")
-    p.add_argument("--layers", required=True, help="sizes, input first, e.g. 2,20,7,5,1")
-    p.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default relu)")
-    p.add_argument("--dropout", type=float, help="drop rate after each hidden activation")
-    p.set_defaults(run=summary)
-
-    p = commands.add_parser("bench", help="the training-step speed benchmark, short mode",
-                            description="Runs benchmarks/train_step.py --quick; other "
-                            "arguments (e.g. --rounds 7) go to the benchmark.")
-    p.add_argument("--full", action="store_true", help="the full benchmark, not --quick")
-    p.set_defaults(run=bench)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxnn`` argument parser: train, gradcheck, summary, bench."""
-    parser = argparse.ArgumentParser(
-        prog="jaxnn", description="Train, verify and report jaxnn networks.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train_command(commands)
-    _add_other_commands(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jaxnn`` and ``python -m jaxnn``; returns the exit status."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.bench_args = extra
-    try:
-        return args.run(args)
-    except (CommandError, CheckpointError, DataFileError) as err:
-        print(f"jaxnn {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except ImportError as err:  # an optional package, named by the data loaders
-        print(f"jaxnn {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before or after training, which saves on its own
-        print(f"jaxnn {args.command}: interrupted", file=sys.stderr)
-        return 130
