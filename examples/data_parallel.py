@@ -3,14 +3,15 @@
 On a CPU-only machine the script asks XLA for 4 host devices (unless ``XLA_FLAGS`` is already
 set), so the batch really is split; on a GPU or TPU host it runs unchanged over the
 accelerators. It trains a small classifier for a few steps twice — once with the step sharded
-over all devices by :func:`jaxnn.data_parallel.shard_train_step`, once on a single device — and
+over all devices by :func:`jaxnn.sharding.shard_train_step` (everything replicated, the batch
+split), once on a single device — and
 trains it a third time with :func:`jaxnn.fit` and its parameters and optimizer state split over
 the devices (FSDP, :mod:`jaxnn.sharding`), printing each device's share of their bytes
 (``param_bytes_per_device_fraction=``), and prints the largest parameter difference from the
 single device as its last line.
 
 Several hosts: start the same script on every host after ``jax.distributed.initialize()``
-(see ``docs/design.md``); ``jax.devices()`` then spans all of them.
+(see ``examples/multi_process.py``); ``jax.devices()`` then spans all of them.
 
     python examples/data_parallel.py
 """
@@ -44,7 +45,7 @@ def main(steps: int = 20, per_device_batch: int = 32) -> float:
 
     optimizer = optax.adam(1e-2)
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
-    parallel_step = jaxnn.data_parallel.shard_train_step(step)
+    parallel_step = jaxnn.sharding.shard_train_step(step, jaxnn.sharding.make_mesh())
 
     sharded = (params, (), optimizer.init(params))  # (params, model state, optimizer state)
     single = jax.device_put((params, (), optimizer.init(params)), devices[0])

@@ -4,7 +4,7 @@ Every process runs this same script. Each one joins the job with
 ``jax.distributed.initialize`` (a coordinator address, the number of processes and its own
 index), sees every device of every process in ``jax.devices()``, and feeds only *its* part of
 each global batch: process ``p`` of ``P`` reads examples ``[p·B/P, (p+1)·B/P)`` of the global
-batch of ``B`` examples. :func:`jaxnn.data_parallel.shard_train_step` assembles the global batch
+batch of ``B`` examples. :func:`jaxnn.sharding.shard_train_step` assembles the global batch
 from the processes' parts (``jax.make_array_from_process_local_data``) and runs one compiled
 step over all devices; JAX's collectives (gloo on CPU, NCCL on GPU) sum the gradients across
 processes. At the end process 0 writes a checkpoint, every process reads it back, and each
@@ -42,7 +42,7 @@ import optax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import jaxnn  # noqa: E402
-from jaxnn import checkpoint, data_parallel, sharding  # noqa: E402
+from jaxnn import checkpoint, sharding  # noqa: E402
 
 
 def make_problem(seed: int = 0):
@@ -73,7 +73,7 @@ def train(steps: int, global_batch_size: int, single: bool):
                          f"processes")
     local = global_batch_size // processes
     if not single:
-        step = data_parallel.shard_train_step(step, data_parallel.data_mesh())
+        step = sharding.shard_train_step(step, sharding.make_mesh())
     state = ()
     for i in range(steps):
         x, y = global_batch(i, global_batch_size)

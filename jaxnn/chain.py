@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnn.core import Layer, children
+from jaxnn.core import Layer, map_params
 from jaxnn.layers import identity
 from jaxnn.losses import Loss
 
@@ -145,16 +145,15 @@ def weight_mask(model: Layer, params: Any) -> Any:
       >>> jaxnn.weight_mask(net, params)
       ({'W': True, 'b': False}, ())
     """
-    if model.sublayers:
-        masks = [(label, weight_mask(sub, p)) for label, sub, p in children(model, params)]
-        if isinstance(params, dict):
-            return dict(masks)
-        return tuple(mask for _, mask in masks)
-    weights = frozenset(model.weights)
-    if isinstance(params, dict):
-        return {name: jax.tree.map(lambda _, w=name in weights: w, p)
-                for name, p in params.items()}
-    return jax.tree.map(lambda _: False, params)
+
+    def leaf_mask(path: str, leaf: Layer, p: Any) -> Any:
+        del path
+        if isinstance(p, dict):
+            return {name: jax.tree.map(lambda _, w=name in leaf.weights: w, entry)
+                    for name, entry in p.items()}
+        return jax.tree.map(lambda _: False, p)
+
+    return map_params(leaf_mask, model, params)
 
 
 def l2_penalty(model: Layer, params: Any, l2: float) -> jax.Array:

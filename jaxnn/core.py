@@ -57,8 +57,10 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "MATRIX_SPLIT",
     "Layer",
     "Record",
+    "TensorSplit",
     "apply",
     "check_features",
     "check_float",
@@ -67,6 +69,7 @@ __all__ = [
     "children",
     "leaf_layer",
     "map_leaves",
+    "map_params",
     "reference_apply",
     "split_key",
     "stateless_init",
@@ -129,6 +132,50 @@ class Record:
         return tuple(self)[index]
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorSplit(Record):
+    r"""How a leaf layer's parameters split over the ``"model"`` mesh axis in tensor parallelism
+    (Megatron style), declared beside its ``weights`` (``Layer(..., tensor_split=...)``).
+
+    Tensor parallelism pairs layers: the first of a pair splits its *output* features (a
+    *column* split, $W_{:, j}$ and $b_j$ on the device holding block $j$), the second its
+    *input* features (a *row* split, $W_{i, :}$, the bias whole). Each device then computes its
+    block of the hidden units, and the second product's partial sums are all-reduced once:
+
+    $$ Y = \sigma(X W_1) W_2 = \sum_{j} \sigma(X W_{1, :, j})\, W_{2, j, :} $$
+
+    Attributes:
+      column: ``(parameter name, axis)`` pairs: the axis holding the output features, split
+        when the layer opens a pair (``(("W", -1), ("b", -1))`` for ``dense`` and ``conv``).
+      row: ``(parameter name, axis)`` pairs: the axis holding the input features, split when the
+        layer closes a pair (``(("W", -2),)``); a parameter not listed stays whole.
+      pair: ``True`` for a layer that is a whole column-then-row pair by itself (attention: the
+        Q, K, V projections split by heads, the output projection by rows): both lists apply at
+        once, and the next layer opens a new pair.
+
+    [`jaxnn.sharding.param_specs`][jaxnn.sharding.param_specs] reads it; a parameter whose axis
+    the ``"model"`` axis does not divide stays whole.
+
+    Examples:
+      The split ``dense`` declares, and a user's own layer declaring the same:
+
+      >>> jaxnn.dense(4).tensor_split
+      TensorSplit(column=(('W', -1), ('b', -1)), row=(('W', -2),), pair=False)
+      >>> split = jaxnn.core.TensorSplit(column=(("W", -1),), row=(("W", -2),))
+      >>> split.pair
+      False
+    """
+
+    column: tuple[tuple[str, int], ...]
+    row: tuple[tuple[str, int], ...]
+    pair: bool = False
+
+
+MATRIX_SPLIT = TensorSplit(column=(("W", -1), ("b", -1)), row=(("W", -2),))
+"""The tensor-parallel split of a layer computing ``x @ W + b`` (``dense``, ``conv``): ``W``'s
+last axis and ``b`` in a column split, ``W``'s second to last in a row split."""
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Layer(Record):
     """A layer: ``init``, ``forward`` and a hand-derived ``backward``.
@@ -153,6 +200,8 @@ class Layer(Record):
         the names aligned with ``sublayers``; its params and state are then dicts keyed by
         them, and paths read ``"serial/head:dense"``. ``()`` for positional sublayers (params
         and state are tuples, paths read ``"serial/1:dense"``) and for leaves.
+      tensor_split: for a leaf, how its parameters split in tensor parallelism (a
+        [`TensorSplit`][jaxnn.core.TensorSplit]); ``None`` keeps them whole.
 
     Examples:
       A built-in layer is such a record; its functions can be called one by one:
@@ -184,6 +233,7 @@ class Layer(Record):
     rebuild: Callable[[tuple[Layer, ...]], Layer] | None = None
     weights: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
+    tensor_split: TensorSplit | None = None
 
     def __call__(self, x: Array) -> Array:
         """Applies a layer without parameters or state (an activation) to ``x``.
@@ -433,9 +483,11 @@ def leaf_layer(
     forward: ForwardFn,
     backward: BackwardFn,
     weights: tuple[str, ...] = (),
+    tensor_split: TensorSplit | None = None,
 ) -> Layer:
     r"""Makes a leaf [`Layer`][jaxnn.Layer] (a convenience for users' own layers); ``weights``
-    names the parameters L2 regularization acts on.
+    names the parameters L2 regularization acts on, ``tensor_split`` how they split in tensor
+    parallelism ([`TensorSplit`][jaxnn.core.TensorSplit]).
 
     Examples:
       A layer of one's own, $y = x^2$ with the hand-derived $dx = 2x \odot dy$:
@@ -456,7 +508,7 @@ def leaf_layer(
       against autodiff and finite differences.
     """
     return Layer(name=name, init=init, forward=forward, backward=backward,
-                 weights=tuple(weights))
+                 weights=tuple(weights), tensor_split=tensor_split)
 
 
 def sublayer_labels(layer: Layer) -> tuple[str, ...]:
@@ -515,6 +567,52 @@ def children(layer: Layer, tree: Any, what: str = "params") -> list[tuple[str, L
         raise ValueError(f"{layer.name}: {what} must be a tuple of {n} entries (one per layer), "
                          f"got {_describe(tree)}")
     return [(str(i), sub, t) for i, (sub, t) in enumerate(zip(subs, tree, strict=True))]
+
+
+def map_params(fn: Callable[[str, Layer, Any], Any], model: Layer, params: Any,
+               path: str | None = None) -> Any:
+    """``params``' container structure with every leaf layer's entry replaced by
+    ``fn(path, leaf, leaf_params)``, ``fn`` called in network order.
+
+    The one walk over (layer, params): a weight mask, sharding specs and parameter names are
+    each one ``fn``. Paths are those of [`map_leaves`][jaxnn.map_leaves] (``"serial/2:dense"``,
+    ``"serial/head:dense"``); a combinator's tuple or named dict is rebuilt as it was.
+
+    Args:
+      fn: ``(path, leaf layer, its params) -> anything``.
+      model: the network.
+      params: its parameters (arrays, ``jax.ShapeDtypeStruct``, or anything of that structure:
+        a tree of specs or gradients).
+      path: the model's own path; default its name.
+
+    Returns:
+      The tree of ``fn``'s results.
+
+    Raises:
+      ValueError: a combinator's entry does not have one item per sublayer
+        ([`children`][jaxnn.core.children]).
+
+    Examples:
+      The number of parameters of each layer, and every leaf's path:
+
+      >>> net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
+      >>> _, params, _ = net.init(jax.random.key(0), (-1, 3))
+      >>> jaxnn.core.map_params(lambda path, leaf, p: sum(a.size for a in jax.tree.leaves(p)),
+      ...                       net, params)
+      (16, 0, 5)
+      >>> paths = []
+      >>> _ = jaxnn.core.map_params(lambda path, leaf, p: paths.append(path), net, params)
+      >>> paths
+      ['serial/0:dense', 'serial/1:relu', 'serial/2:dense']
+    """
+    path = model.name if path is None else path
+    if not model.sublayers:
+        return fn(path, model, params)
+    entries = [(label, map_params(fn, sub, p, f"{path}/{label}:{sub.name}"))
+               for label, sub, p in children(model, params)]
+    if isinstance(params, dict):
+        return dict(entries)
+    return tuple(entry for _, entry in entries)
 
 
 def map_leaves(fn: Callable[[Layer, str], Layer], layer: Layer, path: str | None = None) -> Layer:

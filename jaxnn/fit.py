@@ -39,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxnn import data_parallel, sharding
+from jaxnn import sharding
 from jaxnn.core import Layer
 from jaxnn.losses import Loss
 from jaxnn.train import make_train_step
@@ -140,9 +140,11 @@ def make_epoch(
     ``loss``, ``optimizer`` and ``gradients``, not jitted on their own), run inside one
     ``lax.scan`` over the batches of [`epoch_batches`][jaxnn.fit.epoch_batches].
 
-    With a ``mesh`` ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]), every
-    mini-batch is split over the
-    mesh's ``"data"`` axis (``jax.lax.with_sharding_constraint``): data-parallel steps. With
+    With a ``mesh`` ([`jaxnn.sharding.make_mesh`][jaxnn.sharding.make_mesh]), ``x`` and ``y``
+    are expected split over the mesh's ``"data"`` axis
+    ([`jaxnn.sharding.shard_batch`][jaxnn.sharding.shard_batch]) and every mini-batch is
+    gathered from the devices' parts onto the same axis (each device keeps its part of the
+    training set, never the whole): data-parallel steps. With
     ``carry_specs``, the ``PartitionSpec`` trees of the parameters and of the optimizer state
     ([`jaxnn.sharding.param_specs`][jaxnn.sharding.param_specs]), both stay split that way from
     step to step.
@@ -176,11 +178,11 @@ def make_epoch(
         def body(carry, batch):
             params, state, opt_state = carry
             rows, step_key = batch
-            xb = jnp.take(x, rows, axis=0)
-            yb = jnp.take(y, rows, axis=0)
-            if mesh is not None:
-                xb, yb = jax.lax.with_sharding_constraint(
-                    (xb, yb), NamedSharding(mesh, P(data_parallel.DATA_AXIS)))
+            if mesh is None:
+                xb = jnp.take(x, rows, axis=0)
+                yb = jnp.take(y, rows, axis=0)
+            else:
+                xb, yb = _gather_rows(x, rows, mesh), _gather_rows(y, rows, mesh)
             params, state, opt_state, value = step(params, state, opt_state, xb, yb, step_key)
             if carry_specs is not None:
                 params, opt_state = jax.lax.with_sharding_constraint(
@@ -192,6 +194,29 @@ def make_epoch(
         return params, state, opt_state, losses
 
     return epoch_fn
+
+
+def _gather_rows(data: jax.Array, rows: jax.Array, mesh: Mesh) -> jax.Array:
+    """``data[rows]`` for ``data`` split over ``"data"`` on its leading axis, the result split
+    the same way: each device picks the requested rows it holds (zeros elsewhere) and a
+    reduce-scatter sums the parts, one nonzero term per row, so the values are exact."""
+    axis = sharding.DATA_AXIS
+
+    def local(part, rows):
+        n_local = part.shape[0]
+        local_rows = rows - jax.lax.axis_index(axis) * n_local
+        inside = (local_rows >= 0) & (local_rows < n_local)
+        picked = jnp.take(part, jnp.clip(local_rows, 0, n_local - 1), axis=0)
+        keep = inside.reshape((-1,) + (1,) * (part.ndim - 1))
+        boolean = part.dtype == jnp.bool_  # booleans do not sum: as int8 and back
+        picked = jnp.where(keep, picked, jnp.zeros((), part.dtype))
+        if boolean:
+            picked = picked.astype(jnp.int8)
+        gathered = jax.lax.psum_scatter(picked, axis, scatter_dimension=0, tiled=True)
+        return gathered.astype(jnp.bool_) if boolean else gathered
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P()), out_specs=P(axis))(
+        data, rows)
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,15 +239,42 @@ def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
 
 
 def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: int,
-                         mesh: Mesh | None) -> None:
+                         mesh: Mesh | None, shard_params: str) -> None:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
+    sharding.check_strategy(shard_params, "fit: shard_params")
+    if mesh is None and shard_params != "replicated":
+        raise ValueError(f"fit: shard_params={shard_params!r} lays parameters out over a mesh; "
+                         f"pass mesh= (jaxnn.sharding.make_mesh()) or leave shard_params out")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
-    _check_batching(x.shape[0], batch_size)
-    if mesh is not None and batch_size % mesh.size:
-        raise ValueError(f"fit: batch_size {batch_size} does not divide over the {mesh.size} "
-                         f"devices of the mesh; use a multiple of {mesh.size}")
+    _check_batching(x.shape[0] * (jax.process_count() if mesh is not None else 1), batch_size)
+    if mesh is not None:
+        if sharding.DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"fit: the mesh needs an axis named 'data', got axes "
+                             f"{tuple(mesh.axis_names)} (make one with jaxnn.sharding.make_mesh)")
+        parts = mesh.shape[sharding.DATA_AXIS]
+        if batch_size % parts:
+            raise ValueError(f"fit: batch_size {batch_size} does not divide over the {parts} "
+                             f"devices of mesh axis 'data'; use a multiple of {parts}")
+
+
+def _fit_config(model, loss, params, opt_state, x, y, epochs, batch_size, start_epoch,
+                gradients, mesh, shard_params) -> dict:
+    """What every process of a multi-process run must agree on (compared by hash)."""
+
+    def shapes(tree):
+        return {jax.tree_util.keystr(path): f"{np.dtype(leaf.dtype).name}{list(np.shape(leaf))}"
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    return {"model": repr(model), "loss": getattr(loss, "name", type(loss).__name__),
+            "params": shapes(params), "optimizer state": shapes(opt_state),
+            "epochs": epochs, "start_epoch": start_epoch, "batch_size": batch_size,
+            "x (this process's part)": list(np.shape(x)),
+            "y (this process's part)": list(np.shape(y)),
+            "gradients": gradients if isinstance(gradients, str) else repr(gradients),
+            "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
+            "shard_params": shard_params}
 
 
 def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, params: Any,
@@ -230,8 +282,8 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         state: Any = (), opt_state: Any = None, start_epoch: int = 0,
         gradients: str | Callable = "hand", mesh: Mesh | None = None,
         shard_params: str = "replicated",
-        on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None
-        ) -> FitResult:
+        on_epoch: Callable[[int, jax.Array, Any, Any], bool | None] | None = None,
+        timeout: float | None = None) -> FitResult:
     """Trains ``model`` by mini-batch steps, one compiled ``lax.scan`` per epoch.
 
     Every step is [`jaxnn.make_train_step`][jaxnn.make_train_step]'s (the model's state is carried
@@ -255,24 +307,34 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       start_epoch: the index of the first epoch (to resume a run with the same shuffles).
       gradients: ``"hand"``, ``"autodiff"`` or a gradient function, as for
         [`jaxnn.make_train_step`][jaxnn.make_train_step].
-      mesh: train data-parallel over this mesh
-        ([`jaxnn.data_parallel.data_mesh`][jaxnn.data_parallel.data_mesh]):
-        everything is replicated and each mini-batch split over the ``"data"`` axis, so
-        ``batch_size`` must be a multiple of the device count.
+      mesh: train over this mesh ([`jaxnn.sharding.make_mesh`][jaxnn.sharding.make_mesh]):
+        ``x`` and ``y`` are split over its ``"data"`` axis (each device keeps its part of the
+        training set) and so is each mini-batch, so ``batch_size`` and the number of examples
+        must be multiples of the ``"data"`` axis's size. In several processes
+        (``jax.distributed``) each process passes *its own part* of ``x`` and ``y`` (the same
+        number of examples in each); the training set is their concatenation in process order,
+        the processes first check that they run the same configuration
+        ([`jaxnn.sharding.check_same_config`][jaxnn.sharding.check_same_config]).
       shard_params: with a ``mesh``, how parameters and optimizer state are laid out over it:
         ``"replicated"`` (a full copy on every device), ``"fsdp"`` (split over ``"data"``) or
         ``"tensor"`` (split over ``"model"``, Megatron style); see
         [`jaxnn.sharding`][jaxnn.sharding].
       on_epoch: called in Python after every epoch as ``on_epoch(epoch, losses, params,
         state)`` with that epoch's step losses; returning ``True`` stops training.
+      timeout: with a ``mesh``, the seconds an epoch may take before the run ends with a
+        message ([`jaxnn.sharding.collective_timeout`][jaxnn.sharding.collective_timeout]): a
+        process that never arrives at a collective ends the run instead of hanging it. ``None``:
+        no limit on epochs, and 300 s for the start-up configuration check of a multi-process
+        run.
 
     Returns:
       A [`FitResult`][jaxnn.FitResult].
 
     Raises:
       ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
-        different numbers of examples, ``batch_size`` exceeds them, or it does not divide over
-        the ``mesh``.
+        different numbers of examples, ``batch_size`` exceeds them, ``shard_params`` is not one
+        of [`jaxnn.sharding.STRATEGIES`][jaxnn.sharding.STRATEGIES] (or not ``"replicated"``
+        without a mesh), or the batch or the examples do not divide over the ``mesh``.
 
     Examples:
       >>> import optax
@@ -304,19 +366,28 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       ...           batch_size=4, key=jax.random.key(2), on_epoch=stop).losses.shape
       (2, 2)
     """
-    _check_fit_arguments(x, y, epochs, batch_size, mesh)
+    _check_fit_arguments(x, y, epochs, batch_size, mesh, shard_params)
     if opt_state is None:
         opt_state = optimizer.init(params)
     carry_specs = None
     if mesh is not None:
+        if jax.process_count() > 1:
+            sharding.check_same_config(
+                _fit_config(model, loss, params, opt_state, x, y, epochs, batch_size,
+                            start_epoch, gradients, mesh, shard_params),
+                what="fit", timeout=300.0 if timeout is None else timeout)
         carry_specs = sharding.layout(model, optimizer, params, opt_state, mesh, shard_params)
         params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
-        state, x, y, key = data_parallel.replicate((state, x, y, key), mesh)
+        x = sharding.shard_batch(x, mesh, name="fit: x")
+        y = sharding.shard_batch(y, mesh, name="fit: y")
+        state, key = sharding.place((state, key), None, mesh)
     epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
     history = _LossHistory(epochs, x.shape[0] // batch_size)
     for epoch in range(start_epoch, start_epoch + epochs):
-        params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
-                                                    jnp.asarray(epoch, jnp.int32))
+        with sharding.collective_timeout(timeout if mesh is not None else None,
+                                         f"fit's epoch {epoch}"):
+            params, state, opt_state, losses = jax.block_until_ready(epoch_fn(
+                params, state, opt_state, x, y, key, jnp.asarray(epoch, jnp.int32)))
         history.append(losses)
         if on_epoch is not None and on_epoch(epoch, losses, params, state):
             break

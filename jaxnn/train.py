@@ -18,7 +18,7 @@ opt_state, x, y, key)
   DP-SGD's aggregation ([`jaxnn.privacy.private_aggregate`][jaxnn.privacy.private_aggregate]).
 
 [`jaxnn.fit.fit`][jaxnn.fit.fit], [`jaxnn.ensemble`][jaxnn.ensemble] and
-[`jaxnn.data_parallel`][jaxnn.data_parallel] wrap this same step.
+[`jaxnn.sharding`][jaxnn.sharding] wrap this same step.
 """
 
 from __future__ import annotations

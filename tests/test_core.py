@@ -196,3 +196,23 @@ def test_the_listed_differences_are_real():
     assert float(jaxnn.avg_pool((2,), padding=((1, 0),))(row)[0, 0, 0]) == 3.0
     assert float(jaxnn.avg_pool((2,), padding=((1, 0),), count_include_pad=True)(row)[0, 0, 0]) \
         == 1.5
+
+
+def test_map_params_is_the_one_walk_over_layers_and_their_params():
+    """``map_params`` calls ``fn(path, leaf, params)`` in network order for every leaf, through
+    positional and named combinators, and rebuilds the containers (tuples, name-keyed dicts);
+    ``weight_mask`` is one such walk."""
+    net = jaxnn.serial(jaxnn.dense(3), jaxnn.relu(),
+                       jaxnn.residual(jaxnn.serial(enc=jaxnn.dense(3), act=jaxnn.tanh())))
+    _, params, _ = net.init(jax.random.key(0), (-1, 3))
+    calls = []
+    out = jaxnn.core.map_params(lambda path, leaf, p: calls.append((path, leaf.name)) or
+                                len(jax.tree.leaves(p)), net, params)
+    assert calls == [("serial/0:dense", "dense"), ("serial/1:relu", "relu"),
+                     ("serial/2:residual/0:serial/enc:dense", "dense"),
+                     ("serial/2:residual/0:serial/act:tanh", "tanh")]
+    assert out == (2, 0, ({"enc": 2, "act": 0},))
+    assert jaxnn.weight_mask(net, params) == (
+        {"W": True, "b": False}, (), ({"enc": {"W": True, "b": False}, "act": ()},))
+    with pytest.raises(ValueError, match="serial: params must be a tuple of 3 entries"):
+        jaxnn.core.map_params(lambda *a: None, net, params[:2])

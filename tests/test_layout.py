@@ -24,7 +24,7 @@ RANKS = {
     "jaxnn.activations": 4,
     "jaxnn.chain": 5,
     "jaxnn.train": 6,
-    "jaxnn.data_parallel": 6,
+    "jaxnn.data_parallel": 8,
     "jaxnn.data": 6,
     "jaxnn.plots": 6,
     "jaxnn.checkpoint": 6,

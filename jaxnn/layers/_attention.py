@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float, check_params, check_positive_int
+from jaxnn.core import Layer, TensorSplit, check_float, check_params, check_positive_int
 
 __all__ = ["multi_head_attention"]
 
@@ -214,7 +214,10 @@ def multi_head_attention(
     def backward(params, residuals, dy):
         return _backward(params, residuals, dy, num_heads, causal, block_size, use_bias)
 
-    return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"))
+    return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"),
+                 tensor_split=TensorSplit(column=(("Wq", -1), ("Wk", -1), ("Wv", -1), ("bq", -1),
+                                                  ("bk", -1), ("bv", -1)),
+                                          row=(("Wo", -2),), pair=True))
 
 
 def _attention_init(key, in_shape, features, num_heads: int, use_bias: bool, w_init, dtype):

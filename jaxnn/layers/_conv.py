@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float, check_params, check_positive_int
+from jaxnn.core import MATRIX_SPLIT, Layer, check_float, check_params, check_positive_int
 from jaxnn.layers import _spatial
 
 _SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
@@ -153,7 +153,7 @@ def conv(
     init = functools.partial(_init, geometry, features, use_bias, w_init, b_init, dtype)
     forward = functools.partial(_forward, geometry, features, use_bias)
     backward = functools.partial(_backward, geometry)
-    return Layer("conv", init, forward, backward, weights=("W",))
+    return Layer("conv", init, forward, backward, weights=("W",), tensor_split=MATRIX_SPLIT)
 
 
 class _Geometry(NamedTuple):

@@ -40,7 +40,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_features, check_float, check_params, check_positive_int
+from jaxnn.core import (
+    MATRIX_SPLIT,
+    Layer,
+    check_features,
+    check_float,
+    check_params,
+    check_positive_int,
+)
 
 
 def dense(
@@ -111,7 +118,7 @@ def dense(
             z = z + params["b"].reshape((1,) * (z.ndim - 1) + (-1,))
         return z, state, x
 
-    return Layer("dense", init, forward, _backward, weights=("W",))
+    return Layer("dense", init, forward, _backward, weights=("W",), tensor_split=MATRIX_SPLIT)
 
 
 def _init(key, in_shape, features: int, use_bias: bool, w_init, b_init, dtype):

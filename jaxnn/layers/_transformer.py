@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import initializers
-from jaxnn.core import Layer, check_float, check_params
+from jaxnn.core import MATRIX_SPLIT, Layer, check_float, check_params
 from jaxnn.layers._activations import gelu_layer
 from jaxnn.layers._attention import multi_head_attention
 from jaxnn.layers._combinators import residual, serial
@@ -202,7 +202,7 @@ def _width_dense(ratio: int, widen: bool) -> Layer:
     def backward(params, residuals, dy):
         return dense(dy.shape[-1]).backward(params, residuals, dy)
 
-    return Layer("dense", init, forward, backward, weights=("W",))
+    return Layer("dense", init, forward, backward, weights=("W",), tensor_split=MATRIX_SPLIT)
 
 
 def transformer_block(
