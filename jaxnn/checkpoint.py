@@ -238,11 +238,47 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
         meta = json.loads(arrays.pop(_METADATA_KEY).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path}: corrupted metadata ({err})") from err
-    version = meta.get("format_version")
+    _check_metadata(path, meta, arrays)
+    return arrays, meta
+
+
+def _check_metadata(path: str, meta: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Valid JSON of the wrong shape (a list, a string, a dict lacking an entry) is a
+    ``CheckpointError`` naming the file and what is wrong, never an ``AttributeError`` or a
+    ``KeyError`` from reading it: ``{"format_version": 1, "step": int or null, "leaves":
+    {name: {"dtype": str, "shape": [int, …]}} for every stored array, "user": {…}}``."""
+
+    def corrupted(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: corrupted metadata: {what}")
+
+    if not isinstance(meta, dict):
+        raise corrupted(f"expected a JSON object, got {type(meta).__name__} {meta!r:.60}")
+    if "format_version" not in meta:
+        raise corrupted("no 'format_version' entry")
+    version = meta["format_version"]
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}, this jaxnn reads "
                               f"version {FORMAT_VERSION}")
-    return arrays, meta
+    missing = [key for key in ("step", "leaves", "user") if key not in meta]
+    if missing:
+        raise corrupted(f"no {missing[0]!r} entry (a format-{FORMAT_VERSION} checkpoint has "
+                        f"'format_version', 'step', 'leaves' and 'user')")
+    step = meta["step"]
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise corrupted(f"'step' must be an integer or null, got {step!r:.60}")
+    if not isinstance(meta["user"], dict):
+        raise corrupted(f"'user' must be a JSON object, got {type(meta['user']).__name__}")
+    leaves = meta["leaves"]
+    if not isinstance(leaves, dict):
+        raise corrupted(f"'leaves' must be a JSON object, got {type(leaves).__name__}")
+    for name in arrays:
+        record = leaves.get(name)
+        if not (isinstance(record, dict) and isinstance(record.get("dtype"), str)
+                and isinstance(record.get("shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                        for d in record["shape"])):
+            raise corrupted(f"the record of entry {name} must be {{'dtype': str, 'shape': "
+                            f"[int, ...]}}, got {record!r:.80}")
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
@@ -255,7 +291,9 @@ def load_metadata(path: str | os.PathLike) -> dict:
       A dict: ``"step"`` (``None`` when not given) and the entries of ``metadata``.
 
     Raises:
-      CheckpointError: the file is missing, unreadable or of another format version.
+      CheckpointError: the file is missing, unreadable, of another format version, or its
+        metadata is not what [`save`][jaxnn.checkpoint.save] writes (valid JSON of another
+        shape included).
 
     Examples:
         >>> import os, tempfile
@@ -267,7 +305,7 @@ def load_metadata(path: str | os.PathLike) -> dict:
     """
     path = os.fspath(path)
     _, meta = _read(path)
-    return {"step": meta.get("step"), **meta.get("user", {})}
+    return {"step": meta["step"], **meta["user"]}
 
 
 def load(path: str | os.PathLike, template: Any) -> Any:
@@ -283,8 +321,10 @@ def load(path: str | os.PathLike, template: Any) -> Any:
       keys).
 
     Raises:
-      CheckpointError: the file is missing or unreadable, or the first leaf (in tree order) that
-        is missing, extra, or of another shape or dtype, with the expected and the found.
+      CheckpointError: the file is missing or unreadable, its metadata is not what
+        [`save`][jaxnn.checkpoint.save] writes (valid JSON of another shape included), or the
+        first leaf (in tree order) that is missing, extra, or of another shape or dtype, with
+        the expected and the found.
 
     Examples:
         The template is what ``init`` makes; NamedTuples (optax states) come back as they were:
@@ -304,7 +344,7 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     path = os.fspath(path)
     arrays, meta = _read(path)
     leaves = _flatten(template)
-    info = meta.get("leaves", {})
+    info = meta["leaves"]
     expected_names = [name for name, _ in leaves]
     for name in expected_names:
         if name not in arrays:
@@ -317,8 +357,7 @@ def load(path: str | os.PathLike, template: Any) -> Any:
     restored = []
     for name, leaf in leaves:
         want_dtype, want_shape = _dtype_name(leaf), tuple(np.shape(leaf))
-        saved = info.get(name, {})
-        got_dtype, got_shape = saved.get("dtype"), tuple(saved.get("shape", ()))
+        got_dtype, got_shape = info[name]["dtype"], tuple(info[name]["shape"])
         if got_shape != want_shape:
             raise CheckpointError(f"{path}: shape mismatch at {name}: expected {want_shape}, "
                                   f"got {got_shape}")

@@ -53,6 +53,9 @@ step = jaxnn.make_train_step(model, loss, optimizer,
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -107,7 +110,8 @@ def clip_per_example(grads: Any, clip_norm: float) -> tuple[Any, jax.Array]:
     sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) != 1:
         raise ValueError(f"clip_per_example: every leaf needs the same leading batch axis, got "
-                         f"sizes {sorted(sizes)}")
+                         f"sizes {sorted(sizes)}; pass per-example gradients (those of "
+                         f"privacy.per_example_value_and_grad), not the batch gradient")
     squares = sum(jnp.sum(jnp.square(leaf).reshape(leaf.shape[0], -1), axis=1)
                   for leaf in leaves)
     norms = jnp.sqrt(squares)
@@ -193,7 +197,19 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
     ``update`` takes per-example gradients (leading batch axis) and returns
     [`clipped_noisy_mean`][jaxnn.privacy.clipped_noisy_mean] of them with a fresh key each step
     (``key, noise_key = split(state.key)``). Chain it before the optimizer:
-    ``optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))``.
+    ``optax.chain(private_aggregate(1.0, 1.1, key), optax.sgd(0.1))``, and give the training
+    step the per-example gradient function
+    ([`per_example_value_and_grad`][jaxnn.privacy.per_example_value_and_grad]).
+
+    **How it tells per-example gradients from the batch gradient.** A per-example gradient has
+    one more axis than its parameter: every leaf of ``updates`` must have the shape
+    ``(B,) + parameter.shape``, with the same ``B`` for every leaf. ``update`` compares the
+    shapes with ``params`` when it is given them (``make_train_step`` and ``optax.chain`` pass
+    them), else with the parameters ``init`` saw. So the batch gradient (shaped like the
+    parameters) is refused while tracing, with an error naming
+    ``privacy.per_example_value_and_grad``, even when every parameter's first axis happens to
+    equal the batch size (which a check of the leading axes alone would take for ``B``
+    examples, and silently train on).
 
     Args:
       clip_norm: ``C``, positive.
@@ -205,7 +221,8 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
         [`PrivateAggregateState`][jaxnn.privacy.PrivateAggregateState].
 
     Raises:
-      ValueError: if ``clip_norm`` is not positive or ``noise_multiplier`` negative.
+      ValueError: if ``clip_norm`` is not positive or ``noise_multiplier`` negative; from
+        ``update``, if ``updates`` are not per-example gradients of the parameters.
 
     Examples:
       One DP-SGD step: per-example gradients by the hand-derived chain, then the noisy mean,
@@ -224,21 +241,69 @@ def private_aggregate(clip_norm: float, noise_multiplier: float,
       >>> new_params, _, opt_state, loss = step(params, (), optimizer.init(params), x, y)
       >>> jax.tree.map(jnp.shape, new_params) == jax.tree.map(jnp.shape, params)
       True
+
+      The step's default gradient (the batch mean) is refused, naming what to pass:
+
+      >>> plain = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+      >>> plain(params, (), optimizer.init(params), x, y)
+      Traceback (most recent call last):
+      ...
+      ValueError: private_aggregate: expected per-example gradients, got the batch gradient: ...
     """
     _check_positive("clip_norm", clip_norm)
     _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
 
+    seen = {}  # the parameters' shapes init saw, for an update called without params
+
     def init(params):
-        del params
+        seen["shapes"] = _shapes(params)
         return PrivateAggregateState(key)
 
     def update(updates, state, params=None):
-        del params
+        _check_per_example(updates, _shapes(params) if params is not None else seen.get("shapes"))
         next_key, noise_key = jax.random.split(state.key)
         mean = clipped_noisy_mean(updates, clip_norm, noise_multiplier, noise_key)
         return mean, PrivateAggregateState(next_key)
 
     return optax.GradientTransformation(init, update)
+
+
+def _shapes(tree: Any) -> tuple[Any, list[tuple[str, tuple[int, ...]]]]:
+    """``(treedef, [(path, shape), …])`` of a pytree of arrays: static, kept across traces."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return treedef, [(jax.tree_util.keystr(path), tuple(jnp.shape(a))) for path, a in leaves]
+
+
+_HINT = ("pass gradients=privacy.per_example_value_and_grad(model, loss) to "
+         "make_train_step (or fit), whose gradients carry the batch on a new leading axis")
+
+
+def _check_per_example(updates: Any, params_shapes) -> None:
+    """Every leaf of ``updates`` is ``(B,) + its parameter's shape``, one ``B`` for all; else
+    an error naming ``privacy.per_example_value_and_grad`` (see ``private_aggregate``)."""
+    if params_shapes is None:  # neither params nor init: clip_per_example checks the axes
+        return
+    treedef, expected = params_shapes
+    got_leaves, got_treedef = jax.tree.flatten(updates)
+    if got_treedef != treedef:
+        raise ValueError(f"private_aggregate: the gradients' structure {got_treedef} differs "
+                         f"from the parameters' {treedef}")
+    batch = {}
+    for leaf, (name, shape) in zip(got_leaves, expected, strict=True):
+        got = tuple(jnp.shape(leaf))
+        if got == shape:
+            raise ValueError(f"private_aggregate: expected per-example gradients, got the batch "
+                             f"gradient: {name} has shape {got}, the parameter's own shape, "
+                             f"where one gradient per example, (B,) + {shape}, is needed; "
+                             f"{_HINT}")
+        if len(got) != len(shape) + 1 or got[1:] != shape:
+            raise ValueError(f"private_aggregate: expected per-example gradients of shape "
+                             f"(B,) + {shape} at {name}, got {got}; {_HINT}")
+        batch.setdefault(got[0], name)
+    if len(batch) > 1:
+        sizes = ", ".join(f"{size} at {name}" for size, name in batch.items())
+        raise ValueError(f"private_aggregate: per-example gradients need one batch size B for "
+                         f"every leaf, got {sizes}; {_HINT}")
 
 
 def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
@@ -248,7 +313,10 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
 
     Each step is the Poisson-subsampled Gaussian mechanism (each example in the batch with
     probability ``q = sampling_rate``, e.g. ``B / n``; noise multiplier ``σ``), composed
-    ``steps`` times; Rényi DP is converted to ``(ε, δ)``-DP.
+    ``steps`` times; Rényi DP is converted to ``(ε, δ)``-DP, the minimum over the accountant's
+    Rényi orders. For large ``q`` the series of some orders close to 1 does not converge and
+    the accountant leaves them out of the minimum (``ε`` stays an upper bound); its
+    ``failed to converge`` warnings, one per order, are not printed. Its other warnings are.
 
     Args:
       noise_multiplier: ``σ`` of [`private_aggregate`][jaxnn.privacy.private_aggregate] (positive).
@@ -289,5 +357,27 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int,
     event = dp_accounting.PoissonSampledDpEvent(
         sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
     accountant = dp_accounting.rdp.RdpAccountant()
-    accountant.compose(event, steps)
-    return float(accountant.get_epsilon(delta))
+    with _quiet_orders_excluded():
+        accountant.compose(event, steps)
+        return float(accountant.get_epsilon(delta))
+
+
+class _OrderExcluded(logging.Filter):
+    """Drops dp-accounting's "_compute_log_a_frac failed to converge … Excluding this order"
+    records: the accountant leaves that Rényi order out of the minimum over orders, so ``ε``
+    stays a valid upper bound and the user has nothing to act on. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to converge" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_orders_excluded() -> Iterator[None]:
+    """Filters those records out of the ``absl`` logger for the ``with`` block only; the
+    logger's level and filters are as they were afterwards."""
+    logger, quiet = logging.getLogger("absl"), _OrderExcluded()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

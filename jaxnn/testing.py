@@ -91,7 +91,7 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
         what = f"layer {fn_or_layer.name}"
     else:
         report = gradcheck.check_function(fn_or_layer, *args, **kwargs)
-        what = gradcheck._function_name(fn_or_layer)
+        what = report.comparisons[0].layer if report.comparisons else repr(fn_or_layer)
     if not report.passed:
         raise AssertionError(f"gradients of {what} do not match:\n{report.table()}")
     return report

@@ -1,7 +1,7 @@
 """Shared pieces of the gradient-check tests.
 
 The cases themselves live once, in the library (``jaxnn.gradcheck.LAYER_CASES`` /
-``LOSS_CASES``, in ``jaxnn/_gradcases.py``). Each test module of a layer family runs the cases
+``LOSS_CASES``, in ``jaxnn/gradcheck/_cases.py``). Each test module of a layer family runs the cases
 of its layers, ``GRADCHECK_CASES = registered("dense")``, through :func:`run_layer_case` /
 :func:`run_loss_case`.
 """

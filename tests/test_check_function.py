@@ -342,7 +342,7 @@ def test_cli_plots_where_the_error_sits(tmp_path, capsys):
 
 
 def test_plot_errors_draws_one_panel_per_parameter(tmp_path):
-    from jaxnn._report_render import plot_errors
+    from jaxnn.gradcheck import plot_errors
 
     x, W, b = normal(12, (4, 3), (3, 3), (3,))
     titles = plot_errors(check_function(dense_tanh("transposed"), x, W, b), tmp_path / "e.png")

@@ -97,6 +97,66 @@ def test_corrupted_truncated_and_foreign_files_are_named(tmp_path):
         checkpoint.load(tmp_path / "absent.npz", tree)
 
 
+
+def _with_metadata(path, meta_json: str):
+    """Rewrites the checkpoint at ``path`` with its arrays and ``meta_json`` as the metadata."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["__metadata__"] = np.frombuffer(meta_json.encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+_LEAVES = '"leaves": {"[\'W\']": {"dtype": "float32", "shape": [2]}}'
+
+
+@pytest.mark.parametrize(("meta", "message"), [
+    ("[1, 2]", r"expected a JSON object, got list \[1, 2\]"),
+    ('"a string"', "expected a JSON object, got str"),
+    ("null", "expected a JSON object, got NoneType"),
+    ("{}", "no 'format_version' entry"),
+    ('{"format_version": 1}', "no 'step' entry"),
+    ('{"format_version": 1, "step": 3, "user": {}}', "no 'leaves' entry"),
+    ('{"format_version": 1, "step": 3, ' + _LEAVES + "}", "no 'user' entry"),
+    ('{"format_version": 1, "step": "3", "user": {}, ' + _LEAVES + "}",
+     "'step' must be an integer or null"),
+    ('{"format_version": 1, "step": 3, "user": [], ' + _LEAVES + "}",
+     "'user' must be a JSON object, got list"),
+    ('{"format_version": 1, "step": 3, "user": {}, "leaves": [1]}',
+     "'leaves' must be a JSON object, got list"),
+    ('{"format_version": 1, "step": 3, "user": {}, "leaves": {}}',
+     r"the record of entry \[\'W\'\] must be"),
+    ('{"format_version": 1, "step": 3, "user": {}, "leaves": {"[\'W\']": [2]}}',
+     r"the record of entry \[\'W\'\] must be"),
+    ('{"format_version": 1, "step": 3, "user": {}, "leaves": {"[\'W\']": '
+     '{"dtype": "float32", "shape": "2"}}}', r"the record of entry \[\'W\'\] must be"),
+])
+def test_valid_json_metadata_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, meta, message):
+    """Issue 20 item 12: metadata that parses as JSON but is not what ``save`` writes (a list, a
+    string, null, a dict lacking an entry or with an entry of the wrong type) is a
+    ``CheckpointError`` naming the file, from ``load`` and ``load_metadata`` alike (it was
+    ``AttributeError: 'list' object has no attribute 'get'``)."""
+    tree = {"W": jnp.ones(2, jnp.float32)}
+    path = tmp_path / "odd.npz"
+    checkpoint.save(path, tree, step=3)
+    _with_metadata(path, meta)
+    for read in (lambda: checkpoint.load(path, tree), lambda: checkpoint.load_metadata(path)):
+        with pytest.raises(checkpoint.CheckpointError,
+                           match=rf"odd\.npz: corrupted metadata: {message}"):
+            read()
+
+
+def test_rewritten_valid_metadata_still_loads(tmp_path):
+    """The helper of the test above changes only the metadata: the file's own metadata, written
+    back, loads as before."""
+    tree = {"W": jnp.ones(2, jnp.float32)}
+    path = tmp_path / "same.npz"
+    checkpoint.save(path, tree, step=3, metadata={"note": "kept"})
+    with np.load(path, allow_pickle=False) as npz:
+        meta = npz["__metadata__"].tobytes().decode()
+    _with_metadata(path, meta)
+    chex.assert_trees_all_equal(checkpoint.load(path, tree), tree)
+    assert checkpoint.load_metadata(path) == {"step": 3, "note": "kept"}
+
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path,
                                                                              monkeypatch):
     path = tmp_path / "c.npz"

@@ -1,5 +1,7 @@
 """Scan-fused epochs: same parameters as the Python step loop, compiled once, stateful models."""
 
+import contextlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,7 @@ import optax
 import pytest
 
 import jaxnn
-from jaxnn.fit import epoch_batches, make_epoch
+from jaxnn.fit import _LossHistory, epoch_batches, make_epoch
 from tests.helpers import noisy_counter_problem
 
 
@@ -156,3 +158,66 @@ def test_mismatched_example_counts_are_a_clear_error(key):
     with pytest.raises(ValueError, match="x has 22 examples but y has 21"):
         jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y[:21],
                   epochs=1, batch_size=4, key=key)
+
+
+class _Compiled(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def _no_tracing(what):
+    """Raises as soon as JAX traces a new function inside the block (a compilation on the way)."""
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            raise _Compiled(f"{what} traced a new function for compilation")
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_a_20000_epoch_fit_compiles_nothing_after_its_epoch(key):
+    """A 20 000-epoch full-batch fit of a tiny model compiles nothing once its epoch is compiled:
+    the history is one host array filled in chunks (a ``jnp.stack`` of one device array per
+    epoch compiled a concatenate with 20 000 operands, minutes of work), and it holds every
+    epoch's loss in order."""
+    net = jaxnn.serial(jaxnn.dense(2), jaxnn.tanh(), jaxnn.dense(1), jaxnn.sigmoid())
+    _, params, _ = net.init(key, (-1, 2))
+    x = jax.random.normal(jax.random.key(1), (8, 2))
+    y = (x[:, :1] > 0).astype(x.dtype)
+    optimizer = optax.sgd(0.5)
+    kw = dict(batch_size=8, key=jax.random.key(2))
+    first = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=2, **kw)
+    with _no_tracing("fit's 20 000 epochs"):
+        result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y,
+                           epochs=20_000, **kw)
+    assert isinstance(result.losses, np.ndarray)
+    chex.assert_shape(result.losses, (20_000, 1))
+    np.testing.assert_array_equal(result.losses[:2], first.losses)
+    assert np.all(np.isfinite(result.losses))
+    assert result.losses[-1, 0] < 0.5 * result.losses[0, 0]
+
+
+@pytest.mark.parametrize("epochs, stop_after", [(10, None), (10, 6), (0, None)])
+def test_the_history_holds_every_epoch_in_order_across_fetches(key, monkeypatch, epochs,
+                                                               stop_after):
+    """The returned losses are exactly the ones ``on_epoch`` saw, epoch by epoch, across the
+    history's fetches (every 4 epochs here), after an early stop, and for zero epochs
+    ``(0, steps)``."""
+    monkeypatch.setattr(_LossHistory, "FETCH_EVERY", 4)
+    net, params, x, y = _problem(key)
+    seen = []
+
+    def on_epoch(epoch, losses, params, state):
+        seen.append(np.asarray(losses))
+        return stop_after is not None and epoch + 1 == stop_after
+
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, x, y,
+                       epochs=epochs, batch_size=11, key=jax.random.key(0), on_epoch=on_epoch)
+    run = epochs if stop_after is None else stop_after
+    chex.assert_shape(result.losses, (run, 2))
+    if run:
+        np.testing.assert_array_equal(result.losses, np.stack(seen))

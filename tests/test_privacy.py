@@ -160,6 +160,56 @@ def test_private_training_still_learns(key):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def _square_problem(batch):
+    """A network whose every parameter has 4 rows (``W (4, 4)``, ``b (4,)``): with a batch of
+    4 the batch gradient's leading axes all equal the batch size."""
+    net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(4))
+    _, params, _ = net.init(jax.random.key(0), (-1, 4))
+    x = jax.random.normal(jax.random.key(1), (batch, 4))
+    return net, params, x, jnp.zeros((batch, 4))
+
+
+@pytest.mark.parametrize("batch", [4, 8], ids=["first_axes_equal_the_batch", "axes_differ"])
+def test_the_batch_gradient_is_refused_naming_per_example_value_and_grad(batch):
+    """Issue 20 item 5: ``private_aggregate`` given the step's default (batch-mean) gradient is
+    a ValueError naming ``privacy.per_example_value_and_grad``, while tracing: when every
+    parameter's first axis equals the batch size (it trained silently) and when it does not
+    (it was clip_per_example's message about leading axes)."""
+    net, params, x, y = _square_problem(batch)
+    optimizer = optax.chain(privacy.private_aggregate(1.0, 1.1, jax.random.key(2)),
+                            optax.sgd(0.1))
+    step = jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+    with pytest.raises(ValueError, match=r"private_aggregate: expected per-example gradients, "
+                                         r"got the batch gradient: \[0\]\['W'\] has shape "
+                                         r"\(4, 4\).*privacy\.per_example_value_and_grad"):
+        step(params, (), optimizer.init(params), x, y)
+    # the same step with per-example gradients trains
+    per_example = jaxnn.make_train_step(
+        net, jaxnn.mean_squared_error, optimizer,
+        gradients=privacy.per_example_value_and_grad(net, jaxnn.mean_squared_error))
+    new_params, *_ = per_example(params, (), optimizer.init(params), x, y)
+    chex.assert_trees_all_equal_shapes(new_params, params)
+
+
+def test_update_without_params_compares_with_the_parameters_init_saw():
+    """Issue 20 item 5: ``update(grads, state)`` (no params) refuses the batch gradient by the
+    shapes ``init`` saw, and refuses per-example gradients whose batch sizes differ, naming
+    ``per_example_value_and_grad``; per-example gradients pass."""
+    net, params, x, y = _square_problem(4)
+    tx = privacy.private_aggregate(1.0, 1.1, jax.random.key(2))
+    state = tx.init(params)
+    (_, _), batch_grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
+    with pytest.raises(ValueError, match="got the batch gradient.*per_example_value_and_grad"):
+        tx.update(batch_grads, state)
+    grads = jaxnn.per_example_grads(net, jaxnn.mean_squared_error, params, x, y)
+    mixed = (grads[0], (), {"W": grads[2]["W"][:3], "b": grads[2]["b"]})
+    with pytest.raises(ValueError, match=r"one batch size B for every leaf, got 4 at "
+                                         r"\[0\]\['W'\], 3 at \[2\]\['W'\].*"
+                                         r"per_example_value_and_grad"):
+        tx.update(mixed, state)
+    mean, _ = tx.update(grads, state)
+    chex.assert_trees_all_equal_shapes(mean, params)
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(clip_norm=0.0, noise_multiplier=1.0), "clip_norm must be positive, got 0.0"),
     (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise_multiplier must be non-negative"),
@@ -225,3 +275,30 @@ def test_epsilon_without_dp_accounting_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "dp_accounting", None)  # import raises ImportError
     with pytest.raises(ImportError, match=r"jaxnn\[privacy\]"):
         privacy.epsilon(noise_multiplier=1.1, sampling_rate=0.01, steps=10, delta=1e-5)
+
+
+def test_epsilon_prints_no_convergence_warning_and_leaves_the_logger_as_it_was(caplog, capfd):
+    """Issue 20 item 15: the README's example (σ 1.1, q 64/256, 10 steps) printed seven
+    ``WARNING:absl:_compute_log_a_frac failed to converge`` lines; none is printed or logged
+    now, ε is the accountant's own value, and the ``absl`` logger's level and filters are
+    restored afterwards (other absl warnings still show)."""
+    dp_accounting = pytest.importorskip("dp_accounting")
+    import logging
+
+    absl_logger = logging.getLogger("absl")
+    level, filters = absl_logger.level, list(absl_logger.filters)
+    args = dict(noise_multiplier=1.1, sampling_rate=64 / 256, steps=10, delta=1e-5)
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        eps = privacy.epsilon(**args)
+        assert "failed to converge" not in caplog.text
+        out, err = capfd.readouterr()
+        assert "failed to converge" not in out + err
+        assert absl_logger.level == level and absl_logger.filters == filters
+        # the same computation outside epsilon still warns: the silence is scoped
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(
+            args["sampling_rate"], dp_accounting.GaussianDpEvent(args["noise_multiplier"])),
+            args["steps"])
+        assert caplog.text.count("failed to converge") == 7
+        assert eps == float(accountant.get_epsilon(args["delta"]))

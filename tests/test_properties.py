@@ -183,7 +183,8 @@ def _recurrent(draw, make, n_states):
 
 @st.composite
 def _registered(draw, name):
-    """A registered case of ``name`` (jaxnn/_gradcases.py), at a random batch size and values."""
+    """A registered case of ``name`` (jaxnn/gradcheck/_cases.py), at a random batch size and
+    values."""
     # cases with a fixed input (a recurrent layer's lengths) keep it: their strategy is extra
     case = draw(st.sampled_from([c for c in LAYER_CASES[name] if "x" not in c.options]))
     # batch statistics need two examples or more

@@ -230,6 +230,94 @@ def test_the_training_step_is_traced_once_under_jit(make):
     assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(params))
 
 
+
+def _every_gradient(layer, params, inputs, run=jaxnn.apply):
+    """``(y, (dparams, dinputs))`` for ``Σ v·y`` with a fixed ``v``, through ``run``;
+    ``dinputs`` holds the gradients of the input tuple's float entries (``x``, ``h0``, ``c0``)."""
+    lengths = inputs[1]
+    y = run(layer, params, (), inputs)[0]
+    v = _sequence(y.shape, seed=7)
+
+    def loss(p, floats):
+        return jnp.sum(v * run(layer, p, (), (floats[0], lengths) + floats[1:])[0])
+
+    floats = (inputs[0],) + tuple(inputs[2:])
+    return y, jax.grad(loss, argnums=(0, 1))(params, floats)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("sequences", [True, False], ids=["sequences", "last"])
+@pytest.mark.parametrize("run", [jaxnn.apply, jaxnn.reference_apply], ids=["by_hand", "autodiff"])
+@pytest.mark.parametrize("make", [jaxnn.lstm, jaxnn.gru])
+def test_non_finite_padding_reaches_no_output_and_no_gradient(make, run, sequences, fill):
+    """Issue 20 item 3: NaN/inf in padded steps changes nothing: the output and every gradient
+    leaf (W, U, b, x, h0, c0) are finite and equal to those of the same sequences padded with
+    zeros, by the hand-derived backward and by autodiff of the forward."""
+    states = 2 if make is jaxnn.lstm else 1
+    layer = make(4, lengths=True, initial_state=True, return_sequences=sequences)
+    lengths = [5, 2, 0, 3]
+    clean = _with_lengths((4, 5, 3), lengths, hidden=4, states=states)
+    x = clean[0]
+    for n, length in enumerate(lengths):
+        x = x.at[n, length:].set(0.0)
+    zero_padded = (x,) + clean[1:]
+    poisoned = (x.at[1, 2:].set(fill).at[2].set(fill).at[3, 4, 1].set(fill),) + clean[1:]
+    params = _params(layer, tuple(jnp.shape(a) for a in clean))
+    y, grads = _every_gradient(layer, params, poisoned, run)
+    y_zero, grads_zero = _every_gradient(layer, params, zero_padded, run)
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves((y, grads)))
+    chex.assert_trees_all_close((y, grads), (y_zero, grads_zero), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("make", [jaxnn.lstm, jaxnn.gru])
+def test_half_inputs_with_float32_parameters_follow_dense_dtype_rule(make, half):
+    """Issue 20 item 8: half-precision x, h0 (, c0) with float32 parameters run as ``dense``
+    does: the output in the promoted dtype (float32), the parameters' gradients in float32, the
+    inputs' in their own half dtype; all finite and equal to the float32 run on the same
+    (rounded) values up to the final rounding of the input gradients."""
+    states = 2 if make is jaxnn.lstm else 1
+    layer = make(4, lengths=True, initial_state=True)
+    rounded = tuple(a.astype(half).astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating)
+                    else a for a in _with_lengths((3, 6, 5), [6, 4, 1], hidden=4, states=states))
+    as_half = tuple(a.astype(half) if jnp.issubdtype(a.dtype, jnp.floating) else a
+                    for a in rounded)
+    _, params, _ = layer.init(jax.random.key(0), tuple(a.shape for a in rounded))
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
+    step = jax.jit(_every_gradient, static_argnums=0)
+    y, (dparams, dinputs) = step(layer, params, as_half)
+    y32, (dparams32, dinputs32) = step(layer, params, rounded)
+
+    dense_y, _ = jaxnn.apply(jaxnn.dense(4), {"W": params["U"][:, :4], "b": params["b"][:4]},
+                             (), as_half[2])
+    assert y.dtype == dense_y.dtype == jnp.float32
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(dparams))
+    assert [d.dtype for d in dinputs] == [half] * len(dinputs)
+    assert all(np.all(np.isfinite(np.asarray(a, np.float32)))
+               for a in jax.tree.leaves((y, dparams, dinputs)))
+    chex.assert_trees_all_close((y, dparams), (y32, dparams32), rtol=1e-5, atol=1e-6)
+    for d, d32 in zip(dinputs, dinputs32, strict=True):
+        # one rounding to the half dtype: 2⁻⁸ (bfloat16), 2⁻¹¹ (float16) relative
+        np.testing.assert_allclose(np.asarray(d, np.float32), d32, rtol=2.0 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [jaxnn.lstm, jaxnn.gru])
+def test_public_docstring_states_every_input_form_with_shapes(make):
+    """Issue 20 item 16: ``help(jaxnn.lstm)`` / ``help(jaxnn.gru)`` state the input forms, their
+    shapes and dtypes, and show them in an example, without sending the reader to a private
+    module."""
+    doc = make.__doc__
+    states = "h0, c0" if make is jaxnn.lstm else "h0"
+    for form in ("``x``", "``(x, lengths)``", f"``(x, {states})``",
+                 f"``(x, lengths, {states})``"):
+        assert form in doc, form
+    for fact in ("``(N, T, C)``", "integer array ``(N,)``", "``[0, T]``", "``(N, H)``",
+                 "floating-point", "bfloat16", "``(x, mask)``", "``(N, T, H)``"):
+        assert fact in doc, fact
+    assert "module doc" not in doc and "_recurrent" not in doc
+    examples = [line for line in doc.splitlines() if line.strip().startswith(">>>")]
+    assert any("lengths" in line and "jaxnn.apply" in line for line in examples)
+
 # --- bad input -----------------------------------------------------------------------------------
 
 

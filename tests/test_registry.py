@@ -1,6 +1,6 @@
 """Every exported layer and loss has gradient-check cases, in the one registry.
 
-``jaxnn.gradcheck.LAYER_CASES`` / ``LOSS_CASES`` (``jaxnn/_gradcases.py``) map each exported
+``jaxnn.gradcheck.LAYER_CASES`` / ``LOSS_CASES`` (``jaxnn/gradcheck/_cases.py``) map each exported
 name to its configurations; ``jaxnn gradcheck``, the families' gradient tests and the property
 tests draw from them. This test fails when a name in ``jaxnn.layers.__all__`` or
 ``jaxnn.losses.__all__`` (other than the helpers in ``NOT_LAYERS_OR_LOSSES``) has no cases, so
@@ -45,7 +45,7 @@ def _run_by_family_modules() -> set[str]:
     return names
 
 
-# a layer registered in jaxnn/_gradcases.py alone is checked here, at every configuration
+# a layer registered in jaxnn/gradcheck/_cases.py alone is checked here, at every configuration
 _CLAIMED = _run_by_family_modules()
 UNCLAIMED = [case for name, cases in {**LAYER_CASES, **LOSS_CASES}.items()
              if name not in _CLAIMED for case in cases]

@@ -16,10 +16,8 @@ from typing import Any
 import jax
 
 import jaxnn
-from jaxnn._gradcases import NOT_LAYERS_OR_LOSSES
-from jaxnn._report_render import plot_errors
 from jaxnn.cli.common import ACTIVATIONS, CommandError, build_model, loss_for, parse_layers, require
-from jaxnn.gradcheck import LAYER_CASES, LOSS_CASES
+from jaxnn.gradcheck import LAYER_CASES, LOSS_CASES, NOT_LAYERS_OR_LOSSES, plot_errors
 
 # --- gradcheck --------------------------------------------------------------------------------
 
@@ -60,7 +58,7 @@ def gradcheck_table(layer_names: Sequence[str] | None = None,
     if missing:
         raise CommandError(f"no default gradient-check configuration for the exported "
                            f"{', '.join(missing)}: register one in LAYER_CASES / LOSS_CASES "
-                           f"(jaxnn/_gradcases.py)")
+                           f"(jaxnn/gradcheck/_cases.py)")
     return [layer_checks[n]() for n in layer_names] + [loss_checks[n]() for n in loss_names]
 
 

@@ -13,8 +13,16 @@ Sequences are ``(N, T, C)`` (examples, time, features); the layers run time-majo
 
 ``lengths`` is an integer array ``(N,)`` with entries in ``[0, T]``: steps ``t ≥ lengths[n]`` are
 padding; they leave the state unchanged, output zeros, and ``x`` there gets a zero gradient.
+Whatever the padding holds (NaN, inf) reaches nothing: ``x`` is replaced by zeros there before
+the first product, and every masked quantity, forward and backward, is *selected*
+(``jnp.where``), never multiplied by a 0/1 mask (``NaN · 0`` is NaN).
 ``h0`` and ``c0`` are ``(N, H)`` and get their gradient like ``x``; ``lengths`` gets none.
 Without ``initial_state`` the state starts at zero.
+
+**Dtypes** follow ``dense``: the recurrence runs in the promoted dtype of ``x`` and the
+parameters (``bfloat16`` or ``float16`` inputs with ``float32`` parameters run, and output,
+``float32``); the parameters' gradients come back in each parameter's dtype, ``dx``, ``dh0`` and
+``dc0`` in the dtype of ``x``, ``h0`` and ``c0``.
 
 **Output.** ``(N, T, H)``, every hidden state (zeros at padded steps), or, with
 ``return_sequences=False``, ``(N, H)``: the last valid hidden state (at ``lengths − 1``; ``h0``
@@ -31,10 +39,10 @@ db = \sum_{t=1}^{T} \sum_{n=1}^{N} dz_{t,n} \qquad dx_t = dz_t W^\top
 $$
 
 where $x_t$ is $(N, C)$, $h_{t-1}$ and the gate gradients $dz_t$ are $(N, G H)$ with $G$ gates
-(4 for the LSTM, 3 for the GRU). With padding, a mask $m_{t,n}$, 1 at the valid steps of
-example $n$ and 0 at its padding, selects per example the new state or the old one
-(forward, $h_t = m_t \odot \tilde{h}_t + (1 - m_t) \odot h_{t-1}$ with $\tilde{h}_t$ the
-step's result) and zeroes $dz_t$ (backward).
+(4 for the LSTM, 3 for the GRU). With padding, a mask $m_{t,n}$, true at the valid steps of
+example $n$ and false at its padding, selects per example the new state or the old one
+(forward, $h_t = \tilde{h}_t$ if $m_{t,n}$ else $h_{t-1}$, with $\tilde{h}_t$ the step's
+result) and selects $dz_t = 0$ at the padding (backward).
 """
 
 from __future__ import annotations
@@ -111,36 +119,57 @@ def _check_gate_params(name: str, params, hidden: int, gates: int) -> None:
                                 "b": (gates * hidden,)})
 
 
-def _check_state(name: str, arg: str, value, n: int, hidden: int, dtype) -> jax.Array:
+def _check_state(name: str, arg: str, value, n: int, hidden: int) -> jax.Array:
     check_float(name, value, f"initial state {arg}")
     if tuple(value.shape) != (n, hidden):
         raise ValueError(f"{name}: initial state {arg} must have shape ({n}, {hidden}), got "
                          f"shape {tuple(value.shape)}")
-    return value.astype(dtype)
+    return value
 
 
-def _parse(name: str, x, names: tuple[str, ...], features: int, hidden: int, n_states: int):
-    """``(x, lengths or None, initial states)`` from the layer's input, all checked."""
+def _parse(name: str, x, names: tuple[str, ...], params, hidden: int, n_states: int):
+    """``(x, lengths or None, initial states)`` from the layer's input, all checked; the states
+    keep their own dtype (``dh0`` returns in it), zeros of the compute dtype without
+    ``initial_state``."""
     parts = _split_input(name, x, names)
     xs = parts["x"]
-    n, t = _check_sequence(name, xs, features)
+    n, t = _check_sequence(name, xs, params["W"].shape[0])
     lengths = parts.get("lengths")
     if lengths is not None:
         lengths = _check_lengths(name, lengths, n, t)
     state_names = [s for s in names if s not in ("x", "lengths")]
     if state_names:
-        states = tuple(_check_state(name, s, parts[s], n, hidden, xs.dtype) for s in state_names)
+        states = tuple(_check_state(name, s, parts[s], n, hidden) for s in state_names)
     else:
-        states = tuple(jnp.zeros((n, hidden), xs.dtype) for _ in range(n_states))
+        dtype = _compute_dtype(xs, params)
+        states = tuple(jnp.zeros((n, hidden), dtype) for _ in range(n_states))
     return xs, lengths, states
 
 
-def _step_mask(lengths, t: int, dtype) -> jax.Array | None:
-    """``(T, N, 1)``: 1 at the steps ``t < lengths[n]``, 0 at padding; ``None`` without lengths."""
+def _compute_dtype(xs, params):
+    """The dtype the recurrence runs in: ``x``'s and the parameters' promoted, as in ``dense``
+    (``bfloat16`` inputs and ``float32`` parameters run in ``float32``)."""
+    return jnp.result_type(xs.dtype, *(params[k].dtype for k in ("W", "U", "b")))
+
+
+def _time_major(xs, lengths):
+    """``(x (T, N, C), mask (T, N, 1) or None)``: ``x`` time-major with its padded steps
+    replaced by zeros (selected, so a NaN or inf there reaches nothing, not even through
+    ``0 · NaN`` in ``dW = Σ_t x_tᵀ dz_t``)."""
+    xs = jnp.swapaxes(xs, 0, 1)
+    mask = _step_mask(lengths, xs.shape[0])
+    if mask is not None:
+        xs = jnp.where(mask, xs, jnp.zeros((), xs.dtype))
+    return xs, mask
+
+
+def _step_mask(lengths, t: int) -> jax.Array | None:
+    """``(T, N, 1)`` booleans: true at the steps ``t < lengths[n]``, false at padding; ``None``
+    without lengths."""
     if lengths is None:
         return None
     steps = jnp.arange(t).reshape(t, 1)
-    return (steps < lengths.reshape(1, -1)).astype(dtype)[:, :, None]
+    return (steps < lengths.reshape(1, -1))[:, :, None]
 
 
 def _invalid_to_nan(lengths, t: int, y: jax.Array) -> jax.Array:
@@ -170,7 +199,7 @@ def _output(hs: jax.Array, mask, return_sequences: bool) -> jax.Array:
     """The layer's output from the time-major carried states ``hs`` ``(T, N, H)``."""
     if not return_sequences:
         return hs[-1]
-    ys = hs if mask is None else hs * mask
+    ys = _masked(mask, hs, jnp.zeros((), hs.dtype))
     return jnp.swapaxes(ys, 0, 1)
 
 
@@ -180,7 +209,7 @@ def _sequence_cotangent(dy: jax.Array, mask, return_sequences: bool):
     if not return_sequences:
         return None, dy
     dys = jnp.swapaxes(dy, 0, 1)
-    dys = dys if mask is None else dys * mask
+    dys = _masked(mask, dys, jnp.zeros((), dys.dtype))
     return dys, jnp.zeros_like(dys[0])
 
 
@@ -195,7 +224,7 @@ def _weight_gradients(xs, h_prev, dz_x, dz_h, W, U):
     dW = jnp.einsum("tnc,tng->cg", xs, dz_x)
     dU = jnp.einsum("tnh,tng->hg", h_prev, dz_h)
     db = jnp.sum(dz_x, axis=(0, 1))
-    dx = jnp.swapaxes(dz_x @ W.T, 0, 1)
+    dx = jnp.swapaxes(dz_x @ W.T, 0, 1).astype(xs.dtype)
     return {"W": dW.astype(W.dtype), "U": dU.astype(U.dtype), "b": db}, dx
 
 
@@ -210,8 +239,9 @@ def _input_gradient(names: tuple[str, ...], dx, dstates: tuple):
 
 
 def _masked(mask, new, old):
-    """``m·new + (1 − m)·old``: a padded step keeps the old state."""
-    return new if mask is None else jnp.where(mask > 0, new, old)
+    """``new`` at the valid steps, ``old`` at padding, by selection (never ``m·new + (1 − m)·old``,
+    which is NaN wherever the unselected side is)."""
+    return new if mask is None else jnp.where(mask, new, old)
 
 
 def _init_fn(name: str, names, hidden: int, gates: int, return_sequences: bool, w_init, u_init,
@@ -283,12 +313,33 @@ def lstm(
     A padded step (``t ≥ lengths[n]``) passes ``dh`` and ``dc`` through unchanged and has
     ``dz_t = 0``. ``dh0``, ``dc0`` are the carries left after step 1.
 
+    **Input**, in one of four forms fixed when the layer is built (``N`` examples, ``T`` steps,
+    ``C`` features):
+
+    * ``x``: a floating-point array ``(N, T, C)``;
+    * ``(x, lengths)`` with ``lengths=True``: ``lengths`` an integer array ``(N,)`` with
+      entries in ``[0, T]``; the steps ``t ≥ lengths[n]`` are padding: they keep the state,
+      output zeros, and nothing they hold (NaN and inf included) reaches an output or a
+      gradient;
+    * ``(x, h0, c0)`` with ``initial_state=True``: ``h0`` and ``c0`` floating-point
+      ``(N, H)``, the state before step 1 (zeros otherwise), with gradients like ``x``'s;
+    * ``(x, lengths, h0, c0)`` with both.
+
+    There is no ``(x, mask)`` form: right-padded sequences with a 0/1 mask ``(N, T)`` pass
+    ``lengths = mask.sum(axis=1).astype(jnp.int32)``. ``x``, ``h0`` and ``c0`` may be
+    ``bfloat16`` or ``float16`` beside ``float32`` parameters: as in ``dense``, the recurrence
+    runs (and outputs) in the promoted dtype, the parameters' gradients come back in their
+    dtype and the input's in the input's.
+
+    **Output**: every hidden state ``(N, T, H)`` (zeros at padded steps) or, with
+    ``return_sequences=False``, the last valid one ``(N, H)`` (``h0`` for a length of 0).
+
     Args:
       hidden: ``H``, the size of the hidden and cell states.
       return_sequences: output every hidden state ``(N, T, H)`` (default) or only the last
         valid one ``(N, H)``.
-      lengths: the input carries per-example lengths (see the module doc for the input tuple).
-      initial_state: the input carries ``h0`` and ``c0`` (zeros otherwise).
+      lengths: the input is ``(x, lengths, …)``, per-example lengths (see Input above).
+      initial_state: the input carries ``h0`` and ``c0`` last (zeros otherwise).
       forget_bias: the initial value of the forget-gate block of ``b`` (1.0 keeps the cell's
         memory open at the start of training; the other blocks start at 0).
       w_init: initializer of ``W`` (default Glorot uniform).
@@ -322,6 +373,16 @@ def lstm(
       >>> h, _ = jaxnn.apply(last, params, (), (x, lengths))
       >>> out_shape, h.shape
       ((2, 5), (2, 5))
+
+      The fullest form, ``(x, lengths, h0, c0)``, with ``bfloat16`` sequences and states
+      beside ``float32`` parameters (the output is ``float32``, as ``dense`` would give):
+
+      >>> full = jaxnn.lstm(5, lengths=True, initial_state=True)
+      >>> _, params, _ = full.init(jax.random.key(0), ((2, 7, 3), (2,), (2, 5), (2, 5)))
+      >>> h0 = c0 = jnp.zeros((2, 5), jnp.bfloat16)
+      >>> y, _ = jaxnn.apply(full, params, (), (x.astype(jnp.bfloat16), lengths, h0, c0))
+      >>> y.shape, y.dtype
+      ((2, 7, 5), dtype('float32'))
     """
     name = "lstm"
     _check_hidden(name, hidden)
@@ -350,21 +411,23 @@ def _lstm_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         _check_gate_params(name, params, hidden, 4)
-        xs, lens, (h0, c0) = _parse(name, x, names, params["W"].shape[0], hidden, 2)
-        xs = jnp.swapaxes(xs, 0, 1)
-        mask = _step_mask(lens, xs.shape[0], xs.dtype)
-        hs, cs, gates = _lstm_scan(params, xs, mask, h0, c0)
+        xs, lens, (h0, c0) = _parse(name, x, names, params, hidden, 2)
+        xs, mask = _time_major(xs, lens)
+        dtype = _compute_dtype(xs, params)
+        hs, cs, gates = _lstm_scan(params, xs, mask, h0.astype(dtype), c0.astype(dtype))
         y = _invalid_to_nan(lens, xs.shape[0], _output(hs, mask, return_sequences))
         return y, state, (xs, mask, h0, c0, hs, cs, gates)
 
     def backward(params, residuals, dy):
         xs, mask, h0, c0, hs, cs, gates = residuals
-        dys, dh = _sequence_cotangent(dy, mask, return_sequences)
-        dz, dh0, dc0 = _lstm_reverse_scan(params["U"], gates, cs, _previous(c0, cs), mask, dys,
-                                          dh, jnp.zeros_like(c0))
-        grads, dx = _weight_gradients(xs, _previous(h0, hs), dz, dz, params["W"], params["U"])
+        dys, dh = _sequence_cotangent(dy.astype(hs.dtype), mask, return_sequences)
+        c_start, h_start = c0.astype(cs.dtype), h0.astype(hs.dtype)
+        dz, dh0, dc0 = _lstm_reverse_scan(params["U"], gates, cs, _previous(c_start, cs), mask,
+                                          dys, dh, jnp.zeros_like(c_start))
+        grads, dx = _weight_gradients(xs, _previous(h_start, hs), dz, dz, params["W"],
+                                      params["U"])
         grads["b"] = grads["b"].astype(params["b"].dtype)
-        return grads, _input_gradient(names, dx, (dh0, dc0))
+        return grads, _input_gradient(names, dx, (dh0.astype(h0.dtype), dc0.astype(c0.dtype)))
 
     return forward, backward
 
@@ -412,8 +475,7 @@ def _lstm_reverse_scan(U, gates, cs, c_prev, mask, dys, dh_last, dc_last):
             dc_step * i * (1 - g ** 2),         # dz_g
             dh * tanh_c * o * (1 - o),          # dz_o
         ], axis=-1)
-        if m is not None:
-            dz = dz * m
+        dz = _masked(m, dz, jnp.zeros((), dz.dtype))
         dh_prev = _masked(m, dz @ U.T, dh)
         dc_prev = _masked(m, dc_step * f, dc)
         return (dh_prev, dc_prev), dz
@@ -473,12 +535,33 @@ def gru(
     differ only in the candidate block, where the reset gate sits on the recurrent side.)
     A padded step (``t ≥ lengths[n]``) passes ``dh`` through and has ``da_t = du_t = 0``.
 
+    **Input**, in one of four forms fixed when the layer is built (``N`` examples, ``T`` steps,
+    ``C`` features):
+
+    * ``x``: a floating-point array ``(N, T, C)``;
+    * ``(x, lengths)`` with ``lengths=True``: ``lengths`` an integer array ``(N,)`` with
+      entries in ``[0, T]``; the steps ``t ≥ lengths[n]`` are padding: they keep the state,
+      output zeros, and nothing they hold (NaN and inf included) reaches an output or a
+      gradient;
+    * ``(x, h0)`` with ``initial_state=True``: ``h0`` floating-point ``(N, H)``, the state
+      before step 1 (zeros otherwise), with a gradient like ``x``'s;
+    * ``(x, lengths, h0)`` with both.
+
+    There is no ``(x, mask)`` form: right-padded sequences with a 0/1 mask ``(N, T)`` pass
+    ``lengths = mask.sum(axis=1).astype(jnp.int32)``. ``x`` and ``h0`` may be
+    ``bfloat16`` or ``float16`` beside ``float32`` parameters: as in ``dense``, the recurrence
+    runs (and outputs) in the promoted dtype, the parameters' gradients come back in their
+    dtype and the input's in the input's.
+
+    **Output**: every hidden state ``(N, T, H)`` (zeros at padded steps) or, with
+    ``return_sequences=False``, the last valid one ``(N, H)`` (``h0`` for a length of 0).
+
     Args:
       hidden: ``H``, the size of the hidden state.
       return_sequences: output every hidden state ``(N, T, H)`` (default) or only the last
         valid one ``(N, H)``.
-      lengths: the input carries per-example lengths (see the module doc for the input tuple).
-      initial_state: the input carries ``h0`` (zeros otherwise).
+      lengths: the input is ``(x, lengths, …)``, per-example lengths (see Input above).
+      initial_state: the input carries ``h0`` last (zeros otherwise).
       w_init: initializer of ``W`` (default Glorot uniform).
       u_init: initializer of ``U`` (default orthogonal).
       dtype: dtype of the parameters.
@@ -506,6 +589,15 @@ def gru(
       >>> dx, dh0 = jax.jit(jax.grad(last))((x, h0))
       >>> dx.shape, dh0.shape
       ((2, 6, 3), (2, 4))
+
+      Padded sequences, ``(x, lengths)``: the padding (here NaN) changes nothing:
+
+      >>> padded = jaxnn.gru(4, lengths=True)
+      >>> _, params, _ = padded.init(jax.random.key(0), ((2, 6, 3), (2,)))
+      >>> lengths = jnp.array([6, 2])
+      >>> y, _ = jaxnn.apply(padded, params, (), (x.at[1, 2:].set(jnp.nan), lengths))
+      >>> bool(jnp.isfinite(y).all()), y[1, 2:].tolist() == [[0.0] * 4] * 4
+      (True, True)
     """
     name = "gru"
     _check_hidden(name, hidden)
@@ -525,21 +617,20 @@ def _gru_rule(names: tuple[str, ...], hidden: int, return_sequences: bool):
     def forward(params, state, x, *, key=None, train=False):
         del key, train
         _check_gate_params(name, params, hidden, 3)
-        xs, lens, (h0,) = _parse(name, x, names, params["W"].shape[0], hidden, 1)
-        xs = jnp.swapaxes(xs, 0, 1)
-        mask = _step_mask(lens, xs.shape[0], xs.dtype)
-        hs, saved = _gru_scan(params, xs, mask, h0)
+        xs, lens, (h0,) = _parse(name, x, names, params, hidden, 1)
+        xs, mask = _time_major(xs, lens)
+        hs, saved = _gru_scan(params, xs, mask, h0.astype(_compute_dtype(xs, params)))
         y = _invalid_to_nan(lens, xs.shape[0], _output(hs, mask, return_sequences))
         return y, state, (xs, mask, h0, hs, saved)
 
     def backward(params, residuals, dy):
         xs, mask, h0, hs, saved = residuals
-        dys, dh = _sequence_cotangent(dy, mask, return_sequences)
-        h_prev = _previous(h0, hs)
+        dys, dh = _sequence_cotangent(dy.astype(hs.dtype), mask, return_sequences)
+        h_prev = _previous(h0.astype(hs.dtype), hs)
         da, du, dh0 = _gru_reverse_scan(params["U"], saved, h_prev, mask, dys, dh)
         grads, dx = _weight_gradients(xs, h_prev, da, du, params["W"], params["U"])
         grads["b"] = grads["b"].astype(params["b"].dtype)
-        return grads, _input_gradient(names, dx, (dh0,))
+        return grads, _input_gradient(names, dx, (dh0.astype(h0.dtype),))
 
     return forward, backward
 
@@ -580,8 +671,8 @@ def _gru_reverse_scan(U, saved, h_prev, mask, dys, dh_last):
         da_r = da_n * u_n * r * (1 - r)
         da = jnp.concatenate([da_r, da_z, da_n], axis=-1)
         du = jnp.concatenate([da_r, da_z, da_n * r], axis=-1)
-        if m is not None:
-            da, du = da * m, du * m
+        zero = jnp.zeros((), da.dtype)
+        da, du = _masked(m, da, zero), _masked(m, du, zero)
         dh_prev = _masked(m, dh * z + du @ U.T, dh)
         return dh_prev, (da, du)
 

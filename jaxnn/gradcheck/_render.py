@@ -11,16 +11,16 @@ in each parameter.
 Examples:
     Two comparisons of one parameter make one row; skipped entries become a note:
 
-    >>> from jaxnn import _report_render
+    >>> from jaxnn.gradcheck import _render
     >>> from jaxnn.gradcheck import Comparison, GradcheckReport
     >>> report = GradcheckReport([
     ...     Comparison("dense", "b", "jax.grad", 0.0, 0.0, 1e-9),
     ...     Comparison("dense", "b", "finite differences", 1e-9, 3e-8, 1e-6, skipped=2),
     ... ])
-    >>> _report_render.rows(report)
+    >>> _render.rows(report)
     [Row(layer='dense', parameter='b', vs_autodiff='0.00e+00', vs_finite_differences='3.00e-08',
          worst_entry='-', verdict='pass')]
-    >>> print(_report_render.markdown(report))
+    >>> print(_render.markdown(report))
     | layer | parameter | rel. err vs jax.grad | rel. err vs finite diff. | worst entry |  |
     | --- | --- | --- | --- | --- | --- |
     | dense | b | 0.00e+00 | 3.00e-08 | - | pass |
@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 # a report is a jaxnn.gradcheck.GradcheckReport and a comparison one of its Comparison rows;
-# this module sits below jaxnn.gradcheck (which renders through it), so it names them only
+# this module sits below jaxnn.gradcheck._reports (which renders through it), so it names
+# them only
 GradcheckReport = Any
 Comparison = Any
 
@@ -177,6 +178,18 @@ def plot_errors(report: GradcheckReport, path: str, *, columns: int = 3) -> list
       ValueError: the report kept no per-entry errors (only
         [`jaxnn.gradcheck.check_function`][jaxnn.gradcheck.check_function] and the layer
         checks keep them).
+
+    Examples:
+        Needs matplotlib (``pip install "jaxnn[cli]"``); ``jaxnn gradcheck --plot`` calls it:
+
+        >>> import os, tempfile
+        >>> from jaxnn.gradcheck import check_layer, plot_errors
+        >>> report = check_layer(jaxnn.dense(2), (3, 2), batch_sizes=())
+        >>> path = os.path.join(tempfile.mkdtemp(), "errors.png")
+        >>> plot_errors(report, path)[0]
+        'dense: W vs jax.grad, max ...'
+        >>> os.path.exists(path)
+        True
     """
     import matplotlib
 

@@ -1,0 +1,291 @@
+"""Checks of any JAX function's custom derivative rules, a user's or a library's."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnn.gradcheck._numerics import (
+    _fd_errors,
+    _finite_differences,
+    _key_name,
+    _largest,
+    _located_comparison,
+    _relative_errors,
+)
+from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
+from jaxnn.gradcheck._undecorated import undecorated
+
+__all__ = ["check_function", "function_name"]
+
+
+def check_function(
+    fn: Callable,
+    *args: Any,
+    argnums: int | Sequence[int] | None = None,
+    reference: Callable | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+) -> GradcheckReport:
+    """Checks the derivative JAX uses for ``fn`` (its custom rule) at ``args``, in float64.
+
+    ``fn`` is any function of positional pytree arguments returning a pytree, typically a
+    ``jax.custom_vjp`` or ``jax.custom_jvp`` function, possibly under ``jax.jit``, or a function
+    calling such rules. With a fixed random cotangent ``v`` per output leaf the check
+    differentiates ``S = Σ v ⊙ fn(*args)`` three ways:
+
+    * **the rule**: ``jax.grad`` of ``S`` through ``fn`` as JAX runs it;
+    * **jax.grad**: plain autodiff of ``S`` through ``reference``, by default ``fn`` with every
+      custom rule replaced by the computation it wraps (``fn.fun``, at any depth, also inside
+      ``jax.jit``: see ``jaxnn.gradcheck._undecorated``);
+    * **finite differences** of ``S`` through ``fn`` (kink-safe: an entry within a step of a
+      non-smooth point is skipped and counted, never failed; the stencil and the test are the
+      module doc's).
+
+    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
+    autodiff may pick different ones: entries the finite differences find non-smooth are left
+    out of the comparison with ``jax.grad`` too.
+
+    Args:
+      fn: the function whose derivative is checked.
+      *args: where to check it; floating-point leaves are cast to float64.
+      argnums: the arguments to differentiate (default: all). Integer and boolean leaves are
+        held fixed and named in the report's notes.
+      reference: another implementation of the same function to differentiate by autodiff.
+        When omitted and ``fn`` uses no custom rule, only finite differences are compared (a
+        note says so).
+      seed: seeds the cotangent and the finite-difference sampling.
+      name: the name in the report's first column (default ``fn.__name__``).
+      tolerances: the pass thresholds and finite-difference settings.
+
+    Returns:
+      A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport] with one row per differentiated leaf,
+      named by the argument
+      (``"x"``, ``"params.W"``, ``"args[1][0]"``), with the index of its worst entry.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from jaxnn.gradcheck import check_function
+        >>> @jax.custom_vjp
+        ... def cube(x):
+        ...     return x ** 3
+        >>> cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (3 * x ** 2 * g,))
+        >>> report = check_function(cube, jnp.arange(1.0, 4.0))
+        >>> report.passed
+        True
+        >>> [(c.parameter, c.reference) for c in report.comparisons]
+        [('x', 'jax.grad'), ('x', 'finite differences')]
+
+        A wrong rule fails, and the report names the argument:
+
+        >>> @jax.custom_vjp
+        ... def wrong(x):
+        ...     return x ** 3
+        >>> wrong.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))
+        >>> check_function(wrong, jnp.arange(1.0, 4.0)).failing_layers
+        ['wrong']
+    """
+    with jax.enable_x64(True):
+        name = name or function_name(fn)
+        args = tuple(_to_float64_leaves(a) for a in args)
+        target = _differentiated_leaves(fn, name, args, argnums)
+        if not target.names:
+            raise ValueError(f"check_function({name}): no floating-point leaf to differentiate "
+                             f"among the arguments {argnums if argnums is not None else 'given'}"
+                             + "".join(f"; {note}" for note in target.notes))
+        report = GradcheckReport(notes=list(target.notes))
+        arrays = [target.leaves[i] for i in target.indices]
+        checked = target.bind(fn)  # a function of the differentiated leaves only
+        out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
+        scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
+        ref_scalar = _reference_scalar(target, checked, reference, name, arrays, out_tree,
+                                       cotangents, report)
+        report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
+                                      tolerances, seed))
+        return report
+
+
+def _reference_scalar(target, checked, reference, name, arrays, out_tree, cotangents, report):
+    """``S`` through the user's ``reference`` when given, else through ``fn`` undecorated."""
+    if reference is not None:
+        return _cotangent_scalar(target.bind(reference), "reference", out_tree, cotangents)
+    return _undecorated_scalar(checked, name, arrays, out_tree, cotangents, report)
+
+
+def _undecorated_scalar(checked: Callable, name: str, arrays: list, out_tree, cotangents: list,
+                        report: GradcheckReport) -> Callable | None:
+    """``S`` through ``checked`` with its custom rules removed; None, and a note in ``report``,
+    when it has no rule to remove (then only finite differences are compared)."""
+    plain, rules = undecorated(checked, *arrays)
+    if rules:
+        return _cotangent_scalar(plain, name, out_tree, cotangents)
+    report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside scan/while/cond "
+                        f"bodies), compared with finite differences only; pass reference= to "
+                        f"compare with another implementation's autodiff")
+    return None
+
+
+class _Target(NamedTuple):
+    """The arguments of a function check, flattened: which leaves are differentiated."""
+
+    leaves: list  # every leaf of every argument
+    tree: Any  # the treedef of the argument tuple
+    indices: list[int]  # positions in ``leaves`` of the differentiated leaves
+    names: list[str]  # their row names
+    notes: list[str]  # the leaves left out, and why
+
+    def bind(self, fn: Callable) -> Callable:
+        """``fn`` as a function of the differentiated leaves; the other leaves are closed over,
+        so that they stay what they are (a Python int stays static, never a tracer)."""
+
+        def bound(*differentiated):
+            leaves = list(self.leaves)
+            for i, value in zip(self.indices, differentiated, strict=True):
+                leaves[i] = value
+            return fn(*jax.tree.unflatten(self.tree, leaves))
+
+        return bound
+
+
+def function_name(fn: Callable) -> str:
+    """The name a report gives ``fn``: its ``__name__`` (through ``functools.partial``)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _to_float64_leaves(tree):
+    """Floating-point leaves (Python floats included) as float64 arrays; others unchanged."""
+
+    def cast(x):
+        if isinstance(x, float) or (hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)):
+            return jnp.asarray(x, jnp.float64)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
+def _argument_names(fn: Callable, count: int) -> list[str]:
+    """The names of ``fn``'s first ``count`` positional parameters, ``args[i]`` where unknown."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    names = []
+    for i in range(count):
+        p = parameters[min(i, len(parameters) - 1)] if parameters else None
+        if p is not None and p.kind == p.VAR_POSITIONAL:
+            names.append(f"{p.name}[{i - parameters.index(p)}]")
+        elif p is not None and i < len(parameters) and p.kind in (p.POSITIONAL_ONLY,
+                                                                  p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        else:
+            names.append(f"args[{i}]")
+    return names
+
+
+def _differentiated_leaves(fn: Callable, name: str, args: tuple,
+                           argnums: int | Sequence[int] | None) -> _Target:
+    """Flattens ``args`` and picks the floating-point leaves of the arguments in ``argnums``."""
+    positions = range(len(args)) if argnums is None else (
+        [argnums] if isinstance(argnums, int) else list(argnums))
+    for p in positions:
+        if not -len(args) <= p < len(args):
+            raise ValueError(f"check_function({name}): argnums {p} out of range for "
+                             f"{len(args)} argument(s)")
+    wanted = {p % len(args) for p in positions}
+    arg_names = _argument_names(fn, len(args))
+    with_paths, tree = jax.tree_util.tree_flatten_with_path(args)
+    leaves, indices, names, notes = [], [], [], []
+    for i, (path, leaf) in enumerate(with_paths):
+        leaves.append(leaf)
+        position = path[0].idx
+        row = arg_names[position] + "".join(_key_name(k) for k in path[1:])
+        if position not in wanted:
+            continue
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            if leaf.size:
+                indices.append(i)
+                names.append(row)
+        elif isinstance(leaf, bool | int) or (dtype is not None and (
+                jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_))):
+            notes.append(f"{row} ({dtype or type(leaf).__name__}) skipped: integer, no gradient")
+        elif dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            notes.append(f"{row} ({dtype}) skipped: complex arguments are not checked")
+    return _Target(leaves, tree, indices, names, notes)
+
+
+def _cotangents(fn: Callable, name: str, arrays: list, key: jax.Array) -> tuple[Any, list]:
+    """The output's structure and a standard normal cotangent per floating-point output leaf
+    (``None`` for the others, which do not enter ``S``)."""
+    out = jax.eval_shape(fn, *arrays)
+    out_leaves, out_tree = jax.tree.flatten(out)
+    keys = jax.random.split(key, max(len(out_leaves), 1))
+    cotangents = [jax.random.normal(k, o.shape, jnp.float64)
+                  if jnp.issubdtype(o.dtype, jnp.floating) else None
+                  for k, o in zip(keys, out_leaves, strict=False)]
+    if not any(v is not None for v in cotangents):
+        raise ValueError(f"check_function({name}): the output has no floating-point leaf")
+    return out_tree, cotangents
+
+
+def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Callable:
+    """``S(*differentiated) = Σ v ⊙ f(*differentiated)`` over the floating-point output
+    leaves."""
+
+    def scalar(*differentiated):
+        out = f(*differentiated)
+        out_leaves, tree = jax.tree.flatten(out)
+        if tree != out_tree:
+            raise ValueError(f"check_function: {label} returns structure {tree}, expected "
+                             f"{out_tree} (the checked function's)")
+        for v, o in zip(cotangents, out_leaves, strict=True):
+            if v is not None and jnp.shape(o) != v.shape:
+                raise ValueError(f"check_function: {label} returns an output of shape "
+                                 f"{jnp.shape(o)}, expected {v.shape} (the checked function's)")
+        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True)
+                   if v is not None)
+
+    return scalar
+
+
+def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
+                    reference: Callable | None, tolerances: Tolerances,
+                    seed: int) -> GradcheckReport:
+    """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
+    of ``scalar``, one pair of rows per differentiated leaf.
+
+    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
+    autodiff may pick different ones (``jax.nn.relu``'s rule says 0 at 0, autodiff of
+    ``max(x, 0)`` says 0.5): entries the finite differences find non-smooth are left out of
+    both comparisons, and counted.
+    """
+    wrt = tuple(range(len(arrays)))
+    hand = [np.asarray(g) for g in jax.jit(jax.grad(scalar, argnums=wrt))(*arrays)]
+    auto = None if reference is None else [
+        np.asarray(g) for g in jax.jit(jax.grad(reference, argnums=wrt))(*arrays)]
+    scale = _largest(hand if auto is None else auto)
+    estimates = _finite_differences(scalar, arrays, list(wrt), tolerances, scale,
+                                    np.random.default_rng(seed))
+    report = GradcheckReport()
+    for parameter, h, a, (positions, fd, smooth) in zip(
+            names, hand, auto or [None] * len(hand), estimates, strict=True):
+        if a is not None:
+            errors, diff = _relative_errors(h, a, scale), np.abs(h - a)
+            errors.reshape(-1)[positions[~smooth]] = np.nan
+            report.comparisons.append(_located_comparison(
+                name, parameter, "jax.grad", errors,
+                float(np.max(diff[~np.isnan(errors)], initial=0.0)), tolerances.rtol_autodiff))
+        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
+        report.comparisons.append(_located_comparison(
+            name, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
+            skipped=int(np.sum(~smooth))))
+    return report
