@@ -316,7 +316,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
     history = _LossHistory(epochs, x.shape[0] // batch_size)
     for epoch in range(start_epoch, start_epoch + epochs):
         params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
-                                                    jnp.asarray(epoch, jnp.int32))
+                                                    np.int32(epoch))  # no dispatch
         history.append(losses)
         if on_epoch is not None and on_epoch(epoch, losses, params, state):
             break
