@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 from jaxnn import data_parallel, sharding
 from jaxnn.core import Layer
 from jaxnn.losses import Loss
-from jaxnn.train import make_train_step
+from jaxnn.train import _as_transformation, make_train_step
 
 __all__ = ["FitResult", "epoch_batches", "fit", "make_epoch"]
 
@@ -243,7 +243,8 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       model: the network, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
       loss: the loss, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
       optimizer: the optax optimizer; L2, loss scaling or DP-SGD's aggregation are chained into
-        it.
+        it. ``optax.MultiSteps(optimizer, k)`` accumulates: one update every ``k`` steps, by
+        the mean of their gradients.
       params: the initial parameters.
       x: the whole training set's inputs, examples on the leading axis (kept on the device).
       y: its targets, examples on the leading axis.
@@ -270,6 +271,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       A [`FitResult`][jaxnn.FitResult].
 
     Raises:
+      TypeError: if ``optimizer`` is not an optax optimizer (the message names the fix).
       ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
         different numbers of examples, ``batch_size`` exceeds them, or it does not divide over
         the ``mesh``.
@@ -305,11 +307,13 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       (2, 2)
     """
     _check_fit_arguments(x, y, epochs, batch_size, mesh)
+    transformation = _as_transformation(optimizer, "fit")  # optax.MultiSteps: the one it holds
     if opt_state is None:
-        opt_state = optimizer.init(params)
+        opt_state = transformation.init(params)
     carry_specs = None
     if mesh is not None:
-        carry_specs = sharding.layout(model, optimizer, params, opt_state, mesh, shard_params)
+        carry_specs = sharding.layout(model, transformation, params, opt_state, mesh,
+                                      shard_params)
         params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
         state, x, y, key = data_parallel.replicate((state, x, y, key), mesh)
     epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
