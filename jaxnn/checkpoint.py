@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "load_metadata", "save"]
+__all__ += ["SHARDED_FORMAT_VERSION", "load_sharded", "load_sharded_metadata", "save_sharded"]
 
 FORMAT_VERSION = 1
 """The checkpoint format this jaxnn writes and reads, kept in every file's metadata; a file of
@@ -381,3 +382,228 @@ def load(path: str | os.PathLike, template: Any) -> Any:
         restored.append(jnp.asarray(stored))
     treedef = jax.tree.structure(template)
     return jax.tree.unflatten(treedef, restored)
+
+
+# --- sharded checkpoints through Orbax (several processes, arrays split over a mesh) -------------
+
+SHARDED_FORMAT_VERSION = 1
+"""The format of the sharded checkpoints [`save_sharded`][jaxnn.checkpoint.save_sharded] writes
+(an Orbax checkpoint folder plus a JSON entry), kept in their metadata."""
+_SHARDED_META = "jaxnn_metadata"
+_SHARDED_ARRAYS = "arrays"
+
+
+def _orbax():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as err:  # an optional dependency: the message says which extra
+        raise ImportError("jaxnn.checkpoint's sharded checkpoints need orbax-checkpoint: pip "
+                          "install 'jaxnn[distributed]'") from err
+    return ocp
+
+
+def _sharded_leaves(tree: Any, what: str) -> list[tuple[str, Any]]:
+    leaves = _flatten(tree)
+    for name, leaf in leaves:
+        if _is_key_array(leaf):
+            raise CheckpointError(f"{what}: {name} is a typed PRNG key; keep keys in a .npz "
+                                  f"checkpoint (checkpoint.save) or as jax.random.key_data")
+    return leaves
+
+
+def save_sharded(directory: str | os.PathLike, tree: Any, *, step: int | None = None,
+                 metadata: dict | None = None) -> None:
+    """Writes ``tree`` (params and optimizer state, split over a mesh or not) to a new
+    ``directory`` with Orbax: each process writes the shards it holds, nothing is gathered.
+
+    Call it from every process with the same tree of global ``jax.Array`` (what a sharded
+    step or [`jaxnn.fit`][jaxnn.fit.fit] over a mesh returns). The folder is written under a
+    temporary name and renamed when every process has finished (Orbax's atomic commit), so a
+    crash leaves no half-written checkpoint under ``directory``. Next to the arrays it keeps
+    a JSON entry: the format version
+    ([`SHARDED_FORMAT_VERSION`][jaxnn.checkpoint.SHARDED_FORMAT_VERSION]), the step, every
+    leaf's path, shape and dtype, the mesh shape it was saved from, and ``metadata``.
+    [`load_sharded`][jaxnn.checkpoint.load_sharded] restores it onto any mesh.
+
+    Args:
+      directory: a folder that does not exist yet (one per step: ``run/step_100``); its
+        parent must exist.
+      tree: a pytree of arrays (no typed PRNG keys).
+      step: the training step, kept in the metadata.
+      metadata: more JSON-serializable information to keep.
+
+    Raises:
+      CheckpointError: ``directory`` exists, or a leaf is a typed PRNG key.
+      TypeError: ``metadata`` is not JSON-serializable.
+
+    Examples:
+        >>> import os, tempfile, optax
+        >>> from jaxnn import checkpoint
+        >>> params = {"W": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+        >>> directory = os.path.join(tempfile.mkdtemp(), "step_7")
+        >>> checkpoint.save_sharded(directory, (params, optax.adam(1e-3).init(params)), step=7)
+        >>> checkpoint.load_sharded_metadata(directory)["step"]
+        7
+    """
+    ocp = _orbax()
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory):
+        raise CheckpointError(f"{directory}: exists; save each sharded checkpoint to a new "
+                              f"folder (one per step, say)")
+    leaves = _sharded_leaves(tree, "checkpoint.save_sharded")
+    meshes = sorted({str(dict(leaf.sharding.mesh.shape)) for _, leaf in leaves
+                     if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding)})
+    entry = {"format_version": SHARDED_FORMAT_VERSION, "step": step,
+             "leaves": [{"path": name, "shape": list(np.shape(leaf)), "dtype": _dtype_name(leaf)}
+                        for name, leaf in leaves],
+             "mesh": meshes[0] if len(meshes) == 1 else None,
+             "process_count": jax.process_count(), "user": metadata or {}}
+    try:
+        json.dumps(entry)
+    except TypeError as err:
+        raise TypeError(f"checkpoint.save_sharded: metadata must be JSON-serializable "
+                        f"({err})") from err
+    arrays = {f"{i:05d}": leaf for i, (_, leaf) in enumerate(leaves)}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(directory, args=ocp.args.Composite(**{
+            _SHARDED_ARRAYS: ocp.args.StandardSave(arrays),
+            _SHARDED_META: ocp.args.JsonSave(entry)}))
+
+
+def _sharded_entry(directory: str) -> dict:
+    ocp = _orbax()
+    if not os.path.isdir(os.path.join(directory, _SHARDED_META)):
+        raise CheckpointError(f"{directory}: no sharded checkpoint here (written by "
+                              f"checkpoint.save_sharded?)")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        entry = checkpointer.restore(directory, args=ocp.args.Composite(**{
+            _SHARDED_META: ocp.args.JsonRestore()}))[_SHARDED_META]
+    version = entry.get("format_version")
+    if version != SHARDED_FORMAT_VERSION:
+        raise CheckpointError(f"{directory}: sharded checkpoint format version {version!r}; this "
+                              f"jaxnn reads version {SHARDED_FORMAT_VERSION}")
+    return entry
+
+
+def load_sharded_metadata(directory: str | os.PathLike) -> dict:
+    """The metadata of a sharded checkpoint: ``{"step": …, **metadata given to save_sharded}``,
+    and ``"mesh"``, the shape of the mesh it was saved from (``None`` when not one mesh).
+
+    Examples:
+        >>> import os, tempfile
+        >>> from jaxnn import checkpoint
+        >>> directory = os.path.join(tempfile.mkdtemp(), "ckpt")
+        >>> checkpoint.save_sharded(directory, {"W": jnp.zeros(2)}, metadata={"data": "moons"})
+        >>> meta = checkpoint.load_sharded_metadata(directory)
+        >>> meta["step"], meta["data"]
+        (None, 'moons')
+    """
+    entry = _sharded_entry(os.path.abspath(os.fspath(directory)))
+    return {"step": entry["step"], "mesh": entry["mesh"], **entry["user"]}
+
+
+def _target(directory: str, name: str, leaf: Any, stored: dict, mesh: Any, spec: Any) -> Any:
+    """The restore target of one leaf, after checking it against what was saved and the mesh."""
+    shape, dtype = tuple(np.shape(leaf)), _dtype_name(leaf)
+    if tuple(stored["shape"]) != shape:
+        raise CheckpointError(f"{directory}: shape mismatch at {name}: expected {shape}, got "
+                              f"{tuple(stored['shape'])} (saved from another architecture?)")
+    if stored["dtype"] != dtype:
+        raise CheckpointError(f"{directory}: dtype mismatch at {name}: expected {dtype}, got "
+                              f"{stored['dtype']}")
+    if mesh is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    else:
+        if len(spec) > len(shape):
+            raise CheckpointError(f"{directory}: {name} has rank {len(shape)}, but its spec "
+                                  f"{spec} has {len(spec)} entries")
+        for i, (size, axes) in enumerate(zip(shape, spec, strict=False)):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            missing = [a for a in axes if a not in mesh.axis_names]
+            if missing:
+                raise CheckpointError(f"{directory}: the spec {spec} of {name} names the mesh "
+                                      f"axis {missing[0]!r}; the mesh has axes "
+                                      f"{tuple(mesh.axis_names)}")
+            parts = int(np.prod([mesh.shape[a] for a in axes]))
+            if size % parts:
+                raise CheckpointError(f"{directory}: axis {i} of {name} {shape} has size {size}, "
+                                      f"which does not divide over the {parts} devices of mesh "
+                                      f"axis {spec[i]!r}")
+        sharding = jax.sharding.NamedSharding(mesh, spec)
+    return jax.ShapeDtypeStruct(shape, np.dtype(leaf.dtype), sharding=sharding)
+
+
+def load_sharded(directory: str | os.PathLike, template: Any, *,
+                 mesh: jax.sharding.Mesh | None = None, specs: Any = None) -> Any:
+    """Restores a [`save_sharded`][jaxnn.checkpoint.save_sharded] checkpoint onto ``mesh`` laid
+    out by ``specs``, or onto one device: each process reads only the shards its devices hold.
+
+    The mesh and layout may differ from the ones saved from (8 devices → 4, FSDP → tensor
+    parallel, a mesh → one device): Orbax reads whatever slices each new shard needs. The
+    template's structure, shapes and dtypes are checked against the saved ones first, and the
+    first mismatch is named.
+
+    Args:
+      directory: the checkpoint folder.
+      template: a pytree of the same structure (arrays or ``jax.ShapeDtypeStruct``: params and
+        ``optimizer.init(params)``, or ``jax.eval_shape`` of them).
+      mesh: the mesh to restore onto; ``None``: this process's first device.
+      specs: with a mesh, a pytree of ``PartitionSpec`` of the template's structure (a spec
+        may stand for a subtree, ``(param_specs, opt_state_specs)`` from
+        [`jaxnn.sharding.layout`][jaxnn.sharding.layout]); ``None``: replicated.
+
+    Returns:
+      The template's tree of global ``jax.Array``, each sharded as asked.
+
+    Raises:
+      CheckpointError: no checkpoint, another format version, another structure, shape or
+        dtype, or a spec that does not fit its array or the mesh.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from jax.sharding import PartitionSpec as P
+        >>> from jaxnn import checkpoint, sharding
+        >>> directory = os.path.join(tempfile.mkdtemp(), "ckpt")
+        >>> checkpoint.save_sharded(directory, {"W": jnp.arange(6.0).reshape(2, 3)})
+        >>> mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        >>> tree = checkpoint.load_sharded(directory, {"W": jnp.zeros((2, 3))}, mesh=mesh,
+        ...                                specs={"W": P("data", None)})
+        >>> tree["W"].sharding.spec, tree["W"].tolist()
+        (P('data', None), [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    """
+    ocp = _orbax()
+    directory = os.path.abspath(os.fspath(directory))
+    entry = _sharded_entry(directory)
+    leaves = _sharded_leaves(template, "checkpoint.load_sharded")
+    stored = entry["leaves"]
+    names = [name for name, _ in leaves]
+    if names != [s["path"] for s in stored]:
+        saved = [s["path"] for s in stored]
+        first = next((i for i, (a, b) in enumerate(zip(names, saved, strict=False)) if a != b),
+                     min(len(names), len(saved)))
+        expected = names[first] if first < len(names) else "(nothing more)"
+        got = saved[first] if first < len(saved) else "(nothing more)"
+        raise CheckpointError(f"{directory}: the template's structure differs from the saved "
+                              f"one at leaf {first}: expected {expected}, got {got} (saved from "
+                              f"another architecture or optimizer?)")
+    if mesh is None:
+        leaf_specs = [None] * len(leaves)
+    else:
+        spec_tree = jax.sharding.PartitionSpec() if specs is None else specs
+        is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)  # noqa: E731
+        try:
+            per_leaf = jax.tree.map(
+                lambda s, sub: jax.tree.map(lambda _: s, sub), spec_tree, template,
+                is_leaf=is_spec)
+        except ValueError as err:
+            raise CheckpointError(f"{directory}: the specs do not have the template's structure "
+                                  f"({err})") from None
+        leaf_specs = jax.tree.leaves(per_leaf, is_leaf=is_spec)
+    targets = {f"{i:05d}": _target(directory, name, leaf, saved, mesh, spec)
+               for i, ((name, leaf), saved, spec) in enumerate(zip(leaves, stored, leaf_specs,
+                                                                   strict=True))}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        arrays = checkpointer.restore(directory, args=ocp.args.Composite(**{
+            _SHARDED_ARRAYS: ocp.args.StandardRestore(targets)}))[_SHARDED_ARRAYS]
+    return jax.tree.unflatten(jax.tree.structure(template),
+                              [arrays[f"{i:05d}"] for i in range(len(leaves))])

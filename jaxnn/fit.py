@@ -387,11 +387,13 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         state, key = sharding.place((state, key), None, mesh)
     epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
     history = _LossHistory(epochs, x.shape[0] // batch_size)
+    bounded = timeout if mesh is not None else None  # else epochs are dispatched ahead
     for epoch in range(start_epoch, start_epoch + epochs):
-        with sharding.collective_timeout(timeout if mesh is not None else None,
-                                         f"fit's epoch {epoch}"):
-            params, state, opt_state, losses = jax.block_until_ready(epoch_fn(
-                params, state, opt_state, x, y, key, np.int32(epoch)))
+        with sharding.collective_timeout(bounded, f"fit's epoch {epoch}"):
+            params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
+                                                        np.int32(epoch))  # no dispatch
+            if bounded is not None:
+                jax.block_until_ready(losses)
         history.append(losses)
         if on_epoch is not None and on_epoch(epoch, losses, params, state):
             break

@@ -426,6 +426,29 @@ def _check_fits(tree: Any, specs: Any, mesh: Mesh, what: str) -> None:
                          f"{error}") from None
 
 
+def _put_leaf(leaf: Any, target: jax.sharding.Sharding) -> Any:
+    if isinstance(leaf, jax.Array) and jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put_leaf(jax.random.key_data(leaf), target),
+                                        impl=jax.random.key_impl(leaf))
+    if (isinstance(leaf, jax.Array) and leaf.is_fully_addressable
+            and not target.is_fully_addressable):
+        # an array on this process's devices cannot be put on a mesh spanning other
+        # processes; its host value can (every process passes the same one)
+        leaf = np.asarray(leaf)
+    return jax.device_put(leaf, target)
+
+
+def _put(tree: Any, targets: Any) -> Any:
+    """``jax.device_put(tree, targets)`` that also works in several processes for arrays living
+    on this process's devices and for typed PRNG keys (``targets``: a sharding or a tree of
+    them, a prefix of ``tree``)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, targets)
+    is_sharding = lambda s: isinstance(s, jax.sharding.Sharding)  # noqa: E731
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda leaf: _put_leaf(leaf, s), sub),
+                        targets, tree, is_leaf=is_sharding)
+
+
 def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
     """``tree`` with every leaf put on ``mesh`` by its spec (``None``: replicated).
 
@@ -455,9 +478,9 @@ def place(tree: Any, specs: Any, mesh: Mesh) -> Any:
         True
     """
     if specs is None:
-        return jax.device_put(tree, NamedSharding(mesh, P()))
+        return _put(tree, NamedSharding(mesh, P()))
     _check_fits(tree, specs, mesh, "place")
-    return jax.device_put(tree, shardings(specs, mesh))
+    return _put(tree, shardings(specs, mesh))
 
 
 def _local_data_parts(mesh: Mesh) -> int:
@@ -609,8 +632,8 @@ def shard_train_step(step: Callable, mesh: Mesh, specs: tuple[Any, Any] | None =
             checked = True
         x = _shard_batch(x, mesh, "shard_train_step: argument 3 (x)")
         y = _shard_batch(y, mesh, "shard_train_step: argument 4 (y)")
-        params, opt_state = jax.device_put((params, opt_state), (params_sh, opt_sh))
-        state, key = jax.device_put((state, key), replicated)
+        params, opt_state = _put((params, opt_state), (params_sh, opt_sh))
+        state, key = _put((state, key), replicated)
         return compiled(params, state, opt_state, x, y, key)
 
     return sharded_step

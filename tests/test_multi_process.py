@@ -1,11 +1,14 @@
 """Really several processes: ``examples/multi_process.py`` started 2 and 4 times on this machine.
 
 Each process calls ``jax.distributed.initialize`` with a coordinator on localhost (a free port),
-feeds its own part of every global batch, and trains 20 steps; CPU collectives go through gloo.
-The test checks that every process ends with the same parameters, that they equal a
-single-process run on the same global batches within 1e-6 (float32), and that the checkpoint
-process 0 wrote was read back equal by every process. Processes run in their own process group
-under a time limit and are killed, all of them, when anything fails.
+holds only its own part of the training set, and trains with ``jaxnn.fit`` over a mesh of every
+process's device (FSDP); CPU collectives go through gloo. The tests check that every process
+ends with the same parameters, that they equal a single-process ``fit`` on the same data within
+1e-6 (float32), that the sharded checkpoint the processes wrote together was read back equal by
+each and restores in one process; that processes started with different ``--epochs`` end with a
+message naming it, and that a process that never arrives ends the run after ``--timeout``
+instead of hanging it. Processes run in their own process group under a time limit and are
+killed, all of them, when anything fails.
 """
 
 from __future__ import annotations
@@ -93,9 +96,19 @@ def single_process(tmp_path_factory) -> dict[str, np.ndarray]:
     return _params(out / "single.npz")
 
 
+def _group(n: int, out: pathlib.Path, per_process: list[list[str]]) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [_start(["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
+                    "--process-id", str(i), "--out", str(out), *per_process[i]],
+                   out / f"log_{i}.txt") for i in range(n)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_processes_agree_with_each_other_and_with_one_process(n, tmp_path, single_process):
+    """n processes, each feeding its own part of the data to fit, end with the same parameters,
+    equal to one process's fit on the whole set; their sharded checkpoint reads back equal in
+    every process and, restored in one process on one device, equals them exactly."""
     logs = _run_group(n, tmp_path)
     for i, text in enumerate(logs):
         assert f"process {i} of {n}" in text
@@ -109,16 +122,55 @@ def test_processes_agree_with_each_other_and_with_one_process(n, tmp_path, singl
     for name, value in first.items():
         np.testing.assert_allclose(value, single_process[name], rtol=0, atol=1e-6,
                                    err_msg=f"{n} processes vs one: {name}")
+    restore = _start(["--restore", str(tmp_path / "checkpoint"), "--out", str(tmp_path)],
+                     tmp_path / "restore.txt")
+    try:
+        assert restore.wait(timeout=TIME_LIMIT) == 0, (tmp_path / "restore.txt").read_text()
+    finally:
+        _kill([restore])
+    restored = _params(tmp_path / "restored.npz")
+    for name, value in first.items():
+        np.testing.assert_array_equal(restored[name], value, err_msg=f"restored {name}")
+
+
+@pytest.mark.slow
+def test_processes_with_different_configurations_end_with_a_message_naming_it(tmp_path):
+    """Process 0 with --epochs 3 and process 1 with --epochs 2: both exit (status 75) within
+    seconds, each naming 'epochs' and both values, instead of waiting for each other."""
+    procs = _group(2, tmp_path, [["--epochs", "3"], ["--epochs", "2"]])
+    try:
+        codes = [p.wait(timeout=60) for p in procs]
+    finally:
+        _kill(procs)
+    texts = [(tmp_path / f"log_{i}.txt").read_text() for i in range(2)]
+    assert codes == [75, 75], texts
+    for text in texts:
+        assert ("fit: the processes run different configurations: process 1 differs from "
+                "process 0 first at 'epochs': 2 in process 1, 3 in process 0") in text, text
+
+
+@pytest.mark.slow
+def test_a_process_that_never_arrives_ends_the_run_after_the_timeout(tmp_path):
+    """Process 1 joins the job but never reaches training: process 0 waits --timeout 3 s at
+    fit's configuration check, then exits (status 75) with a message, instead of hanging."""
+    procs = _group(2, tmp_path, [["--timeout", "3"], ["--stall"]])
+    start = time.monotonic()
+    try:
+        code = procs[0].wait(timeout=60)
+    finally:
+        _kill(procs)
+    text = (tmp_path / "log_0.txt").read_text()
+    assert code == 75, text
+    assert time.monotonic() - start < 50
+    assert ("process 0 of 2: waited more than 3 s for the other processes in fit (the "
+            "configuration check)") in text, text
 
 
 @pytest.mark.slow
 def test_a_process_that_fails_takes_the_group_down_in_bounded_time(tmp_path):
-    # a global batch that does not divide over 3 processes: every process exits with an error,
-    # and the harness returns (no process left behind) well within its limit
-    port = _free_port()
-    procs = [_start(["--coordinator", f"127.0.0.1:{port}", "--num-processes", "3",
-                     "--process-id", str(i), "--batch", "64", "--out", str(tmp_path)],
-                    tmp_path / f"log_{i}.txt") for i in range(3)]
+    """A training set that does not divide over 3 processes: every process exits with an
+    error, and the harness returns (no process left behind) well within its limit."""
+    procs = _group(3, tmp_path, [["--examples", "256"]] * 3)
     try:
         codes = [p.wait(timeout=TIME_LIMIT) for p in procs]
     finally:
