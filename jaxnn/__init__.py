@@ -1,5 +1,7 @@
 """jaxnn: functional neural networks in JAX with hand-derived, verified backward passes."""
 
+import sys as _sys
+
 from jaxnn import activations as activations
 from jaxnn import chain as chain
 from jaxnn import checkpoint as checkpoint
@@ -74,6 +76,21 @@ from jaxnn.train import predict as predict
 from jaxnn.train import run_steps as run_steps
 
 __version__ = "0.1.0"
+
+
+def _names_of_shadowed_module(function, module) -> None:
+    """``jaxnn.fit`` and ``jaxnn.summary`` are the functions, which hide their modules of the
+    same name on the package. The module's public names are made attributes of the function
+    too, so that the dotted names the documentation uses (``jaxnn.fit.epoch_batches``,
+    ``jaxnn.summary.summary``) resolve from ``import jaxnn`` as written; the function itself is
+    unchanged (its signature, ``help`` and type), and ``from jaxnn.fit import …`` works as
+    before."""
+    for name in module.__all__:
+        setattr(function, name, getattr(module, name))
+
+
+_names_of_shadowed_module(fit, _sys.modules["jaxnn.fit"])
+_names_of_shadowed_module(summary, _sys.modules["jaxnn.summary"])
 
 __all__ = [
     "FitResult",

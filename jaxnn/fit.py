@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 from jaxnn import sharding
 from jaxnn.core import Layer
 from jaxnn.losses import Loss
-from jaxnn.train import make_train_step
+from jaxnn.train import _as_transformation, make_train_step
 
 __all__ = ["FitResult", "epoch_batches", "fit", "make_epoch"]
 
@@ -295,7 +295,8 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       model: the network, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
       loss: the loss, as for [`jaxnn.make_train_step`][jaxnn.make_train_step].
       optimizer: the optax optimizer; L2, loss scaling or DP-SGD's aggregation are chained into
-        it.
+        it. ``optax.MultiSteps(optimizer, k)`` accumulates: one update every ``k`` steps, by
+        the mean of their gradients.
       params: the initial parameters.
       x: the whole training set's inputs, examples on the leading axis (kept on the device).
       y: its targets, examples on the leading axis.
@@ -331,6 +332,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       A [`FitResult`][jaxnn.FitResult].
 
     Raises:
+      TypeError: if ``optimizer`` is not an optax optimizer (the message names the fix).
       ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
         different numbers of examples, ``batch_size`` exceeds them, ``shard_params`` is not one
         of [`jaxnn.sharding.STRATEGIES`][jaxnn.sharding.STRATEGIES] (or not ``"replicated"``
@@ -367,8 +369,9 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       (2, 2)
     """
     _check_fit_arguments(x, y, epochs, batch_size, mesh, shard_params)
+    transformation = _as_transformation(optimizer, "fit")  # optax.MultiSteps: the one it holds
     if opt_state is None:
-        opt_state = optimizer.init(params)
+        opt_state = transformation.init(params)
     carry_specs = None
     if mesh is not None:
         if jax.process_count() > 1:
@@ -376,7 +379,8 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
                 _fit_config(model, loss, params, opt_state, x, y, epochs, batch_size,
                             start_epoch, gradients, mesh, shard_params),
                 what="fit", timeout=300.0 if timeout is None else timeout)
-        carry_specs = sharding.layout(model, optimizer, params, opt_state, mesh, shard_params)
+        carry_specs = sharding.layout(model, transformation, params, opt_state, mesh,
+                                      shard_params)
         params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
         x = sharding.shard_batch(x, mesh, name="fit: x")
         y = sharding.shard_batch(y, mesh, name="fit: y")
@@ -387,7 +391,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
     for epoch in range(start_epoch, start_epoch + epochs):
         with sharding.collective_timeout(bounded, f"fit's epoch {epoch}"):
             params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
-                                                        jnp.asarray(epoch, jnp.int32))
+                                                        np.int32(epoch))  # no dispatch
             if bounded is not None:
                 jax.block_until_ready(losses)
         history.append(losses)

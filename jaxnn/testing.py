@@ -34,18 +34,22 @@ Examples:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxnn import gradcheck
 from jaxnn.core import Layer
 
-__all__ = ["arrays_away_from_kinks", "assert_gradients_match", "inputs_away_from_kinks"]
+__all__ = ["GradientCheckFailure", "arrays_away_from_kinks", "assert_gradients_match",
+           "inputs_away_from_kinks"]
 
 
 def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
+                           allow_unverified: bool = False,
                            **kwargs: Any) -> gradcheck.GradcheckReport:
     """Checks a layer's or a function's derivative and fails the test with the report's table.
 
@@ -56,13 +60,20 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
     the function's arguments); ``kwargs`` go along unchanged (``argnums=``, ``reference=``,
     ``seed=``, ``x=``, ``train=``, ...).
 
+    A leaf no reference could judge (every finite-difference entry at a kink or not finite,
+    and no finite autodiff) is ``unverified``: it fails the assertion unless
+    ``allow_unverified=True``.
+
     Returns:
       The report, when every comparison passed.
 
     Raises:
-      AssertionError: some comparison failed; the message is the report's table, so the
-        failing leaf, its error against each reference and its worst entry are in the test's
-        output.
+      AssertionError: some comparison failed, or a leaf is unverified; the message names the
+        arguments' shapes and the worst entry, then the report's table, so the failing leaf,
+        its error against each reference and its worst entry are in the test's output.
+      GradientCheckFailure: the same, inside a ``hypothesis`` test: it is not an
+        ``Exception``, so hypothesis reports the first failing input at once instead of
+        shrinking it for minutes.
 
     Examples:
         A function with a custom rule, and a rule that is wrong:
@@ -78,7 +89,7 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
         >>> assert_gradients_match(square, jnp.array([0.5, -1.5]))
         Traceback (most recent call last):
         ...
-        AssertionError: gradients of square do not match:
+        AssertionError: gradients of square do not match at (2,) float64; worst entry x[0] ...
         ...
 
         A layer, with its input shape:
@@ -86,15 +97,62 @@ def assert_gradients_match(fn_or_layer: Callable | Layer, *args: Any,
         >>> assert_gradients_match(jaxnn.tanh(), (2, 3)).passed
         True
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this helper's source
     if isinstance(fn_or_layer, Layer):
         report = gradcheck.check_layer(fn_or_layer, *args, **kwargs)
         what = f"layer {fn_or_layer.name}"
     else:
         report = gradcheck.check_function(fn_or_layer, *args, **kwargs)
         what = report.comparisons[0].layer if report.comparisons else repr(fn_or_layer)
-    if not report.passed:
-        raise AssertionError(f"gradients of {what} do not match:\n{report.table()}")
+    if report.failures:
+        _fail(f"gradients of {what} do not match at {_shapes(args, kwargs)}; "
+              f"{_worst(report)}:\n{report.table()}")
+    if report.unverified and not allow_unverified:
+        _fail(f"gradients of {what} unverified at {_shapes(args, kwargs)} (no entry of "
+              f"{', '.join(p for _, p in report.unverified)} compared with any reference; "
+              f"allow_unverified=True accepts it):\n{report.table()}")
     return report
+
+
+class GradientCheckFailure(BaseException):
+    """A failed [`assert_gradients_match`][jaxnn.testing.assert_gradients_match] inside a
+    ``hypothesis`` test.
+
+    A ``BaseException``, not an ``AssertionError``: hypothesis shrinks a failing example by
+    re-running the test on smaller inputs, which for a gradient check means minutes of fresh
+    compilations; this exception passes through hypothesis at once, and pytest reports the
+    first failing input, whose shapes and worst entry the message names.
+
+    Examples:
+        >>> from jaxnn.testing import GradientCheckFailure
+        >>> issubclass(GradientCheckFailure, Exception)
+        False
+    """
+
+
+def _fail(message: str) -> None:
+    """Raises ``AssertionError``, or ``GradientCheckFailure`` inside a hypothesis test."""
+    __tracebackhide__ = True
+    hypothesis = sys.modules.get("hypothesis")
+    inside = hypothesis is not None and hypothesis.control.currently_in_test_context()
+    if inside:
+        raise GradientCheckFailure(message + "\n(raised past hypothesis: no shrinking)")
+    raise AssertionError(message)
+
+
+def _shapes(args: tuple, kwargs: dict) -> str:
+    """The arguments' shapes and dtypes, in one line: ``(4, 3) float64, (3,) float64``."""
+    leaves = jax.tree.leaves((args, kwargs.get("x")))
+    return ", ".join(f"{tuple(np.shape(a))} {getattr(a, 'dtype', type(a).__name__)}"
+                     for a in leaves) or "no array arguments"
+
+
+def _worst(report: gradcheck.GradcheckReport) -> str:
+    """The worst failing entry in words."""
+    worst = max(report.failures, key=lambda c: c.max_relative_error / max(c.tolerance, 1e-300))
+    where = "" if worst.worst_index is None else f"{list(worst.worst_index)}"
+    return (f"worst entry {worst.parameter}{where} vs {worst.reference}: relative error "
+            f"{worst.max_relative_error:.2e} > {worst.tolerance:.0e}")
 
 
 def _away_from(values: np.ndarray, kinks: Sequence[float], margin: float) -> np.ndarray:

@@ -66,7 +66,10 @@ def make_train_step(
         is fused into the
         stable logits form first ([`jaxnn.fuse`][jaxnn.fuse]).
       optimizer: an ``optax.GradientTransformation`` (``optax.sgd(0.0075)`` is the classic
-        gradient descent); chain L2, loss scaling or DP-SGD's aggregation into it.
+        gradient descent); chain L2, loss scaling or DP-SGD's aggregation into it. Gradient
+        accumulation, ``optax.MultiSteps(optimizer, k)``, is taken as it is (its
+        ``.gradient_transformation()``): ``k`` calls of the step make one update with the mean
+        of their ``k`` gradients.
       gradients: ``"hand"`` (the explicit hand-derived chain, the default), ``"autodiff"``
         (``jax.grad`` of the same forward, the reference path: for comparisons), or a gradient
         function ``(params, state, x, y, key, opt_state) -> ((value, new_state), grads)``
@@ -81,7 +84,9 @@ def make_train_step(
         the gradient function reports (the data loss, before any L2 penalty).
 
     Raises:
-      TypeError: if ``optimizer`` is not an ``optax.GradientTransformation``.
+      TypeError: if ``optimizer`` is not an ``optax.GradientTransformation`` (nor an
+        ``optax.MultiSteps``); the message names the fix for an uncalled factory
+        (``optax.adam``), a bare learning rate or an object with ``init``/``update`` of its own.
       ValueError: if ``gradients`` is neither ``"hand"``, ``"autodiff"`` nor callable.
 
     Examples:
@@ -108,10 +113,21 @@ def make_train_step(
       >>> auto_params = reference(params, (), opt_state, x, y)[0]
       >>> bool(jnp.allclose(hand_params[0]["W"], auto_params[0]["W"], atol=1e-6))
       True
+
+      Gradient accumulation: with ``optax.MultiSteps`` every second step updates the
+      parameters, by the mean of the two gradients:
+
+      >>> accumulate = optax.MultiSteps(optax.sgd(0.5), every_k_schedule=2)
+      >>> step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, accumulate)
+      >>> opt_state = accumulate.init(params)
+      >>> first, _, opt_state, _ = step(params, (), opt_state, x[:8], y[:8])
+      >>> bool(jnp.array_equal(first[0]["W"], params[0]["W"]))  # the gradient is kept
+      True
+      >>> second, _, opt_state, _ = step(first, (), opt_state, x[8:], y[8:])
+      >>> bool(jnp.array_equal(second[0]["W"], params[0]["W"]))  # one update
+      False
     """
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"make_train_step: optimizer must be an optax.GradientTransformation, "
-                        f"got {type(optimizer).__name__}")
+    optimizer = _as_transformation(optimizer, "make_train_step")
     gradient = _gradient_function(model, loss, gradients)
 
     def step(params, state, opt_state, x, y, key=None):
@@ -123,6 +139,48 @@ def make_train_step(
     if jit:
         step = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
     return step
+
+
+def _as_transformation(optimizer: Any, where: str) -> optax.GradientTransformation:
+    """``optimizer`` as an ``optax.GradientTransformation``, or a ``TypeError`` that says what to
+    pass instead.
+
+    An object that wraps a transformation and hands it out by ``.gradient_transformation()``
+    (``optax.MultiSteps``, optax's gradient accumulation) is taken as that transformation.
+
+    Args:
+      optimizer: what the user gave as the optimizer.
+      where: the function's name, for the message.
+
+    Raises:
+      TypeError: anything else; an optax factory given uncalled (``optax.adam``), a number (the
+        learning rate alone) and an object with ``init``/``update`` of its own get a message
+        naming the fix.
+    """
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    unwrap = getattr(optimizer, "gradient_transformation", None)
+    if callable(unwrap):
+        transformation = unwrap()
+        if isinstance(transformation, optax.GradientTransformation):
+            return transformation
+    expected = f"{where}: optimizer must be an optax.GradientTransformation"
+    name = type(optimizer).__name__
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update",
+                                                                           None)):
+        raise TypeError(f"{expected}, got a {name} with init and update of its own: wrap it as "
+                        f"optax.GradientTransformation(opt.init, opt.update), or give the "
+                        f"transformation it holds (opt.gradient_transformation() for optax "
+                        f"wrappers such as optax.MultiSteps)")
+    if callable(optimizer) and not isinstance(optimizer, type):
+        function = getattr(optimizer, "__name__", name)
+        raise TypeError(f"{expected}, got the function {function} itself: call it to make the "
+                        f"optimizer, e.g. {function}(learning_rate)")
+    if isinstance(optimizer, (int, float)) and not isinstance(optimizer, bool):
+        raise TypeError(f"{expected}, got the number {optimizer!r}: give an optimizer made "
+                        f"with that learning rate, e.g. optax.sgd({optimizer!r})")
+    raise TypeError(f"{expected} (optax.sgd(0.1), optax.adam(1e-3), …; an "
+                    f"optax.MultiSteps too), got {name}")
 
 
 def _gradient_function(model: Layer, loss: Loss, gradients: str | Callable) -> Callable:

@@ -1,10 +1,67 @@
-"""Test configuration: float64 for gradient checks, loud mistakes, fresh PRNG keys."""
+"""Test configuration: float64 for gradient checks, loud mistakes, fresh PRNG keys, hypothesis
+profiles, and JAX's persistent compilation cache for the session.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE=dev|ci``, default ``dev``): ``dev`` runs few examples
+per property, derandomized, so a run is quick and repeatable; ``ci`` runs more (``.ci/run`` runs
+the property tests under it as a command of its own). Tests that pin ``max_examples`` themselves
+keep it under both.
+
+The compilation cache (``.pytest_cache/d/jax-compilation-cache``, shared by the xdist workers and
+by the ``jaxnn``/Python processes tests start) keeps compiled programs between runs: a second
+run skips XLA's compilation of every program it has compiled before (tracing still runs).
+``JAXNN_TEST_COMPILATION_CACHE`` names another folder, or ``off`` to run without one;
+``pytest --cache-clear`` empties it.
+"""
+
+import os
+import pathlib
+import shutil
 
 import jax
 import pytest
+from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile("dev", max_examples=6, deadline=None, derandomize=True, database=None)
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# A compilation that takes longer than this is kept; quicker ones cost less to redo than to read.
+CACHE_MIN_COMPILE_SECONDS = 0.05
+# The cache is emptied at the start of a session once it outgrows this (every change to the code
+# makes new entries; nothing else ever removes the old ones).
+CACHE_MAX_BYTES = 2 * 1024**3
+
+
+def _cache_folder(config: pytest.Config) -> pathlib.Path | None:
+    chosen = os.environ.get("JAXNN_TEST_COMPILATION_CACHE")
+    if chosen == "off":
+        return None
+    if chosen:
+        return pathlib.Path(chosen).resolve()
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    return None if cache is None else cache.mkdir("jax-compilation-cache")
+
+
+def _size(folder: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    folder = _cache_folder(config)
+    if folder is None:
+        return
+    is_controller = not hasattr(config, "workerinput")  # xdist workers run this too
+    if is_controller and folder.is_dir() and _size(folder) > CACHE_MAX_BYTES:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+    # the processes tests start (``jaxnn train``, the examples, device-count children) share it
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(CACHE_MIN_COMPILE_SECONDS)
 
 
 @pytest.fixture

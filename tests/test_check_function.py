@@ -430,3 +430,259 @@ def test_a_nan_in_the_autodiff_reference_does_not_hide_a_wrong_rule():
         assert row.max_relative_error > 0.3, row
         assert row.worst_index[0] != 1, "the rows that are wrong are the nonzero ones"
         assert row.skipped <= 3, "only the zero row's entries are non-smooth"
+
+
+# --- a wrong rule never passes: the situations of issue 19 -------------------------------------
+
+
+def _rule(forward, derivative):
+    """A custom_vjp of the elementwise ``forward`` whose rule multiplies by ``derivative(x)``."""
+
+    @jax.custom_vjp
+    def f(x):
+        return forward(x)
+
+    f.defvjp(lambda x: (forward(x), x), lambda x, g: (derivative(x) * g,))
+    return f
+
+
+def _float32_sin_twice_as_steep():
+    return _rule(lambda x: jnp.sin(x.astype(jnp.float32)), lambda x: 2 * jnp.cos(x))
+
+
+def _sqrt_twice_as_steep():
+    return _rule(jnp.sqrt, lambda x: 1 / jnp.sqrt(x))
+
+
+def _offset_with_slope_two():
+    return _rule(lambda x: x + 1e8, lambda x: 2.0 * jnp.ones_like(x))
+
+
+def _log_ten_percent_steep():
+    return _rule(jnp.log, lambda x: 1.1 / x)
+
+
+WRONG_RULES = {
+    # float32 arithmetic inside a float64 call: the finite differences are noisy, not kinks
+    "float32 inside": (_float32_sin_twice_as_steep, lambda seed: normal(seed, (2, 3))),
+    # normal inputs: sqrt is NaN at the negative ones, which must not hide the positive ones
+    "NaN outputs": (_sqrt_twice_as_steep, lambda seed: normal(seed, (4, 3))),
+    # a large constant offset: the rounding of S swamps the finite differences
+    "large offset": (_offset_with_slope_two, lambda seed: normal(seed, (2, 3))),
+    # high curvature: log near 0.01 is not smooth within the default step
+    "high curvature": (_log_ten_percent_steep,
+                       lambda seed: [0.01 + 0.002 * jax.random.uniform(jax.random.key(seed), (6,),
+                                                                      jnp.float64)]),
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("situation", sorted(WRONG_RULES))
+def test_a_wrong_rule_fails_where_finite_differences_cannot_judge(situation, seed):
+    """Pins: an entry the finite differences cannot judge is still compared with autodiff, so
+    a wrong rule fails in each situation of issue 19, and assert_gradients_match raises."""
+    make, inputs = WRONG_RULES[situation]
+    fn = make()
+    report = check_function(fn, *inputs(seed))
+    assert not report.passed, report.table()
+    assert "jax.grad" in {c.reference for c in report.failures}, report.table()
+    assert max(c.max_relative_error for c in report.failures) > 0.05
+    with pytest.raises(AssertionError, match="do not match"):
+        assert_gradients_match(fn, *inputs(seed))
+
+
+def test_float32_inside_is_reported_as_noise_not_as_a_kink():
+    """Pins: the noise of a float32 computation inside a float64 call is named as such, its
+    entries still compared with finite differences (at their noise floor), never 'non-smooth'."""
+    report = check_function(_float32_sin_twice_as_steep(), *normal(0, (2, 3)))
+    fd = [c for c in report.comparisons if c.reference == "finite differences"]
+    assert fd[0].compared == 6 and fd[0].kinks == 0 and fd[0].computes_in == "float32"
+    assert not fd[0].passed, "2x too steep fails against finite differences too"
+    text = report.table()
+    assert "noisy (float32 inside)" in text and "non-smooth" not in text
+    correct = check_function(_rule(lambda x: jnp.sin(x.astype(jnp.float32)), jnp.cos),
+                             *normal(0, (2, 3)))
+    assert correct.passed, correct.table()
+
+
+def test_nan_outputs_are_reported_per_entry_and_the_others_compared():
+    """Pins: NaN outputs are left out of S and counted, the finite entries compared."""
+    x = jnp.asarray([[1.0, -1.0, 4.0], [-2.0, 0.25, 9.0]])
+    report = check_function(_rule(jnp.sqrt, lambda x: 0.5 / jnp.sqrt(x)), x)
+    assert report.passed, report.table()
+    ad, fd = report.comparisons
+    assert (ad.compared, ad.not_finite) == (4, 2)
+    assert (fd.compared, fd.not_finite) == (4, 2)
+    assert "2 output entries are NaN/inf" in report.table()
+    assert not check_function(_sqrt_twice_as_steep(), x).passed
+
+
+def test_cli_fails_a_wrong_rule_whose_output_has_nans(capsys):
+    """Pins: ``jaxnn gradcheck --target`` on normal inputs where sqrt is NaN exits 1."""
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", "--target", "tests.test_check_function:wrong_sqrt",
+                     "--shape", "4,3"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+wrong_sqrt = _sqrt_twice_as_steep()
+
+
+def _pallas_tanh_dense(scale_dx=1.0):
+    """``tanh(x @ w)`` as a Pallas kernel computing in float32 (interpret mode), with a
+    custom_vjp rule whose dx is scaled by ``scale_dx``."""
+    from jax.experimental import pallas as pl
+
+    def kernel(x_ref, w_ref, o_ref):
+        z = jnp.dot(x_ref[...].astype(jnp.float32), w_ref[...].astype(jnp.float32))
+        o_ref[...] = jnp.tanh(z).astype(o_ref.dtype)
+
+    def forward(x, w):
+        shape = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
+        return pl.pallas_call(kernel, out_shape=shape, interpret=True)(x, w)
+
+    @jax.custom_vjp
+    def layer(x, w):
+        return forward(x, w)
+
+    def bwd(residuals, g):
+        x, w = residuals
+        dz = g * (1 - jnp.tanh(x @ w) ** 2)
+        return scale_dx * dz @ w.T, x.T @ dz
+
+    layer.defvjp(lambda x, w: (forward(x, w), (x, w)), bwd)
+    return layer
+
+
+def _tanh_dense(x, w):
+    return jnp.tanh(x @ w)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_pallas_kernel_with_a_one_percent_wrong_rule_fails_against_its_reference(seed):
+    """Pins: a float32 Pallas kernel whose dx is 1% off fails against an exact reference=
+    at every seed (the entries are noisy, never skipped), and its correct rule passes."""
+    x, w = normal(seed, (4, 3), (3, 2))
+    report = check_function(_pallas_tanh_dense(1.01), x, w, reference=_tanh_dense, seed=seed)
+    assert failing_rows(report) == ["x"], report.table()
+    assert all(c.skipped == 0 for c in report.comparisons)
+    good = check_function(_pallas_tanh_dense(), x, w, reference=_tanh_dense, seed=seed)
+    assert good.passed, good.table()
+
+
+def test_dot_product_attention_computing_in_float32_passes_with_every_argument_compared():
+    """Pins: no false accusation from float32 rounding inside, and no argument left out."""
+    q, k, v = normal(1, (2, 4, 2, 3), (2, 4, 2, 3), (2, 4, 2, 3))
+    report = assert_gradients_match(jax.nn.dot_product_attention, q, k, v)
+    assert {c.parameter for c in report.comparisons if c.compared} == {"query", "key", "value"}
+    assert "float32 inside" in report.table()
+
+
+def _float32_only_cumulative_tanh(scale=1.0):
+    """A float32-only function: a scan whose carry is float32 (float64 arguments break it),
+    with a custom_vjp rule scaled by ``scale``."""
+
+    def forward(x):
+        def step(carry, xi):
+            carry = jnp.tanh(carry + xi)
+            return carry, carry
+
+        return jax.lax.scan(step, jnp.zeros(x.shape[1:], jnp.float32), x)[1]
+
+    @jax.custom_vjp
+    def f(x):
+        return forward(x)
+
+    def bwd(x, g):
+        _, vjp = jax.vjp(forward, x)
+        return (scale * vjp(g)[0],)
+
+    f.defvjp(lambda x: (forward(x), x), bwd)
+    return f
+
+
+def test_a_float32_only_function_runs_in_its_own_dtype_with_derived_tolerances():
+    """Pins: a function that cannot run in float64 is checked in float32 (a note says why),
+    a correct rule passes and a 1% wrong one fails."""
+    x = jax.random.normal(jax.random.key(0), (5, 3), jnp.float32)
+    report = check_function(_float32_only_cumulative_tanh(), x)
+    assert report.passed, report.table()
+    assert "cannot run in float64" in report.table()
+    assert [c.computes_in for c in report.comparisons
+            if c.reference == "finite differences"] == ["float32"]
+    assert not check_function(_float32_only_cumulative_tanh(1.01), x).passed
+
+
+def test_a_leaf_no_reference_could_judge_is_unverified_not_passed():
+    """Pins: with finite differences only and every entry at a kink, the leaf is reported
+    'unverified' in every format, the report does not pass, and assert_gradients_match raises
+    unless allowed."""
+    x = jnp.zeros((2, 3))
+    report = check_function(jnp.abs, x)
+    assert report.unverified == [("abs", "x")] and not report.passed and not report.failures
+    assert "unverified" in report.table() and "unverified" in report.markdown()
+    assert "unverified" in report._repr_html_()
+    with pytest.raises(AssertionError, match="unverified"):
+        assert_gradients_match(jnp.abs, x)
+    assert assert_gradients_match(jnp.abs, x, allow_unverified=True).unverified
+
+
+def nan_everywhere(x):
+    """NaN at every input: nothing any reference can judge."""
+    return jnp.sqrt(-jnp.abs(x) - 1.0)
+
+
+def test_cli_fails_an_unverified_target_unless_allowed(capsys):
+    """Pins: the CLI exits 1 on an unverified leaf, 0 with --allow-unverified."""
+    from jaxnn import cli
+
+    args = ["gradcheck", "--target", "tests.test_check_function:nan_everywhere", "--shape", "3"]
+    assert cli.main(args) == 1
+    assert "unverified" in capsys.readouterr().out
+    assert cli.main([*args, "--allow-unverified"]) == 0
+
+
+def _cube_with_wrong_rule():
+    return _rule(lambda x: x ** 3, lambda x: 2 * x ** 2)
+
+
+def test_a_failing_check_inside_hypothesis_is_reported_at_once_without_shrinking():
+    """Pins: inside a hypothesis test the first failing example ends the test (no shrinking:
+    the property runs once), with the input's shape and the worst entry in the message."""
+    from jaxnn.testing import GradientCheckFailure
+
+    shapes = []
+
+    @settings(max_examples=20, deadline=None, database=None, derandomize=True)
+    @given(arrays_away_from_kinks((3, 2)))
+    def property_test(x):
+        shapes.append(x.shape)
+        assert_gradients_match(_cube_with_wrong_rule(), x)
+
+    with pytest.raises(GradientCheckFailure,
+                       match=r"at \(3, 2\) float64; worst entry x\[\d, \d\] vs jax.grad"):
+        property_test()
+    assert shapes == [(3, 2)]
+
+
+def test_a_failing_check_under_pytest_does_not_print_the_helpers_source(tmp_path):
+    """Pins: pytest's report of a failing assert_gradients_match shows the message, not the
+    source of jaxnn.testing."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_user.py").write_text(
+        "import jax, jax.numpy as jnp\n"
+        "from jaxnn.testing import assert_gradients_match\n"
+        "jax.config.update('jax_enable_x64', True)\n"
+        "@jax.custom_vjp\n"
+        "def cube(x):\n    return x ** 3\n"
+        "cube.defvjp(lambda x: (x ** 3, x), lambda x, g: (2 * x ** 2 * g,))\n"
+        "def test_cube():\n    assert_gradients_match(cube, jnp.arange(1.0, 4.0))\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_user.py")], capture_output=True, text=True,
+                         cwd=tmp_path, env=os.environ.copy(), timeout=300).stdout
+    assert "worst entry x[" in out and "1 failed" in out, out
+    assert "report = gradcheck.check_function" not in out and "__tracebackhide__" not in out

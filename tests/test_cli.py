@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import jax
@@ -260,7 +261,8 @@ def test_gradcheck_of_every_built_in_layer_and_loss_exits_0(tmp_path):
 
 def test_every_exported_layer_and_loss_has_a_default_check():
     table = cli_gradcheck.gradcheck_table()
-    exported = (set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)) - cli_gradcheck.NOT_LAYERS_OR_LOSSES
+    exported = ((set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__))
+                - cli_gradcheck.NOT_LAYERS_OR_LOSSES)
     assert len(table) == len(exported)
 
 
@@ -459,21 +461,101 @@ def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_second_signal_while_saving_is_ignored(tmp_path, monkeypatch, capsys):
-    real = jaxnn.fit
+def test_a_second_signal_while_saving_is_held_until_the_checkpoint_is_written(
+        tmp_path, monkeypatch, capsys):
+    """A first SIGINT after epoch 1 stops the run; a second one arriving in the middle of the
+    checkpoint's save is held: the save completes, the run exits 130 without a traceback."""
+    real_fit, real_save = jaxnn.fit, checkpoint.save
 
     def fit(*args, on_epoch, **kwargs):
-        def twice(epoch, *rest):
-            os.kill(os.getpid(), signal.SIGINT)
+        def signal_once(epoch, *rest):
             os.kill(os.getpid(), signal.SIGINT)
             return on_epoch(epoch, *rest)
 
-        return real(*args, on_epoch=twice, **kwargs)
+        return real_fit(*args, on_epoch=signal_once, **kwargs)
+
+    def save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the second signal, while saving
+        return real_save(*args, **kwargs)
 
     monkeypatch.setattr(jaxnn, "fit", fit)
+    monkeypatch.setattr(checkpoint, "save", save)
     status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 10)
     assert status == 130 and meta["step"] == 1 and params["costs"].shape == (1,)
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a second SIGINT stops at once, without saving" in err and "Traceback" not in err
+
+
+def _popen_train(cwd, *args, script=None):
+    """``jaxnn train ARGS`` in a process of its own (``script``: Python run before ``main``)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore",
+           "PYTHONUNBUFFERED": "1"}
+    code = (script or "") + "\nimport sys\nfrom jaxnn import cli\nsys.exit(cli.main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "train", *map(str, args)], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, prefix):
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"the run ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_20000_epochs_stops_the_run_within_seconds(tmp_path, signum):
+    """Ctrl-C or SIGTERM after 20 000 full-batch epochs: the run saves and exits within seconds
+    of the epoch's end (the target is 5 s; the bound leaves room for a loaded machine). It used
+    to spend minutes compiling a stack of one loss array per epoch first."""
+    proc = _popen_train(tmp_path, "--layers", "2,4,1", "--steps", 10**8, "--print-every",
+                        1000, "--no-progress", "--out", "run")
+    try:
+        _wait_for(proc, "cost after step 20000:")
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert took < 15, f"{took:.1f} s from the signal to the exit"
+    meta = checkpoint.load_metadata(tmp_path / "run" / "checkpoint.npz")
+    assert meta["step"] > 20000
+
+
+STUCK_EPOCH = """
+import jax, jaxnn
+real = jaxnn.fit
+def fit(*args, on_epoch, **kwargs):
+    def then_stuck(*rest):
+        stop = on_epoch(*rest)
+        if stop:  # the first signal came: one compiled call that takes minutes
+            print("stuck", flush=True)
+            jax.jit(lambda: jax.lax.fori_loop(0, 2**31 - 1, lambda i, a: a * 1.0000001,
+                                              jax.numpy.ones(1000)))().block_until_ready()
+        return stop
+    return real(*args, on_epoch=then_stuck, **kwargs)
+jaxnn.fit = fit
+"""
+
+
+def test_a_second_signal_stops_at_once_even_inside_a_long_compiled_call(tmp_path):
+    """A second Ctrl-C is never swallowed: after the first, while the process sits in one long
+    compiled call (Python handlers cannot run there), the second one ends it at once."""
+    proc = _popen_train(tmp_path, "--layers", "2,4,1", "--steps", 10**6, "--no-progress",
+                        "--out", "run", script=STUCK_EPOCH)
+    try:
+        _wait_for(proc, "cost after step 0:")
+        proc.send_signal(signal.SIGINT)
+        _wait_for(proc, "stuck")
+        time.sleep(0.5)  # inside the compiled call
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "a second SIGINT stops at once, without saving" in err
 
 
 def test_a_full_disk_at_the_end_writes_what_it_can_and_exits_1_with_one_line(

@@ -5,6 +5,11 @@ The browser check needs Chromium and its driver (Debian: ``apt-get install chrom
 chromium-driver``; ``.ci/run`` installs them). Without them it is skipped, unless
 ``JAXNN_REQUIRE_BROWSER=1`` (set by CI) makes their absence a failure. Run it alone with
 ``python -m pytest tests/test_docs_site.py``.
+
+The site is built once per session. ``JAXNN_BUILT_SITE=folder`` makes the tests check a site
+already built from this checkout by ``mkdocs build --strict`` instead (``.ci/run`` builds it
+first, as the README's documentation command, and points the tests at it): the build, and the
+classic guide's training it runs to draw the pictures, happen once per CI run.
 """
 
 import functools
@@ -60,7 +65,14 @@ def test_a_bare_doctest_outside_an_examples_section_is_reported():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> pathlib.Path:
-    """``mkdocs build --strict``, the README's command, into a scratch folder."""
+    """``mkdocs build --strict``, the README's command, into a scratch folder; or the folder
+    ``JAXNN_BUILT_SITE`` names, where that command already built it."""
+    built = os.environ.get("JAXNN_BUILT_SITE")
+    if built:
+        built_site = pathlib.Path(built)
+        assert (built_site / "index.html").is_file(), (
+            f"JAXNN_BUILT_SITE={built}: no site there (expected `mkdocs build --strict` output)")
+        return built_site
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],

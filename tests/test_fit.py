@@ -221,3 +221,26 @@ def test_the_history_holds_every_epoch_in_order_across_fetches(key, monkeypatch,
     chex.assert_shape(result.losses, (run, 2))
     if run:
         np.testing.assert_array_equal(result.losses, np.stack(seen))
+
+
+def test_fit_with_multi_steps_over_a_whole_epoch_is_full_batch_descent(key):
+    """fit with optax.MultiSteps(sgd, k) where k is the epoch's number of steps and the batches
+    cover the data: one update per epoch by the mean gradient of all examples, the parameters
+    of full-batch gradient descent for the same epochs."""
+    net, params, x, y = _problem(key, m=20)
+    accumulate = optax.MultiSteps(optax.sgd(0.5), every_k_schedule=4,
+                                  accumulator_dtype=jnp.float64)  # float32 by default
+    kw = dict(epochs=3, key=jax.random.key(3))
+    micro = jaxnn.fit(net, jaxnn.binary_cross_entropy, accumulate, params, x, y, batch_size=5,
+                      **kw)
+    full = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.5), params, x, y,
+                     batch_size=20, **kw)
+    chex.assert_shape(micro.losses, (3, 4))
+    chex.assert_trees_all_close(micro.params, full.params, rtol=1e-10, atol=1e-12)
+    # resuming from the returned state continues the accumulation
+    more = jaxnn.fit(net, jaxnn.binary_cross_entropy, accumulate, micro.params, x, y,
+                     batch_size=5, epochs=1, key=jax.random.key(3), start_epoch=3,
+                     opt_state=micro.opt_state)
+    longer = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.5), params, x, y,
+                       batch_size=20, epochs=4, key=jax.random.key(3))
+    chex.assert_trees_all_close(more.params, longer.params, rtol=1e-10, atol=1e-12)

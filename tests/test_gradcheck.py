@@ -210,3 +210,19 @@ def test_a_backward_wrong_only_at_batch_one_is_caught_by_default():
     assert not report.passed
     assert {c.in_shape for c in report.failures} == {(1, 5)}
     assert gradcheck.check_layer(_cube_layer(derivative), (4, 5), batch_sizes=()).passed
+
+
+def test_check_model_with_a_saturated_sigmoid_and_separate_bce_checks_the_fused_pair():
+    """Pins: sigmoid + binary_cross_entropy with every output saturated past the clip is checked
+    fused (what training uses) and passes, where the separate pair's flat clipped value gave
+    false finite-difference failures; the note says it fused."""
+    net = jaxnn.serial(jaxnn.dense(1), jaxnn.sigmoid())
+    params = ({"W": jnp.zeros((3, 1)).at[0, 0].set(0.01), "b": jnp.full((1,), 16.5)}, ())
+    x = jax.random.normal(jax.random.key(1), (8, 3), jnp.float64)
+    y = (x[:, :1] > 0).astype(x.dtype)
+    report = gradcheck.check_model(net, jaxnn.binary_cross_entropy, params, x, y)
+    assert report.passed, report.table()
+    assert "checked fused as binary_cross_entropy_with_logits" in report.table()
+    as_given = gradcheck.check_model(net, jaxnn.binary_cross_entropy, params, x, y,
+                                     per_layer=False, fused=False)
+    assert {c.reference for c in as_given.failures} == {"finite differences"}

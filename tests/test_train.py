@@ -206,6 +206,65 @@ def test_optimizer_must_be_an_optax_transformation():
         jaxnn.make_train_step(net, jaxnn.mean_squared_error, "adam")
 
 
+class _OwnOptimizer:
+    """Looks like an optimizer (init, update) without being an optax transformation."""
+
+    def init(self, params):
+        return ()
+
+    def update(self, updates, state, params=None):
+        return updates, state
+
+
+@pytest.mark.parametrize("optimizer, fix", [
+    (optax.adam, "got the function adam itself: call it to make the optimizer, e.g. "
+                 "adam(learning_rate)"),
+    (0.1, "got the number 0.1: give an optimizer made with that learning rate, e.g. "
+          "optax.sgd(0.1)"),
+    (_OwnOptimizer(), "wrap it as optax.GradientTransformation(opt.init, opt.update), or give "
+                      "the transformation it holds (opt.gradient_transformation() for optax "
+                      "wrappers such as optax.MultiSteps)"),
+    ("adam", "(optax.sgd(0.1), optax.adam(1e-3), …; an optax.MultiSteps too), got str"),
+])
+def test_a_wrong_optimizer_gets_a_message_naming_the_fix(optimizer, fix):
+    """An uncalled factory, a bare learning rate, an object with its own init/update and other
+    objects are refused by make_train_step and fit with one message each saying what to pass."""
+    net = jaxnn.serial(jaxnn.dense(1))
+    _, params, _ = net.init(jax.random.key(0), (-1, 2))
+    with pytest.raises(TypeError) as caught:
+        jaxnn.make_train_step(net, jaxnn.mean_squared_error, optimizer)
+    assert str(caught.value).startswith("make_train_step: optimizer must be an "
+                                        "optax.GradientTransformation")
+    assert fix in str(caught.value)
+    x = jnp.ones((4, 2))
+    with pytest.raises(TypeError, match="^fit: optimizer must be") as caught:
+        jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, x[:, :1], epochs=1,
+                  batch_size=2, key=jax.random.key(1))
+    assert fix in str(caught.value)
+
+
+def test_multi_steps_accumulates_k_micro_steps_into_one_mean_gradient_update(key):
+    """optax.MultiSteps(sgd, k=3) given as the optimizer: the first two micro-steps leave the
+    parameters alone, the third updates them by the mean of the three batches' gradients, which
+    is one sgd step on the three batches together (equal sizes, mean losses)."""
+    net, params, x, y = _problem(key, m=18)
+    accumulate = optax.MultiSteps(optax.sgd(0.3), every_k_schedule=3,
+                                  accumulator_dtype=jnp.float64)  # float32 by default
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, accumulate)
+    opt_state = accumulate.init(params)
+    current = params
+    for i in range(3):
+        rows = slice(6 * i, 6 * (i + 1))
+        current, _, opt_state, _ = step(current, (), opt_state, x[rows], y[rows])
+        if i < 2:
+            chex.assert_trees_all_equal(current, params)
+    plain = optax.sgd(0.3)
+    expected, _, _, _ = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, plain)(
+        params, (), plain.init(params), x, y)
+    chex.assert_trees_all_close(current, expected, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(np.asarray(current[0]["W"]), np.asarray(params[0]["W"]))
+
+
 def test_accuracy_for_probabilities_and_classes():
     assert float(jaxnn.accuracy(jnp.array([[0.9], [0.2], [0.6]]),
                                 jnp.array([[1.0], [0.0], [0.0]]))) == pytest.approx(2 / 3)

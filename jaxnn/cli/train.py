@@ -4,6 +4,7 @@ built-in data set or a user's files; cost lines, pictures, metrics, checkpoints 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -11,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -176,20 +177,45 @@ class CostHistory:
 
 
 class StopSignals:
-    """While active, Ctrl-C (SIGINT) and SIGTERM ask the run to stop at the end of the current
-    epoch instead of killing it; ``signum`` is the first one received (``None`` if none)."""
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM asks the run to stop at the end of the
+    current epoch and save a checkpoint (``signum`` is that signal; ``None`` if none came). A
+    second one stops the process at once, without saving, even in the middle of a compiled call
+    (the signals' default action is back in place), so a stop that takes too long is never stuck;
+    the last checkpoint stays whole, since every save replaces its file atomically. Inside
+    ``holding()``, while a checkpoint or the report is written, signals are only noted: that
+    work is finished first."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._holding = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this "
-                  f"epoch", file=sys.stderr, flush=True)
+            name = signal.Signals(signum).name
+            print(f"\n{name}: saving a checkpoint at the end of this epoch (a second {name} "
+                  f"stops at once, without saving)", file=sys.stderr, flush=True)
+        if not self._holding:
+            self._install(signal.SIG_DFL)
+
+    def _install(self, handler) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Notes signals without acting on them until the block ends (then a signal after the
+        first one stops the process at once again)."""
+        self._holding = True
+        self._install(self._handle)
+        try:
+            yield
+        finally:
+            self._holding = False
+            self._install(self._handle if self.signum is None else signal.SIG_DFL)
 
     def __enter__(self) -> StopSignals:
         for sig in self.SIGNALS:
@@ -455,7 +481,8 @@ def _train_loop(plan: RunPlan, model: Any, loss: Any, optimizer: Any, run: RunSt
                                start_epoch=run.step // plan.steps_per_epoch, on_epoch=on_epoch)
             run.params, run.state, run.opt_state = result.params, result.state, result.opt_state
             if run.step < plan.total and stop.signum is None:
-                _save(plan, run)
+                with stop.holding():
+                    _save(plan, run)
     finally:
         bar.close()
 
@@ -554,11 +581,13 @@ def run(args: argparse.Namespace) -> int:
     start = run.step
     _print_plan(plan, start, loss)
     began = time.perf_counter()
-    with StopSignals() as stop:  # until everything is written: a signal never loses the run
+    with StopSignals() as stop:  # until everything is written: one signal never loses the run
         _train_loop(plan, model, loss, optimizer, run, stop, args)
-        if stop.signum is not None and run.step < plan.total:
-            return _interrupted(plan, run, stop.signum)
-        return _report(plan, model, run, time.perf_counter() - began, start)
+        elapsed = time.perf_counter() - began
+        with stop.holding():
+            if stop.signum is not None and run.step < plan.total:
+                return _interrupted(plan, run, stop.signum)
+            return _report(plan, model, run, elapsed, start)
 
 
 
@@ -571,7 +600,8 @@ def add_command(commands) -> None:
         description="Train the classic L-layer classifier with jaxnn.fit. With no options: the "
         "built-in planar flower (2 features, 2 classes), layers 2,20,7,5,1, relu, full-batch "
         "gradient descent. Writes cost.png, decision_boundary.png (2-D data), metrics.json and "
-        "checkpoint.npz into --out. Ctrl-C or SIGTERM saves a checkpoint and stops.")
+        "checkpoint.npz into --out. Ctrl-C or SIGTERM saves a checkpoint at the end of the "
+        "epoch and stops; a second one stops at once, without saving.")
     p.set_defaults(run=run, typed={})
 
     def typed(name, kind, help):

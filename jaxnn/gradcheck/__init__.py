@@ -27,13 +27,17 @@ differences $D(h) = \frac{S(\theta + h e_i) - S(\theta - h e_i)}{2h}$: their $h^
 cancel, leaving an error of order $\varepsilon^4$.
 
 An entry where the function is not smooth within the step (a ReLU's kink, a tie of
-``max_pool``) is detected and skipped, counted in
-[`Comparison.skipped`][jaxnn.gradcheck.Comparison.skipped]; it never fails the check.
-``jax.grad`` still sees it. Seven points are evaluated per entry, at the offsets
-$-2\varepsilon, -\varepsilon, -\varepsilon/2, 0, \varepsilon/2, \varepsilon, 2\varepsilon$, and
-the entry counts as smooth when both of these hold. First, the same stencil at half the step
-agrees: $\lvert \hat{g}_i(\varepsilon) - \hat{g}_i(\varepsilon/2) \rvert \le \tau s_i$. Second,
-the gap between the right and the left one-sided slopes
+``max_pool``, or curvature too high for the step) is detected and left out of the
+finite-difference comparison, counted in [`Comparison.kinks`][jaxnn.gradcheck.Comparison.kinks];
+it is still compared with ``jax.grad``, where a hand-derived value between the two one-sided
+slopes $(S(\theta) - S(\theta - \tfrac{\varepsilon}{2} e_i))/\tfrac{\varepsilon}{2}$ and
+$(S(\theta + \tfrac{\varepsilon}{2} e_i) - S(\theta))/\tfrac{\varepsilon}{2}$ is accepted (at a
+kink any one-sided slope is a valid derivative). Seven points are evaluated per entry, at the
+offsets $-2\varepsilon, -\varepsilon, -\varepsilon/2, 0, \varepsilon/2, \varepsilon,
+2\varepsilon$, and the entry counts as smooth when both of these hold. First, the same stencil
+at half the step agrees:
+$\lvert \hat{g}_i(\varepsilon) - \hat{g}_i(\varepsilon/2) \rvert \le \tau s_i$.
+Second, the gap between the right and the left one-sided slopes
 
 $$\Delta(h) = \frac{S(\theta + h e_i) - S(\theta)}{h} - \frac{S(\theta) - S(\theta - h e_i)}{h}$$
 
@@ -42,7 +46,29 @@ jump of the slope): $\lvert \Delta(\varepsilon) - 2\Delta(\varepsilon/2) \rvert 
 
 Both use $\tau$ = ``rtol_fd / 2`` and
 $s_i = \max(\lvert \hat{g}_i \rvert, 10^{-3} \max(\text{scale}, \max_j \lvert \hat{g}_j \rvert))$,
-``scale`` being the largest ``jax.grad`` entry of the whole check (every parameter and the input).
+``scale`` being the largest ``jax.grad`` entry of the whole check (every parameter and the input),
+plus what rounding can do to them (below).
+
+**Rounding noise.** Each value of $S$ carries a rounding error of at most
+$u = \nu\,\epsilon_c A$, with $\epsilon_c$ the machine epsilon of the lowest precision the
+function computes in (read from its traced program: float32 for a float32 softmax inside a
+float64 call), $A = \sum_k \lvert v_k f_k \rvert$ the size of the terms of $S$, and
+$\nu$ = ``noise_factor`` = 32. The estimate $\hat{g}_i(\varepsilon)$ then has the noise floor
+$n = 1.5\,u / \varepsilon$; the two smoothness tests allow $4.5\,u/\varepsilon$ and
+$20\,u/\varepsilon$ more. Against finite differences an entry's error counts only beyond
+$n$: $\max(0, \lvert a_i - \hat{g}_i \rvert - n) / \max(\lvert a_i \rvert,
+\lvert \hat{g}_i \rvert, \text{floor})$. Entries where $n$ exceeds the tolerance are reported
+"noisy (float32 inside)" (or "large output"), not non-smooth. Below float64 the tolerance against
+``jax.grad`` becomes $\max(\text{rtol\_autodiff}, \nu\,\epsilon_c)$ (3.8e-6 in float32) and the
+step $\varepsilon\,(\epsilon_c/\epsilon_{64})^{1/5}$ rounded to a power of two (0.0625 in
+float32); every one of these is a field of [`Tolerances`][jaxnn.gradcheck.Tolerances] to
+override.
+
+**Never a vacuous pass.** Every entry is compared with ``jax.grad`` wherever autodiff is
+finite; finite-difference entries whose stencil is not finite (NaN/inf outputs) are counted, not
+compared. A leaf none of whose entries any reference could judge is reported ``unverified``
+([`GradcheckReport.unverified`][jaxnn.gradcheck.GradcheckReport.unverified]) and the report does
+not pass.
 
 [`check_layer`][jaxnn.gradcheck.check_layer] checks at the given input shape and at batch 1 (2 in
 training mode), since a backward can be right at one batch size and wrong at another.

@@ -12,12 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.gradcheck._numerics import (
-    _fd_errors,
     _finite_differences,
+    _judge,
     _key_name,
     _largest,
-    _located_comparison,
-    _relative_errors,
+    computing_precision,
 )
 from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
 from jaxnn.gradcheck._undecorated import undecorated
@@ -33,6 +32,7 @@ def check_function(
     seed: int = 0,
     name: str | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    dtype: str | None = "float64",
 ) -> GradcheckReport:
     """Checks the derivative JAX uses for ``fn`` (its custom rule) at ``args``, in float64.
 
@@ -49,9 +49,15 @@ def check_function(
       non-smooth point is skipped and counted, never failed; the stencil and the test are the
       module doc's).
 
-    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
-    autodiff may pick different ones: entries the finite differences find non-smooth are left
-    out of the comparison with ``jax.grad`` too.
+    Every entry is compared with ``jax.grad`` wherever autodiff is finite, kinks included: at a
+    non-smooth point any one-sided slope is a valid derivative, and the rule and plain autodiff
+    may pick different ones (``jax.nn.relu``'s rule says 0 at 0, autodiff of ``max(x, 0)``
+    says 0.5), so there a rule between the one-sided slopes the finite differences measured is
+    accepted. Output entries that are NaN or infinite at ``args`` are left out of ``S`` (and
+    counted in a note); a leaf with no entry compared by any reference is ``unverified``.
+
+    A function that computes in a lower precision inside (a float32 softmax in a float64 call)
+    is judged at that precision's rounding (``Tolerances.noise_factor``).
 
     Args:
       fn: the function whose derivative is checked.
@@ -64,6 +70,10 @@ def check_function(
       seed: seeds the cotangent and the finite-difference sampling.
       name: the name in the report's first column (default ``fn.__name__``).
       tolerances: the pass thresholds and finite-difference settings.
+      dtype: ``"float64"`` casts the floating-point leaves to float64; a function that cannot
+        run in float64 (a float32-only kernel) then runs in its arguments' own dtypes, with a
+        note, as it does with ``dtype=None``. Tolerances and the finite-difference step follow
+        the precision the function computes in ([`Tolerances`][jaxnn.gradcheck.Tolerances]).
 
     Returns:
       A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport] with one row per differentiated leaf,
@@ -94,22 +104,59 @@ def check_function(
     """
     with jax.enable_x64(True):
         name = name or function_name(fn)
-        args = tuple(_to_float64_leaves(a) for a in args)
+        args, dtype_notes = _in_checking_dtype(fn, name, args, dtype)
         target = _differentiated_leaves(fn, name, args, argnums)
         if not target.names:
             raise ValueError(f"check_function({name}): no floating-point leaf to differentiate "
                              f"among the arguments {argnums if argnums is not None else 'given'}"
                              + "".join(f"; {note}" for note in target.notes))
-        report = GradcheckReport(notes=list(target.notes))
+        report = GradcheckReport(notes=dtype_notes + list(target.notes))
         arrays = [target.leaves[i] for i in target.indices]
         checked = target.bind(fn)  # a function of the differentiated leaves only
         out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
         scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
+        magnitude = _cotangent_scalar(checked, name, out_tree, cotangents, magnitude=True)
         ref_scalar = _reference_scalar(target, checked, reference, name, arrays, out_tree,
                                        cotangents, report)
         report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
-                                      tolerances, seed))
+                                      tolerances, seed, magnitude))
         return report
+
+
+def _in_checking_dtype(fn: Callable, name: str, args: tuple,
+                       dtype: str | None) -> tuple[tuple, list[str]]:
+    """``args`` with floating-point leaves in float64 when ``dtype="float64"`` and ``fn`` runs
+    so; else as given, with a note naming why."""
+    if dtype is None:
+        return args, []
+    if dtype != "float64":
+        raise ValueError(f"check_function({name}): dtype must be 'float64' or None, got "
+                         f"{dtype!r}")
+    wide = tuple(_to_float64_leaves(a) for a in args)
+    try:
+        leaves, tree = jax.tree.flatten(wide)
+        floating = [i for i, x in enumerate(leaves) if _is_floating(x)]
+
+        def traced(*values):  # other leaves stay what they are (a Python int stays static)
+            filled = list(leaves)
+            for i, v in zip(floating, values, strict=True):
+                filled[i] = v
+            return fn(*jax.tree.unflatten(tree, filled))
+
+        jax.eval_shape(traced, *(leaves[i] for i in floating))
+    except Exception as e:  # noqa: BLE001 -- any failure to trace in float64 means: not float64
+        own = sorted({str(x.dtype) for x in jax.tree.leaves(args) if _is_floating(x)})
+        if not own or own == ["float64"]:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        return args, [f"{name}: cannot run in float64 ({type(e).__name__}: {first}); checked "
+                      f"in its arguments' own dtype ({', '.join(own)})"]
+    return wide, []
+
+
+def _is_floating(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return isinstance(x, float) or (dtype is not None and jnp.issubdtype(dtype, jnp.floating))
 
 
 def _reference_scalar(target, checked, reference, name, arrays, out_tree, cotangents, report):
@@ -237,9 +284,12 @@ def _cotangents(fn: Callable, name: str, arrays: list, key: jax.Array) -> tuple[
     return out_tree, cotangents
 
 
-def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Callable:
+def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list,
+                      magnitude: bool = False) -> Callable:
     """``S(*differentiated) = Σ v ⊙ f(*differentiated)`` over the floating-point output
-    leaves."""
+    leaves and their finite entries (a NaN or inf output entry is left out, so that it does not
+    make every entry of ``S`` NaN); with ``magnitude``, ``[Σ |v ⊙ f|, number of non-finite
+    output entries]`` instead, for the finite differences' noise floor and the report."""
 
     def scalar(*differentiated):
         out = f(*differentiated)
@@ -251,41 +301,40 @@ def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list) -> Ca
             if v is not None and jnp.shape(o) != v.shape:
                 raise ValueError(f"check_function: {label} returns an output of shape "
                                  f"{jnp.shape(o)}, expected {v.shape} (the checked function's)")
-        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True)
-                   if v is not None)
+        pairs = [(v, jnp.asarray(o)) for v, o in zip(cotangents, out_leaves, strict=True)
+                 if v is not None]
+        if magnitude:
+            size = sum(jnp.sum(jnp.where(jnp.isfinite(o), jnp.abs(v * o), 0.0)) for v, o in pairs)
+            bad = sum(jnp.sum(~jnp.isfinite(o)) for _, o in pairs)
+            return jnp.stack([size, bad.astype(size.dtype)])
+        return sum(jnp.sum(jnp.where(jnp.isfinite(o), v * o, 0.0)) for v, o in pairs)
 
     return scalar
 
 
 def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
-                    reference: Callable | None, tolerances: Tolerances,
-                    seed: int) -> GradcheckReport:
+                    reference: Callable | None, tolerances: Tolerances, seed: int,
+                    magnitude: Callable | None = None) -> GradcheckReport:
     """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
-    of ``scalar``, one pair of rows per differentiated leaf.
-
-    At a non-smooth point any one-sided slope is a valid derivative, and the rule and plain
-    autodiff may pick different ones (``jax.nn.relu``'s rule says 0 at 0, autodiff of
-    ``max(x, 0)`` says 0.5): entries the finite differences find non-smooth are left out of
-    both comparisons, and counted.
-    """
+    of ``scalar``, one pair of rows per differentiated leaf (``_numerics._judge``)."""
     wrt = tuple(range(len(arrays)))
-    hand = [np.asarray(g) for g in jax.jit(jax.grad(scalar, argnums=wrt))(*arrays)]
-    auto = None if reference is None else [
-        np.asarray(g) for g in jax.jit(jax.grad(reference, argnums=wrt))(*arrays)]
+
+    def gradients(*a):  # one compilation for the rule and the reference
+        hand = jax.grad(scalar, argnums=wrt)(*a)
+        return hand, (None if reference is None else jax.grad(reference, argnums=wrt)(*a))
+
+    precision = computing_precision(gradients, *arrays)
+    hand, auto = jax.jit(gradients)(*arrays)
+    hand = [np.asarray(g, np.float64) for g in hand]
+    auto = None if auto is None else [np.asarray(g, np.float64) for g in auto]
     scale = _largest(hand if auto is None else auto)
-    estimates = _finite_differences(scalar, arrays, list(wrt), tolerances, scale,
-                                    np.random.default_rng(seed))
-    report = GradcheckReport()
-    for parameter, h, a, (positions, fd, smooth) in zip(
-            names, hand, auto or [None] * len(hand), estimates, strict=True):
-        if a is not None:
-            errors, diff = _relative_errors(h, a, scale), np.abs(h - a)
-            errors.reshape(-1)[positions[~smooth]] = np.nan
-            report.comparisons.append(_located_comparison(
-                name, parameter, "jax.grad", errors,
-                float(np.max(diff[~np.isnan(errors)], initial=0.0)), tolerances.rtol_autodiff))
-        errors, abs_err = _fd_errors(h, positions, fd, smooth, scale)
-        report.comparisons.append(_located_comparison(
-            name, parameter, "finite differences", errors, abs_err, tolerances.rtol_fd,
-            skipped=int(np.sum(~smooth))))
+    estimates, bad_outputs = _finite_differences(
+        scalar, arrays, list(wrt), tolerances, scale, np.random.default_rng(seed), precision,
+        magnitude)
+    report = _judge([(name, n) for n in names], hand, auto, estimates, tolerances, precision,
+                    scale, outputs_not_finite=bad_outputs)
+    if bad_outputs:
+        report.notes.insert(0, f"{name}: {bad_outputs} output entries are NaN/inf at these "
+                               f"arguments: left out of S; gradient entries NaN there not "
+                               f"compared")
     return report

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn.chain import value_and_grad
+from jaxnn.chain import fuse, value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply, sublayer_labels
 from jaxnn.gradcheck._cases import LayerCase, LossCase, case_input
 from jaxnn.gradcheck._numerics import (
@@ -118,7 +118,8 @@ def check_layer(
             input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(inp)]
             names = [*_leaf_names(params), *input_names]
             report.extend(_check_scalar(name or layer.name, call(apply), call(reference_apply),
-                                        leaves, names, tolerances, seed, _shape_of(inp)))
+                                        leaves, names, tolerances, seed, _shape_of(inp),
+                                        call(reference_apply, magnitude=True)))
         return report
 
 
@@ -147,7 +148,7 @@ def _draw_layer_input(key: jax.Array, in_shape: Sequence, input_dtype: Any) -> A
 
 
 def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key, train: bool,
-                  path_fn: Callable) -> Callable:
+                  path_fn: Callable, magnitude: bool = False) -> Callable:
     """``S(*param_leaves, *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through ``path_fn``.
 
     ``path_fn`` is [`jaxnn.apply`][jaxnn.apply] (the hand-derived backward) or
@@ -155,7 +156,7 @@ def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key,
     ``cotangent_key``
     for the reference output's leaves.
     """
-    y, _ = reference_apply(layer, params, state, x, key=key, train=train)
+    y, _ = jax.eval_shape(lambda: reference_apply(layer, params, state, x, key=key, train=train))
     y_leaves, y_def = jax.tree.flatten(y)
     keys = jax.random.split(cotangent_key, len(y_leaves)) if len(y_leaves) > 1 else [
         cotangent_key]
@@ -172,6 +173,11 @@ def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key,
         if out_def != y_def:
             raise ValueError(f"check_layer: the output's structure {out_def} differs from the "
                              f"reference's {y_def}")
+        if magnitude:  # the size of the terms of S, and the non-finite outputs (numerics)
+            size = sum(jnp.sum(jnp.abs(v * o)) for v, o in zip(cotangents, out_leaves,
+                                                               strict=True))
+            bad = sum(jnp.sum(~jnp.isfinite(o)) for o in out_leaves)
+            return jnp.stack([size, bad.astype(size.dtype)])
         return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True))
 
     return scalar
@@ -297,8 +303,16 @@ def check_model(
     seed: int = 0,
     per_layer: bool = True,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    fused: bool = True,
 ) -> GradcheckReport:
     """Checks a whole network and its loss, and names the layer whose backward is wrong.
+
+    With ``fused`` (the default) a final activation and its loss that have a stable fused form
+    (sigmoid + ``binary_cross_entropy``, softmax + ``softmax_cross_entropy``) are checked as
+    [`jaxnn.fuse`][jaxnn.fuse] makes them, the form training uses: the separate pair clips
+    saturated probabilities in its value but not in its straight-through derivative, so finite
+    differences of it are flat where an output saturates and disagree with every correct rule.
+    The activation is still checked alone in part 2; ``fused=False`` checks the pair as given.
 
     Three parts, all in float64:
 
@@ -323,6 +337,7 @@ def check_model(
       seed: seeds the cotangents and the finite-difference sampling.
       per_layer: also check each leaf layer alone (part 2).
       tolerances: the pass thresholds and finite-difference settings.
+      fused: check parts 1 and 3 on ``jaxnn.fuse(model, loss)`` (a note says when it fused).
 
     Returns:
       A [`GradcheckReport`][jaxnn.gradcheck.GradcheckReport]; ``report.failing_layers`` names
@@ -344,15 +359,20 @@ def check_model(
     with jax.enable_x64(True):
         params, state = _to_float64(params), _to_float64(state)
         x, y = _to_float64(x), _to_float64(y)
-        report = _check_model_parameters(model, loss, params, state, x, y, key, train,
-                                         tolerances, seed)
+        checked_model, checked_loss = fuse(model, loss) if fused else (model, loss)
+        report = _check_model_parameters(checked_model, checked_loss, params, state, x, y, key,
+                                         train, tolerances, seed)
+        if checked_loss is not loss:
+            report.notes.append(f"{model.sublayers[-1].name} + {loss.name} checked fused as "
+                                f"{checked_loss.name}, what training uses (fused=False: as "
+                                f"given)")
         if per_layer:
             for path, leaf, p, s, inp, k in _record_inputs(model, params, state, x, key, train):
                 report.extend(check_layer(leaf, params=p, state=s, x=inp, key=k, train=train,
                                           seed=seed, name=f"{path} (alone)",
                                           tolerances=tolerances))
-        out, _ = reference_apply(model, params, state, x, key=key, train=train)
-        report.extend(check_loss(loss, out, y, seed=seed, tolerances=tolerances))
+        out, _ = reference_apply(checked_model, params, state, x, key=key, train=train)
+        report.extend(check_loss(checked_loss, out, y, seed=seed, tolerances=tolerances))
         return report
 
 

@@ -1,8 +1,9 @@
 """A gradient-check report as a table: plain text, Markdown and HTML.
 
 One row per (layer or function, parameter or leaf): the largest relative error against
-``jax.grad`` and against finite differences, the index of the worst entry, and pass/fail. Notes
-(finite-difference entries skipped at non-smooth points, arguments left out) follow the table.
+``jax.grad`` and against finite differences, the index of the worst entry, and the verdict
+(``pass``, ``FAIL``, or ``unverified`` when no entry of the leaf was compared with any reference).
+Notes (entries at kinks, noisy or not finite, arguments left out) follow the table.
 [`jaxnn.gradcheck.GradcheckReport`][jaxnn.gradcheck.GradcheckReport] renders itself through these
 functions (``table()``,
 ``markdown()``, ``_repr_html_()`` for notebooks); ``plot_errors`` draws where the error sits
@@ -15,7 +16,8 @@ Examples:
     >>> from jaxnn.gradcheck import Comparison, GradcheckReport
     >>> report = GradcheckReport([
     ...     Comparison("dense", "b", "jax.grad", 0.0, 0.0, 1e-9),
-    ...     Comparison("dense", "b", "finite differences", 1e-9, 3e-8, 1e-6, skipped=2),
+    ...     Comparison("dense", "b", "finite differences", 1e-9, 3e-8, 1e-6, skipped=2,
+    ...                kinks=2),
     ... ])
     >>> _render.rows(report)
     [Row(layer='dense', parameter='b', vs_autodiff='0.00e+00', vs_finite_differences='3.00e-08',
@@ -25,7 +27,8 @@ Examples:
     | --- | --- | --- | --- | --- | --- |
     | dense | b | 0.00e+00 | 3.00e-08 | - | pass |
     <BLANKLINE>
-    - 2 finite-difference entries skipped: non-smooth point, a kink within the step
+    - 2 finite-difference entries skipped: non-smooth point, a kink within the step (still
+      compared with jax.grad)
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Row(NamedTuple):
     vs_autodiff: str
     vs_finite_differences: str
     worst_entry: str
-    verdict: str  # "pass" or "FAIL"
+    verdict: str  # "pass", "FAIL" or "unverified"
 
 
 def _badness(c: Comparison) -> tuple[bool, float]:
@@ -74,6 +77,7 @@ def rows(report: GradcheckReport) -> list[Row]:
         refs = grouped.setdefault((c.layer, c.parameter), {})
         if c.reference not in refs or _badness(c) > _badness(refs[c.reference]):
             refs[c.reference] = c
+    unverified = set(report.unverified)
     out = []
     for (layer, parameter), refs in grouped.items():
         ad, fd = refs.get(AUTODIFF), refs.get(FINITE_DIFFERENCES)
@@ -81,21 +85,50 @@ def rows(report: GradcheckReport) -> list[Row]:
         index = worst.worst_index
         out.append(Row(
             layer, parameter,
-            f"{ad.max_relative_error:.2e}" if ad else "-",
-            f"{fd.max_relative_error:.2e}" if fd else "-",
+            _cell(ad),
+            _cell(fd),
             "-" if index is None else str(tuple(index)),
-            "pass" if all(c.passed for c in refs.values()) else "FAIL",
+            "FAIL" if not all(c.passed for c in refs.values()) else
+            "unverified" if (layer, parameter) in unverified else "pass",
         ))
     return out
 
 
+def _cell(c: Comparison | None) -> str:
+    """A comparison's error; ``-`` when there is none, ``none compared`` when it compared no
+    entry."""
+    if c is None:
+        return "-"
+    return f"{c.max_relative_error:.2e}" if c.verified else "none compared"
+
+
 def notes(report: GradcheckReport) -> list[str]:
-    """The report's notes, and the count of finite-difference entries skipped at kinks."""
+    """The report's notes, then what the counts of its comparisons say: entries at kinks,
+    noisy entries, entries where a reference is not finite, and unverified leaves."""
     out = list(report.notes)
-    skipped = sum(c.skipped for c in report.comparisons)
-    if skipped:
-        out.append(f"{skipped} finite-difference entries skipped: non-smooth point, a kink "
-                   f"within the step")
+    fd = [c for c in report.comparisons if c.reference == FINITE_DIFFERENCES]
+    ad = [c for c in report.comparisons if c.reference != FINITE_DIFFERENCES]
+    kinks = sum(c.kinks for c in fd)
+    if kinks:
+        out.append(f"{kinks} finite-difference entries skipped: non-smooth point, a kink "
+                   f"within the step" + (" (still compared with jax.grad)" if ad else ""))
+    accepted = sum(c.kinks for c in ad)
+    if accepted:
+        out.append(f"{accepted} entries at a kink where the rule and jax.grad pick different "
+                   f"one-sided slopes: both valid, accepted")
+    for dtype in dict.fromkeys(c.computes_in for c in fd):
+        noisy = sum(c.noisy for c in fd if c.computes_in == dtype)
+        if noisy:
+            why = "large output" if dtype == "float64" else f"{dtype} inside"
+            out.append(f"{noisy} finite-difference entries noisy ({why}): judged on the "
+                       f"error beyond their rounding-noise floor")
+    for reference, group in ((FINITE_DIFFERENCES, fd), (AUTODIFF, ad)):
+        bad = sum(c.not_finite for c in group)
+        if bad:
+            where = "jax.grad" if reference == AUTODIFF else "the finite differences"
+            out.append(f"{bad} entries not finite (NaN/inf) in {where}: not compared")
+    for layer, parameter in report.unverified:
+        out.append(f"{layer} {parameter}: unverified, no entry compared with any reference")
     return out
 
 

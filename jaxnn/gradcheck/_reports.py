@@ -20,15 +20,25 @@ class Tolerances(NamedTuple):
     Attributes:
       rtol_autodiff: the largest relative error against ``jax.grad``.
       rtol_fd: the largest relative error against finite differences.
-      fd_eps: the finite-difference step $\varepsilon$.
+      fd_eps: the finite-difference step $\varepsilon$ of a function computing in float64; one
+        computing in a lower precision $c$ (float32 inside, or run in its own dtype) takes
+        $\varepsilon\,(\epsilon_c / \epsilon_{64})^{1/5}$ rounded to a power of two (0.0625
+        for float32 at the default).
       max_fd_entries: entries per array estimated by finite differences (sampled beyond it).
+      noise_factor: $\nu$, the rounding allowed per value, in units of the machine epsilon
+        $\epsilon_c$ of the lowest precision the function computes in: the tolerance against
+        autodiff is $\max(\text{rtol\_autodiff}, \nu\,\epsilon_c)$, and each
+        finite-difference estimate has the noise floor $1.5\,\nu\,\epsilon_c A / \varepsilon$
+        ($A = \sum_k \lvert v_k f_k \rvert$, the size of the terms of $S$), below which an
+        error is not counted (module doc).
 
     Examples:
         The defaults, and looser ones for a check that compares fewer entries:
 
         >>> from jaxnn.gradcheck import Tolerances
         >>> Tolerances()
-        Tolerances(rtol_autodiff=1e-09, rtol_fd=1e-06, fd_eps=0.001, max_fd_entries=1024)
+        Tolerances(rtol_autodiff=1e-09, rtol_fd=1e-06, fd_eps=0.001, max_fd_entries=1024,
+                   noise_factor=32.0)
         >>> Tolerances(rtol_fd=1e-5, max_fd_entries=64).rtol_fd
         1e-05
 
@@ -40,6 +50,7 @@ class Tolerances(NamedTuple):
     rtol_fd: float = 1e-6
     fd_eps: float = 1e-3
     max_fd_entries: int = 1024
+    noise_factor: float = 32.0
 
 
 DEFAULT_TOLERANCES = Tolerances()
@@ -52,7 +63,10 @@ class Comparison:
 
     ``max_relative_error`` is the $\text{rel}(a, b)$ of the [module doc][jaxnn.gradcheck], with
     $a$ the hand-derived gradient and $b$ the reference; the comparison passes when it is at
-    most ``tolerance``.
+    most ``tolerance``. A comparison that compared no entry (``compared == 0``: every entry at a
+    kink, or not finite in the reference) has the status ``"unverified"``: it neither passes
+    nor fails, and a leaf none of whose comparisons verified an entry makes the report fail
+    (see [`GradcheckReport.unverified`][jaxnn.gradcheck.GradcheckReport.unverified]).
 
     Examples:
         Checks make them; here is one by hand:
@@ -86,18 +100,45 @@ class Comparison:
     in_shape: tuple = ()
     """The input's shape at which the gradient was checked (``()`` for a function check)."""
     skipped: int = 0
-    """Finite-difference entries at non-smooth points (a kink within the step), left out of
-    the comparison and counted here (0 in the rows against ``jax.grad``)."""
+    """Entries left out of this comparison: against finite differences those at a kink
+    (non-smooth within the step) or where a stencil value is NaN/inf; against ``jax.grad``
+    those where autodiff is NaN/inf."""
     worst_index: tuple[int, ...] | None = None
     """The index of the entry with the largest relative error (``None`` when nothing was
     compared)."""
     errors: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     """Per-entry relative errors (NaN where not compared), for plots; not part of equality."""
+    compared: int | None = None
+    """Entries compared (``None``: not counted, a comparison made by hand)."""
+    kinks: int = 0
+    """Entries at a kink: left out of the finite differences; against ``jax.grad``, those
+    where the two differ but the hand-derived value lies between the one-sided slopes."""
+    noisy: int = 0
+    """Finite-difference entries whose rounding-noise floor exceeds the tolerance (the
+    function computes in a lower precision inside, or its output is large): judged on the
+    error beyond the floor."""
+    not_finite: int = 0
+    """Entries where the reference is NaN or infinite, not compared."""
+    computes_in: str = "float64"
+    """The lowest precision the checked function computes in."""
 
     @property
     def passed(self) -> bool:
-        """``max_relative_error <= tolerance``."""
+        """``max_relative_error <= tolerance``: the comparison did not fail (it may still have
+        compared nothing; see [`status`][jaxnn.gradcheck.Comparison.status])."""
         return bool(self.max_relative_error <= self.tolerance)
+
+    @property
+    def verified(self) -> bool:
+        """Whether some entry was compared."""
+        return self.compared is None or self.compared > 0
+
+    @property
+    def status(self) -> str:
+        """``"FAIL"``, ``"unverified"`` (nothing compared) or ``"pass"``."""
+        if not self.passed:
+            return "FAIL"
+        return "pass" if self.verified else "unverified"
 
 
 @dataclasses.dataclass
@@ -138,8 +179,20 @@ class GradcheckReport:
 
     @property
     def passed(self) -> bool:
-        """Whether every comparison passed."""
-        return all(c.passed for c in self.comparisons)
+        """Whether no comparison failed and every leaf had some entry compared with some
+        reference (no [`unverified`][jaxnn.gradcheck.GradcheckReport.unverified] leaf)."""
+        return not self.failures and not self.unverified
+
+    @property
+    def unverified(self) -> list[tuple[str, str]]:
+        """``(layer, parameter)`` of each leaf none of whose comparisons compared an entry (at
+        some input shape): every finite-difference entry at a kink or not finite, and no
+        finite autodiff reference. Such a leaf is neither passed nor failed."""
+        verified: dict[tuple, bool] = {}
+        for c in self.comparisons:
+            key = (c.layer, c.parameter, c.in_shape)
+            verified[key] = verified.get(key, False) or c.verified
+        return list(dict.fromkeys(k[:2] for k, v in verified.items() if not v))
 
     @property
     def failures(self) -> list[Comparison]:
@@ -176,7 +229,8 @@ class GradcheckReport:
     def __str__(self) -> str:
         return self.table()
 
-    def raise_if_failed(self) -> None:
-        """Raises ``AssertionError`` with the table when some comparison failed."""
-        if not self.passed:
+    def raise_if_failed(self, allow_unverified: bool = False) -> None:
+        """Raises ``AssertionError`` with the table when some comparison failed, or some leaf
+        is unverified (unless ``allow_unverified``)."""
+        if self.failures or (self.unverified and not allow_unverified):
             raise AssertionError("gradient check failed:\n" + self.table())

@@ -26,21 +26,26 @@ $$ a' = e^{m - m'}\, a + e^{S_j - m'}\, V_j $$
 
 starting from $m = -\infty$, $l = 0$, $a = 0$, and ends with
 
-$$ O = \frac{a}{l} \qquad L = m + \log l $$
+$$ O = \frac{a}{l} $$
 
-It saves ``Q, K, V, O`` and the per-row log-sum-exp ``L = m + log l``, nothing of size
-``T × T``.
+It saves ``Q, K, V, O`` and, per query row, the final maximum ``m`` and sum ``l``, nothing of
+size ``T × T`` (``m`` and ``l`` are kept apart: in float32 at large logits ``m + log l`` would
+round ``log l`` away).
 
-The backward recomputes ``P = exp(S − L)`` block by block (``dO`` the gradient of ``O``):
+The backward recomputes ``P = exp(S − m) / l`` block by block, with ``S`` computed by the same
+expression as in the forward, so ``S − m`` is exact (``dO`` the gradient of ``O``):
 
-$$ P = \exp(S - L) \qquad D = \operatorname{rowsum}(dO \odot O) $$
+$$ P = \frac{\exp(S - m)}{l} \qquad dP = dO\, V^\top \qquad D = \operatorname{rowsum}(P \odot dP) $$
 
-$$ dV = P^\top dO \qquad dP = dO\, V^\top \qquad dS = P \odot (dP - D) $$
+$$ dV = P^\top dO \qquad dS = P \odot (dP - D) \qquad
+dQ = \frac{dS\, K}{\sqrt{d}} \qquad dK = \frac{dS^\top Q}{\sqrt{d}} $$
 
-$$ dQ = \frac{dS\, K}{\sqrt{d}} \qquad dK = \frac{dS^\top Q}{\sqrt{d}} $$
+$D$ is the softmax backward's row term. In exact arithmetic it equals
+$\operatorname{rowsum}(dO \odot O)$ (for query row $i$,
+$\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$), but only the sum of
+the very products $P \odot dP$ cancels $dP$ exactly in a row whose softmax is one-hot, as at
+large logits; so a first pass over the key blocks sums it, and a second forms $dS$.
 
-$D$ is the softmax backward's row term, computed once from $O$ instead of from every block of
-$P$: for query row $i$, $\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$.
 Then come the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...):
 
 $$ dW_q = x_q^\top dQ \qquad db_q = \sum_{i} dQ_{i} \qquad dx_q = dQ\, W_q^\top $$
@@ -70,8 +75,21 @@ _NAME = "multi_head_attention"
 
 
 def _is_mask(a) -> bool:
-    dtype = getattr(a, "dtype", None)
-    return dtype is not None and dtype == jnp.bool_
+    """A key mask is the rank-2 ``(N, T_k)`` input (queries and keys_values are rank 3)."""
+    return getattr(a, "ndim", None) == 2
+
+
+def _as_mask(mask):
+    """The key mask as booleans: a boolean array as is, an integer one as ``mask != 0`` (the
+    0/1 masks tokenizers give); anything else is a clear error."""
+    dtype = getattr(mask, "dtype", None)
+    if dtype is not None and dtype == jnp.bool_:
+        return mask
+    if dtype is not None and jnp.issubdtype(dtype, jnp.integer):
+        return mask != 0
+    raise TypeError(f"{_NAME}: the key_mask must be a boolean (or 0/1 integer) array of shape "
+                    f"(batch, keys), True for the keys that may be attended to, got dtype "
+                    f"{dtype if dtype is not None else type(mask).__name__}")
 
 
 def _split_inputs(x):
@@ -79,12 +97,9 @@ def _split_inputs(x):
     if not isinstance(x, tuple | list):
         return x, None, None
     if len(x) == 2:
-        return (x[0], None, x[1]) if _is_mask(x[1]) else (x[0], x[1], None)
+        return (x[0], None, _as_mask(x[1])) if _is_mask(x[1]) else (x[0], x[1], None)
     if len(x) == 3:
-        if not _is_mask(x[2]):
-            raise TypeError(f"{_NAME}: the key_mask (third input) must be a boolean array, got "
-                            f"dtype {getattr(x[2], 'dtype', type(x[2]).__name__)}")
-        return tuple(x)
+        return x[0], x[1], _as_mask(x[2])
     raise ValueError(f"{_NAME}: expected x, (x, key_mask), (queries, keys_values) or (queries, "
                      f"keys_values, key_mask), got a tuple of {len(x)} inputs")
 
@@ -113,6 +128,10 @@ def _check_inputs(queries, keys_values, key_mask, causal: bool) -> None:
     if queries.shape[0] != keys_values.shape[0]:
         raise ValueError(f"{_NAME}: queries and keys_values must have the same batch size, got "
                          f"{tuple(queries.shape)} and {tuple(keys_values.shape)}")
+    for arg, a in (("queries", queries), ("keys_values", keys_values)):
+        if a.shape[1] == 0:
+            raise ValueError(f"{_NAME}: {arg} is an empty sequence (shape {tuple(a.shape)}: "
+                             f"time axis of length 0); attention needs at least one position")
     if causal and queries.shape[1] != keys_values.shape[1]:
         raise ValueError(f"{_NAME}: causal=True needs as many queries as keys, got "
                          f"{queries.shape[1]} and {keys_values.shape[1]}")
@@ -146,9 +165,18 @@ def multi_head_attention(
     \frac{Q_k K_k^\top}{\sqrt{d}}\right) V_k\right) W_o + b_o
     $$
 
-    Inputs: ``x`` of shape ``(N, T, D_in)`` (self-attention), ``(x, key_mask)``,
-    ``(queries, keys_values)`` (cross-attention) or ``(queries, keys_values, key_mask)``, where
-    ``key_mask`` is a boolean ``(N, T_k)`` array, ``True`` for the keys that may be attended to.
+    Inputs, one of four forms:
+
+    * ``x`` of shape ``(N, T, D_in)``: self-attention;
+    * ``(x, key_mask)``: self-attention over the keys where ``key_mask`` is ``True``;
+    * ``(queries, keys_values)``: cross-attention, ``queries (N, T_q, D_q)`` attending to
+      ``keys_values (N, T_k, D_kv)``;
+    * ``(queries, keys_values, key_mask)``: cross-attention with a key mask.
+
+    ``key_mask`` is a boolean ``(N, T_k)`` array, ``True`` for the keys that may be attended
+    to (a 0/1 integer mask is read as ``mask != 0``). A masked key's inputs are replaced by
+    zeros (a select, so a NaN there reaches no output and no gradient); in self-attention a
+    masked position is padding, and its own output row is that of a zero input row.
     Output: ``(N, T_q, features)``. With ``causal=True`` query ``i`` sees keys ``j ≤ i``. A
     query row with no visible key outputs the bias ``bo`` (its attention output is 0).
 
@@ -280,13 +308,22 @@ def _forward(params, x, num_heads, causal, block_size, use_bias, features=None):
     _check_inputs(queries, keys_values, key_mask, causal)
     _check_params(params, queries, keys_values, num_heads, use_bias,
                   queries.shape[-1] if features is None else features)
+    if key_mask is not None:
+        # select, never multiply: a NaN at a masked key must reach nothing (0 · NaN = NaN)
+        keys_values = _select_rows(key_mask, keys_values)
+        queries = keys_values if self_attention else queries
     q = _to_heads(_project(params, queries, "Wq", "bq", use_bias), num_heads)
     k = _to_heads(_project(params, keys_values, "Wk", "bk", use_bias), num_heads)
     v = _to_heads(_project(params, keys_values, "Wv", "bv", use_bias), num_heads)
-    o, lse = attention_forward(q, k, v, key_mask, causal, block_size)
+    o, stats = attention_forward(q, k, v, key_mask, causal, block_size)
     y = _project(params, _from_heads(o), "Wo", "bo", use_bias)
-    residuals = (queries, None if self_attention else keys_values, key_mask, q, k, v, o, lse)
+    residuals = (queries, None if self_attention else keys_values, key_mask, q, k, v, o, stats)
     return y, residuals
+
+
+def _select_rows(key_mask, x):
+    """``x`` with the masked positions' rows replaced by zeros (a select)."""
+    return jnp.where(key_mask[..., None], x, jnp.zeros((), x.dtype))
 
 
 def _check_params(params, queries, keys_values, num_heads: int, use_bias: bool,
@@ -302,22 +339,23 @@ def _check_params(params, queries, keys_values, num_heads: int, use_bias: bool,
 
 
 def _backward(params, residuals, dy, num_heads, causal, block_size, use_bias):
-    queries, keys_values, key_mask, q, k, v, o, lse = residuals
+    queries, keys_values, key_mask, q, k, v, o, stats = residuals
     self_attention = keys_values is None
     keys_values = queries if self_attention else keys_values
     grads = {}
     d_merged = _dense_backward(params, _from_heads(o), dy, "Wo", "bo", use_bias, grads)
-    dq, dk, dv = attention_backward(q, k, v, o, lse, _to_heads(d_merged, num_heads), key_mask,
-                                    causal, block_size)
+    dq, dk, dv = attention_backward(q, k, v, o, stats, _to_heads(d_merged, num_heads),
+                                    key_mask, causal, block_size)
     dx_q = _dense_backward(params, queries, _from_heads(dq), "Wq", "bq", use_bias, grads)
     dx_k = _dense_backward(params, keys_values, _from_heads(dk), "Wk", "bk", use_bias, grads)
     dx_v = _dense_backward(params, keys_values, _from_heads(dv), "Wv", "bv", use_bias, grads)
     grads = {name: grads[name] for name in params}  # the params' own order
     if self_attention:
         dx = dx_q + dx_k + dx_v
-        return grads, (dx if key_mask is None else (dx, None))
-    dx = (dx_q, dx_k + dx_v)
-    return grads, (dx if key_mask is None else (*dx, None))
+        return grads, (dx if key_mask is None else (_select_rows(key_mask, dx), None))
+    if key_mask is None:
+        return grads, (dx_q, dx_k + dx_v)
+    return grads, (dx_q, _select_rows(key_mask, dx_k + dx_v), None)
 
 
 def _dense_backward(params, x, dz, w: str, b: str, use_bias: bool, grads: dict):
@@ -363,14 +401,27 @@ def _visible(valid_block, start, t_q: int, size: int, causal: bool):
     return visible
 
 
+def _scores(q_scaled, k_block):
+    """``S = (Q/√d) K_bᵀ`` for one key block: the one expression the forward and the backward
+    share, so that the backward's ``S − m`` is the forward's to the last bit."""
+    return jnp.einsum("nhqd,nhkd->nhqk", q_scaled, k_block)
+
+
+def _scaled(q):
+    return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+
+
 def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
-    """``(O, L)``: ``O = softmax(QKᵀ/√d) V`` and the row log-sum-exp ``L``, over key blocks.
+    """``(O, (m, l))``: ``O = softmax(QKᵀ/√d) V``, each row's maximum score ``m`` and its sum
+    ``l = Σ exp(S − m)``, over key blocks.
 
     ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, h, T_k, d)``. Rows with no visible key get
-    ``O = 0`` and ``L = 0``.
+    ``O = 0``, ``m = 0`` and ``l = 0``. ``m`` and ``l`` are kept apart rather than as
+    ``L = m + log l``: in float32 at large logits, ``m + log l`` rounds away ``log l`` and the
+    backward's ``exp(S − L)`` would no longer sum to 1.
     """
     n, h, t_q, d = q.shape
-    scale = 1.0 / math.sqrt(d)
+    q_scaled = _scaled(q)
     k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
     starts = jnp.arange(k_blocks.shape[0]) * size
 
@@ -378,7 +429,7 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
         m, row_sum, acc = carry
         k_b, v_b, valid_b, start = block
         visible = _visible(valid_b, start, t_q, size, causal)
-        s = jnp.where(visible, jnp.einsum("nhqd,nhkd->nhqk", q, k_b) * scale, -jnp.inf)
+        s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
         # the maximum only keeps exp() in range: the result does not depend on it
         m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -392,37 +443,53 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
             jnp.zeros_like(q))
     (m, row_sum, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, starts))
     seen = row_sum > 0
-    l_safe = jnp.where(seen, row_sum, 1.0)
-    o = acc / l_safe[..., None]
-    lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(l_safe), 0.0)
-    return o, lse
+    o = acc / jnp.where(seen, row_sum, 1.0)[..., None]
+    return o, (jnp.where(seen, m, 0.0), row_sum)
 
 
-def attention_backward(q, k, v, o, lse, do, key_mask, causal: bool, block_size: int):
-    """``(dQ, dK, dV)`` from the saved ``Q, K, V, O, L``, recomputing ``P`` block by block."""
+def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size: int):
+    """``(dQ, dK, dV)`` from the saved ``Q, K, V, O`` and ``(m, l)``, recomputing
+    ``P = exp(S − m) / l`` block by block, in two passes: the first sums the softmax backward's
+    row term ``D = rowsum(P ⊙ dP)``, the second forms ``dS = P ⊙ (dP − D)`` and the gradients.
+
+    ``D`` equals ``rowsum(dO ⊙ O)`` in exact arithmetic, but in floating point only the sum of
+    the very products ``P ⊙ dP`` cancels ``dP`` exactly where a row's softmax is one-hot (large
+    logits): with ``rowsum(dO ⊙ O)`` float32 gradients at inputs × 100 were off by 100 % of
+    their size. The first pass costs two of the backward's seven block products.
+    """
     n, h, t_q, d = q.shape
     t_k = k.shape[2]
-    scale = 1.0 / math.sqrt(d)
+    m, row_sum = stats
+    q_scaled = _scaled(q)
+    l_safe = jnp.where(row_sum > 0, row_sum, 1.0)
     k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
-    starts = jnp.arange(k_blocks.shape[0]) * size
-    row_dot = jnp.sum(do * o, axis=-1)  # D = rowsum(dO ⊙ O)
+    blocks = (k_blocks, v_blocks, valid_blocks, jnp.arange(k_blocks.shape[0]) * size)
+
+    def probabilities(k_b, v_b, valid_b, start):
+        """``(visible, P, dP)`` of one key block: ``P = exp(S − m) / l``, ``dP = dO Vᵀ``."""
+        visible = _visible(valid_b, start, t_q, size, causal)
+        s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
+        p = jnp.exp(s - m[..., None]) / l_safe[..., None]
+        return visible, p, jnp.einsum("nhqd,nhkd->nhqk", do, v_b)
+
+    def row_term(row_dot, block):
+        visible, p, dp = probabilities(*block)
+        return row_dot + jnp.sum(jnp.where(visible, p * dp, 0.0), axis=-1), None
+
+    row_dot, _ = jax.lax.scan(row_term, jnp.zeros_like(m), blocks)  # D = rowsum(P ⊙ dP)
 
     def step(dq, block):
-        k_b, v_b, valid_b, start = block
-        visible = _visible(valid_b, start, t_q, size, causal)
-        s = jnp.einsum("nhqd,nhkd->nhqk", q, k_b) * scale
-        p = jnp.where(visible, jnp.exp(jnp.where(visible, s, 0.0) - lse[..., None]), 0.0)
+        k_b = block[0]
+        visible, p, dp = probabilities(*block)
         dv_b = jnp.einsum("nhqk,nhqd->nhkd", p, do)  # dV = Pᵀ dO
-        dp = jnp.einsum("nhqd,nhkd->nhqk", do, v_b)  # dP = dO Vᵀ
-        ds = p * (dp - row_dot[..., None])  # dS = P ⊙ (dP − D)
-        dq = dq + jnp.einsum("nhqk,nhkd->nhqd", ds, k_b) * scale
-        dk_b = jnp.einsum("nhqk,nhqd->nhkd", ds, q) * scale
+        ds = jnp.where(visible, p * (dp - row_dot[..., None]), 0.0)  # dS = P ⊙ (dP − D)
+        dq = dq + jnp.einsum("nhqk,nhkd->nhqd", ds, k_b)
+        dk_b = jnp.einsum("nhqk,nhqd->nhkd", ds, q_scaled)
         return dq, (dk_b, dv_b)
 
-    dq, (dk_blocks, dv_blocks) = jax.lax.scan(
-        step, jnp.zeros_like(q), (k_blocks, v_blocks, valid_blocks, starts))
+    dq, (dk_blocks, dv_blocks) = jax.lax.scan(step, jnp.zeros_like(q), blocks)
 
     def merge(blocks):
         return jnp.moveaxis(blocks, 0, 2).reshape(n, h, -1, d)[:, :, :t_k]
 
-    return dq, merge(dk_blocks), merge(dv_blocks)
+    return _scaled(dq), merge(dk_blocks), merge(dv_blocks)
