@@ -28,8 +28,9 @@ settings.register_profile("dev", max_examples=6, deadline=None, derandomize=True
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-# A compilation that takes longer than this is kept; quicker ones cost less to redo than to read.
-CACHE_MIN_COMPILE_SECONDS = 0.05
+# Every compilation is kept: most of the suite's are small (an eager operation, a doctest's
+# jit), each quick alone but together most of the run's time, and a read is quicker still.
+CACHE_MIN_COMPILE_SECONDS = 0.0
 # The cache is emptied at the start of a session once it outgrows this (every change to the code
 # makes new entries; nothing else ever removes the old ones).
 CACHE_MAX_BYTES = 2 * 1024**3
