@@ -39,7 +39,7 @@ def _fit(params, x, y, epochs, **kw):
                      epochs=epochs, batch_size=16, key=jax.random.key(3), **kw)
 
 
-def _child_fsdp_on_eight_saved_restored_on_four_one_and_tensor_then_continued(tmp=None):
+def _child_fsdp_on_eight_saved_restored_on_four_one_and_tensor_then_continued():
     import tempfile
 
     net, params, x, y = _problem()
