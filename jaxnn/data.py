@@ -989,14 +989,49 @@ def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = jnp.float3
     return jax.nn.one_hot(jnp.asarray(labels), num_classes, dtype=dtype)
 
 
+def _examples_in(tree: Any, name: str, where: str) -> int:
+    """The number of examples of a pytree of arrays: the leading size its leaves share.
+
+    Inputs may be pytrees, ``(x, lengths)`` or ``(x, mask)`` for sequences, as the layers
+    take them; every leaf holds the examples on its leading axis.
+
+    Args:
+      tree: an array or a pytree of arrays.
+      name: what it is, for the message (``"x"``).
+      where: the function asking, for the message.
+
+    Returns:
+      The leading size of every leaf.
+
+    Raises:
+      ValueError: no leaf, a leaf without a leading axis, or leaves of different leading sizes
+        (each named by its path).
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        raise ValueError(f"{where}: {name} holds no array")
+    named = [(name + jax.tree_util.keystr(path), np.shape(leaf)) for path, leaf in leaves]
+    for leaf_name, shape in named:
+        if len(shape) == 0:
+            raise ValueError(f"{where}: {leaf_name} is a scalar; every leaf of {name} needs the "
+                             f"examples on a leading axis")
+    first_name, first_shape = named[0]
+    for leaf_name, shape in named[1:]:
+        if shape[0] != first_shape[0]:
+            raise ValueError(f"{where}: every leaf of {name} holds the examples on its leading "
+                             f"axis, but {first_name} has {first_shape[0]} and {leaf_name} has "
+                             f"{shape[0]} (shapes {tuple(first_shape)} and {tuple(shape)})")
+    return first_shape[0]
+
+
 def batches(
     key: jax.Array,
-    x: jax.Array,
-    y: jax.Array,
+    x: Any,
+    y: Any,
     batch_size: int,
     *,
     drop_last: bool = False,
-) -> Iterator[tuple[jax.Array, jax.Array]]:
+) -> Iterator[tuple[Any, Any]]:
     """Shuffled mini-batches of ``(x, y)`` drawn with ``key``.
 
     The examples are permuted by ``jax.random.permutation(key, m)`` and cut into batches of
@@ -1008,8 +1043,9 @@ def batches(
 
     Args:
       key: the PRNG key of the permutation.
-      x: the inputs, examples first.
-      y: the targets, examples first.
+      x: the inputs, examples first: an array, or a pytree of arrays (``(x, lengths)``,
+        ``(x, mask)``) batched leaf by leaf along the leading axis.
+      y: the targets, examples first (an array or a pytree likewise).
       batch_size: examples per batch, a positive int.
       drop_last: drop the last, shorter batch.
 
@@ -1017,8 +1053,8 @@ def batches(
       ``(x_batch, y_batch)`` pairs.
 
     Raises:
-      ValueError: ``x`` and ``y`` differ in length, the set is empty, or ``batch_size`` is not
-        a positive int.
+      ValueError: ``x`` and ``y`` differ in length, the leaves of ``x`` (or ``y``) differ in
+        leading size, the set is empty, or ``batch_size`` is not a positive int.
 
     Examples:
         >>> x, y = jaxnn.data.two_moons(10)
@@ -1028,10 +1064,18 @@ def batches(
         >>> [xb.shape for xb, yb in jaxnn.data.batches(key, x, y, 4, drop_last=True)]
         [(4, 2), (4, 2)]
         >>> epoch_3 = jaxnn.data.batches(jax.random.fold_in(key, 3), x, y, 4)
+
+        Padded sequences with their lengths, batched together:
+
+        >>> sequences, lengths = jnp.zeros((10, 6, 3)), jnp.arange(10) % 6 + 1
+        >>> [(xb.shape, lb.shape) for (xb, lb), yb in jaxnn.data.batches(
+        ...     key, (sequences, lengths), y, 4, drop_last=True)]
+        [((4, 6, 3), (4,)), ((4, 6, 3), (4,))]
     """
-    m = x.shape[0]
-    if y.shape[0] != m:
-        raise ValueError(f"batches: x has {m} examples but y has {y.shape[0]}")
+    m = _examples_in(x, "x", "batches")
+    n_y = _examples_in(y, "y", "batches")
+    if n_y != m:
+        raise ValueError(f"batches: x has {m} examples but y has {n_y}")
     batch_size = check_positive_int("batches", "batch_size", batch_size)  # np.int64 too
     if m == 0:
         raise ValueError("batches: empty data set (0 examples)")
@@ -1039,4 +1083,4 @@ def batches(
     stop = m - m % batch_size if drop_last else m
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield x[idx], y[idx]
+        yield jax.tree.map(lambda a, idx=idx: a[idx], (x, y))

@@ -44,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxnn import data_parallel, sharding
 from jaxnn.core import Layer
+from jaxnn.data import _examples_in
 from jaxnn.losses import Loss
 from jaxnn.train import _as_transformation, make_train_step
 
@@ -169,15 +170,14 @@ def make_epoch(
 
     @jax.jit
     def epoch_fn(params, state, opt_state, x, y, key, epoch):
-        n = x.shape[0]
+        n = _examples_in(x, "x", "fit")
         _check_batching(n, batch_size)
         indices, step_keys = epoch_batches(key, epoch, n, batch_size)
 
         def body(carry, batch):
             params, state, opt_state = carry
             rows, step_key = batch
-            xb = jnp.take(x, rows, axis=0)
-            yb = jnp.take(y, rows, axis=0)
+            xb, yb = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), (x, y))
             if mesh is not None:
                 xb, yb = jax.lax.with_sharding_constraint(
                     (xb, yb), NamedSharding(mesh, P(data_parallel.DATA_AXIS)))
@@ -213,20 +213,23 @@ def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
                       mesh=mesh, carry_specs=carry_specs)
 
 
-def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: int,
-                         mesh: Mesh | None) -> None:
+def _check_fit_arguments(x: Any, y: Any, epochs: int, batch_size: int,
+                         mesh: Mesh | None) -> int:
+    """The number of examples, after checking the arguments against it."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
-    _check_batching(x.shape[0], batch_size)
+    n, n_y = _examples_in(x, "x", "fit"), _examples_in(y, "y", "fit")
+    if n != n_y:
+        raise ValueError(f"fit: x has {n} examples but y has {n_y}")
+    _check_batching(n, batch_size)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(f"fit: batch_size {batch_size} does not divide over the {mesh.size} "
                          f"devices of the mesh; use a multiple of {mesh.size}")
+    return n
 
 
 def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, params: Any,
-        x: jax.Array, y: jax.Array, *, epochs: int, batch_size: int, key: jax.Array,
+        x: Any, y: Any, *, epochs: int, batch_size: int, key: jax.Array,
         state: Any = (), opt_state: Any = None, start_epoch: int = 0,
         gradients: str | Callable = "hand", mesh: Mesh | None = None,
         shard_params: str = "replicated",
@@ -246,8 +249,10 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         it. ``optax.MultiSteps(optimizer, k)`` accumulates: one update every ``k`` steps, by
         the mean of their gradients.
       params: the initial parameters.
-      x: the whole training set's inputs, examples on the leading axis (kept on the device).
-      y: its targets, examples on the leading axis.
+      x: the whole training set's inputs, examples on the leading axis (kept on the device):
+        an array, or a pytree of arrays (``(x, lengths)``, ``(x, mask)``) whose leaves are
+        batched together along their leading axis.
+      y: its targets, examples on the leading axis (an array or a pytree likewise).
       epochs: the number of epochs to run.
       batch_size: examples per step; the ``n mod batch_size`` remainder is dropped (module doc).
       key: the PRNG key that shuffling and the model's randomness derive from.
@@ -272,9 +277,9 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
 
     Raises:
       TypeError: if ``optimizer`` is not an optax optimizer (the message names the fix).
-      ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
-        different numbers of examples, ``batch_size`` exceeds them, or it does not divide over
-        the ``mesh``.
+      ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` (or
+        the leaves of either) hold different numbers of examples, ``batch_size`` exceeds them,
+        or it does not divide over the ``mesh``.
 
     Examples:
       >>> import optax
@@ -306,7 +311,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       ...           batch_size=4, key=jax.random.key(2), on_epoch=stop).losses.shape
       (2, 2)
     """
-    _check_fit_arguments(x, y, epochs, batch_size, mesh)
+    n = _check_fit_arguments(x, y, epochs, batch_size, mesh)
     transformation = _as_transformation(optimizer, "fit")  # optax.MultiSteps: the one it holds
     if opt_state is None:
         opt_state = transformation.init(params)
@@ -317,7 +322,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         params, opt_state = sharding.place((params, opt_state), carry_specs, mesh)
         state, x, y, key = data_parallel.replicate((state, x, y, key), mesh)
     epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
-    history = _LossHistory(epochs, x.shape[0] // batch_size)
+    history = _LossHistory(epochs, n // batch_size)
     for epoch in range(start_epoch, start_epoch + epochs):
         params, state, opt_state, losses = epoch_fn(params, state, opt_state, x, y, key,
                                                     np.int32(epoch))  # no dispatch

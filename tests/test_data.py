@@ -405,3 +405,22 @@ def test_load_file_unknown_formats_and_missing_files_are_named(tmp_path):
                                                      "such file"):
             data.load_file(f"{tmp_path}/{missing}")
 
+
+def test_batches_take_pytree_inputs_leaf_by_leaf(key):
+    """data.batches cuts (x, mask) and (x, lengths) inputs leaf by leaf with the same rows,
+    and names leaves whose leading sizes differ."""
+    x = jnp.arange(10 * 4 * 2, dtype=jnp.float32).reshape(10, 4, 2)
+    mask = jnp.arange(10 * 4).reshape(10, 4) % 3 > 0
+    y = jnp.arange(10)[:, None]
+    seen = []
+    for (xb, mb), yb in data.batches(key, (x, mask), y, 4):
+        rows = np.asarray(yb)[:, 0]
+        np.testing.assert_array_equal(np.asarray(xb), np.asarray(x)[rows])
+        np.testing.assert_array_equal(np.asarray(mb), np.asarray(mask)[rows])
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(10))
+    with pytest.raises(ValueError, match=r"batches: every leaf of x holds the examples on its "
+                                         r"leading axis, but x\[0\] has 10 and x\[1\] has 9"):
+        next(data.batches(key, (x, mask[:9]), y, 4))
+    with pytest.raises(ValueError, match="batches: x has 10 examples but y has 9"):
+        next(data.batches(key, (x, mask), y[:9], 4))
