@@ -4,7 +4,6 @@ Run from a source checkout::
 
     python benchmarks/train_step.py            # the full benchmark (a few minutes on 2 cores)
     python benchmarks/train_step.py --quick    # tiny sizes, a smoke run (< 30 s)
-    jaxnn bench                                # the same as --quick
 
 Workloads (float32 throughout, whatever ``jax_enable_x64`` says elsewhere):
 

@@ -14,7 +14,9 @@ cross-entropy, after ``y[:, 0]``, or [`one_hot`][jaxnn.data.one_hot]).
   ``test_set_x``
   / ``test_set_y`` / ``list_classes`` layout; the ``data`` extra),
   [`load_idx`][jaxnn.data.load_idx] and
-  [`load_mnist`][jaxnn.data.load_mnist] (MNIST-format IDX files, raw or gzip).
+  [`load_mnist`][jaxnn.data.load_mnist] (MNIST-format IDX files, raw or gzip);
+  [`load_file`][jaxnn.data.load_file] reads any of them, CSV and NumPy files too, unscaled
+  (what ``jaxnn train --data`` reads).
 * Preparation: [`train_test_split`][jaxnn.data.train_test_split],
   [`standardize`][jaxnn.data.standardize], [`one_hot`][jaxnn.data.one_hot],
   [`batches`][jaxnn.data.batches].
@@ -38,10 +40,12 @@ Examples:
 
 from __future__ import annotations
 
+import csv
 import gzip
 import importlib
 import math
 import os
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,6 +64,7 @@ __all__ = [
     "circles",
     "digits",
     "load_builtin",
+    "load_file",
     "load_h5",
     "load_idx",
     "load_mnist",
@@ -391,18 +396,50 @@ def _h5_dataset(f, path: str, name: str) -> np.ndarray:
         raise DataFileError(f"{path}: cannot read {name} ({err})") from err
 
 
-def _h5_images(x: np.ndarray, path: str, split: str) -> jax.Array:
-    """``(m, ...)`` images 0…255 → ``(m, features)`` in [0, 1]."""
+def _h5_features(x: np.ndarray, path: str, split: str) -> np.ndarray:
+    """``(m, ...)`` numbers → ``(m, features)`` as stored."""
     if x.ndim < 2 or x.shape[0] == 0:
-        raise DataFileError(f"{path}: {split}_set_x must hold (m, ...) images with m >= 1, got "
-                            f"shape {x.shape}")
+        raise DataFileError(f"{path}: {split}_set_x must hold (m, ...) examples with m >= 1, "
+                            f"got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise DataFileError(f"{path}: {split}_set_x has non-numeric dtype {x.dtype}")
-    x = x.reshape(x.shape[0], -1).astype(np.float32)
+    return x.reshape(x.shape[0], -1)
+
+
+def _pixels(x: np.ndarray, where: str) -> jax.Array:
+    """Pixel values 0…255 → float32 in [0, 1]."""
+    x = x.astype(np.float32)
     if x.size and (x.min() < 0 or x.max() > 255):
-        raise DataFileError(f"{path}: {split}_set_x values must lie in [0, 255], got "
-                            f"[{x.min()}, {x.max()}]")
+        raise DataFileError(f"{where} values must lie in [0, 255], got [{x.min()}, {x.max()}]")
     return jnp.asarray(x / 255.0)
+
+
+def _read_h5(path: str | os.PathLike, split: str | None
+             ) -> tuple[np.ndarray, jax.Array, list[str] | None, str]:
+    """``(x as stored, (m, features); labels; classes; the split read)``."""
+    h5py = _require("h5py", "data", "jaxnn.data.load_h5")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataFileError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({err})") from err
+    with f:
+        split = _h5_split(f, path, split)
+        x = _h5_dataset(f, path, f"{split}_set_x")
+        y = _h5_dataset(f, path, f"{split}_set_y")
+        classes = ([c.decode() if isinstance(c, bytes) else str(c)
+                    for c in _h5_dataset(f, path, "list_classes")]
+                   if "list_classes" in f else None)
+    x = _h5_features(x, path, split)
+    m = x.shape[0]
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == m and m != 1:
+        y = y.reshape(-1)
+    if y.size != m or (y.ndim == 2 and y.shape[1] != 1) or y.ndim > 2:
+        raise DataFileError(f"{path}: {split}_set_y has shape {y.shape}, expected {m} labels "
+                            f"for the {m} examples of {split}_set_x")
+    return x, _labels(y, f"{path}: {split}_set_y"), classes, split
 
 
 def load_h5(path: str | os.PathLike,
@@ -439,29 +476,8 @@ def load_h5(path: str | os.PathLike,
         >>> x.shape, float(x.max()), y[:, 0].tolist(), classes
         ((3, 12), 1.0, [0.0, 1.0, 1.0], ['non-cat', 'cat'])
     """
-    h5py = _require("h5py", "data", "jaxnn.data.load_h5")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataFileError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DataFileError(f"{path}: not a readable HDF5 file ({err})") from err
-    with f:
-        split = _h5_split(f, path, split)
-        x = _h5_dataset(f, path, f"{split}_set_x")
-        y = _h5_dataset(f, path, f"{split}_set_y")
-        classes = ([c.decode() if isinstance(c, bytes) else str(c)
-                    for c in _h5_dataset(f, path, "list_classes")]
-                   if "list_classes" in f else None)
-    x = _h5_images(x, path, split)
-    m = x.shape[0]
-    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == m and m != 1:
-        y = y.reshape(-1)
-    if y.size != m or (y.ndim == 2 and y.shape[1] != 1) or y.ndim > 2:
-        raise DataFileError(f"{path}: {split}_set_y has shape {y.shape}, expected {m} labels "
-                            f"for the {m} images of {split}_set_x")
-    return x, _labels(y, f"{path}: {split}_set_y"), classes
+    x, y, classes, split = _read_h5(path, split)
+    return _pixels(x, f"{os.fspath(path)}: {split}_set_x"), y, classes
 
 
 # --- IDX (MNIST-format) files -----------------------------------------------------------------
@@ -578,6 +594,15 @@ def load_mnist(images: str | os.PathLike,
         >>> x.shape, round(float(x[1, 0]), 4), y[:, 0].tolist()
         ((2, 4), 0.2, [7, 3])
     """
+    x, y = _read_idx_pair(images, labels)
+    if x.dtype == np.uint8:
+        x = x / 255.0
+    return jnp.asarray(x, jnp.float32), y
+
+
+def _read_idx_pair(images: str | os.PathLike,
+                   labels: str | os.PathLike) -> tuple[np.ndarray, jax.Array]:
+    """``(x as stored, (m, h·w); labels)`` from an IDX pair."""
     x = load_idx(images)
     y = load_idx(labels)
     if x.ndim < 2:
@@ -589,9 +614,245 @@ def load_mnist(images: str | os.PathLike,
     if x.shape[0] != y.shape[0]:
         raise DataFileError(f"{os.fspath(images)} has {x.shape[0]} images but "
                             f"{os.fspath(labels)} has {y.shape[0]} labels")
-    if x.dtype == np.uint8:
-        x = x / 255.0
-    return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32), _labels(y, os.fspath(labels))
+    return x.reshape(x.shape[0], -1), _labels(y, os.fspath(labels))
+
+
+# --- any supported file: CSV, NumPy, HDF5, IDX ----------------------------------------------
+
+
+def load_file(path: str | os.PathLike, *,
+              label_column: str | None = None) -> tuple[np.ndarray, jax.Array]:
+    r"""Features and labels from a user's file, in any format ``jaxnn train --data`` reads.
+
+    The format follows the path:
+
+    * ``data.csv``: comma-separated, a header row of column names, one example per line; the
+      labels are the column named ``label_column`` (or its index, ``"0"``, ``"-1"``; the last
+      column by default), the features every other column;
+    * ``x.npy,y.npy``: two NumPy arrays, the features and the labels;
+    * ``data.npz``: arrays ``x`` and ``y``, or ``train_set_x`` / ``train_set_y`` (or
+      ``test_set_x`` / ``test_set_y``), as ``numpy.savez`` writes them;
+    * ``data.h5``: the HDF5 layout of [`load_h5`][jaxnn.data.load_h5];
+    * ``IMAGES,LABELS``: an MNIST-format IDX pair ([`load_mnist`][jaxnn.data.load_mnist]).
+
+    The features come back **as stored**, flattened to ``(m, n)``: nothing is scaled, so the
+    dtype still tells uint8 pixels (divide by 255) from real-valued features (standardize them,
+    [`standardize`][jaxnn.data.standardize]). Labels are checked and converted as by every
+    loader (module doc). Nothing is unpickled.
+
+    Args:
+      path: the file, or the two files joined by a comma.
+      label_column: CSV only: the labels' column, by name or index.
+
+    Returns:
+      ``(x, y)``: ``x`` a NumPy array ``(m, n)`` in the file's dtype (float64 for CSV), ``y``
+        ``(m, 1)`` labels.
+
+    Raises:
+      DataFileError: the file is missing or unreadable, of an unknown format, holds no or
+        non-numeric features, NaN or infinite features, labels that are not class numbers, or
+        features and labels of different lengths; the message names the file and the place.
+      ValueError: ``label_column`` for a file that is not CSV.
+
+    Examples:
+        >>> import os, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> path = os.path.join(folder, "flowers.csv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("kind,length,width\n0,5.1,3.5\n1,7.0,3.2\n2,6.3,3.3\n")
+        >>> x, y = jaxnn.data.load_file(path, label_column="kind")  # default: the last column
+        >>> x.tolist(), y[:, 0].tolist()
+        ([[5.1, 3.5], [7.0, 3.2], [6.3, 3.3]], [0, 1, 2])
+
+        A pair of ``.npy`` files, and the same arrays in one ``.npz``:
+
+        >>> np.save(os.path.join(folder, "x.npy"), np.arange(6, dtype=np.uint8).reshape(3, 2))
+        >>> np.save(os.path.join(folder, "y.npy"), np.array([0, 1, 1]))
+        >>> x, y = jaxnn.data.load_file(os.path.join(folder, "x.npy") + ","
+        ...                             + os.path.join(folder, "y.npy"))
+        >>> x.dtype, y[:, 0].tolist()
+        (dtype('uint8'), [0.0, 1.0, 1.0])
+        >>> np.savez(os.path.join(folder, "set.npz"), x=x, y=np.asarray(y))
+        >>> jaxnn.data.load_file(os.path.join(folder, "set.npz"))[0].shape
+        (3, 2)
+    """
+    path = os.fspath(path)
+    parts = path.split(",")
+    is_csv = len(parts) == 1 and path.lower().endswith(".csv")
+    if label_column is not None and not is_csv:
+        raise ValueError(f"load_file: label_column is for CSV files; {path} is not one (.csv)")
+    if len(parts) == 2 and all(p.lower().endswith(".npy") for p in parts):
+        x, y = _read_npy(parts[0]), _read_npy(parts[1])
+        return _checked(x, y, parts[0], parts[1])
+    if len(parts) == 2:
+        x, y = _read_idx_pair(*parts)
+        return _checked(x, y, parts[0], parts[1])
+    if len(parts) > 2:
+        raise DataFileError(f"{path}: expected one file or a pair FEATURES,LABELS, got "
+                            f"{len(parts)} names")
+    lower = path.lower()
+    if is_csv:
+        return _read_csv(path, label_column)
+    if lower.endswith(".npz"):
+        return _read_npz(path)
+    if lower.endswith((".h5", ".hdf5")):
+        x, y, _, split = _read_h5(path, None)
+        return _checked(x, y, f"{path}: {split}_set_x", f"{path}: {split}_set_y")
+    if lower.endswith(".npy"):
+        raise DataFileError(f"{path}: a .npy file holds one array: give the features and the "
+                            f"labels as a pair x.npy,y.npy")
+    raise DataFileError(f"{path}: cannot tell the format: give a CSV file (.csv, a header "
+                        f"row), NumPy arrays (x.npy,y.npy or .npz), an HDF5 file (.h5, .hdf5) "
+                        f"or an IDX pair IMAGES,LABELS (MNIST format, raw or gzip)")
+
+
+def _checked(x: np.ndarray, y: Any, x_where: str, y_where: str) -> tuple[np.ndarray, jax.Array]:
+    """Features ``(m, n)`` as stored, numeric and finite, and as many labels ``(m, 1)``."""
+    if x.dtype == np.bool_:  # 0/1 features, not pixels
+        x = x.astype(np.float32)
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataFileError(f"{x_where}: features must be real numbers, got dtype {x.dtype}")
+    if x.ndim == 1:  # one feature
+        x = x[:, None]
+    if x.ndim == 0 or x.shape[0] == 0 or x.size == 0:
+        raise DataFileError(f"{x_where}: expected (m, features) with m >= 1 examples and at "
+                            f"least one feature, got shape {x.shape}")
+    x = x.reshape(x.shape[0], -1)
+    if np.issubdtype(x.dtype, np.floating):
+        bad = np.argwhere(~np.isfinite(x))
+        if bad.size:
+            i, j = bad[0]
+            raise DataFileError(f"{x_where}: feature {j} of example {i} is {x[i, j]} ({len(bad)} "
+                                f"non-finite values); fill in or drop missing values first")
+    if not isinstance(y, jax.Array):
+        y = np.asarray(y)
+        if not (y.ndim == 1 or (y.ndim == 2 and 1 in y.shape)):
+            raise DataFileError(f"{y_where}: expected one class number per example, shape (m,) "
+                                f"or (m, 1), got {y.shape} (one-hot rows: y.argmax(1))")
+        y = _labels(y, y_where)
+    if y.shape[0] != x.shape[0]:
+        raise DataFileError(f"{x_where} has {x.shape[0]} examples but {y_where} has "
+                            f"{y.shape[0]} labels")
+    return x, y
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such file") from None
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise DataFileError(f"{path}: holds Python objects (a pickled array), which jaxnn "
+                                f"does not load; save a numeric array") from None
+        raise DataFileError(f"{path}: not a readable .npy file ({err})") from None
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read ({err})") from None
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, jax.Array]:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataFileError(f"{path}: not a readable .npz file ({err})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataFileError(f"{path}: holds a single array, expected an .npz archive of x and y")
+    with archive:
+        names = set(archive.files)
+        pairs = [(a, b) for a, b in (("x", "y"), ("train_set_x", "train_set_y"),
+                                     ("test_set_x", "test_set_y")) if {a, b} <= names]
+        if len(pairs) != 1:
+            found = ", ".join(sorted(names)) or "nothing"
+            raise DataFileError(f"{path}: expected one pair of arrays x/y, train_set_x/"
+                                f"train_set_y or test_set_x/test_set_y, found: {found}")
+        (x_name, y_name), = pairs
+        try:
+            x, y = archive[x_name], archive[y_name]
+        except ValueError as err:
+            if "allow_pickle" in str(err):
+                raise DataFileError(f"{path}: holds Python objects (pickled arrays), which "
+                                    f"jaxnn does not load; save numeric arrays") from None
+            raise DataFileError(f"{path}: cannot read its arrays ({err})") from None
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise DataFileError(f"{path}: corrupted or truncated ({err})") from None
+    return _checked(x, y, f"{path}: {x_name}", f"{path}: {y_name}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: str, label_column: str | None) -> tuple[np.ndarray, jax.Array]:
+    """A CSV file with a header row: the label column and the feature columns."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise DataFileError(f"{path}: not a text CSV file (not UTF-8)") from None
+    except (OSError, csv.Error) as err:
+        raise DataFileError(f"{path}: cannot read as CSV ({err})") from None
+    if not rows:
+        raise DataFileError(f"{path}: empty: expected a header row, then one example per line")
+    header = [name.strip() for name in rows[0]]
+    if all(_is_number(name) for name in header):
+        raise DataFileError(f"{path}: the first line holds numbers, expected a header row of "
+                            f"column names (add one, e.g. {','.join(_names(len(header)))})")
+    if len(header) < 2:
+        raise DataFileError(f"{path}: one column ({header[0]!r}); expected feature columns and "
+                            f"a label column, separated by commas")
+    if len(rows) == 1:
+        raise DataFileError(f"{path}: a header row and no examples")
+    label = _column_index(path, header, label_column)
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataFileError(f"{path}: line {number} has {len(row)} fields, the header has "
+                                f"{len(header)}")
+    features = [j for j in range(len(header)) if j != label]
+    cells = np.array([[cell.strip() for cell in row] for row in rows[1:]])
+    x = np.empty((len(rows) - 1, len(features)), np.float64)
+    for k, j in enumerate(features):
+        try:
+            x[:, k] = cells[:, j].astype(np.float64)
+        except ValueError:
+            i = next(i for i, cell in enumerate(cells[:, j]) if not _is_number(cell))
+            what = repr(str(cells[i, j])) if cells[i, j] else "empty"
+            raise DataFileError(f"{path}: line {i + 2}, column {header[j]!r}: {what} is not a "
+                                f"number; fill in or drop missing values first") from None
+    y = cells[:, label]
+    where = f"{path}: column {header[label]!r}"
+    text = [str(cell) for cell in y if not _is_number(cell)]
+    if text:
+        raise DataFileError(f"{where}: labels must be class numbers 0, 1, …, got "
+                            f"{text[0]!r} (convert text labels to class numbers)")
+    return _checked(x, y.astype(np.float64), f"{path}: features", where)
+
+
+def _names(n: int) -> list[str]:
+    return [f"x{j}" for j in range(n - 1)] + ["label"]
+
+
+def _column_index(path: str, header: list[str], label_column: str | None) -> int:
+    if label_column is None:
+        return len(header) - 1
+    if label_column in header:
+        return header.index(label_column)
+    try:
+        index = int(label_column)
+    except ValueError:
+        index = None
+    if index is not None and -len(header) <= index < len(header):
+        return index % len(header)
+    raise DataFileError(f"{path}: no column {label_column!r} for the labels; the header has "
+                        f"{', '.join(map(repr, header))} (or give an index from "
+                        f"{-len(header)} to {len(header) - 1})")
 
 
 # --- preparation ------------------------------------------------------------------------------
@@ -728,14 +989,49 @@ def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = jnp.float3
     return jax.nn.one_hot(jnp.asarray(labels), num_classes, dtype=dtype)
 
 
+def _examples_in(tree: Any, name: str, where: str) -> int:
+    """The number of examples of a pytree of arrays: the leading size its leaves share.
+
+    Inputs may be pytrees, ``(x, lengths)`` or ``(x, mask)`` for sequences, as the layers
+    take them; every leaf holds the examples on its leading axis.
+
+    Args:
+      tree: an array or a pytree of arrays.
+      name: what it is, for the message (``"x"``).
+      where: the function asking, for the message.
+
+    Returns:
+      The leading size of every leaf.
+
+    Raises:
+      ValueError: no leaf, a leaf without a leading axis, or leaves of different leading sizes
+        (each named by its path).
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        raise ValueError(f"{where}: {name} holds no array")
+    named = [(name + jax.tree_util.keystr(path), np.shape(leaf)) for path, leaf in leaves]
+    for leaf_name, shape in named:
+        if len(shape) == 0:
+            raise ValueError(f"{where}: {leaf_name} is a scalar; every leaf of {name} needs the "
+                             f"examples on a leading axis")
+    first_name, first_shape = named[0]
+    for leaf_name, shape in named[1:]:
+        if shape[0] != first_shape[0]:
+            raise ValueError(f"{where}: every leaf of {name} holds the examples on its leading "
+                             f"axis, but {first_name} has {first_shape[0]} and {leaf_name} has "
+                             f"{shape[0]} (shapes {tuple(first_shape)} and {tuple(shape)})")
+    return first_shape[0]
+
+
 def batches(
     key: jax.Array,
-    x: jax.Array,
-    y: jax.Array,
+    x: Any,
+    y: Any,
     batch_size: int,
     *,
     drop_last: bool = False,
-) -> Iterator[tuple[jax.Array, jax.Array]]:
+) -> Iterator[tuple[Any, Any]]:
     """Shuffled mini-batches of ``(x, y)`` drawn with ``key``.
 
     The examples are permuted by ``jax.random.permutation(key, m)`` and cut into batches of
@@ -747,8 +1043,9 @@ def batches(
 
     Args:
       key: the PRNG key of the permutation.
-      x: the inputs, examples first.
-      y: the targets, examples first.
+      x: the inputs, examples first: an array, or a pytree of arrays (``(x, lengths)``,
+        ``(x, mask)``) batched leaf by leaf along the leading axis.
+      y: the targets, examples first (an array or a pytree likewise).
       batch_size: examples per batch, a positive int.
       drop_last: drop the last, shorter batch.
 
@@ -756,8 +1053,8 @@ def batches(
       ``(x_batch, y_batch)`` pairs.
 
     Raises:
-      ValueError: ``x`` and ``y`` differ in length, the set is empty, or ``batch_size`` is not
-        a positive int.
+      ValueError: ``x`` and ``y`` differ in length, the leaves of ``x`` (or ``y``) differ in
+        leading size, the set is empty, or ``batch_size`` is not a positive int.
 
     Examples:
         >>> x, y = jaxnn.data.two_moons(10)
@@ -767,10 +1064,18 @@ def batches(
         >>> [xb.shape for xb, yb in jaxnn.data.batches(key, x, y, 4, drop_last=True)]
         [(4, 2), (4, 2)]
         >>> epoch_3 = jaxnn.data.batches(jax.random.fold_in(key, 3), x, y, 4)
+
+        Padded sequences with their lengths, batched together:
+
+        >>> sequences, lengths = jnp.zeros((10, 6, 3)), jnp.arange(10) % 6 + 1
+        >>> [(xb.shape, lb.shape) for (xb, lb), yb in jaxnn.data.batches(
+        ...     key, (sequences, lengths), y, 4, drop_last=True)]
+        [((4, 6, 3), (4,)), ((4, 6, 3), (4,))]
     """
-    m = x.shape[0]
-    if y.shape[0] != m:
-        raise ValueError(f"batches: x has {m} examples but y has {y.shape[0]}")
+    m = _examples_in(x, "x", "batches")
+    n_y = _examples_in(y, "y", "batches")
+    if n_y != m:
+        raise ValueError(f"batches: x has {m} examples but y has {n_y}")
     batch_size = check_positive_int("batches", "batch_size", batch_size)  # np.int64 too
     if m == 0:
         raise ValueError("batches: empty data set (0 examples)")
@@ -778,4 +1083,4 @@ def batches(
     stop = m - m % batch_size if drop_last else m
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield x[idx], y[idx]
+        yield jax.tree.map(lambda a, idx=idx: a[idx], (x, y))

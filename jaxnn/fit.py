@@ -44,6 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxnn import sharding
 from jaxnn.core import Layer
+from jaxnn.data import _examples_in
 from jaxnn.losses import Loss
 from jaxnn.train import _as_transformation, make_train_step
 
@@ -171,7 +172,7 @@ def make_epoch(
 
     @jax.jit
     def epoch_fn(params, state, opt_state, x, y, key, epoch):
-        n = x.shape[0]
+        n = _examples_in(x, "x", "fit")
         _check_batching(n, batch_size)
         indices, step_keys = epoch_batches(key, epoch, n, batch_size)
 
@@ -179,10 +180,9 @@ def make_epoch(
             params, state, opt_state = carry
             rows, step_key = batch
             if mesh is None:
-                xb = jnp.take(x, rows, axis=0)
-                yb = jnp.take(y, rows, axis=0)
+                xb, yb = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), (x, y))
             else:
-                xb, yb = _gather_rows(x, rows, mesh), _gather_rows(y, rows, mesh)
+                xb, yb = jax.tree.map(lambda a: _gather_rows(a, rows, mesh), (x, y))
             params, state, opt_state, value = step(params, state, opt_state, xb, yb, step_key)
             if carry_specs is not None:
                 params, opt_state = jax.lax.with_sharding_constraint(
@@ -238,17 +238,21 @@ def _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
                       mesh=mesh, carry_specs=carry_specs)
 
 
-def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: int,
-                         mesh: Mesh | None, shard_params: str) -> None:
+def _check_fit_arguments(x: Any, y: Any, epochs: int, batch_size: int, mesh: Mesh | None,
+                         shard_params: str) -> int:
+    """The number of examples of the whole run (every process's part on a mesh), after
+    checking the arguments against it."""
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative int, got {epochs!r}")
     sharding.check_strategy(shard_params, "fit: shard_params")
     if mesh is None and shard_params != "replicated":
         raise ValueError(f"fit: shard_params={shard_params!r} lays parameters out over a mesh; "
                          f"pass mesh= (jaxnn.sharding.make_mesh()) or leave shard_params out")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"fit: x has {x.shape[0]} examples but y has {y.shape[0]}")
-    _check_batching(x.shape[0] * (jax.process_count() if mesh is not None else 1), batch_size)
+    n, n_y = _examples_in(x, "x", "fit"), _examples_in(y, "y", "fit")
+    if n != n_y:
+        raise ValueError(f"fit: x has {n} examples but y has {n_y}")
+    n *= jax.process_count() if mesh is not None else 1
+    _check_batching(n, batch_size)
     if mesh is not None:
         if sharding.DATA_AXIS not in mesh.axis_names:
             raise ValueError(f"fit: the mesh needs an axis named 'data', got axes "
@@ -257,6 +261,7 @@ def _check_fit_arguments(x: jax.Array, y: jax.Array, epochs: int, batch_size: in
         if batch_size % parts:
             raise ValueError(f"fit: batch_size {batch_size} does not divide over the {parts} "
                              f"devices of mesh axis 'data'; use a multiple of {parts}")
+    return n
 
 
 def _fit_config(model, loss, params, opt_state, x, y, epochs, batch_size, start_epoch,
@@ -270,15 +275,15 @@ def _fit_config(model, loss, params, opt_state, x, y, epochs, batch_size, start_
     return {"model": repr(model), "loss": getattr(loss, "name", type(loss).__name__),
             "params": shapes(params), "optimizer state": shapes(opt_state),
             "epochs": epochs, "start_epoch": start_epoch, "batch_size": batch_size,
-            "x (this process's part)": list(np.shape(x)),
-            "y (this process's part)": list(np.shape(y)),
+            "x (this process's part)": shapes(x),
+            "y (this process's part)": shapes(y),
             "gradients": gradients if isinstance(gradients, str) else repr(gradients),
             "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
             "shard_params": shard_params}
 
 
 def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, params: Any,
-        x: jax.Array, y: jax.Array, *, epochs: int, batch_size: int, key: jax.Array,
+        x: Any, y: Any, *, epochs: int, batch_size: int, key: jax.Array,
         state: Any = (), opt_state: Any = None, start_epoch: int = 0,
         gradients: str | Callable = "hand", mesh: Mesh | None = None,
         shard_params: str = "replicated",
@@ -298,8 +303,10 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         it. ``optax.MultiSteps(optimizer, k)`` accumulates: one update every ``k`` steps, by
         the mean of their gradients.
       params: the initial parameters.
-      x: the whole training set's inputs, examples on the leading axis (kept on the device).
-      y: its targets, examples on the leading axis.
+      x: the whole training set's inputs, examples on the leading axis (kept on the device):
+        an array, or a pytree of arrays (``(x, lengths)``, ``(x, mask)``) whose leaves are
+        batched together along their leading axis.
+      y: its targets, examples on the leading axis (an array or a pytree likewise).
       epochs: the number of epochs to run.
       batch_size: examples per step; the ``n mod batch_size`` remainder is dropped (module doc).
       key: the PRNG key that shuffling and the model's randomness derive from.
@@ -333,9 +340,10 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
 
     Raises:
       TypeError: if ``optimizer`` is not an optax optimizer (the message names the fix).
-      ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` hold
-        different numbers of examples, ``batch_size`` exceeds them, ``shard_params`` is not one
-        of [`jaxnn.sharding.STRATEGIES`][jaxnn.sharding.STRATEGIES] (or not ``"replicated"``
+      ValueError: if ``epochs`` or ``batch_size`` is not a valid count, ``x`` and ``y`` (or
+        the leaves of either) hold different numbers of examples, ``batch_size`` exceeds them,
+        ``shard_params`` is not one of
+        [`jaxnn.sharding.STRATEGIES`][jaxnn.sharding.STRATEGIES] (or not ``"replicated"``
         without a mesh), or the batch or the examples do not divide over the ``mesh``.
 
     Examples:
@@ -368,7 +376,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
       ...           batch_size=4, key=jax.random.key(2), on_epoch=stop).losses.shape
       (2, 2)
     """
-    _check_fit_arguments(x, y, epochs, batch_size, mesh, shard_params)
+    n = _check_fit_arguments(x, y, epochs, batch_size, mesh, shard_params)
     transformation = _as_transformation(optimizer, "fit")  # optax.MultiSteps: the one it holds
     if opt_state is None:
         opt_state = transformation.init(params)
@@ -386,7 +394,7 @@ def fit(model: Layer, loss: Loss, optimizer: optax.GradientTransformation, param
         y = sharding.shard_batch(y, mesh, name="fit: y")
         state, key = sharding.place((state, key), None, mesh)
     epoch_fn = _epoch_for(model, loss, optimizer, batch_size, gradients, mesh, carry_specs)
-    history = _LossHistory(epochs, x.shape[0] // batch_size)
+    history = _LossHistory(epochs, n // batch_size)
     bounded = timeout if mesh is not None else None  # else epochs are dispatched ahead
     for epoch in range(start_epoch, start_epoch + epochs):
         with sharding.collective_timeout(bounded, f"fit's epoch {epoch}"):

@@ -317,3 +317,110 @@ def test_batches_take_any_integer_batch_size_but_not_a_bool(key):
     assert sizes == [4, 4, 2]
     with pytest.raises(ValueError, match="batches: batch_size must be a positive int, got True"):
         list(data.batches(key, x, x, True))
+
+
+# --- load_file: every format --data reads, unscaled ---------------------------------------------
+
+
+def _same_set_in_every_format(folder, x, y):
+    """``(x, y)`` written as CSV, an .npy pair, two .npz layouts and HDF5; the paths."""
+    lines = ["a,b,label"] + [f"{r[0]!r},{r[1]!r},{label}" for r, label in zip(x.tolist(), y)]
+    (folder / "set.csv").write_text("\n".join(lines) + "\n")
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    np.savez(folder / "xy.npz", x=x, y=y)
+    np.savez(folder / "classic.npz", train_set_x=x, train_set_y=y)
+    with h5py.File(folder / "set.h5", "w") as f:
+        f["train_set_x"] = x
+        f["train_set_y"] = y
+    return [folder / "set.csv", f"{folder / 'x.npy'},{folder / 'y.npy'}", folder / "xy.npz",
+            folder / "classic.npz", folder / "set.h5"]
+
+
+def test_load_file_reads_csv_npy_pairs_npz_and_h5_alike_and_unscaled(tmp_path):
+    """Every format gives the same features, as stored (values far above 255, not divided),
+    and the same labels, (m, 1) class indices."""
+    x = np.array([[1.5, 300.0], [-2.0, 1e4], [0.25, 7.0], [3.0, 0.0]])
+    y = np.array([0, 2, 1, 2])
+    for path in _same_set_in_every_format(tmp_path, x, y):
+        got_x, got_y = data.load_file(path)
+        np.testing.assert_array_equal(got_x, x)
+        assert got_x.dtype == np.float64, path
+        np.testing.assert_array_equal(np.asarray(got_y), y[:, None])
+        assert got_y.dtype == jnp.int32
+
+
+def test_load_file_keeps_uint8_pixels_as_stored_and_flattens_images(tmp_path):
+    """uint8 images stay uint8 (their dtype says: divide by 255), flattened to (m, h·w·c);
+    load_h5 still scales them itself."""
+    images = np.arange(2 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 2, 3)
+    np.savez(tmp_path / "img.npz", x=images, y=np.array([0, 1]))
+    x, y = data.load_file(tmp_path / "img.npz")
+    assert x.dtype == np.uint8 and x.shape == (2, 12)
+    np.testing.assert_array_equal(x, images.reshape(2, -1))
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["train_set_x"] = images
+        f["train_set_y"] = np.array([0, 1])
+    assert data.load_file(tmp_path / "img.h5")[0].dtype == np.uint8
+    assert float(data.load_h5(tmp_path / "img.h5")[0].max()) == pytest.approx(23 / 255)
+
+
+def test_load_file_label_column_by_name_or_index_and_only_for_csv(tmp_path):
+    """label_column names the CSV's label column or gives its index; other formats refuse it."""
+    (tmp_path / "t.csv").write_text("y,a,b\n1,2.0,3.0\n0,4.0,5.0\n")
+    for column in ("y", "0", "-3"):
+        x, y = data.load_file(tmp_path / "t.csv", label_column=column)
+        np.testing.assert_array_equal(x, [[2.0, 3.0], [4.0, 5.0]])
+        np.testing.assert_array_equal(np.asarray(y), [[1.0], [0.0]])
+    np.savez(tmp_path / "s.npz", x=np.zeros((2, 2)), y=np.zeros(2))
+    with pytest.raises(ValueError, match="label_column is for CSV files"):
+        data.load_file(tmp_path / "s.npz", label_column="y")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a,b,y\n1,x,0\n", "line 2, column 'b': 'x' is not a number"),
+    ("a,b,y\n1,2,0.5\n", "labels must be whole class numbers 0, 1, …, got 0.5"),
+    ("a,b,y\n1,2,-1\n3,4,1\n", "map −1/+1 labels to 0/1"),
+    ("a,b,y\n", "a header row and no examples"),
+    ("", "empty: expected a header row"),
+    ("label\n1\n", "one column ('label'); expected feature columns and a label column"),
+])
+def test_load_file_csv_problems_name_the_file_and_the_place(tmp_path, content, message):
+    """A CSV file's problems raise DataFileError naming the file, the line or column, and the
+    fix (the same label checks as every loader)."""
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(data.DataFileError, match="bad.csv") as caught:
+        data.load_file(tmp_path / "bad.csv")
+    assert message in str(caught.value)
+
+
+def test_load_file_unknown_formats_and_missing_files_are_named(tmp_path):
+    """An unknown extension lists the formats; a missing file is named."""
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(data.DataFileError, match="notes.txt: cannot tell the format: give a "
+                                                 "CSV file"):
+        data.load_file(tmp_path / "notes.txt")
+    for missing in ("gone.csv", "gone.npz", "gone.npy,y.npy"):
+        with pytest.raises(data.DataFileError, match="gone.np[yz]: no such file|gone.csv: no "
+                                                     "such file"):
+            data.load_file(f"{tmp_path}/{missing}")
+
+
+def test_batches_take_pytree_inputs_leaf_by_leaf(key):
+    """data.batches cuts (x, mask) and (x, lengths) inputs leaf by leaf with the same rows,
+    and names leaves whose leading sizes differ."""
+    x = jnp.arange(10 * 4 * 2, dtype=jnp.float32).reshape(10, 4, 2)
+    mask = jnp.arange(10 * 4).reshape(10, 4) % 3 > 0
+    y = jnp.arange(10)[:, None]
+    seen = []
+    for (xb, mb), yb in data.batches(key, (x, mask), y, 4):
+        rows = np.asarray(yb)[:, 0]
+        np.testing.assert_array_equal(np.asarray(xb), np.asarray(x)[rows])
+        np.testing.assert_array_equal(np.asarray(mb), np.asarray(mask)[rows])
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(10))
+    with pytest.raises(ValueError, match=r"batches: every leaf of x holds the examples on its "
+                                         r"leading axis, but x\[0\] has 10 and x\[1\] has 9"):
+        next(data.batches(key, (x, mask[:9]), y, 4))
+    with pytest.raises(ValueError, match="batches: x has 10 examples but y has 9"):
+        next(data.batches(key, (x, mask), y[:9], 4))

@@ -244,3 +244,50 @@ def test_fit_with_multi_steps_over_a_whole_epoch_is_full_batch_descent(key):
     longer = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.5), params, x, y,
                        batch_size=20, epochs=4, key=jax.random.key(3))
     chex.assert_trees_all_close(more.params, longer.params, rtol=1e-10, atol=1e-12)
+
+
+def _padded_sequences(key, m=12, time=5, features=3):
+    """An LSTM classifier on padded sequences: the input is the pytree ``(x, lengths)``."""
+    net = jaxnn.serial(jaxnn.lstm(4, lengths=True, return_sequences=False), jaxnn.dense(1),
+                       jaxnn.sigmoid())
+    _, params, _ = net.init(jax.random.key(0), ((-1, time, features), (-1,)))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    k1, k2 = jax.random.split(key)
+    x = jax.random.normal(k1, (m, time, features))
+    lengths = jax.random.randint(k2, (m,), 1, time + 1)
+    y = (x[:, 0, :1] > 0).astype(x.dtype)
+    return net, params, (x, lengths), y
+
+
+def test_fit_batches_every_leaf_of_a_pytree_input(key):
+    """fit takes (x, lengths): each step gets the same rows of x and of lengths, and the run
+    equals make_train_step called from Python on those batches."""
+    net, params, inputs, y = _padded_sequences(key)
+    optimizer = optax.sgd(0.2)
+    result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, inputs, y,
+                       epochs=2, batch_size=4, key=jax.random.key(3))
+    step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, optimizer)
+    expected, opt_state, losses = params, optimizer.init(params), []
+    for epoch in range(2):
+        rows, step_keys = epoch_batches(jax.random.key(3), epoch, 12, 4)
+        for r, k in zip(np.asarray(rows), step_keys):
+            batch = jax.tree.map(lambda a, r=r: a[r], inputs)
+            expected, _, opt_state, value = step(expected, (), opt_state, batch, y[r], k)
+            losses.append(value)
+    chex.assert_trees_all_close(result.params, expected, rtol=1e-10, atol=1e-12)
+    chex.assert_trees_all_close(result.losses.ravel(), np.asarray(losses), rtol=1e-10)
+
+
+def test_pytree_leaves_with_different_example_counts_are_a_clear_error(key):
+    """Leaves of x (or y) whose leading sizes differ are named, by path, with both sizes."""
+    net, params, (x, lengths), y = _padded_sequences(key)
+    with pytest.raises(ValueError, match=r"fit: every leaf of x holds the examples on its "
+                                         r"leading axis, but x\[0\] has 12 and x\[1\] has 11"):
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, (x, lengths[:11]),
+                  y, epochs=1, batch_size=4, key=key)
+    with pytest.raises(ValueError, match="fit: x has 12 examples but y has 10"):
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, (x, lengths),
+                  y[:10], epochs=1, batch_size=4, key=key)
+    with pytest.raises(ValueError, match=r"fit: x\[1\] is a scalar"):
+        jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.1), params, (x, jnp.array(3)),
+                  y, epochs=1, batch_size=4, key=key)

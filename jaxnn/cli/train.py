@@ -38,12 +38,79 @@ CHECKPOINT_FILE = "checkpoint.npz"
 DEFAULT_HIDDEN = (20, 7, 5)
 DEFAULT_STEPS = 3000
 # the options that define a run: a resumed run must keep them
-RUN_OPTIONS = ("dataset", "data", "test_data", "layers", "activation", "optimizer", "lr",
-               "batch_size", "seed", "l2", "dropout")
+RUN_OPTIONS = ("dataset", "data", "test_data", "label_column", "scale", "layers", "activation",
+               "optimizer", "lr", "batch_size", "seed", "l2", "dropout")
 
 
 
 # --- data -------------------------------------------------------------------------------------
+
+SCALES = ("auto", "none", "255", "standardize")
+
+
+@dataclasses.dataclass
+class Scaling:
+    """How stored features become the network's input, decided on the training set and applied
+    to every set (and to the plot's grid): ``"255"`` divides by 255 (uint8 pixels → [0, 1]),
+    ``"standardize"`` subtracts the training set's ``mean`` and divides by its ``std`` (``(1,
+    n)`` float32, saved in the checkpoint), ``"none"`` only converts to float32."""
+
+    method: str
+    mean: Any = None
+    std: Any = None
+    automatic: bool = False  # chosen from the features' dtype (no --scale)
+
+    @classmethod
+    def choose(cls, scale: str | None, x_train: Any) -> Scaling:
+        """``scale`` (``None`` or ``"auto"``: by the training features' dtype) fitted to
+        ``x_train``."""
+        automatic = scale in (None, "auto")
+        method = ("255" if np.asarray(x_train).dtype == np.uint8 else "standardize"
+                  ) if automatic else scale
+        if method != "standardize":
+            return cls(method, automatic=automatic)
+        _, (mean, std) = data.standardize(jnp.asarray(x_train, jnp.float32))
+        return cls(method, mean, std, automatic)
+
+    @classmethod
+    def from_metadata(cls, saved: dict, n_features: int, where: str) -> Scaling:
+        """The scaling a checkpoint's metadata holds (its statistics, not the data's)."""
+        method = saved.get("method")
+        if method not in SCALES[1:]:
+            raise CommandError(f"{where}: the checkpoint's scaling {method!r} is not one of "
+                               f"{', '.join(SCALES[1:])}")
+        if method != "standardize":
+            return cls(method)
+        mean, std = (np.asarray(saved.get(k, ()), np.float32).reshape(1, -1)
+                     for k in ("mean", "std"))
+        if mean.shape[1] != n_features or std.shape[1] != n_features:
+            raise CommandError(f"{where}: the checkpoint standardizes {mean.shape[1]} features, "
+                               f"the data now have {n_features}: the data changed")
+        return cls(method, jnp.asarray(mean), jnp.asarray(std))
+
+    def __call__(self, raw: Any) -> jax.Array:
+        if self.method == "255":
+            return jnp.asarray(np.asarray(raw).astype(np.float32) / 255.0)
+        x = jnp.asarray(raw, jnp.float32)
+        if self.method == "standardize":
+            return data.standardize(x, (self.mean, self.std))[0]
+        return x
+
+    def metadata(self) -> dict:
+        saved: dict = {"method": self.method}
+        if self.method == "standardize":
+            saved["mean"] = np.asarray(self.mean, np.float32).ravel().tolist()
+            saved["std"] = np.asarray(self.std, np.float32).ravel().tolist()
+        return saved
+
+    def describe(self, dtype: Any) -> str:
+        what = {"255": "divided by 255 (pixels 0…255 → [0, 1])",
+                "standardize": "standardized with the training set's mean and standard "
+                               "deviation, per feature",
+                "none": "none, the features as stored"}[self.method]
+        how = (f"chosen for {np.dtype(dtype).name} features; --scale none|255|standardize to "
+               f"choose" if self.automatic else f"--scale {self.method}")
+        return f"scaling: {what} ({how})"
 
 
 @dataclasses.dataclass
@@ -54,21 +121,15 @@ class Dataset:
     x_test: Any
     y_test: Any
     n_classes: int
-    prepare: Callable[[Any], Any]  # raw features -> the network's input (standardization)
+    prepare: Scaling  # stored features -> the network's input
     raw_train: Any  # for plotting, in the data's own coordinates
 
 
-def _load_file(path: str):
-
-    if "," in path:
-        images, labels = path.split(",", 1)
-        return data.load_mnist(images, labels)
-    if path.endswith((".h5", ".hdf5")):
-        x, y, _ = data.load_h5(path)
-        return x, y
-    raise CommandError(f"--data/--test-data: cannot tell the format of {path!r}: give an HDF5 "
-                       f"file (.h5, .hdf5) or an IDX pair 'IMAGES,LABELS' (MNIST format, raw or "
-                       f"gzip)")
+def _load_file(path: str, label_column: str | None, option: str):
+    if label_column is not None and (len(path.split(",")) != 1
+                                     or not path.lower().endswith(".csv")):
+        raise CommandError(f"--label-column is for CSV files; {option} {path} is not one (.csv)")
+    return data.load_file(path, label_column=label_column)
 
 
 def _n_classes(*ys) -> int:
@@ -87,9 +148,12 @@ def _split(x, y, seed: int, what: str):
 
 
 def load_dataset(dataset: str | None, data_path: str | None, test_path: str | None,
-                 seed: int) -> Dataset:
-    """The training and test sets: built-in (split 80/20 by ``seed`` and standardized with the
-    training statistics) or from files (a test file, else a split of the training file)."""
+                 seed: int, scale: str | None = None, label_column: str | None = None,
+                 saved_scaling: dict | None = None, where: str = "") -> Dataset:
+    """The training and test sets, built-in (split 80/20 by ``seed``) or from files (a test
+    file, else a split of the training file), scaled as ``scale`` says (``None``: by the
+    training features' dtype) with statistics of the training set, or those ``saved_scaling``
+    holds (a checkpoint's)."""
 
 
     if data_path is None:
@@ -98,27 +162,29 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
         name = dataset or "flower"
         x, y = data.load_builtin(name)
         x_tr, y_tr, x_te, y_te = _split(x, y, seed, "--dataset " + name)
-        _, stats = data.standardize(x_tr)
-        prepare = lambda raw: data.standardize(raw, stats)[0]  # noqa: E731
-        return Dataset(name, prepare(x_tr), y_tr, prepare(x_te), y_te, _n_classes(y),
-                       prepare, x_tr)
-    if dataset is not None:
-        raise CommandError("give either --dataset or --data, not both")
-    x, y = _load_file(data_path)
-    if test_path is None:
-        x_tr, y_tr, x_te, y_te = _split(x, y, seed, "--data " + data_path)
+        n_classes = _n_classes(y)
     else:
-        x_tr, y_tr = x, y
-        x_te, y_te = _load_file(test_path)
-        if x_te.shape[1] != x_tr.shape[1]:
-            raise CommandError(f"--test-data {test_path} has {x_te.shape[1]} features per "
-                               f"example, --data {data_path} has {x_tr.shape[1]}")
-    if jnp.issubdtype(y_tr.dtype, jnp.floating) != jnp.issubdtype(y_te.dtype, jnp.floating):
-        # one file holds only two of several classes: use class indices for both
-        y_tr, y_te = y_tr.astype(jnp.int32), y_te.astype(jnp.int32)
-    name = ",".join(os.path.basename(part) for part in data_path.split(","))
-    return Dataset(name, x_tr, y_tr, x_te, y_te, _n_classes(y_tr, y_te),
-                   lambda raw: raw, x_tr)
+        if dataset is not None:
+            raise CommandError("give either --dataset or --data, not both")
+        x, y = _load_file(data_path, label_column, "--data")
+        if test_path is None:
+            x_tr, y_tr, x_te, y_te = _split(x, y, seed, "--data " + data_path)
+        else:
+            x_tr, y_tr = x, y
+            x_te, y_te = _load_file(test_path, label_column, "--test-data")
+            if x_te.shape[1] != x_tr.shape[1]:
+                raise CommandError(f"--test-data {test_path} has {x_te.shape[1]} features per "
+                                   f"example, --data {data_path} has {x_tr.shape[1]}")
+        if jnp.issubdtype(y_tr.dtype, jnp.floating) != jnp.issubdtype(y_te.dtype, jnp.floating):
+            # one file holds only two of several classes: use class indices for both
+            y_tr, y_te = y_tr.astype(jnp.int32), y_te.astype(jnp.int32)
+        name = ",".join(os.path.basename(part) for part in data_path.split(","))
+        n_classes = _n_classes(y_tr, y_te)
+    if saved_scaling is not None:
+        scaling = Scaling.from_metadata(saved_scaling, x_tr.shape[1], where)
+    else:
+        scaling = Scaling.choose(scale, x_tr)
+    return Dataset(name, scaling(x_tr), y_tr, scaling(x_te), y_te, n_classes, scaling, x_tr)
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -271,6 +337,8 @@ def _given_options(args: argparse.Namespace) -> dict:
             given[k] = ",".join(os.path.abspath(p) for p in given[k].split(","))
     if given["layers"] is not None:  # "2, 4, 1" is "2,4,1"
         given["layers"] = ",".join(map(str, parse_layers(given["layers"])))
+    if given["scale"] == "auto":  # the default: chosen from the data, saved as chosen
+        given["scale"] = None
     return given
 
 
@@ -366,7 +434,16 @@ def _plan_run(args: argparse.Namespace) -> RunPlan:
     """Every decision of a run, made and checked before anything is trained."""
     config, resumed = _resolve_run_config(args)
     _check_numbers(config, args)
-    ds = load_dataset(config["dataset"], config["data"], config["test_data"], config["seed"])
+    saved_scaling = None
+    if resumed is not None:
+        # a checkpoint written before --scale: files were divided by 255, built-in sets
+        # standardized with the (same, seeded) training split's statistics
+        legacy = {"method": "255"} if config.get("data") else None
+        saved_scaling = resumed.get("scaling", legacy)
+    ds = load_dataset(config.get("dataset"), config.get("data"), config.get("test_data"),
+                      config["seed"], config.get("scale"), config.get("label_column"),
+                      saved_scaling, where=args.resume or "")
+    config["scale"] = ds.prepare.method
     sizes = _model_sizes(config, ds)
     config["layers"] = ",".join(map(str, sizes))
     y_train, y_test = ds.y_train, ds.y_test
@@ -415,7 +492,8 @@ def _save(plan: RunPlan, run: RunState) -> None:
             "costs": run.history.values}
     checkpoint.save(plan.checkpoint_path, tree, step=run.step,
                     metadata={"config": plan.config, "train_examples": plan.data.x_train.shape[0],
-                              "steps_per_epoch": plan.steps_per_epoch})
+                              "steps_per_epoch": plan.steps_per_epoch,
+                              "scaling": plan.data.prepare.metadata()})
 
 
 def _progress_bar(plan: RunPlan, start: int, disable: bool):
@@ -491,6 +569,7 @@ def _print_plan(plan: RunPlan, start: int, loss: Any) -> None:
     config, ds, m = plan.config, plan.data, plan.data.x_train.shape[0]
     print(f"data: {ds.name}, {m} training and {ds.x_test.shape[0]} test examples, "
           f"{ds.x_train.shape[1]} features, {ds.n_classes} classes")
+    print(ds.prepare.describe(np.asarray(ds.raw_train).dtype))
     print(f"model: {config['layers']} ({config['activation']} hidden, "
           f"{'sigmoid' if plan.sizes[-1] == 1 else 'softmax'} output, {loss.name})"
           + (f", dropout {config['dropout']}" if config["dropout"] else "")
@@ -624,9 +703,17 @@ def add_command(commands) -> None:
           "dropout (default 0)")
     p.add_argument("--dataset", choices=tuple(data.BUILTIN), help="a built-in data set (default "
                    'flower); digits and breast-cancer need pip install "jaxnn[data]"')
-    typed("--data", str, "training data: an HDF5 file (train_set_x/train_set_y) or an "
+    typed("--data", str, "training data: a CSV file with a header row (labels in the last "
+          "column, or --label-column), NumPy arrays x.npy,y.npy or an .npz (x/y or "
+          "train_set_x/train_set_y), an HDF5 file (train_set_x/train_set_y) or an "
           "MNIST-format pair IMAGES,LABELS (IDX, raw or gzip)")
     typed("--test-data", str, "test data in the same formats (default: 20%% of --data)")
+    typed("--label-column", str, "CSV: the labels' column, by name or index (default: the "
+          "last)")
+    p.add_argument("--scale", choices=SCALES, help="how features are scaled, with the "
+                   "training set's statistics (saved in the checkpoint): 255 divides by 255, "
+                   "standardize subtracts the mean and divides by the standard deviation, none "
+                   "leaves them; default auto: 255 for uint8 pixels, standardize otherwise")
     p.add_argument("--out", help="output folder (default jaxnn-out, or the --resume folder)")
     typed("--l2", float, "λ of the penalty (λ/2)·Σ‖W‖² on weights")
     typed("--dropout", float, "drop rate after each hidden activation")
