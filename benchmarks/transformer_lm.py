@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import math
 import re
@@ -254,14 +255,14 @@ def build(sz: Sizes, batch: int, t: int, with_flax: bool = True) -> dict[str, An
     """The variants at one size: ``{"data", "params", "loss_fns", "steps"}``."""
     kp, kx = jax.random.split(jax.random.key(0))
     model = jaxnn_model(sz, t)
-    _, params, _ = model.init(kp, (-1, t))
+    _, params, state = model.init(kp, (-1, t))
     chunk = jax.random.randint(kx, (batch, t + 1), 0, sz.vocab)
     x, y = chunk[:, :-1], chunk[:, 1:]
     optimizer = optax.adam(1e-3)
     loss = jaxnn.softmax_cross_entropy
     pp = plain_params(params)
     loss_fns = {
-        "jaxnn": (jaxnn.value_and_grad(model, loss), params),
+        "jaxnn": (functools.partial(jaxnn.value_and_grad(model, loss), state=state), params),
         "plain_jax": (lambda p, xb, yb: _cross_entropy(plain_logits(p, xb, sz.heads,
                                                                     sz.epsilon), yb), pp),
     }
@@ -272,7 +273,7 @@ def build(sz: Sizes, batch: int, t: int, with_flax: bool = True) -> dict[str, An
         loss_fns["flax_nnx"] = (lambda p, xb, yb: _cross_entropy(nnx.merge(graphdef, p)(xb),
                                                                  yb), fp)
     steps = {"jaxnn": stepper(jaxnn.make_train_step(model, loss, optimizer, donate=True),
-                              (copy_tree(params), (), optimizer.init(params)), (x, y))}
+                              (copy_tree(params), state, optimizer.init(params)), (x, y))}
     for name in ("flax_nnx", "plain_jax"):
         if name in loss_fns:
             fn, p = loss_fns[name]
@@ -289,7 +290,7 @@ def check_agreement(variants: dict[str, Any], rtol: float = 2e-4) -> dict[str, f
     figures = {}
     for name, (fn, p) in variants["loss_fns"].items():
         if name == "jaxnn":
-            (value, _), grads = jax.jit(fn)(p, (), x, y)
+            (value, _), grads = jax.jit(fn)(p, x=x, y=y)
         else:
             value, grads = jax.jit(jax.value_and_grad(fn))(p, x, y)
         norm = optax.global_norm(grads)
@@ -365,20 +366,20 @@ def profile(sz: Sizes, batch: int, t: int, steps: int = 3) -> dict[str, float]:
     optimizer = optax.GradientTransformation(_scoped_fn("Adam", adam.init),
                                              _scoped_fn("Adam", adam.update))
     kp, kx = jax.random.split(jax.random.key(0))
-    _, params, _ = model.init(kp, (-1, t))
+    _, params, state = model.init(kp, (-1, t))
     ids = jax.random.randint(kx, (batch, t), 0, sz.vocab)
     step = jaxnn.make_train_step(model, loss, optimizer)
     opt_state = optimizer.init(params)
-    compiled = step.lower(params, (), opt_state, ids, ids).compile()
+    compiled = step.lower(params, state, opt_state, ids, ids).compile()
     scope_of = {}
     for name, op_name in _INSTRUCTION.findall(compiled.as_text()):
         found = _SCOPE.findall(op_name)
         scope_of[name] = found[-1] if found else "other (residual adds, copies)"
-    jax.block_until_ready(compiled(params, (), opt_state, ids, ids))
+    jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory):
             for _ in range(steps):
-                jax.block_until_ready(compiled(params, (), opt_state, ids, ids))
+                jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
         trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
         data = jax.profiler.ProfileData.from_file(trace)
     totals: dict[str, float] = {}
