@@ -40,8 +40,6 @@ are speed ratios (> 1: jaxnn faster), ``lm_T{T}_peak_fraction`` jaxnn's FLOP rat
     python benchmarks/transformer_lm.py --quick        # tiny sizes: a smoke run in seconds
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import functools
@@ -214,23 +212,24 @@ def flax_model(sz: Sizes, t: int, params):
     model = LM(nnx.Rngs(0))
     p = plain_params(params)
     hd = d // sz.heads
-    model.embed.embedding.value = p["embedding"]
-    model.positions.value = p["positions"]
+    assignments = [(model.embed.embedding, p["embedding"]), (model.positions, p["positions"]),
+                   (model.norm.scale, p["final_norm"]["scale"]),
+                   (model.norm.bias, p["final_norm"]["offset"]),
+                   (model.head.kernel, p["head"]["W"]), (model.head.bias, p["head"]["b"])]
     for block, pb in zip(model.blocks, p["blocks"], strict=True):
         a = pb["attention"]
         for norm, pn in ((block.norm1, pb["norm1"]), (block.norm2, pb["norm2"])):
-            norm.scale.value, norm.bias.value = pn["scale"], pn["offset"]
+            assignments += [(norm.scale, pn["scale"]), (norm.bias, pn["offset"])]
         for name, w, b in (("query", "Wq", "bq"), ("key", "Wk", "bk"), ("value", "Wv", "bv")):
             proj = getattr(block.attention, name)
-            proj.kernel.value = a[w].reshape(d, sz.heads, hd)
-            proj.bias.value = a[b].reshape(sz.heads, hd)
-        block.attention.out.kernel.value = a["Wo"].reshape(sz.heads, hd, d)
-        block.attention.out.bias.value = a["bo"]
+            assignments += [(proj.kernel, a[w].reshape(d, sz.heads, hd)),
+                            (proj.bias, a[b].reshape(sz.heads, hd))]
+        assignments += [(block.attention.out.kernel, a["Wo"].reshape(sz.heads, hd, d)),
+                        (block.attention.out.bias, a["bo"])]
         for lin, pl in ((block.up, pb["up"]), (block.down, pb["down"])):
-            lin.kernel.value, lin.bias.value = pl["W"], pl["b"]
-    model.norm.scale.value = p["final_norm"]["scale"]
-    model.norm.bias.value = p["final_norm"]["offset"]
-    model.head.kernel.value, model.head.bias.value = p["head"]["W"], p["head"]["b"]
+            assignments += [(lin.kernel, pl["W"]), (lin.bias, pl["b"])]
+    for variable, value in assignments:
+        variable.set_value(value)
     return nnx.split(model, nnx.Param)
 
 
@@ -251,11 +250,15 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def build(sz: Sizes, batch: int, t: int, with_flax: bool = True) -> dict[str, Any]:
-    """The variants at one size: ``{"data", "params", "loss_fns", "steps"}``."""
+def build(sz: Sizes, batch: int, t: int, with_flax: bool = True, dtype: Any = None
+          ) -> dict[str, Any]:
+    """The variants at one size: ``{"data", "params", "loss_fns", "steps"}`` (the parameters
+    cast to ``dtype`` when given: the tests check the three models in float64)."""
     kp, kx = jax.random.split(jax.random.key(0))
     model = jaxnn_model(sz, t)
     _, params, state = model.init(kp, (-1, t))
+    if dtype is not None:
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
     chunk = jax.random.randint(kx, (batch, t + 1), 0, sz.vocab)
     x, y = chunk[:, :-1], chunk[:, 1:]
     optimizer = optax.adam(1e-3)
@@ -293,7 +296,7 @@ def check_agreement(variants: dict[str, Any], rtol: float = 2e-4) -> dict[str, f
             (value, _), grads = jax.jit(fn)(p, x=x, y=y)
         else:
             value, grads = jax.jit(jax.value_and_grad(fn))(p, x, y)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         figures[name] = (float(value), float(norm))
     ref_loss, ref_norm = figures["jaxnn"]
     for name, (value, norm) in figures.items():
