@@ -40,10 +40,9 @@ are speed ratios (> 1: jaxnn faster), ``lm_T{T}_peak_fraction`` jaxnn's FLOP rat
     python benchmarks/transformer_lm.py --quick        # tiny sizes: a smoke run in seconds
 """
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
+import functools
 import glob
 import math
 import re
@@ -213,23 +212,24 @@ def flax_model(sz: Sizes, t: int, params):
     model = LM(nnx.Rngs(0))
     p = plain_params(params)
     hd = d // sz.heads
-    model.embed.embedding.value = p["embedding"]
-    model.positions.value = p["positions"]
+    assignments = [(model.embed.embedding, p["embedding"]), (model.positions, p["positions"]),
+                   (model.norm.scale, p["final_norm"]["scale"]),
+                   (model.norm.bias, p["final_norm"]["offset"]),
+                   (model.head.kernel, p["head"]["W"]), (model.head.bias, p["head"]["b"])]
     for block, pb in zip(model.blocks, p["blocks"], strict=True):
         a = pb["attention"]
         for norm, pn in ((block.norm1, pb["norm1"]), (block.norm2, pb["norm2"])):
-            norm.scale.value, norm.bias.value = pn["scale"], pn["offset"]
+            assignments += [(norm.scale, pn["scale"]), (norm.bias, pn["offset"])]
         for name, w, b in (("query", "Wq", "bq"), ("key", "Wk", "bk"), ("value", "Wv", "bv")):
             proj = getattr(block.attention, name)
-            proj.kernel.value = a[w].reshape(d, sz.heads, hd)
-            proj.bias.value = a[b].reshape(sz.heads, hd)
-        block.attention.out.kernel.value = a["Wo"].reshape(sz.heads, hd, d)
-        block.attention.out.bias.value = a["bo"]
+            assignments += [(proj.kernel, a[w].reshape(d, sz.heads, hd)),
+                            (proj.bias, a[b].reshape(sz.heads, hd))]
+        assignments += [(block.attention.out.kernel, a["Wo"].reshape(sz.heads, hd, d)),
+                        (block.attention.out.bias, a["bo"])]
         for lin, pl in ((block.up, pb["up"]), (block.down, pb["down"])):
-            lin.kernel.value, lin.bias.value = pl["W"], pl["b"]
-    model.norm.scale.value = p["final_norm"]["scale"]
-    model.norm.bias.value = p["final_norm"]["offset"]
-    model.head.kernel.value, model.head.bias.value = p["head"]["W"], p["head"]["b"]
+            assignments += [(lin.kernel, pl["W"]), (lin.bias, pl["b"])]
+    for variable, value in assignments:
+        variable.set_value(value)
     return nnx.split(model, nnx.Param)
 
 
@@ -250,18 +250,22 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def build(sz: Sizes, batch: int, t: int, with_flax: bool = True) -> dict[str, Any]:
-    """The variants at one size: ``{"data", "params", "loss_fns", "steps"}``."""
+def build(sz: Sizes, batch: int, t: int, with_flax: bool = True, dtype: Any = None
+          ) -> dict[str, Any]:
+    """The variants at one size: ``{"data", "params", "loss_fns", "steps"}`` (the parameters
+    cast to ``dtype`` when given: the tests check the three models in float64)."""
     kp, kx = jax.random.split(jax.random.key(0))
     model = jaxnn_model(sz, t)
-    _, params, _ = model.init(kp, (-1, t))
+    _, params, state = model.init(kp, (-1, t))
+    if dtype is not None:
+        params = jax.tree.map(lambda a: a.astype(dtype), params)
     chunk = jax.random.randint(kx, (batch, t + 1), 0, sz.vocab)
     x, y = chunk[:, :-1], chunk[:, 1:]
     optimizer = optax.adam(1e-3)
     loss = jaxnn.softmax_cross_entropy
     pp = plain_params(params)
     loss_fns = {
-        "jaxnn": (jaxnn.value_and_grad(model, loss), params),
+        "jaxnn": (functools.partial(jaxnn.value_and_grad(model, loss), state=state), params),
         "plain_jax": (lambda p, xb, yb: _cross_entropy(plain_logits(p, xb, sz.heads,
                                                                     sz.epsilon), yb), pp),
     }
@@ -272,7 +276,7 @@ def build(sz: Sizes, batch: int, t: int, with_flax: bool = True) -> dict[str, An
         loss_fns["flax_nnx"] = (lambda p, xb, yb: _cross_entropy(nnx.merge(graphdef, p)(xb),
                                                                  yb), fp)
     steps = {"jaxnn": stepper(jaxnn.make_train_step(model, loss, optimizer, donate=True),
-                              (copy_tree(params), (), optimizer.init(params)), (x, y))}
+                              (copy_tree(params), state, optimizer.init(params)), (x, y))}
     for name in ("flax_nnx", "plain_jax"):
         if name in loss_fns:
             fn, p = loss_fns[name]
@@ -289,10 +293,10 @@ def check_agreement(variants: dict[str, Any], rtol: float = 2e-4) -> dict[str, f
     figures = {}
     for name, (fn, p) in variants["loss_fns"].items():
         if name == "jaxnn":
-            (value, _), grads = jax.jit(fn)(p, (), x, y)
+            (value, _), grads = jax.jit(fn)(p, x=x, y=y)
         else:
             value, grads = jax.jit(jax.value_and_grad(fn))(p, x, y)
-        norm = optax.global_norm(grads)
+        norm = optax.tree.norm(grads)
         figures[name] = (float(value), float(norm))
     ref_loss, ref_norm = figures["jaxnn"]
     for name, (value, norm) in figures.items():
@@ -365,20 +369,20 @@ def profile(sz: Sizes, batch: int, t: int, steps: int = 3) -> dict[str, float]:
     optimizer = optax.GradientTransformation(_scoped_fn("Adam", adam.init),
                                              _scoped_fn("Adam", adam.update))
     kp, kx = jax.random.split(jax.random.key(0))
-    _, params, _ = model.init(kp, (-1, t))
+    _, params, state = model.init(kp, (-1, t))
     ids = jax.random.randint(kx, (batch, t), 0, sz.vocab)
     step = jaxnn.make_train_step(model, loss, optimizer)
     opt_state = optimizer.init(params)
-    compiled = step.lower(params, (), opt_state, ids, ids).compile()
+    compiled = step.lower(params, state, opt_state, ids, ids).compile()
     scope_of = {}
     for name, op_name in _INSTRUCTION.findall(compiled.as_text()):
         found = _SCOPE.findall(op_name)
         scope_of[name] = found[-1] if found else "other (residual adds, copies)"
-    jax.block_until_ready(compiled(params, (), opt_state, ids, ids))
+    jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory):
             for _ in range(steps):
-                jax.block_until_ready(compiled(params, (), opt_state, ids, ids))
+                jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
         trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
         data = jax.profiler.ProfileData.from_file(trace)
     totals: dict[str, float] = {}

@@ -1,4 +1,5 @@
-"""The benchmark's quick mode runs end to end and reports every figure it promises.
+"""The benchmark's quick mode runs end to end and reports every figure it promises; the
+transformer-LM benchmark times the same math in each of its implementations.
 
 The end-to-end run is ``slow`` (it times every variant: the README's test command runs it,
 ``-m "not slow"`` skips it); the float32 check, the HLO count and the refused arguments run in the
@@ -10,6 +11,8 @@ import importlib.util
 import math
 import pathlib
 
+import chex
+import numpy as np
 import pytest
 
 BENCHMARK = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "train_step.py"
@@ -74,3 +77,48 @@ def test_narrow_weight_gradients_are_counted_in_hlo_text(benchmark):
 def test_too_few_rounds_are_refused(benchmark):
     with pytest.raises(SystemExit):
         benchmark.main(["--quick", "--rounds", "3"])
+
+
+LM_BENCHMARK = BENCHMARK.parent / "transformer_lm.py"
+
+
+@pytest.fixture(scope="module")
+def lm_benchmark():
+    import jax
+
+    spec = importlib.util.spec_from_file_location("transformer_lm_benchmark", LM_BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # the peers (Flax's modules, the plain-JAX model) broadcast (F,) against (N, T, F)
+    with jax.numpy_rank_promotion("allow"):
+        yield module
+
+
+def test_lm_benchmark_compares_the_same_math_in_its_three_implementations(lm_benchmark):
+    """jaxnn, Flax NNX and plain JAX: the same loss (plain JAX: every gradient) in float64."""
+    import jax
+
+    sizes = lm_benchmark.QUICK
+    variants = lm_benchmark.build(sizes, 2, 12, dtype=np.float64)
+    x, y = variants["data"]
+    (fn, params), (plain_fn, plain) = (variants["loss_fns"][n] for n in ("jaxnn", "plain_jax"))
+    (value, _), grads = fn(params, x=x, y=y)
+    plain_value, plain_grads = jax.value_and_grad(plain_fn)(plain, x, y)
+    assert value.dtype == np.float64
+    np.testing.assert_allclose(plain_value, value, rtol=1e-12)
+    chex.assert_trees_all_close(plain_grads, lm_benchmark.plain_params(grads), rtol=1e-10,
+                                atol=1e-14)
+    # Flax NNX agrees to ~1e-9 relative in float64, not to rounding (its attention and layer
+    # norm take other, equivalent routes); 1e-7 still tells the same model from another
+    figures = lm_benchmark.check_agreement(variants, rtol=1e-7)
+    assert set(figures) == {"jaxnn", "flax_nnx", "plain_jax"}
+
+
+def test_lm_benchmark_stops_when_a_peer_disagrees(lm_benchmark):
+    """The agreement check refuses a peer whose weights differ (it would time other math)."""
+    variants = lm_benchmark.build(lm_benchmark.QUICK, 2, 12, with_flax=False, dtype=np.float64)
+    fn, plain = variants["loss_fns"]["plain_jax"]
+    shifted = {**plain, "head": {**plain["head"], "W": 1.01 * plain["head"]["W"]}}
+    variants["loss_fns"]["plain_jax"] = (fn, shifted)
+    with pytest.raises(SystemExit, match="plain_jax disagrees with jaxnn"):
+        lm_benchmark.check_agreement(variants)
