@@ -686,3 +686,96 @@ def test_a_failing_check_under_pytest_does_not_print_the_helpers_source(tmp_path
                          cwd=tmp_path, env=os.environ.copy(), timeout=300).stdout
     assert "worst entry x[" in out and "1 failed" in out, out
     assert "report = gradcheck.check_function" not in out and "__tracebackhide__" not in out
+
+
+def _sin_rule(scale):
+    return _rule(jnp.sin, lambda x: scale * jnp.cos(x))
+
+
+@pytest.mark.parametrize("body", ["scan", "fori_loop", "cond", "checkpoint"])
+def test_a_wrong_rule_inside_a_loop_or_branch_body_fails_against_autodiff(body):
+    """Pins: custom rules inside scan / fori / cond / checkpoint bodies are removed in
+    the undecorated reference too, so a wrong rule there fails against jax.grad (it read
+    2.3e-16 when the body kept its rule), next to a correct rule outside."""
+    wrong, right = _sin_rule(2.0), _sin_rule(1.0)
+
+    def fn(x):
+        if body == "scan":
+            inner = jax.lax.scan(lambda c, xi: (c + wrong(xi), None), 0.0, x)[0]
+        elif body == "fori_loop":
+            inner = jax.lax.fori_loop(0, 2, lambda i, s: wrong(s), x).sum()
+        elif body == "cond":
+            inner = jax.lax.cond(True, lambda x: wrong(x), lambda x: x, x).sum()
+        else:
+            inner = jax.checkpoint(lambda x: wrong(x))(x).sum()
+        return inner + right(x).sum()
+
+    report = check_function(fn, jnp.asarray([0.3, -0.4, 0.9]))
+    assert "jax.grad" in {c.reference for c in report.failures}, report.table()
+
+
+def _fixed_point(scale):
+    """``x = a·cos(x)`` solved by a while loop with a data-dependent stop, its implicit rule
+    ``dx/da = cos x / (1 + a sin x)`` scaled by ``scale``."""
+
+    def solve(a):
+        return jax.lax.while_loop(lambda s: jnp.max(jnp.abs(s[1] - s[0])) > 1e-15,
+                                  lambda s: (s[1], jnp.cos(s[1]) * a), (a * 0 + 10.0, a * 0))[1]
+
+    @jax.custom_vjp
+    def fixed(a):
+        return solve(a)
+
+    def bwd(residuals, g):
+        a, x = residuals
+        return (scale * g * jnp.cos(x) / (1 + a * jnp.sin(x)),)
+
+    fixed.defvjp(lambda a: (solve(a), (a, solve(a))), bwd)
+    return fixed
+
+
+def test_a_solver_whose_reverse_mode_is_impossible_is_checked_in_forward_mode():
+    """Pins: a while loop with a dynamic stop cannot be reversed; the reference falls back to
+    jax.jacfwd with a note (it raised JAX's reverse-mode error from inside the checker), a
+    correct implicit rule passes and a 1% wrong one fails."""
+    a = jnp.asarray([0.3, 0.5, 0.7])
+    report = check_function(_fixed_point(1.0), a)
+    assert report.passed, report.table()
+    assert "forward mode (jax.jacfwd)" in report.table()
+    assert "jax.grad" in {c.reference for c in check_function(_fixed_point(1.01), a).failures}
+
+
+def scaled_sine(x, n, s):
+    """``sin(x)·n·s``: a float array, an integer array and a scalar, for the CLI."""
+    return jnp.sin(x) * n * s
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--target", "jaxnn:dense", "--shape", "4,3"], "is a layer constructor that needs arguments"),
+    (["--target", "jax.numpy:log", "--shape", "3", "--range", "2,1"], "--range: expected LOW,HIGH"),
+    (["--target", "jax.numpy:log", "--shape", "float:3"], "--shape: expected N,N,..."),
+    (["--target", "tests.test_check_function:scaled_sine", "--shape", "3"],
+     "--target tests.test_check_function:scaled_sine at shapes (3,)"),
+])
+def test_cli_target_mistakes_get_one_line(argv, expected, capsys):
+    """Pins: a layer constructor given by mistake, a bad domain or shape, and a function that
+    fails at the given shapes each get one line on stderr, never a traceback."""
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", *argv]) != 0
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_target_takes_scalar_integer_and_positive_arguments(capsys):
+    """Pins: '' is a scalar, int:N an integer argument held fixed, --positive keeps log's
+    arguments in its domain."""
+    from jaxnn import cli
+
+    assert cli.main(["gradcheck", "--target", "tests.test_check_function:scaled_sine",
+                     "--shape", "3", "--shape", "int:3", "--shape", ""]) == 0
+    out = capsys.readouterr().out
+    assert "n (int" in out and " s " in out
+    assert cli.main(["gradcheck", "--target", "jax.numpy:log", "--shape", "4",
+                     "--positive"]) == 0
+    assert "uniform in [0.1, 3)" in capsys.readouterr().out

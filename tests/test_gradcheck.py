@@ -226,3 +226,41 @@ def test_check_model_with_a_saturated_sigmoid_and_separate_bce_checks_the_fused_
     as_given = gradcheck.check_model(net, jaxnn.binary_cross_entropy, params, x, y,
                                      per_layer=False, fused=False)
     assert {c.reference for c in as_given.failures} == {"finite differences"}
+
+
+def _compilations(run) -> int:
+    """How many XLA compilations ``run()`` makes."""
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)
+
+
+def test_checking_again_at_another_seed_reuses_the_compiled_check():
+    """Pins: cotangents, keys and finite-difference directions are arguments of one cached
+    compiled function, so a second check of the same layer or function at another seed compiles
+    nothing, and a first check compiles the gradients and finite differences together."""
+
+    @jax.custom_vjp
+    def cube(x):
+        return x ** 3
+
+    cube.defvjp(lambda x: (cube(x), x), lambda x, g: (3 * x ** 2 * g,))
+    x = jnp.arange(1.0, 4.0)
+    assert gradcheck.check_function(cube, x, seed=0).passed
+    assert _compilations(lambda: gradcheck.check_function(cube, x, seed=1).raise_if_failed()) == 0
+
+    layer = _cube_layer(lambda z: 3 * z ** 2)
+    assert gradcheck.check_layer(layer, (4, 5), seed=0).passed
+    assert _compilations(lambda: gradcheck.check_layer(layer, (4, 5), seed=1)) == 0
+    case = gradcheck.LAYER_CASES["dense"][0]
+    gradcheck.check_case(case, seed=0)
+    assert _compilations(lambda: gradcheck.check_case(case, seed=1)) == 0

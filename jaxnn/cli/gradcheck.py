@@ -144,7 +144,9 @@ def _as_layer(target: Any) -> Any:
 def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
     """Checks the layer or function ``--target`` names at ``--shape``."""
     target = _load_target(args.target)
-    shapes = [parse_shape(s) for s in args.shape or []]
+    kinds = [_kind(s) for s in args.shape or []]
+    shapes = [parse_shape(s.split(":", 1)[1] if kind != "float" else s)
+              for s, kind in zip(args.shape or [], kinds, strict=True)]
     if not shapes:
         raise CommandError("--target needs --shape: the input shape of a layer (batch first), "
                            "or one --shape per argument of a function")
@@ -152,11 +154,76 @@ def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
     if layer is not None:
         in_shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
         return jaxnn.gradcheck.check_layer(layer, in_shape, seed=args.seed), f"layer {args.target}"
+    if _is_layer_constructor(target):
+        raise CommandError(f"--target {args.target} is a layer constructor that needs "
+                           f"arguments; give a Layer (e.g. a module-level my_layer = "
+                           f"{getattr(target, '__name__', 'constructor')}(...)) or a constructor "
+                           f"of no arguments")
+    low, high = _domain(args)
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.key(args.seed), len(shapes))
-        arrays = [jax.random.normal(k, s, "float64") for k, s in zip(keys, shapes, strict=True)]
-        report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)
-    return report, f"function {args.target}"
+        arrays = []
+        for k, s, kind in zip(keys, shapes, kinds, strict=True):
+            if kind == "int":
+                arrays.append(jax.random.randint(k, s, 0, 4))
+            elif kind == "bool":
+                arrays.append(jax.random.bernoulli(k, 0.5, s))
+            elif low is None:
+                arrays.append(jax.random.normal(k, s, "float64"))
+            else:
+                arrays.append(jax.random.uniform(k, s, "float64", low, high))
+        try:
+            report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)
+        except Exception as e:  # noqa: BLE001 -- the user's function: one line, not a traceback
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CommandError(f"--target {args.target} at shapes "
+                               f"{', '.join(str(s) for s in shapes)} ({_domain_text(low, high)}):"
+                               f" {type(e).__name__}: {first}") from e
+    return report, f"function {args.target} ({_domain_text(low, high)} arguments)"
+
+
+def _kind(text: str) -> str:
+    """``"int"`` / ``"bool"`` for a ``--shape`` written ``int:4,3`` / ``bool:4``, else
+    ``"float"``."""
+    kind, colon, _ = text.partition(":")
+    if not colon:
+        return "float"
+    if kind not in ("int", "bool"):
+        raise CommandError(f"--shape: expected N,N,... or int:N,N,... or bool:N,N,..., got "
+                           f"{text!r}")
+    return kind
+
+
+def _is_layer_constructor(target: Any) -> bool:
+    """A function documented to return a ``Layer`` (``jaxnn.dense``), by its annotation."""
+    try:
+        returned = inspect.signature(target).return_annotation
+    except (TypeError, ValueError):
+        return False
+    return returned is jaxnn.Layer or returned in ("Layer", "jaxnn.Layer")
+
+
+def _domain(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """``(low, high)`` of uniform arguments from ``--positive`` / ``--range``; ``(None, None)``
+    for standard normal ones."""
+    if args.positive and args.range:
+        raise CommandError("give one of --positive and --range")
+    if args.positive:
+        return 0.1, 3.0
+    if args.range:
+        try:
+            low, high = (float(v) for v in args.range.split(","))
+        except ValueError:
+            low = high = float("nan")
+        if not low < high:
+            raise CommandError(f"--range: expected LOW,HIGH with LOW < HIGH such as -1,1, got "
+                               f"{args.range!r}")
+        return low, high
+    return None, None
+
+
+def _domain_text(low: float | None, high: float | None) -> str:
+    return "standard normal" if low is None else f"uniform in [{low:g}, {high:g})"
 
 
 def _gradcheck_report(args: argparse.Namespace) -> tuple[Any, str]:
@@ -223,7 +290,14 @@ def add_command(commands) -> None:
                    "constructor of no arguments) or function, e.g. mypkg.layers:scaled_tanh; "
                    "imported from the current folder or the installed packages")
     p.add_argument("--shape", action="append", metavar="N,N,...", help="with --target: the "
-                   "layer's input shape (batch first), or one --shape per function argument")
+                   "layer's input shape (batch first), or one --shape per function argument: "
+                   "'' for a scalar, int:N,... for integers in [0, 4), bool:N,... for booleans "
+                   "(held fixed)")
+    p.add_argument("--positive", action="store_true", help="with --target: draw a "
+                   "function's arguments uniform in [0.1, 3) instead of standard normal (for "
+                   "log, sqrt...)")
+    p.add_argument("--range", metavar="LOW,HIGH", help="with --target: draw a function's "
+                   "arguments uniform in [LOW, HIGH)")
     p.add_argument("--plot", metavar="PNG", help="draw one heat map of the relative error per "
                    "parameter into this file")
     p.add_argument("--allow-unverified", action="store_true", help="exit 0 even when some "

@@ -9,15 +9,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxnn.gradcheck._numerics import (
-    _finite_differences,
-    _judge,
-    _key_name,
-    _largest,
-    computing_precision,
-)
+from jaxnn.gradcheck._numerics import _TRACED, _avals, _key_name, _remember, _run_check
 from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
 from jaxnn.gradcheck._undecorated import undecorated
 
@@ -114,13 +107,63 @@ def check_function(
         arrays = [target.leaves[i] for i in target.indices]
         checked = target.bind(fn)  # a function of the differentiated leaves only
         out_tree, cotangents = _cotangents(checked, name, arrays, jax.random.key(seed))
-        scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
-        magnitude = _cotangent_scalar(checked, name, out_tree, cotangents, magnitude=True)
-        ref_scalar = _reference_scalar(target, checked, reference, name, arrays, out_tree,
-                                       cotangents, report)
-        report.extend(_compare_leaves(name, target.names, arrays, scalar, ref_scalar,
-                                      tolerances, seed, magnitude))
+        fixed = [i for i, leaf in enumerate(target.leaves)
+                 if i not in target.indices and hasattr(leaf, "shape")]  # arrays: arguments
+        static = tuple((i, leaf) for i, leaf in enumerate(target.leaves)
+                       if i not in target.indices and not hasattr(leaf, "shape"))
+        key = ("function", fn, _rules_of(fn), reference, _rules_of(reference), name,
+               target.tree, tuple(target.indices), tuple(fixed), static, out_tree)
+        undecorate = False
+        if reference is None:
+            rules = _remember(_TRACED, ("rules", key, _avals((arrays, cotangents))),
+                              lambda: undecorated(checked, *arrays)[1])
+            undecorate = bool(rules)
+            if not rules:
+                report.notes.append(
+                    f"{name}: no custom_vjp/custom_jvp rule found (at any depth, loop bodies "
+                    f"included), compared with finite differences only; pass reference= to "
+                    f"compare with another implementation's autodiff")
+        make = functools.partial(_function_scalars, fn, reference, undecorate, name, target,
+                                 tuple(fixed), out_tree)
+        context = (cotangents, [target.leaves[i] for i in fixed])
+        part = _run_check((*key, undecorate), make, arrays, context, target.names, name,
+                          tolerances, seed)
+        report.extend(part)
         return report
+
+
+def _rules_of(fn: Any) -> tuple:
+    """What ``defvjp`` / ``defjvp`` set on a custom-rule function (so that redefining its rule
+    is a new cache entry: the compiled check is cached by the function's identity, as
+    ``jax.jit`` caches)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return tuple(getattr(fn, name, None) for name in ("fun", "fwd", "bwd", "jvp"))
+
+
+def _function_scalars(fn: Callable, reference: Callable | None, undecorate: bool, name: str,
+                      target: _Target, fixed: tuple, out_tree, context) -> tuple:
+    """``(hand, reference, fd, magnitude)`` for ``_run_check``: ``S = Σ v ⊙ fn`` through
+    ``fn`` as JAX runs it, through ``reference`` (or ``fn`` undecorated), finite differences
+    through ``fn``, and ``[Σ |v ⊙ fn|, non-finite outputs]``. ``context`` holds the cotangents
+    and the fixed array arguments, arguments of the compiled check."""
+    cotangents, fixed_values = context
+    leaves = list(target.leaves)
+    for i, value in zip(fixed, fixed_values, strict=True):
+        leaves[i] = value
+    target = target._replace(leaves=leaves)
+    checked = target.bind(fn)
+    scalar = _cotangent_scalar(checked, name, out_tree, cotangents)
+    magnitude = _cotangent_scalar(checked, name, out_tree, cotangents, magnitude=True)
+    if reference is not None:
+        ref = _cotangent_scalar(target.bind(reference), "reference", out_tree, cotangents)
+    elif undecorate:
+        def ref(*arrays):  # traced where the compiled check first runs, at its shapes
+            plain, _ = undecorated(checked, *arrays)
+            return _cotangent_scalar(plain, name, out_tree, cotangents)(*arrays)
+    else:
+        ref = None
+    return scalar, ref, scalar, magnitude
 
 
 def _in_checking_dtype(fn: Callable, name: str, args: tuple,
@@ -157,26 +200,6 @@ def _in_checking_dtype(fn: Callable, name: str, args: tuple,
 def _is_floating(x) -> bool:
     dtype = getattr(x, "dtype", None)
     return isinstance(x, float) or (dtype is not None and jnp.issubdtype(dtype, jnp.floating))
-
-
-def _reference_scalar(target, checked, reference, name, arrays, out_tree, cotangents, report):
-    """``S`` through the user's ``reference`` when given, else through ``fn`` undecorated."""
-    if reference is not None:
-        return _cotangent_scalar(target.bind(reference), "reference", out_tree, cotangents)
-    return _undecorated_scalar(checked, name, arrays, out_tree, cotangents, report)
-
-
-def _undecorated_scalar(checked: Callable, name: str, arrays: list, out_tree, cotangents: list,
-                        report: GradcheckReport) -> Callable | None:
-    """``S`` through ``checked`` with its custom rules removed; None, and a note in ``report``,
-    when it has no rule to remove (then only finite differences are compared)."""
-    plain, rules = undecorated(checked, *arrays)
-    if rules:
-        return _cotangent_scalar(plain, name, out_tree, cotangents)
-    report.notes.append(f"{name}: no custom_vjp/custom_jvp rule found (outside scan/while/cond "
-                        f"bodies), compared with finite differences only; pass reference= to "
-                        f"compare with another implementation's autodiff")
-    return None
 
 
 class _Target(NamedTuple):
@@ -310,31 +333,3 @@ def _cotangent_scalar(f: Callable, label: str, out_tree, cotangents: list,
         return sum(jnp.sum(jnp.where(jnp.isfinite(o), v * o, 0.0)) for v, o in pairs)
 
     return scalar
-
-
-def _compare_leaves(name: str, names: Sequence[str], arrays: list, scalar: Callable,
-                    reference: Callable | None, tolerances: Tolerances, seed: int,
-                    magnitude: Callable | None = None) -> GradcheckReport:
-    """Compares ``jax.grad(scalar)`` with ``jax.grad(reference)`` and with finite differences
-    of ``scalar``, one pair of rows per differentiated leaf (``_numerics._judge``)."""
-    wrt = tuple(range(len(arrays)))
-
-    def gradients(*a):  # one compilation for the rule and the reference
-        hand = jax.grad(scalar, argnums=wrt)(*a)
-        return hand, (None if reference is None else jax.grad(reference, argnums=wrt)(*a))
-
-    precision = computing_precision(gradients, *arrays)
-    hand, auto = jax.jit(gradients)(*arrays)
-    hand = [np.asarray(g, np.float64) for g in hand]
-    auto = None if auto is None else [np.asarray(g, np.float64) for g in auto]
-    scale = _largest(hand if auto is None else auto)
-    estimates, bad_outputs = _finite_differences(
-        scalar, arrays, list(wrt), tolerances, scale, np.random.default_rng(seed), precision,
-        magnitude)
-    report = _judge([(name, n) for n in names], hand, auto, estimates, tolerances, precision,
-                    scale, outputs_not_finite=bad_outputs)
-    if bad_outputs:
-        report.notes.insert(0, f"{name}: {bad_outputs} output entries are NaN/inf at these "
-                               f"arguments: left out of S; gradient entries NaN there not "
-                               f"compared")
-    return report

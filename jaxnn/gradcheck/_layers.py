@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -14,10 +14,10 @@ from jaxnn.chain import fuse, value_and_grad
 from jaxnn.core import Layer, apply, map_leaves, reference_apply, sublayer_labels
 from jaxnn.gradcheck._cases import LayerCase, LossCase, case_input
 from jaxnn.gradcheck._numerics import (
-    _check_scalar,
-    _compare_with_references,
+    GradientsOf,
     _key_name,
     _leaf_names,
+    _run_check,
     _shape_of,
     _to_float64,
 )
@@ -113,13 +113,21 @@ def check_layer(
             key = k_fwd
         report = GradcheckReport()
         for inp in inputs:
-            call = functools.partial(_layer_scalar, layer, params, state, inp, k_v, key, train)
             leaves = [*jax.tree.leaves(params), *jax.tree.leaves(inp)]
             input_names = ["input" + ("" if n == "(array)" else n) for n in _leaf_names(inp)]
             names = [*_leaf_names(params), *input_names]
-            report.extend(_check_scalar(name or layer.name, call(apply), call(reference_apply),
-                                        leaves, names, tolerances, seed, _shape_of(inp),
-                                        call(reference_apply, magnitude=True)))
+            y, _ = jax.eval_shape(lambda inp=inp: reference_apply(layer, params, state, inp,
+                                                                  key=key, train=train))
+            y_leaves, y_def = jax.tree.flatten(y)
+            keys = jax.random.split(k_v, len(y_leaves)) if len(y_leaves) > 1 else [k_v]
+            cotangents = [jax.random.normal(k, leaf.shape, jnp.float64)
+                          for k, leaf in zip(keys, y_leaves, strict=True)]
+            structure = (jax.tree.structure(params), jax.tree.structure(inp), y_def)
+            make = functools.partial(_layer_scalars, layer, *structure, train)
+            cache_key = ("layer", layer, *structure, jax.tree.structure(state), train,
+                         key is None)
+            report.extend(_run_check(cache_key, make, leaves, (state, cotangents, key), names,
+                                     name or layer.name, tolerances, seed, _shape_of(inp)))
         return report
 
 
@@ -147,40 +155,37 @@ def _draw_layer_input(key: jax.Array, in_shape: Sequence, input_dtype: Any) -> A
     return _draw_input(key, in_shape, input_dtype)
 
 
-def _layer_scalar(layer: Layer, params, state, x, cotangent_key: jax.Array, key, train: bool,
-                  path_fn: Callable, magnitude: bool = False) -> Callable:
-    """``S(*param_leaves, *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through ``path_fn``.
+def _layer_scalars(layer: Layer, params_def, x_def, y_def, train: bool, context) -> tuple:
+    """``(hand, reference, fd, magnitude)`` for [`_run_check`]: ``S(*param_leaves,
+    *input_leaves) = Σ_i Σ v_i ⊙ y_i`` through [`jaxnn.apply`][jaxnn.apply] (the hand-derived
+    backward) and [`jaxnn.reference_apply`][jaxnn.reference_apply], finite differences through
+    the reference, and ``[Σ |v ⊙ y|, non-finite outputs]``. ``context`` holds the state, the
+    cotangents ``v_i`` and the forward's key, as arguments of the compiled check."""
+    state, cotangents, key = context
+    n_params = params_def.num_leaves
 
-    ``path_fn`` is [`jaxnn.apply`][jaxnn.apply] (the hand-derived backward) or
-    [`jaxnn.reference_apply`][jaxnn.reference_apply]; the cotangents ``v_i`` are drawn once from
-    ``cotangent_key``
-    for the reference output's leaves.
-    """
-    y, _ = jax.eval_shape(lambda: reference_apply(layer, params, state, x, key=key, train=train))
-    y_leaves, y_def = jax.tree.flatten(y)
-    keys = jax.random.split(cotangent_key, len(y_leaves)) if len(y_leaves) > 1 else [
-        cotangent_key]
-    cotangents = [jax.random.normal(k, leaf.shape, jnp.float64)
-                  for k, leaf in zip(keys, y_leaves, strict=True)]
-    treedef, n_params = jax.tree.structure(params), len(jax.tree.leaves(params))
-    x_def = jax.tree.structure(x)
-
-    def scalar(*arrays):
-        p = jax.tree.unflatten(treedef, arrays[:n_params])
+    def outputs(path_fn, arrays):
+        p = jax.tree.unflatten(params_def, arrays[:n_params])
         inp = jax.tree.unflatten(x_def, arrays[n_params:])
         out, _ = path_fn(layer, p, state, inp, key=key, train=train)
         out_leaves, out_def = jax.tree.flatten(out)
         if out_def != y_def:
             raise ValueError(f"check_layer: the output's structure {out_def} differs from the "
                              f"reference's {y_def}")
-        if magnitude:  # the size of the terms of S, and the non-finite outputs (numerics)
-            size = sum(jnp.sum(jnp.abs(v * o)) for v, o in zip(cotangents, out_leaves,
-                                                               strict=True))
-            bad = sum(jnp.sum(~jnp.isfinite(o)) for o in out_leaves)
-            return jnp.stack([size, bad.astype(size.dtype)])
-        return sum(jnp.sum(v * o) for v, o in zip(cotangents, out_leaves, strict=True))
+        return out_leaves
 
-    return scalar
+    def scalar(path_fn):
+        return lambda *arrays: sum(jnp.sum(v * o) for v, o in zip(
+            cotangents, outputs(path_fn, arrays), strict=True))
+
+    def magnitude(*arrays):
+        out = outputs(reference_apply, arrays)
+        size = sum(jnp.sum(jnp.abs(v * o)) for v, o in zip(cotangents, out, strict=True))
+        bad = sum(jnp.sum(~jnp.isfinite(o)) for o in out)
+        return jnp.stack([size, bad.astype(size.dtype)])
+
+    reference = scalar(reference_apply)
+    return scalar(apply), reference, reference, magnitude
 
 
 # --- losses ------------------------------------------------------------------------------------
@@ -217,15 +222,19 @@ def check_loss(loss: Loss, prediction: Any, target: Any, *, seed: int = 0,
     """
     with jax.enable_x64(True):
         prediction, target = _to_float64(prediction), _to_float64(target)
+        key = ("loss", loss, jax.tree.structure(target))
+        return _run_check(key, functools.partial(_loss_scalars, loss), [prediction], target,
+                          ["prediction"], loss.name, tolerances, seed)
 
-        def hand(p):
-            return loss(p, target)
 
-        def reference(p):
-            return loss.value(p, target)
+def _loss_scalars(loss: Loss, target) -> tuple:
+    """``(hand, reference, fd, magnitude)`` for ``_run_check``: the loss through its rule and
+    through its value, at the ``target`` held fixed."""
 
-        return _check_scalar(loss.name, hand, reference, [prediction], ["prediction"],
-                             tolerances, seed)
+    def reference(p):
+        return loss.value(p, target)
+
+    return (lambda p: loss(p, target)), reference, reference, None
 
 
 # --- the registered cases ----------------------------------------------------------------------
@@ -268,7 +277,20 @@ def check_case(case: LayerCase | LossCase, seed: int = 0) -> GradcheckReport:
     x = case_input(case, seed)
     if x is not None:
         options.setdefault("x", x)
-    return check_layer(case.make(), case.in_shape, seed=seed, tolerances=tolerances, **options)
+    return check_layer(_case_layer(case), case.in_shape, seed=seed, tolerances=tolerances,
+                       **options)
+
+
+_CASE_LAYERS: dict[int, tuple] = {}
+
+
+def _case_layer(case: LayerCase) -> Layer:
+    """``case.make()``, made once per case, so that checking a case again (another seed, the
+    test suite and the command line) reuses the compiled check of its layer."""
+    held = _CASE_LAYERS.get(id(case))
+    if held is None or held[0] is not case:
+        held = _CASE_LAYERS[id(case)] = (case, case.make())
+    return held[1]
 
 
 # --- whole models ------------------------------------------------------------------------------
@@ -379,8 +401,20 @@ def check_model(
 def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, train: bool,
                             tolerances: Tolerances, seed: int) -> GradcheckReport:
     """Part 1 of [`check_model`][jaxnn.gradcheck.check_model]: every parameter's gradient through
-    the explicit chain."""
+    the explicit chain, against autodiff and finite differences of the reference path."""
     leaves, treedef = jax.tree.flatten(params)
+    cache_key = ("model", model, loss, treedef, jax.tree.structure((state, x, y)), train,
+                 key is None)
+    make = functools.partial(_model_scalars, model, loss, treedef, train)
+    return _run_check(cache_key, make, leaves, (state, x, y, key),
+                      _parameter_names(model, params), None, tolerances, seed, _shape_of(x))
+
+
+def _model_scalars(model: Layer, loss: Loss, treedef, train: bool, context) -> tuple:
+    """``(hand, reference, fd, magnitude)`` for ``_run_check``: the explicit hand-derived chain
+    ([`jaxnn.value_and_grad`][jaxnn.value_and_grad], no autodiff) as the hand-derived
+    gradients, and ``J = loss(model(x), y)`` through the reference path."""
+    state, x, y, key = context
     explicit = value_and_grad(model, loss, train=train)
 
     def reference(*arrays):
@@ -388,15 +422,11 @@ def _check_model_parameters(model: Layer, loss: Loss, params, state, x, y, key, 
                                  train=train)
         return loss.value(out, y)
 
-    def both(p):  # one compilation for the explicit chain and jax.grad
-        (_, _), hand_grads = explicit(p, state, x, y, key)
-        leaves = jax.tree.leaves(p)
-        return jax.tree.leaves(hand_grads), jax.grad(reference, argnums=tuple(range(len(leaves))))(
-            *leaves)
+    def hand(*arrays):
+        (_, _), grads = explicit(jax.tree.unflatten(treedef, arrays), state, x, y, key)
+        return jax.tree.leaves(grads)
 
-    hand, auto = jax.jit(both)(params)
-    return _compare_with_references(_parameter_names(model, params), hand, auto, reference,
-                                    leaves, tolerances, seed, in_shape=_shape_of(x))
+    return GradientsOf(hand), reference, reference, None
 
 
 def _parameter_names(model: Layer, params) -> list[tuple[str, str]]:

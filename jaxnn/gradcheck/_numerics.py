@@ -177,51 +177,6 @@ class Estimates(NamedTuple):
 _OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
-def _finite_differences(fn: Callable, arrays: list, wrt: Sequence[int],
-                        tolerances: Tolerances, scale: float, rng: np.random.Generator,
-                        precision: Precision = FLOAT64,
-                        magnitude_fn: Callable | None = None) -> tuple[list[Estimates], int]:
-    """Fourth-order central differences of scalar ``fn(*arrays)`` w.r.t. each ``arrays[i]``.
-
-    Every perturbed point of every array is evaluated by one compiled, vmapped function, which
-    also evaluates ``magnitude_fn`` (``[Σ |v ⊙ f|, non-finite output entries]``: the size of
-    the terms summed into ``S``, for the rounding-noise floor; ``[|S|, 0]`` when omitted).
-    Returns one ``Estimates`` per array of ``wrt``, and the number of non-finite output
-    entries.
-    """
-    eps, max_entries = finite_difference_step(tolerances, precision), tolerances.max_fd_entries
-    sizes = [int(arrays[i].size) for i in wrt]
-    positions = [np.arange(n) if n <= max_entries else
-                 np.sort(rng.choice(n, size=max_entries, replace=False)) for n in sizes]
-    starts = np.cumsum([0, *sizes[:-1]])
-    flat_index = np.concatenate([p + s for p, s in zip(positions, starts, strict=True)])
-
-    def at(theta):
-        args = list(arrays)
-        for i, start, n in zip(wrt, starts, sizes, strict=True):
-            args[i] = theta[start:start + n].reshape(arrays[i].shape).astype(arrays[i].dtype)
-        return fn(*args)
-
-    def perturbed(theta, index):
-        steps = eps * jnp.asarray(_OFFSETS, theta.dtype)
-        return jax.vmap(lambda h: at(theta.at[index].add(h)))(steps)
-
-    def table(t, idx):
-        rows = jax.lax.map(lambda k: perturbed(t, k), idx, batch_size=128)
-        if magnitude_fn is None:
-            return rows, jnp.stack([jnp.abs(at(t)), jnp.zeros((), t.dtype)])
-        return rows, magnitude_fn(*arrays)
-
-    theta = jnp.concatenate([jnp.ravel(arrays[i]).astype(jnp.float64) for i in wrt])
-    values, (magnitude, bad_outputs) = jax.jit(table)(theta, jnp.asarray(flat_index))
-    unit = tolerances.noise_factor * precision.epsilon * float(magnitude)
-    estimates = _stencils(np.asarray(values, np.float64), eps, tolerances.rtol_fd / 2, scale,
-                          unit)
-    bounds = np.cumsum([0, *(len(p) for p in positions)])
-    return [Estimates(p, *(e[a:b] for e in estimates))
-            for p, a, b in zip(positions, bounds[:-1], bounds[1:], strict=True)], int(bad_outputs)
-
-
 def _stencils(table: np.ndarray, eps: float, tolerance: float, scale: float,
               unit: float = 0.0) -> tuple[np.ndarray, ...]:
     """The derivative estimates of a row of ``S`` at ``_OFFSETS``, and where they can be trusted.
@@ -404,36 +359,169 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
 
 
-def _check_scalar(layer_name: str, hand_fn: Callable, reference_fn: Callable, arrays: list,
-                  names: list[str], tolerances: Tolerances, seed: int,
-                  in_shape: tuple = (), magnitude_fn: Callable | None = None) -> GradcheckReport:
-    """Checks the gradient of scalar ``fn(*arrays)`` w.r.t. every floating-point array."""
-    wrt = [i for i, a in enumerate(arrays) if _is_float(a) and a.size]
+# --- compiled once: one jitted function per (what is checked, mode), cached --------------------
 
-    def both(*a):  # one compilation for the hand-derived gradient and jax.grad
-        return jax.grad(hand_fn, argnums=wrt)(*a), jax.grad(reference_fn, argnums=wrt)(*a)
-
-    precision = computing_precision(both, *arrays)
-    hand, auto = jax.jit(both)(*arrays)
-    return _compare_with_references([(layer_name, names[i]) for i in wrt], hand, auto,
-                                    reference_fn, arrays, tolerances, seed, wrt, in_shape,
-                                    precision, magnitude_fn)
+_COMPILED: dict = {}  # key -> the jitted evaluation of a check (jit caches per shapes/dtypes)
+_TRACED: dict = {}  # (key, shapes, dtypes) -> what a trace says: the precision, and extras
+_CACHE_SIZE = 512
 
 
-def _compare_with_references(names: Sequence[tuple[str, str]], hand: Sequence,
-                             auto: Sequence, reference_fn: Callable, arrays: list,
-                             tolerances: Tolerances, seed: int, wrt: Sequence[int] | None = None,
-                             in_shape: tuple = (), precision: Precision = FLOAT64,
-                             magnitude_fn: Callable | None = None) -> GradcheckReport:
-    """Compares ``hand[j]``, the gradient w.r.t. ``arrays[wrt[j]]`` named ``names[j]`` (layer,
-    parameter), with ``auto[j]`` (``jax.grad`` of ``reference_fn``) and with finite differences
-    of ``reference_fn`` (``_judge``)."""
-    wrt = list(range(len(arrays))) if wrt is None else list(wrt)
-    hand = [np.asarray(h, np.float64) for h in hand]
-    auto = [np.asarray(a, np.float64) for a in auto]
-    scale = _largest(auto)
-    estimates, bad_outputs = _finite_differences(reference_fn, arrays, wrt, tolerances, scale,
-                                                 np.random.default_rng(seed), precision,
-                                                 magnitude_fn)
-    return _judge(names, hand, auto, estimates, tolerances, precision, scale, in_shape,
-                  bad_outputs)
+def _remember(cache: dict, key: Any, build: Callable) -> Any:
+    """``cache[key]``, built by ``build()`` on a miss; an unhashable key is never cached."""
+    try:
+        hash(key)
+    except TypeError:
+        return build()
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = build()
+    return cache[key]
+
+
+def _avals(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(jnp.shape(x)), str(jnp.result_type(x))) for x in leaves)
+
+
+class Evaluated(NamedTuple):
+    """What one compiled evaluation of a check returns, in NumPy."""
+
+    hand: list  # the hand-derived gradient per differentiated array
+    auto: list | None  # autodiff of the reference, or None without one
+    estimates: list  # finite-difference Estimates per differentiated array
+    bad_outputs: int  # output entries NaN/inf at the point
+    precision: Precision
+    note: str = ""  # how the reference was differentiated, when not in reverse mode
+
+
+def _evaluate(key: Any, make: Callable, arrays: list, context: Any, wrt: Sequence[int],
+              tolerances: Tolerances, seed: int) -> Evaluated:
+    """The gradients and finite differences of one check, from one compiled function.
+
+    ``make(context)`` returns ``(hand, reference, fd, magnitude)``: scalar functions of
+    ``*arrays`` (``reference`` may be None; ``magnitude`` returns ``[Σ |v ⊙ f|, non-finite
+    outputs]``). Everything the scalars depend on besides ``arrays`` is in ``context`` (arrays:
+    cotangents, state, keys, fixed arguments), so that one jitted function serves every call
+    with the same ``key`` — which names ``make``'s static behaviour (the layer or function, tree
+    structures, mode) — at the same shapes and dtypes, across seeds: nothing is closed over as
+    a constant. The hand-derived gradient, autodiff, every finite-difference point (one
+    vmapped evaluation over the perturbation directions) and the magnitude are computed in it.
+    """
+    wrt = tuple(wrt)
+
+    def gradients(arrays, context, mode="reverse"):
+        hand, reference, _, _ = make(context)
+        if mode == "values":  # the reference's forward alone: its own errors are the user's
+            return None, None if reference is None else reference(*arrays)
+        g = (tuple(hand.gradients(*arrays)) if isinstance(hand, GradientsOf)
+             else jax.grad(hand, argnums=wrt)(*arrays))
+        if reference is None or mode == "none":
+            return g, None
+        differentiate = jax.grad if mode == "reverse" else jax.jacfwd
+        return g, differentiate(reference, argnums=wrt)(*arrays)
+
+    precision, mode, note = _remember(_TRACED, (key, wrt, _avals((arrays, context))),
+                                      lambda: _choose_mode(gradients, arrays, context))
+    eps = finite_difference_step(tolerances, precision)
+    sizes = [int(np.size(arrays[i])) for i in wrt]
+    rng = np.random.default_rng(seed)
+    positions = [np.arange(n) if n <= tolerances.max_fd_entries else
+                 np.sort(rng.choice(n, size=tolerances.max_fd_entries, replace=False))
+                 for n in sizes]
+    starts = np.cumsum([0, *sizes[:-1]])
+    flat_index = np.concatenate([p + s for p, s in zip(positions, starts, strict=True)])
+
+    def body(arrays, context, index):  # cached: everything shape-dependent is computed here
+        hand_grads, auto_grads = gradients(arrays, context, mode)
+        _, _, fd, magnitude = make(context)
+        sizes = [int(np.size(arrays[i])) for i in wrt]
+        starts = np.cumsum([0, *sizes[:-1]])
+
+        def at(theta):
+            args = list(arrays)
+            for i, start, n in zip(wrt, starts, sizes, strict=True):
+                args[i] = theta[start:start + n].reshape(jnp.shape(arrays[i])).astype(
+                    arrays[i].dtype)
+            return fd(*args)
+
+        def perturbed(theta, k):
+            steps = eps * jnp.asarray(_OFFSETS, theta.dtype)
+            return jax.vmap(lambda h: at(theta.at[k].add(h)))(steps)
+
+        theta = jnp.concatenate([jnp.ravel(arrays[i]).astype(jnp.float64) for i in wrt])
+        table = jax.lax.map(lambda k: perturbed(theta, k), index, batch_size=128)
+        size = (jnp.stack([jnp.abs(at(theta)), jnp.zeros((), theta.dtype)])
+                if magnitude is None else magnitude(*arrays))
+        return hand_grads, auto_grads, table, size
+
+    compiled = _remember(_COMPILED, (key, wrt, eps, mode), lambda: jax.jit(body))
+    hand, auto, table, (magnitude, bad) = compiled(arrays, context, jnp.asarray(flat_index))
+    hand = [np.asarray(g, np.float64) for g in hand]
+    auto = None if auto is None else [np.asarray(g, np.float64) for g in auto]
+    scale = _largest(hand if auto is None else auto)
+    unit = tolerances.noise_factor * precision.epsilon * float(magnitude)
+    estimates = _stencils(np.asarray(table, np.float64), eps, tolerances.rtol_fd / 2, scale,
+                          unit)
+    bounds = np.cumsum([0, *(len(p) for p in positions)])
+    fd = [Estimates(p, *(e[a:b] for e in estimates))
+          for p, a, b in zip(positions, bounds[:-1], bounds[1:], strict=True)]
+    return Evaluated(hand, auto, fd, int(bad), precision, note)
+
+
+def _choose_mode(gradients: Callable, arrays: list, context: Any) -> tuple:
+    """``(precision, mode, note)``: autodiff of the reference in reverse mode; where that
+    fails (a ``while_loop`` with a dynamic bound, a ``pallas_call``), in forward mode
+    (``jax.jacfwd``, which ``while_loop`` supports); where that fails too, none (finite
+    differences only). The note says which, and why. An error of the reference's forward
+    itself (a wrong output shape) is raised, never taken for a differentiation failure."""
+    jax.eval_shape(lambda a, c: gradients(a, c, "values"), arrays, context)
+    try:
+        return computing_precision(gradients, arrays, context), "reverse", ""
+    except Exception as reverse_error:  # noqa: BLE001 -- any failure: try the next mode
+        why = _first_line(reverse_error)
+        for mode, note in (("forward", f"reference differentiated in forward mode "
+                                       f"(jax.jacfwd): reverse mode failed ({why})"),
+                           ("none", f"finite differences only: autodiff of the reference "
+                                    f"failed in both modes ({why})")):
+            try:
+                return computing_precision(
+                    lambda a, c, mode=mode: gradients(a, c, mode), arrays, context), mode, note
+            except Exception:  # noqa: BLE001, S112 -- the next mode
+                continue
+        raise
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {(lines or [''])[0][:140]}"
+
+
+class GradientsOf(NamedTuple):
+    """Marks a hand-derived side that returns the gradients itself (the explicit chain of
+    ``check_model``) rather than a scalar to differentiate."""
+
+    gradients: Callable
+
+
+def _run_check(key: Any, make: Callable, arrays: list, context: Any, names: Sequence,
+               layer: str | None, tolerances: Tolerances, seed: int,
+               in_shape: tuple = ()) -> GradcheckReport:
+    """``_evaluate`` then ``_judge``: the report of one check, rows ``(layer, names[j])`` for
+    the floating-point arrays (``names[j]`` itself, a ``(layer, parameter)`` pair, when
+    ``layer`` is None)."""
+    wrt = [i for i, a in enumerate(arrays) if _is_float(a) and np.size(a)]
+    result = _evaluate(key, make, arrays, context, wrt, tolerances, seed)
+    scale = _largest(result.hand if result.auto is None else result.auto)
+    rows = [names[i] if layer is None else (layer, names[i]) for i in wrt]
+    layer = layer or (rows[0][0] if rows else "")
+    report = _judge(rows, result.hand, result.auto,
+                    result.estimates, tolerances, result.precision, scale, in_shape,
+                    result.bad_outputs)
+    if result.note:
+        report.notes.insert(0, f"{layer}: {result.note}")
+    if result.bad_outputs:
+        report.notes.insert(0, f"{layer}: {result.bad_outputs} output entries are NaN/inf at "
+                               f"these arguments: left out of S; gradient entries NaN there "
+                               f"not compared")
+    return report

@@ -8,8 +8,10 @@ differentiated by plain autodiff.
 (``jax.nn.softplus`` calls ``jnp.logaddexp``, whose rule is a ``custom_jvp``;
 ``jnp.linalg.pinv`` calls one too). ``undecorated`` therefore traces the function once and
 evaluates the traced program with each custom call replaced by the primal computation it wraps
-(its ``call_jaxpr``), looking inside nested ``jit`` calls, so that ``jax.grad`` differentiates
-every primitive itself.
+(its ``call_jaxpr``), looking inside nested ``jit`` calls and ``jax.checkpoint`` bodies (evaluated
+in place: the values are the same) and rewriting the bodies of ``lax.scan``, ``lax.while_loop``,
+``lax.fori_loop`` and ``lax.cond`` (each body re-traced with its rules removed), so that
+``jax.grad`` differentiates every primitive itself.
 
 >>> import jax, jax.numpy as jnp
 >>> plain, rules = undecorated(jax.nn.relu, jnp.array([1.0, -2.0]))
@@ -33,6 +35,9 @@ __all__ = ["undecorated"]
 _CUSTOM_RULE_PRIMITIVES = frozenset({"custom_jvp_call", "custom_vjp_call",
                                      "custom_vjp_call_jaxpr"})
 _JIT_PRIMITIVES = frozenset({"pjit", "jit"})
+# evaluated in place (only memory differs); loops and branches get rewritten bodies instead
+_INLINED_PRIMITIVES = _JIT_PRIMITIVES | {"remat2", "checkpoint"}
+_BODY_PARAMS = ("jaxpr", "body_jaxpr", "cond_jaxpr", "branches")
 
 
 def undecorated(fn: Callable, *args: Any) -> tuple[Callable, tuple[str, ...]]:
@@ -66,15 +71,38 @@ def undecorated(fn: Callable, *args: Any) -> tuple[Callable, tuple[str, ...]]:
     return plain, _custom_calls(closed.jaxpr)
 
 
+def _bodies(eqn) -> list:
+    """The open jaxprs in an equation's body parameters (a scan's, a while's, a cond's...)."""
+    out = []
+    for name in _BODY_PARAMS:
+        value = eqn.params.get(name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if hasattr(v, "eqns"):
+                out.append(v)
+            elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                out.append(v.jaxpr)
+    return out
+
+
 def _custom_calls(jaxpr) -> tuple[str, ...]:
-    """The custom calls ``_evaluate`` replaces: at the top level and inside ``jit`` calls."""
+    """The custom calls ``_evaluate`` replaces: at the top level and inside ``jit``,
+    ``checkpoint``, loop and branch bodies (a kernel's body, ``pallas_call``, is left alone)."""
     found: list[str] = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name in _CUSTOM_RULE_PRIMITIVES:
             found.append(eqn.primitive.name)
-        elif eqn.primitive.name in _JIT_PRIMITIVES:
-            found.extend(_custom_calls(eqn.params["jaxpr"].jaxpr))
+        elif eqn.primitive.name != "pallas_call":
+            for body in _bodies(eqn):
+                found.extend(_custom_calls(body))
     return tuple(found)
+
+
+def _without_rules(closed):
+    """A closed jaxpr re-traced with its custom calls replaced (itself when it has none)."""
+    if not _custom_calls(closed.jaxpr):
+        return closed
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    return jax.make_jaxpr(lambda *a: _evaluate(closed.jaxpr, closed.consts, list(a)))(*avals)
 
 
 def _evaluate(jaxpr, consts, args) -> list:
@@ -91,12 +119,21 @@ def _evaluate(jaxpr, consts, args) -> list:
     for eqn in jaxpr.eqns:
         inputs = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
-        if name in _CUSTOM_RULE_PRIMITIVES or name in _JIT_PRIMITIVES:
+        if name in _CUSTOM_RULE_PRIMITIVES or (name in _INLINED_PRIMITIVES
+                                               and _custom_calls(_bodies(eqn)[0])):
             inner = eqn.params["call_jaxpr" if name in _CUSTOM_RULE_PRIMITIVES else "jaxpr"]
-            outputs = _evaluate(inner.jaxpr, inner.consts, inputs)
+            outputs = _evaluate(getattr(inner, "jaxpr", inner), getattr(inner, "consts", ()),
+                                inputs)
         else:
+            params = dict(eqn.params)
+            if name in ("scan", "while", "cond") and any(map(_custom_calls, _bodies(eqn))):
+                for key in ("jaxpr", "body_jaxpr", "cond_jaxpr"):
+                    if key in params and name != "cond":
+                        params[key] = _without_rules(params[key])
+                if name == "cond":
+                    params["branches"] = tuple(map(_without_rules, params["branches"]))
             with eqn.ctx.manager:  # the equation's own context (e.g. its precision settings)
-                outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(eqn.params))
+                outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(params))
             if not eqn.primitive.multiple_results:
                 outputs = [outputs]
         for var, value in zip(eqn.outvars, outputs, strict=True):
