@@ -40,18 +40,18 @@ import os
 if "XLA_FLAGS" not in os.environ:  # before JAX starts: the device count is fixed then
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
-import argparse  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import NamedTuple  # noqa: E402
+import argparse
+import re
+import statistics
+import time
+from typing import NamedTuple
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
-import jaxnn  # noqa: E402
-from jaxnn import sharding  # noqa: E402
+import jaxnn
+from jaxnn import sharding
 
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 FULL = {"vocab": 2048, "width": 256, "depth": 2, "heads": 4, "context": 64, "lm_batch": 16,

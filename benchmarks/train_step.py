@@ -41,6 +41,7 @@ and ``compile_vs_autodiff``, which are jaxnn's figure over autodiff's (< 1 is be
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import platform
 import re
 import statistics
@@ -212,7 +213,7 @@ def matmul_peak_variant(n: int) -> tuple[Variant, float]:
 
 def mlp_flops(sizes: tuple[int, ...], batch: int) -> float:
     """Matmul FLOPs of one step: forward, dW of every layer, dx of all but the first."""
-    pairs = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False)]
+    pairs = [a * b for a, b in itertools.pairwise(sizes)]
     return 2.0 * batch * (3 * sum(pairs) - pairs[0])
 
 
@@ -226,7 +227,7 @@ def jaxnn_mlp(sizes):
 def plain_mlp_init(key, sizes):
     params = []
     for k, (n_in, n_out) in zip(jax.random.split(key, len(sizes) - 1),
-                                zip(sizes[:-1], sizes[1:], strict=False), strict=True):
+                                itertools.pairwise(sizes), strict=True):
         w = jax.random.normal(k, (n_in, n_out), jnp.float32) / np.sqrt(n_in)
         params.append((w, jnp.zeros((n_out,), jnp.float32)))
     return params
@@ -285,7 +286,7 @@ def peer_mlps(name: str, sizes, key, x):
             def __init__(self, rngs):
                 dims = sizes
                 self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in
-                                        zip(dims[:-1], dims[1:], strict=False)])
+                                        itertools.pairwise(dims)])
 
             def __call__(self, h):
                 for layer in self.layers[:-1]:

@@ -211,7 +211,7 @@ def on_files(files, config):
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the build log stays the build's
                 run_guide(page, scratch)
-        except Exception as err:  # noqa: BLE001 - reported, and fails a strict build
+        except Exception as err:  # reported, and fails a strict build
             log.warning("guides/%s: its code failed while drawing its pictures: %r",
                         page.name, err)
             continue
@@ -240,7 +240,7 @@ def _mathml(tex: str, display: str, page: str) -> str:
     tex = html.unescape(tex).strip()
     try:
         math = convert(tex, display=display)
-    except Exception as err:  # noqa: BLE001 - any failure is a build warning
+    except Exception as err:  # any failure is a build warning
         log.warning("%s: cannot convert the formula %r to MathML: %s", page, tex, err)
         return html.escape(tex)
     return math.replace("<math ", f'<math data-tex="{html.escape(tex, quote=True)}" ', 1)

@@ -367,8 +367,8 @@ def fuse(model: Layer, loss: Loss) -> tuple[Layer, Loss]:
     if loss.fused is None:
         return model, loss
     activation, fused_loss = loss.fused
-    if model.name == "serial" and len(model.sublayers) > 1:
-        if model.sublayers[-1].name == activation:
-            # identity keeps the params/state tuples aligned with the original model's
-            return model.rebuild((*model.sublayers[:-1], identity())), fused_loss
+    if (model.name == "serial" and len(model.sublayers) > 1
+            and model.sublayers[-1].name == activation):
+        # identity keeps the params/state tuples aligned with the original model's
+        return model.rebuild((*model.sublayers[:-1], identity())), fused_loss
     return model, loss

@@ -30,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -199,10 +200,8 @@ def _remove_stale_temporaries(path: str) -> None:
             continue
         pid = entry[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, entry))
-            except OSError:
-                pass
 
 
 def _running(pid: int) -> bool:

@@ -260,7 +260,7 @@ def _refuse_parameters(layer: Layer, x: Any) -> None:
     try:
         shape = jax.tree.map(lambda a: tuple(jnp.shape(a)), x)  # a tuple of shapes for branches
         made = jax.eval_shape(lambda key: layer.init(key, shape)[1:], jax.random.key(0))
-    except Exception:  # noqa: BLE001 - an input init refuses is reported by forward below
+    except Exception:  # an input init refuses is reported by forward below
         return
     params, state = made
     if not jax.tree.leaves((params, state)):

@@ -78,6 +78,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import pathlib
 from collections.abc import Callable
 
@@ -602,7 +603,7 @@ def _attribute_docstrings() -> dict[str, str]:
         return {}
     body = ast.parse(source).body
     found = {}
-    for node, after in zip(body, body[1:], strict=False):
+    for node, after in itertools.pairwise(body):
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and isinstance(after, ast.Expr)
                 and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):

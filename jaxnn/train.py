@@ -328,7 +328,7 @@ def _class_ids(prediction: jax.Array, target: jax.Array) -> jax.Array:
     """``target`` as class ids of shape ``prediction.shape[:-1]``, or a named error."""
     batch_shape = tuple(prediction.shape[:-1])
     if jnp.issubdtype(target.dtype, jnp.integer):
-        if tuple(target.shape) == batch_shape + (1,):
+        if tuple(target.shape) == (*batch_shape, 1):
             return target[..., 0]
         if tuple(target.shape) == batch_shape:
             return target
@@ -337,6 +337,6 @@ def _class_ids(prediction: jax.Array, target: jax.Array) -> jax.Array:
     raise ValueError(
         f"accuracy: for predictions of shape {tuple(prediction.shape)} ({prediction.shape[-1]} "
         f"classes) the target must be integer class ids of shape {batch_shape} or "
-        f"{batch_shape + (1,)}, or one-hot rows of shape {tuple(prediction.shape)}; got "
+        f"{(*batch_shape, 1)}, or one-hot rows of shape {tuple(prediction.shape)}; got "
         f"{target.dtype} of shape {tuple(target.shape)}. Targets are never broadcast"
     )

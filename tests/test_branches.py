@@ -48,7 +48,8 @@ def test_init_shape_equals_forward_shape(network, in_shape, train):
     y, new_state = jaxnn.apply(net, params, state, x, train=train)
     out_shapes = out_shape if isinstance(y, tuple) else (out_shape,)
     for expected, leaf in zip(out_shapes, jax.tree.leaves(y), strict=True):
-        assert expected[1:] == leaf.shape[1:] and expected[0] in (-1, leaf.shape[0])
+        assert expected[1:] == leaf.shape[1:]
+        assert expected[0] in (-1, leaf.shape[0])
     chex.assert_trees_all_equal_shapes(new_state, state)
 
 
@@ -66,7 +67,8 @@ def test_parallel_forward_is_each_branch_and_backward_sums_the_input_gradients(k
     branches = [jaxnn.dense(2, dtype=jnp.float64), jaxnn.tanh(), jaxnn.dense(4, dtype=jnp.float64)]
     net = jaxnn.parallel(*branches)
     out_shape, params, state = net.init(key, (-1, 3))
-    assert out_shape == ((-1, 2), (-1, 3), (-1, 4)) and len(params) == 3
+    assert out_shape == ((-1, 2), (-1, 3), (-1, 4))
+    assert len(params) == 3
     x = jax.random.normal(key, (5, 3))
     ys, _, residuals = net.forward(params, state, x)
     dys = tuple(jax.random.normal(k, y.shape) for k, y in zip(jax.random.split(key, 3), ys))
@@ -101,7 +103,7 @@ def test_parallel_and_residual_reject_non_layers_with_a_hint():
         jaxnn.parallel(jaxnn.dense(2), jaxnn.relu)
     with pytest.raises(ValueError, match="parallel: needs at least one layer"):
         jaxnn.parallel()
-    with pytest.raises(TypeError, match="residual: argument 0 .* not a jaxnn.Layer"):
+    with pytest.raises(TypeError, match=r"residual: argument 0 .* not a jaxnn.Layer"):
         jaxnn.residual(jaxnn.dense)
 
 
@@ -171,7 +173,8 @@ def test_residual_forward_adds_the_input_and_backward_adds_dy(key):
                          jaxnn.dense(3, dtype=jnp.float64))
     block = jaxnn.residual(inner)
     _, params, state = block.init(key, (-1, 3))
-    assert len(params) == 1 and state == ()  # nothing inside has state
+    assert len(params) == 1
+    assert state == ()
     x = jax.random.normal(key, (5, 3))
     dy = jax.random.normal(jax.random.key(1), (5, 3))
     y, new_state, residuals = block.forward(params, state, x)

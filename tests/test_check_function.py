@@ -276,7 +276,8 @@ def test_assert_gradients_match_takes_a_layer():
 @settings(max_examples=30, deadline=None)
 @given(arrays_away_from_kinks((5, 2), kinks=(-1.0, 0.0, 1.0), margin=0.1, bound=2.0))
 def test_strategy_keeps_entries_away_from_kinks(a):
-    assert a.shape == (5, 2) and a.dtype == np.float64
+    assert a.shape == (5, 2)
+    assert a.dtype == np.float64
     for kink in (-1.0, 0.0, 1.0):
         assert np.all(np.abs(a - kink) >= 0.1)
     assert np.all(np.abs(a) <= 2.1)
@@ -298,7 +299,8 @@ def test_markdown_and_html_show_every_row_and_verdict():
     assert len([line for line in markdown if line.startswith("| dense<tanh>")]) == 3
     assert sum("**FAIL**" in line for line in markdown) == 1
     html = report._repr_html_()
-    assert "dense&lt;tanh&gt;" in html and "<caption>gradient check FAILED</caption>" in html
+    assert "dense&lt;tanh&gt;" in html
+    assert "<caption>gradient check FAILED</caption>" in html
     assert html.count("<tr") == 4  # header and one row per leaf
 
 
@@ -338,7 +340,8 @@ def test_cli_plots_where_the_error_sits(tmp_path, capsys):
                      "--plot", str(plot)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"scaled_tanh_wrong_last_column\s+x\s.*\(\d, 2\)\s+FAIL", out)
-    assert plot.stat().st_size > 1000 and f"wrote {plot}" in out
+    assert plot.stat().st_size > 1000
+    assert f"wrote {plot}" in out
 
 
 def test_plot_errors_draws_one_panel_per_parameter(tmp_path):
@@ -496,10 +499,13 @@ def test_float32_inside_is_reported_as_noise_not_as_a_kink():
     entries still compared with finite differences (at their noise floor), never 'non-smooth'."""
     report = check_function(_float32_sin_twice_as_steep(), *normal(0, (2, 3)))
     fd = [c for c in report.comparisons if c.reference == "finite differences"]
-    assert fd[0].compared == 6 and fd[0].kinks == 0 and fd[0].computes_in == "float32"
+    assert fd[0].compared == 6
+    assert fd[0].kinks == 0
+    assert fd[0].computes_in == "float32"
     assert not fd[0].passed, "2x too steep fails against finite differences too"
     text = report.table()
-    assert "noisy (float32 inside)" in text and "non-smooth" not in text
+    assert "noisy (float32 inside)" in text
+    assert "non-smooth" not in text
     correct = check_function(_rule(lambda x: jnp.sin(x.astype(jnp.float32)), jnp.cos),
                              *normal(0, (2, 3)))
     assert correct.passed, correct.table()
@@ -620,8 +626,11 @@ def test_a_leaf_no_reference_could_judge_is_unverified_not_passed():
     unless allowed."""
     x = jnp.zeros((2, 3))
     report = check_function(jnp.abs, x)
-    assert report.unverified == [("abs", "x")] and not report.passed and not report.failures
-    assert "unverified" in report.table() and "unverified" in report.markdown()
+    assert report.unverified == [("abs", "x")]
+    assert not report.passed
+    assert not report.failures
+    assert "unverified" in report.table()
+    assert "unverified" in report.markdown()
     assert "unverified" in report._repr_html_()
     with pytest.raises(AssertionError, match="unverified"):
         assert_gradients_match(jnp.abs, x)
@@ -684,8 +693,10 @@ def test_a_failing_check_under_pytest_does_not_print_the_helpers_source(tmp_path
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(tmp_path / "test_user.py")], capture_output=True, text=True,
                          cwd=tmp_path, env=os.environ.copy(), timeout=300).stdout
-    assert "worst entry x[" in out and "1 failed" in out, out
-    assert "report = gradcheck.check_function" not in out and "__tracebackhide__" not in out
+    assert "worst entry x[" in out, out
+    assert "1 failed" in out, out
+    assert "report = gradcheck.check_function" not in out
+    assert "__tracebackhide__" not in out
 
 
 def _sin_rule(scale):
@@ -750,7 +761,7 @@ def scaled_sine(x, n, s):
     return jnp.sin(x) * n * s
 
 
-@pytest.mark.parametrize("argv, expected", [
+@pytest.mark.parametrize(("argv", "expected"), [
     (["--target", "jaxnn:dense", "--shape", "4,3"], "is a layer constructor that needs arguments"),
     (["--target", "jax.numpy:log", "--shape", "3", "--range", "2,1"], "--range: expected LOW,HIGH"),
     (["--target", "jax.numpy:log", "--shape", "float:3"], "--shape: expected N,N,..."),
@@ -764,7 +775,9 @@ def test_cli_target_mistakes_get_one_line(argv, expected, capsys):
 
     assert cli.main(["gradcheck", *argv]) != 0
     err = capsys.readouterr().err
-    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert expected in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_target_takes_scalar_integer_and_positive_arguments(capsys):
@@ -775,7 +788,8 @@ def test_cli_target_takes_scalar_integer_and_positive_arguments(capsys):
     assert cli.main(["gradcheck", "--target", "tests.test_check_function:scaled_sine",
                      "--shape", "3", "--shape", "int:3", "--shape", ""]) == 0
     out = capsys.readouterr().out
-    assert "n (int" in out and " s " in out
+    assert "n (int" in out
+    assert " s " in out
     assert cli.main(["gradcheck", "--target", "jax.numpy:log", "--shape", "4",
                      "--positive"]) == 0
     assert "uniform in [0.1, 3)" in capsys.readouterr().out

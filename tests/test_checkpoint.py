@@ -57,10 +57,11 @@ def test_file_is_an_npz_keyed_by_tree_paths_readable_without_pickle(tmp_path, ke
 
 def test_no_pickle_anywhere_in_the_module():
     source = pathlib.Path(checkpoint.__file__).read_text()
-    assert "import pickle" not in source and "allow_pickle=True" not in source
+    assert "import pickle" not in source
+    assert "allow_pickle=True" not in source
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(("change", "message"), [
     (lambda t: {**t, "b": jnp.zeros(4, jnp.float32)},
      r"shape mismatch at \['b'\]: expected \(4,\), got \(3,\)"),
     (lambda t: {**t, "b": jnp.zeros(3, jnp.int32)},
@@ -91,9 +92,9 @@ def test_corrupted_truncated_and_foreign_files_are_named(tmp_path):
         with pytest.raises(checkpoint.CheckpointError, match=f"{name}.npz: not a readable "
                            f"checkpoint"):
             checkpoint.load(tmp_path / f"{name}.npz", tree)
-    with pytest.raises(checkpoint.CheckpointError, match="foreign.npz: not a jaxnn checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"foreign.npz: not a jaxnn checkpoint"):
         checkpoint.load(tmp_path / "foreign.npz", tree)
-    with pytest.raises(checkpoint.CheckpointError, match="absent.npz: no such checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"absent.npz: no such checkpoint"):
         checkpoint.load(tmp_path / "absent.npz", tree)
 
 
@@ -186,7 +187,9 @@ def test_save_goes_through_a_temporary_file_renamed_over_the_destination(tmp_pat
     monkeypatch.setattr(checkpoint.os, "replace", spy)
     checkpoint.save(tmp_path / "c.npz", {"W": jnp.ones(2)})
     (folder, name, complete), = seen
-    assert folder == str(tmp_path) and name != "c.npz" and complete
+    assert folder == str(tmp_path)
+    assert name != "c.npz"
+    assert complete
 
 
 def test_metadata_must_be_json(tmp_path):

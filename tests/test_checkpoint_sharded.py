@@ -69,7 +69,8 @@ def _child_fsdp_on_eight_saved_restored_on_four_one_and_tensor_then_continued():
         if mesh is None:
             assert leaf.sharding.device_set == {jax.local_devices()[0]}
         else:
-            assert leaf.sharding.spec == specs[0][0]["W"] and leaf.sharding.mesh == mesh
+            assert leaf.sharding.spec == specs[0][0]["W"]
+            assert leaf.sharding.mesh == mesh
             assert len(leaf.sharding.device_set) == 4
         rest = _fit(restored_params, x, y, 2, opt_state=restored_opt, start_epoch=2,
                     **({} if mesh is None else {"mesh": mesh, "shard_params": strategy}))
@@ -85,7 +86,7 @@ def _child_fsdp_on_eight_saved_restored_on_four_one_and_tensor_then_continued():
 def test_a_template_of_another_architecture_is_named(tmp_path):
     """A template whose structure, shapes or dtypes differ from the saved tree is a
     CheckpointError naming the first leaf that differs."""
-    net, params, *_ = _problem()
+    _net, params, *_ = _problem()
     directory = tmp_path / "ckpt"
     checkpoint.save_sharded(directory, params, step=1)
     wider = jaxnn.serial(jaxnn.dense(32), jaxnn.relu(), jaxnn.dense(16), jaxnn.tanh(),
@@ -98,7 +99,7 @@ def test_a_template_of_another_architecture_is_named(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"structure differs from the saved one "
                                                          r"at leaf 5: expected \(nothing more\), "
                                                          r"got \[4\]\['b'\]"):
-        checkpoint.load_sharded(directory, params[:4] + ({"W": params[4]["W"]},))
+        checkpoint.load_sharded(directory, (*params[:4], {"W": params[4]["W"]}))
     as32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
     with pytest.raises(checkpoint.CheckpointError, match="dtype mismatch at"):
         checkpoint.load_sharded(directory, as32)
@@ -121,7 +122,7 @@ def test_a_sharded_checkpoint_is_written_once_and_read_back_exactly(tmp_path):
     """Round trip on one device (values, NamedTuple optimizer state); an existing folder is
     refused rather than overwritten; a missing one and an .npz file are named; the .npz format
     stays for small runs."""
-    net, params, *_ = _problem()
+    _net, params, *_ = _problem()
     tree = (params, optax.adam(1e-3).init(params))
     directory = tmp_path / "step_0"
     checkpoint.save_sharded(directory, tree, step=0)

@@ -41,7 +41,9 @@ def test_serial_params_and_state_are_tuples_per_layer():
     net = jaxnn.serial(jaxnn.dense(4), jaxnn.relu(), jaxnn.dense(1))
     out_shape, params, state = net.init(jax.random.key(0), (-1, 2))
     assert out_shape == (-1, 1)
-    assert isinstance(params, tuple) and len(params) == 3 and params[1] == ()
+    assert isinstance(params, tuple)
+    assert len(params) == 3
+    assert params[1] == ()
     assert state == ()  # no layer has state: the network has none
     assert repr(net) == "serial(dense, relu, dense)"
 
@@ -82,8 +84,10 @@ def test_named_serial_params_are_dicts_keyed_by_name_in_order(make, key):
     net = make()
     out_shape, params, state = net.init(key, (-1, 3))
     assert out_shape == (-1, 2)
-    assert isinstance(params, dict) and list(params) == ["enc", "act", "head"]
-    assert params["enc"]["W"].shape == (3, 4) and params["act"] == ()
+    assert isinstance(params, dict)
+    assert list(params) == ["enc", "act", "head"]
+    assert params["enc"]["W"].shape == (3, 4)
+    assert params["act"] == ()
     assert state == ()
     assert net.names == ("enc", "act", "head")
     assert repr(net) == "serial(enc=dense, act=relu, head=dense)"
@@ -119,7 +123,8 @@ def test_any_valid_names_give_the_positional_networks_output(widths, names):
     named = jaxnn.serial(*zip(names, layers, strict=False))
     _, params, state = positional.init(jax.random.key(0), (-1, 2))
     _, named_params, named_state = named.init(jax.random.key(0), (-1, 2))
-    assert list(named_params) == names[:len(widths)] and state == named_state == ()
+    assert list(named_params) == names[:len(widths)]
+    assert state == named_state == ()
     chex.assert_trees_all_equal(tuple(named_params.values()), params)
     x = jnp.arange(6.0).reshape(3, 2)
     chex.assert_trees_all_close(jaxnn.apply(named, named_params, (), x),
@@ -218,7 +223,8 @@ def test_named_parallel_params_are_dicts_and_outputs_stay_a_tuple(key):
     net = jaxnn.parallel(wide=jaxnn.dense(3), narrow=jaxnn.dense(1))
     out_shapes, params, state = net.init(key, (-1, 2))
     assert out_shapes == ((-1, 3), (-1, 1))
-    assert list(params) == ["wide", "narrow"] and state == ()
+    assert list(params) == ["wide", "narrow"]
+    assert state == ()
     (a, b), new_state = jaxnn.apply(net, params, (), jnp.ones((4, 2)))
     assert (a.shape, b.shape, new_state) == ((4, 3), (4, 1), ())
 
@@ -230,7 +236,8 @@ def test_rebuild_and_map_leaves_keep_names_in_paths():
     rebuilt = jaxnn.map_leaves(lambda leaf, path: seen.append(path) or leaf, net)
     assert seen == ["serial/enc:serial/0:dense", "serial/enc:serial/1:relu",
                     "serial/head:parallel/a:dense", "serial/head:parallel/b:dense"]
-    assert rebuilt.names == ("enc", "head") and rebuilt.sublayers[1].names == ("a", "b")
+    assert rebuilt.names == ("enc", "head")
+    assert rebuilt.sublayers[1].names == ("a", "b")
     assert repr(rebuilt) == repr(net)
 
 
@@ -269,12 +276,16 @@ def test_a_network_with_some_state_keeps_the_aligned_structure(key):
     net = jaxnn.serial(dense=jaxnn.dense(3), norm=jaxnn.batch_norm(), out=jaxnn.dense(1))
     _, params, state = net.init(key, (-1, 2))
     assert list(state) == ["dense", "norm", "out"]
-    assert state["dense"] == () and state["out"] == () and set(state["norm"]) == {"mean", "var"}
+    assert state["dense"] == ()
+    assert state["out"] == ()
+    assert set(state["norm"]) == {"mean", "var"}
     _, new_state = jaxnn.apply(net, params, state, jnp.ones((4, 2)), train=True)
     chex.assert_trees_all_equal_structs(new_state, state)
     positional = jaxnn.serial(jaxnn.dense(3), jaxnn.residual(jaxnn.batch_norm()))
     _, _, state = positional.init(key, (-1, 2))
-    assert state[0] == () and len(state[1]) == 1 and set(state[1][0]) == {"mean", "var"}
+    assert state[0] == ()
+    assert len(state[1]) == 1
+    assert set(state[1][0]) == {"mean", "var"}
 
 
 def test_the_check_mode_names_the_layer_by_its_name():

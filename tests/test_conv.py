@@ -205,7 +205,7 @@ def test_conv_trains_in_a_serial_network_with_the_explicit_chain(key):
     _, params, _ = net.init(key, (-1, 8, 2))
     x = jax.random.normal(key, (4, 8, 2))
     y = jnp.zeros((4, 1))
-    (value, _), grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
+    (_value, _), grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
     auto = jax.grad(lambda p: jaxnn.mean_squared_error.value(
         jaxnn.reference_apply(net, p, (), x)[0], y))(params)
     chex.assert_trees_all_close(grads, auto, rtol=1e-10, atol=1e-12)

@@ -51,14 +51,17 @@ def test_layers_keep_their_named_tuple_reading():
     assert (name, init, forward, backward) == (layer.name, layer.init, layer.forward,
                                                layer.backward)
     assert layer._fields[:4] == ("name", "init", "forward", "backward")
-    assert layer[0] == "dense" and len(layer) == len(layer._fields)
+    assert layer[0] == "dense"
+    assert len(layer) == len(layer._fields)
     renamed = layer._replace(name="my_dense")
-    assert renamed.name == "my_dense" and renamed.forward is layer.forward
+    assert renamed.name == "my_dense"
+    assert renamed.forward is layer.forward
     assert layer.name == "dense"
     with pytest.raises(AttributeError):
         layer.name = "other"  # frozen
     loss = jaxnn.mean_squared_error._replace(name="my_mse")
-    assert loss.name == "my_mse" and loss.grad is jaxnn.mean_squared_error.grad
+    assert loss.name == "my_mse"
+    assert loss.grad is jaxnn.mean_squared_error.grad
 
 
 def test_calling_a_layer_with_parameters_says_what_to_write_instead():
@@ -165,8 +168,11 @@ def test_forward_mode_is_documented_with_the_way_to_do_it():
     np.testing.assert_allclose(jax.hessian(through_apply)(x), jax.hessian(through_reference)(x),
                                rtol=1e-9)
     for text in [pydoc.getdoc(jaxnn.apply), (ROOT / "README.md").read_text()]:
-        assert "jax.jvp" in text and "jax.jacfwd" in text and "jax.linearize" in text
-        assert "reference_apply" in text and "jax.hessian" in text
+        assert "jax.jvp" in text
+        assert "jax.jacfwd" in text
+        assert "jax.linearize" in text
+        assert "reference_apply" in text
+        assert "jax.hessian" in text
 
 
 # --- defaults that differ from Flax and PyTorch ------------------------------------------------

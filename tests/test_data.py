@@ -22,7 +22,8 @@ def test_generated_sets_are_deterministic_balanced_and_shaped(make):
     x, y = make(100, seed=3)
     chex.assert_shape(x, (100, 2))
     chex.assert_shape(y, (100, 1))
-    assert x.dtype == jnp.float32 and y.dtype == jnp.float32
+    assert x.dtype == jnp.float32
+    assert y.dtype == jnp.float32
     assert set(np.unique(y).tolist()) == {0.0, 1.0}
     assert int(y.sum()) == 50
     x2, y2 = make(100, seed=3)
@@ -40,15 +41,16 @@ def test_circles_put_class_1_on_the_inner_circle():
 
 
 def test_spiral_arms_are_point_reflections_of_each_other():
-    x, y = data.spirals(200, noise=0.0)
+    x, _y = data.spirals(200, noise=0.0)
     arm0, arm1 = np.asarray(x[:100]), np.asarray(x[100:])
     np.testing.assert_allclose(arm1, -arm0, atol=1e-6)  # turned by π
     radius = np.linalg.norm(arm0, axis=1)
-    assert radius[0] == pytest.approx(0.1) and radius[-1] == pytest.approx(1.0)
+    assert radius[0] == pytest.approx(0.1)
+    assert radius[-1] == pytest.approx(1.0)
     assert np.all(np.diff(radius) > 0)
 
 
-@pytest.mark.parametrize("make,bad", [(data.circles, {"factor": 1.5}),
+@pytest.mark.parametrize(("make", "bad"), [(data.circles, {"factor": 1.5}),
                                       (data.spirals, {"turns": 0}), (data.two_moons, {"m": 1})])
 def test_generators_reject_bad_arguments_by_name(make, bad):
     with pytest.raises(ValueError, match=make.__name__):
@@ -56,7 +58,7 @@ def test_generators_reject_bad_arguments_by_name(make, bad):
 
 
 def test_builtin_names_and_an_unknown_name_lists_the_choices():
-    x, y = data.load_builtin("moons", seed=2)
+    x, _y = data.load_builtin("moons", seed=2)
     np.testing.assert_array_equal(x, data.two_moons(400, seed=2)[0])
     with pytest.raises(ValueError, match="flower, moons, circles, spirals"):
         data.load_builtin("mnist")
@@ -66,11 +68,14 @@ def test_scikit_learn_digits_and_breast_cancer():
     x, y = data.digits()
     chex.assert_shape(x, (1797, 64))
     chex.assert_shape(y, (1797, 1))
-    assert y.dtype == jnp.int32 and sorted(np.unique(y).tolist()) == list(range(10))
-    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert y.dtype == jnp.int32
+    assert sorted(np.unique(y).tolist()) == list(range(10))
+    assert float(x.min()) == 0.0
+    assert float(x.max()) == 1.0
     x, y = data.breast_cancer()
     chex.assert_shape(x, (569, 30))
-    assert y.dtype == jnp.float32 and int(y.sum()) == 357  # benign
+    assert y.dtype == jnp.float32
+    assert int(y.sum()) == 357
 
 
 def test_missing_optional_package_names_the_extra(monkeypatch):
@@ -117,19 +122,19 @@ def test_h5_loader_accepts_row_labels_of_shape_1_by_m(tmp_path):
 
 
 def test_h5_loader_errors_name_the_file_and_the_problem(tmp_path):
-    with pytest.raises(data.DataFileError, match="nothing.h5: no such file"):
+    with pytest.raises(data.DataFileError, match=r"nothing.h5: no such file"):
         data.load_h5(tmp_path / "nothing.h5")
     (tmp_path / "junk.h5").write_bytes(b"this is not HDF5")
-    with pytest.raises(data.DataFileError, match="junk.h5: not a readable HDF5 file"):
+    with pytest.raises(data.DataFileError, match=r"junk.h5: not a readable HDF5 file"):
         data.load_h5(tmp_path / "junk.h5")
     write_cat_file(tmp_path / "good.h5", "train", 4)
     blob = (tmp_path / "good.h5").read_bytes()
     (tmp_path / "cut.h5").write_bytes(blob[: len(blob) // 3])
-    with pytest.raises(data.DataFileError, match="cut.h5"):
+    with pytest.raises(data.DataFileError, match=r"cut.h5"):
         data.load_h5(tmp_path / "cut.h5")
     with h5py.File(tmp_path / "layout.h5", "w") as f:
         f["images"] = np.zeros((2, 3))
-    with pytest.raises(data.DataFileError, match="layout.h5: expected one pair.*found: images"):
+    with pytest.raises(data.DataFileError, match=r"layout.h5: expected one pair.*found: images"):
         data.load_h5(tmp_path / "layout.h5")
     with h5py.File(tmp_path / "count.h5", "w") as f:
         f["train_set_x"] = np.zeros((4, 2, 2, 3), np.uint8)
@@ -147,7 +152,7 @@ def idx_bytes(array: np.ndarray, code: int) -> bytes:
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
-@pytest.mark.parametrize("dtype,code", [(np.uint8, 0x08), (np.int8, 0x09), (np.int16, 0x0B),
+@pytest.mark.parametrize(("dtype", "code"), [(np.uint8, 0x08), (np.int8, 0x09), (np.int16, 0x0B),
                                         (np.int32, 0x0C), (np.float32, 0x0D),
                                         (np.float64, 0x0E)])
 @pytest.mark.parametrize("compress", [False, True])
@@ -159,11 +164,12 @@ def test_idx_round_trips_every_type_raw_and_gzip(tmp_path, dtype, code, compress
     path = tmp_path / ("a.idx.gz" if compress else "a.idx")
     path.write_bytes(gzip.compress(blob) if compress else blob)
     loaded = data.load_idx(path)
-    assert loaded.dtype == np.dtype(dtype) and loaded.shape == (2, 3, 4)
+    assert loaded.dtype == np.dtype(dtype)
+    assert loaded.shape == (2, 3, 4)
     np.testing.assert_array_equal(loaded, array)
 
 
-@pytest.mark.parametrize("blob,message", [
+@pytest.mark.parametrize(("blob", "message"), [
     (b"\x00\x00", "too short for an IDX header"),
     (b"\x1f\x00\x08\x01" + b"\x00" * 8, "not an IDX file"),
     (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "unknown IDX data type 0x07"),
@@ -184,7 +190,7 @@ def test_idx_errors_name_the_file_and_the_problem(tmp_path, blob, message):
 def test_idx_truncated_gzip_stream_is_named(tmp_path):
     blob = gzip.compress(idx_bytes(np.zeros((10, 4, 4), np.uint8), 0x08))
     (tmp_path / "cut.gz").write_bytes(blob[:-12])
-    with pytest.raises(data.DataFileError, match="cut.gz: corrupted or truncated gzip"):
+    with pytest.raises(data.DataFileError, match=r"cut.gz: corrupted or truncated gzip"):
         data.load_idx(tmp_path / "cut.gz")
     with pytest.raises(data.DataFileError, match="absent: no such file"):
         data.load_idx(tmp_path / "absent")
@@ -197,9 +203,10 @@ def test_mnist_pair_scales_images_and_checks_counts(tmp_path):
     x, y = data.load_mnist(tmp_path / "img", tmp_path / "lab")
     chex.assert_shape(x, (3, 16))
     np.testing.assert_allclose(x, images.reshape(3, 16) / 255.0, rtol=1e-6)
-    assert y.dtype == jnp.int32 and np.asarray(y)[:, 0].tolist() == [3, 0, 7]
+    assert y.dtype == jnp.int32
+    assert np.asarray(y)[:, 0].tolist() == [3, 0, 7]
     (tmp_path / "lab2").write_bytes(idx_bytes(np.array([1, 0], np.uint8), 0x08))
-    with pytest.raises(data.DataFileError, match="has 3 images but .*lab2 has 2 labels"):
+    with pytest.raises(data.DataFileError, match=r"has 3 images but .*lab2 has 2 labels"):
         data.load_mnist(tmp_path / "img", tmp_path / "lab2")
     with pytest.raises(data.DataFileError, match="expected a 1-D label file"):
         data.load_mnist(tmp_path / "img", tmp_path / "img")
@@ -212,7 +219,7 @@ def _h5_with_labels(path, labels):
         f["train_set_y"] = labels
 
 
-@pytest.mark.parametrize("labels,message", [
+@pytest.mark.parametrize(("labels", "message"), [
     (np.array([b"cat", b"dog", b"cat"]), r"labels must be class numbers 0, 1, …, got dtype "
                                           r"\|S3 \(convert text labels to class numbers\)"),
     (np.array([-1.0, 1.0, 1.0]), r"labels must be class numbers 0, 1, …, got -1; map −1/\+1 "
@@ -243,7 +250,7 @@ def test_an_h5_group_where_a_dataset_is_expected_is_named(tmp_path):
         f.create_group("train_set_x")
         f["train_set_y"] = np.array([0, 1])
     with pytest.raises(data.DataFileError,
-                       match="group.h5: train_set_x is an HDF5 group, expected a dataset"):
+                       match=r"group.h5: train_set_x is an HDF5 group, expected a dataset"):
         data.load_h5(tmp_path / "group.h5")
 
 
@@ -268,7 +275,7 @@ def test_split_is_a_reproducible_partition(m, fraction, seed):
         with pytest.raises(ValueError, match="leaves"):
             data.train_test_split(x, y, test_fraction=fraction, seed=seed)
         return
-    x_tr, y_tr, x_te, y_te = data.train_test_split(x, y, test_fraction=fraction, seed=seed)
+    x_tr, y_tr, x_te, _y_te = data.train_test_split(x, y, test_fraction=fraction, seed=seed)
     assert x_te.shape[0] == n_test
     together = np.concatenate([x_tr, x_te])[:, 0]
     assert sorted(together.tolist()) == list(range(m))
@@ -355,8 +362,9 @@ def test_load_file_keeps_uint8_pixels_as_stored_and_flattens_images(tmp_path):
     load_h5 still scales them itself."""
     images = np.arange(2 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 2, 3)
     np.savez(tmp_path / "img.npz", x=images, y=np.array([0, 1]))
-    x, y = data.load_file(tmp_path / "img.npz")
-    assert x.dtype == np.uint8 and x.shape == (2, 12)
+    x, _y = data.load_file(tmp_path / "img.npz")
+    assert x.dtype == np.uint8
+    assert x.shape == (2, 12)
     np.testing.assert_array_equal(x, images.reshape(2, -1))
     with h5py.File(tmp_path / "img.h5", "w") as f:
         f["train_set_x"] = images
@@ -377,7 +385,7 @@ def test_load_file_label_column_by_name_or_index_and_only_for_csv(tmp_path):
         data.load_file(tmp_path / "s.npz", label_column="y")
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(("content", "message"), [
     ("a,b,y\n1,x,0\n", "line 2, column 'b': 'x' is not a number"),
     ("a,b,y\n1,2,0.5\n", "labels must be whole class numbers 0, 1, …, got 0.5"),
     ("a,b,y\n1,2,-1\n3,4,1\n", "map −1/+1 labels to 0/1"),
@@ -389,7 +397,7 @@ def test_load_file_csv_problems_name_the_file_and_the_place(tmp_path, content, m
     """A CSV file's problems raise DataFileError naming the file, the line or column, and the
     fix (the same label checks as every loader)."""
     (tmp_path / "bad.csv").write_text(content)
-    with pytest.raises(data.DataFileError, match="bad.csv") as caught:
+    with pytest.raises(data.DataFileError, match=r"bad.csv") as caught:
         data.load_file(tmp_path / "bad.csv")
     assert message in str(caught.value)
 
@@ -397,11 +405,11 @@ def test_load_file_csv_problems_name_the_file_and_the_place(tmp_path, content, m
 def test_load_file_unknown_formats_and_missing_files_are_named(tmp_path):
     """An unknown extension lists the formats; a missing file is named."""
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(data.DataFileError, match="notes.txt: cannot tell the format: give a "
+    with pytest.raises(data.DataFileError, match=r"notes.txt: cannot tell the format: give a "
                                                  "CSV file"):
         data.load_file(tmp_path / "notes.txt")
     for missing in ("gone.csv", "gone.npz", "gone.npy,y.npy"):
-        with pytest.raises(data.DataFileError, match="gone.np[yz]: no such file|gone.csv: no "
+        with pytest.raises(data.DataFileError, match=r"gone.np[yz]: no such file|gone.csv: no "
                                                      "such file"):
             data.load_file(f"{tmp_path}/{missing}")
 

@@ -23,14 +23,14 @@ def _problem(m=8):
     return net, params, x, jnp.sin(x[:, :1])
 
 
-@pytest.mark.parametrize("name, replacement", [("data_mesh", "make_mesh"),
+@pytest.mark.parametrize(("name", "replacement"), [("data_mesh", "make_mesh"),
                                                ("replicate", "place"),
                                                ("shard_batch", "shard_batch"),
                                                ("shard_train_step", "shard_train_step"),
                                                ("DATA_AXIS", "DATA_AXIS")])
 def test_every_name_warns_and_names_its_replacement(name, replacement):
     """Using any of the module's names raises a DeprecationWarning naming jaxnn.sharding's."""
-    net, params, x, y = _problem()
+    _net, params, x, _y = _problem()
     mesh = sharding.make_mesh()
     calls = {
         "data_mesh": lambda: data_parallel.data_mesh(),
@@ -59,4 +59,4 @@ def test_the_alias_does_what_jaxnn_sharding_does():
     assert data_parallel.shard_batch(x, mesh).sharding.spec == jax.sharding.PartitionSpec("data")
     assert data_parallel.DATA_AXIS == sharding.DATA_AXIS
     with pytest.raises(AttributeError, match="has no attribute 'data_mesh_2'"):
-        data_parallel.data_mesh_2  # noqa: B018
+        data_parallel.data_mesh_2

@@ -25,7 +25,8 @@ def test_init_shape_equals_forward_shape(in_shape, features, use_bias):
     out_shape, params, state = layer.init(jax.random.key(0), in_shape)
     x = jnp.ones(tuple(2 if d == -1 else d for d in in_shape))
     y, _ = jaxnn.apply(layer, params, state, x)
-    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
+    assert out_shape[1:] == y.shape[1:]
+    assert out_shape[0] in (-1, y.shape[0])
     assert set(params) == ({"W", "b"} if use_bias else {"W"})
     chex.assert_shape(params["W"], (3, features))
 

@@ -27,7 +27,7 @@ CROSS_REFERENCE = re.compile(r"\]\[(jaxnn(?:\.\w+)*)\]")
 
 
 def _doc_pages() -> list[pathlib.Path]:
-    return sorted(ROOT.glob("docs/**/*.md")) + [ROOT / "README.md"]
+    return [*sorted(ROOT.glob("docs/**/*.md")), ROOT / "README.md"]
 
 
 def documented_names() -> dict[str, list[str]]:
@@ -90,4 +90,5 @@ def test_functions_that_hide_their_modules_keep_the_modules_names_and_stay_funct
             assert getattr(function, name) is getattr(module, name)
     from jaxnn.fit import epoch_batches, make_epoch
 
-    assert jaxnn.fit.epoch_batches is epoch_batches and jaxnn.fit.make_epoch is make_epoch
+    assert jaxnn.fit.epoch_batches is epoch_batches
+    assert jaxnn.fit.make_epoch is make_epoch

@@ -28,8 +28,10 @@ def test_init_shape_equals_forward_shape(in_shape, rate, train):
     out_shape, params, state = layer.init(jax.random.key(0), in_shape)
     x = jnp.ones(tuple(2 if d == -1 else d for d in in_shape))
     y, _ = jaxnn.apply(layer, params, state, x, key=jax.random.key(1), train=train)
-    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
-    assert params == () and state == ()
+    assert out_shape[1:] == y.shape[1:]
+    assert out_shape[0] in (-1, y.shape[0])
+    assert params == ()
+    assert state == ()
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])

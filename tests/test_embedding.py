@@ -32,8 +32,9 @@ def test_init_shape_equals_forward_shape(in_shape, features):
     ids = jnp.arange(np.prod([2 if d == -1 else d for d in in_shape])).reshape(
         tuple(2 if d == -1 else d for d in in_shape)) % 10
     y, _ = jaxnn.apply(layer, params, state, ids)
-    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
-    assert y.shape == ids.shape + (features,)
+    assert out_shape[1:] == y.shape[1:]
+    assert out_shape[0] in (-1, y.shape[0])
+    assert y.shape == (*ids.shape, features)
     chex.assert_shape(params["embedding"], (10, features))
 
 
@@ -88,7 +89,8 @@ def test_out_of_range_ids_under_jit_give_nan_rows_and_no_gradient(key):
 
     grads, y = jax.jit(jax.grad(objective, has_aux=True))(params, ids)
     y = np.asarray(y)
-    assert np.all(np.isnan(y[1])) and np.all(np.isnan(y[2]))  # never a clamped, real row
+    assert np.all(np.isnan(y[1]))
+    assert np.all(np.isnan(y[2]))
     np.testing.assert_array_equal(y[[0, 3]], np.asarray(params["embedding"])[[1, 3]])
     expected = np.zeros((5, 2))
     expected[[1, 3]] = 1.0
@@ -106,7 +108,7 @@ def test_float_ids_are_rejected(key):
 
 @pytest.mark.parametrize(("num", "features"), [(0, 3), (3, 0), (2.0, 3), (3, True)])
 def test_sizes_must_be_positive_ints(num, features):
-    with pytest.raises(ValueError, match="embedding: .* must be a positive int"):
+    with pytest.raises(ValueError, match=r"embedding: .* must be a positive int"):
         jaxnn.embedding(num, features)
 
 
@@ -123,7 +125,8 @@ def test_the_table_is_not_decayed_by_l2(key):
 def test_default_initialization_has_unit_variance():
     _, params, _ = jaxnn.embedding(1000, 200).init(jax.random.key(0), (-1,))
     table = np.asarray(params["embedding"])
-    assert abs(table.std() - 1.0) < 0.01 and abs(table.mean()) < 0.01
+    assert abs(table.std() - 1.0) < 0.01
+    assert abs(table.mean()) < 0.01
 
 
 def test_an_embedding_network_learns_per_id_targets(key):

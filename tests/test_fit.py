@@ -136,7 +136,7 @@ def test_l2_is_chained_into_the_optimizer(key):
 def test_resuming_with_start_epoch_equals_one_long_run(key):
     net, params, x, y = _problem(key)
     optimizer = optax.adam(0.01)
-    kw = dict(batch_size=6, key=jax.random.key(1))
+    kw = {"batch_size": 6, "key": jax.random.key(1)}
     whole = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=3, **kw)
     part = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=1, **kw)
     rest = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, part.params, x, y, epochs=2,
@@ -144,7 +144,7 @@ def test_resuming_with_start_epoch_equals_one_long_run(key):
     chex.assert_trees_all_close(rest.params, whole.params, rtol=1e-12)
 
 
-@pytest.mark.parametrize("batch_size, message", [(0, "positive int"), (23, "larger than"),
+@pytest.mark.parametrize(("batch_size", "message"), [(0, "positive int"), (23, "larger than"),
                                                  (2.0, "positive int")])
 def test_bad_batch_sizes_are_clear_errors(key, batch_size, message):
     net, params, x, y = _problem(key)
@@ -189,7 +189,7 @@ def test_a_20000_epoch_fit_compiles_nothing_after_its_epoch(key):
     x = jax.random.normal(jax.random.key(1), (8, 2))
     y = (x[:, :1] > 0).astype(x.dtype)
     optimizer = optax.sgd(0.5)
-    kw = dict(batch_size=8, key=jax.random.key(2))
+    kw = {"batch_size": 8, "key": jax.random.key(2)}
     first = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y, epochs=2, **kw)
     with _no_tracing("fit's 20 000 epochs"):
         result = jaxnn.fit(net, jaxnn.binary_cross_entropy, optimizer, params, x, y,
@@ -201,7 +201,7 @@ def test_a_20000_epoch_fit_compiles_nothing_after_its_epoch(key):
     assert result.losses[-1, 0] < 0.5 * result.losses[0, 0]
 
 
-@pytest.mark.parametrize("epochs, stop_after", [(10, None), (10, 6), (0, None)])
+@pytest.mark.parametrize(("epochs", "stop_after"), [(10, None), (10, 6), (0, None)])
 def test_the_history_holds_every_epoch_in_order_across_fetches(key, monkeypatch, epochs,
                                                                stop_after):
     """The returned losses are exactly the ones ``on_epoch`` saw, epoch by epoch, across the
@@ -230,7 +230,7 @@ def test_fit_with_multi_steps_over_a_whole_epoch_is_full_batch_descent(key):
     net, params, x, y = _problem(key, m=20)
     accumulate = optax.MultiSteps(optax.sgd(0.5), every_k_schedule=4,
                                   accumulator_dtype=jnp.float64)  # float32 by default
-    kw = dict(epochs=3, key=jax.random.key(3))
+    kw = {"epochs": 3, "key": jax.random.key(3)}
     micro = jaxnn.fit(net, jaxnn.binary_cross_entropy, accumulate, params, x, y, batch_size=5,
                       **kw)
     full = jaxnn.fit(net, jaxnn.binary_cross_entropy, optax.sgd(0.5), params, x, y,

@@ -42,7 +42,9 @@ def test_constants_normal_uniform_and_dtype():
     w = np.asarray(init.normal(0.5)(k, (300, 300)))
     assert abs(w.std() - 0.5) < 0.01
     u = np.asarray(init.uniform(0.2)(k, (300, 300)))
-    assert u.min() >= -0.2 and u.max() <= 0.2 and abs(u.std() - 0.2 / np.sqrt(3)) < 0.005
+    assert u.min() >= -0.2
+    assert u.max() <= 0.2
+    assert abs(u.std() - 0.2 / np.sqrt(3)) < 0.005
     assert init.he_normal()(k, (3, 4), jnp.float64).dtype == jnp.float64
 
 

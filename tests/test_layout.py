@@ -44,7 +44,7 @@ RANKS = {
 
 
 def _module_name(path: pathlib.Path) -> str:
-    parts = ("jaxnn",) + path.relative_to(PACKAGE).with_suffix("").parts
+    parts = ("jaxnn", *path.relative_to(PACKAGE).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)

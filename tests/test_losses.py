@@ -111,7 +111,8 @@ def test_losses_finite_at_extreme_logits_and_saturated_probabilities(dtype):
         assert np.all(np.isfinite(np.asarray(grad, np.float32))), loss
     logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], dtype)
     value, grad = jax.value_and_grad(jaxnn.softmax_cross_entropy)(logits, jnp.array([1, 0]))
-    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad, np.float32)))
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(np.asarray(grad, np.float32)))
 
 
 def test_saturated_wrong_prediction_still_gets_a_gradient():
@@ -143,7 +144,8 @@ def test_out_of_range_labels_under_jit_give_nan_not_a_silently_dropped_example()
     assert np.isfinite(float(loss(z, jnp.array([0, 2]))))
     assert np.isnan(float(loss(z, jnp.array([0, 3]))))
     grad = jax.jit(jax.grad(lambda z, y: jaxnn.softmax_cross_entropy(z, y)))(z, jnp.array([0, -1]))
-    assert np.all(np.isnan(np.asarray(grad[1]))) and np.all(np.isfinite(np.asarray(grad[0])))
+    assert np.all(np.isnan(np.asarray(grad[1])))
+    assert np.all(np.isfinite(np.asarray(grad[0])))
 
 
 def test_empty_batch_is_a_clear_error():
@@ -231,7 +233,7 @@ def test_a_loss_without_target_derivative_refuses_a_differentiated_target():
     user = jaxnn.Loss("user_mse", mse.value, mse.grad)
     p, y = _normal((3, 1)), _normal((3, 1))
     chex.assert_trees_all_close(jax.grad(user)(p, y), jax.grad(mse)(p, y))  # target constant
-    with pytest.raises(TypeError, match="user_mse: .*target_grad.*stop_gradient"):
+    with pytest.raises(TypeError, match=r"user_mse: .*target_grad.*stop_gradient"):
         jax.grad(user, argnums=1)(p, y)
     with pytest.raises(TypeError, match="user_mse"):
         jax.jit(jax.grad(lambda p, y: user(p, 2 * y), argnums=1))(p, y)
@@ -265,7 +267,8 @@ def test_each_loss_shows_its_own_documentation():
                         (jaxnn.binary_cross_entropy, "probabilities"),
                         (jaxnn.binary_cross_entropy_with_logits, "softplus")]:
         text = pydoc.render_doc(loss, renderer=pydoc.plaintext)
-        assert words in text and "dJ/dy" in text, loss
+        assert words in text, loss
+        assert "dJ/dy" in text, loss
         assert "A loss: a value and its hand-derived" not in text, loss
 
 
@@ -288,7 +291,8 @@ def test_out_of_range_binary_labels_under_jit_give_nan():
             # the bad example's derivative is NaN, so every parameter gradient summed over the
             # batch is NaN too
             grad = np.asarray(jax.jit(loss.grad)(pred, bad))
-            assert np.isnan(grad[row, 0]) and np.isfinite(np.delete(grad, row)).all(), loss
+            assert np.isnan(grad[row, 0]), loss
+            assert np.isfinite(np.delete(grad, row)).all(), loss
             assert np.isnan(float(jax.jit(loss)(pred, bad))), loss
         assert np.isfinite(float(jax.jit(loss.value)(pred, good)))
         assert np.all(np.isfinite(np.asarray(jax.jit(loss.grad)(pred, good))))
@@ -302,7 +306,8 @@ def test_logits_given_to_binary_cross_entropy_are_an_error_or_nan_never_inf():
         jaxnn.binary_cross_entropy(logits, y)
     value, grad = jax.jit(jax.value_and_grad(jaxnn.binary_cross_entropy))(logits, y)
     assert np.isnan(float(value))
-    assert np.isnan(np.asarray(grad)).any() and not np.isinf(np.asarray(grad)).any()
+    assert np.isnan(np.asarray(grad)).any()
+    assert not np.isinf(np.asarray(grad)).any()
     # probabilities 0 and 1 stay valid
     assert np.isfinite(float(jaxnn.binary_cross_entropy(jnp.array([[0.0], [1.0]]),
                                                         jnp.array([[1.0], [0.0]]))))
@@ -325,8 +330,10 @@ def test_mean_squared_error_float16_gradient_limit_is_the_documented_one():
         y = jnp.zeros((n, 1), jnp.float16)
         inside = jnp.full((n, 1), 32752.0, jnp.float16)  # 2·32752/1 = 65504, float16's max
         value, grad = jax.value_and_grad(jaxnn.mean_squared_error)(inside, y)
-        assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad, np.float32)))
+        assert np.isfinite(float(value))
+        assert np.all(np.isfinite(np.asarray(grad, np.float32)))
     # beyond the limit the float16 gradient cannot be represented; the value still can
     value, grad = jax.value_and_grad(jaxnn.mean_squared_error)(jnp.full((1, 1), 6e4, jnp.float16),
                                                                 jnp.zeros((1, 1), jnp.float16))
-    assert np.isfinite(float(value)) and np.isinf(np.asarray(grad, np.float32)).all()
+    assert np.isfinite(float(value))
+    assert np.isinf(np.asarray(grad, np.float32)).all()

@@ -52,7 +52,8 @@ def test_init_shape_equals_forward_shape(make, kwargs, train, in_shape):
     out_shape, params, state = layer.init(jax.random.key(0), in_shape)
     x = jax.random.normal(jax.random.key(1), tuple(2 if d == -1 else d for d in in_shape))
     y, new_state = jaxnn.apply(layer, params, state, x, train=train)
-    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
+    assert out_shape[1:] == y.shape[1:]
+    assert out_shape[0] in (-1, y.shape[0])
     features = in_shape[kwargs.get("axis", -1)]
     expected = {n for n, used in (("scale", kwargs.get("use_scale", True)),
                                   ("offset", kwargs.get("use_offset", True))) if used}
@@ -177,7 +178,8 @@ def test_batch_norm_keeps_half_precision_inputs_in_their_dtype(key):
     _, params, state = layer.init(key, (-1, 2))
     x = (100.0 + jax.random.normal(key, (16, 2))).astype(jnp.bfloat16)
     y, new_state = jaxnn.apply(layer, params, state, x, train=True)
-    assert y.dtype == jnp.bfloat16 and new_state["mean"].dtype == jnp.float32
+    assert y.dtype == jnp.bfloat16
+    assert new_state["mean"].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y, np.float32).std(0), 1.0, atol=0.05)
 
 

@@ -69,7 +69,7 @@ def test_a_mis_shaped_entry_names_the_layer_the_entry_and_both_shapes(name, case
     _run(layer, params, state, x, train, jit)  # the layer's own params run
     for entry, value in params.items():
         # one more entry on the last axis: a size no input can justify
-        wrong = jnp.zeros(value.shape[:-1] + (value.shape[-1] + 1,), value.dtype)
+        wrong = jnp.zeros((*value.shape[:-1], value.shape[-1] + 1), value.dtype)
         got = rf"got \({', '.join(map(str, wrong.shape))},?\)"
         with pytest.raises(ValueError, match=rf"{name}: .*params\['{entry}'\] must have shape "
                                              rf".*{got}|{name}: expected input with"):
@@ -158,7 +158,8 @@ def test_numpy_integer_arguments_make_the_same_layer_as_python_ints(make, in_sha
     assert layer_np.name == layer_py.name
     out_np, params_np, state_np = layer_np.init(jax.random.key(0), (-1, *in_shape[1:]))
     out_py, params_py, state_py = layer_py.init(jax.random.key(0), (-1, *in_shape[1:]))
-    assert out_np == out_py and all(type(d) is int for d in out_np)
+    assert out_np == out_py
+    assert all(type(d) is int for d in out_np)
     if layer_np.name == "embedding":
         x = jnp.arange(6).reshape(in_shape) % 5
     else:

@@ -54,10 +54,12 @@ def test_init_shape_equals_forward_shape(config):
     layer = _make(*config)
     in_shape = (-1, *(7, 6)[: len(config[1])], 3)
     out_shape, params, state = layer.init(jax.random.key(0), in_shape)
-    assert params == () and state == ()
+    assert params == ()
+    assert state == ()
     x = jax.ShapeDtypeStruct((2, *in_shape[1:]), jnp.float32)
     y = jax.eval_shape(lambda x: jaxnn.apply(layer, (), (), x)[0], x)
-    assert out_shape == (-1, *y.shape[1:]) and y.shape[0] == 2
+    assert out_shape == (-1, *y.shape[1:])
+    assert y.shape[0] == 2
 
 
 def _windows(x, window, strides, pads, fill):
@@ -158,7 +160,9 @@ def test_global_avg_pool_is_the_spatial_mean_and_spreads_dy_evenly(key):
 def test_max_pool_keeps_an_int32_arg_max_not_the_input():
     x = distinct((2, 8, 8, 4))
     _, _, (winner, spatial) = jaxnn.max_pool((2, 2)).forward((), (), x)
-    assert winner.dtype == jnp.int32 and winner.shape == (2, 4, 4, 4) and spatial == (8, 8)
+    assert winner.dtype == jnp.int32
+    assert winner.shape == (2, 4, 4, 4)
+    assert spatial == (8, 8)
 
 
 def test_float32_in_float32_out_and_gradient():

@@ -69,7 +69,8 @@ def test_every_leaf_computes_in_the_compute_dtype_and_gradients_arrive_in_float3
     grads, dx = jax.grad(objective, argnums=(0, 1))(params, x)
     bf16 = jnp.dtype(jnp.bfloat16)
     assert set(seen) == {("forward x", bf16), ("forward W", bf16), ("backward dy", bf16)}
-    assert grads[0]["W"].dtype == jnp.float32 and dx.dtype == jnp.float32
+    assert grads[0]["W"].dtype == jnp.float32
+    assert dx.dtype == jnp.float32
 
 
 def test_output_dtype_is_what_each_layer_hands_on(key):
@@ -84,7 +85,7 @@ def test_bfloat16_gradients_are_close_to_float32_and_training_lowers_the_loss(ke
     net, params, x, y = _problem(key)
     mse = jaxnn.mean_squared_error
     _, ref, _ = _grads(net, mse, Policy(compute_dtype=jnp.float32), params, x, y)
-    value, grads, finite = _grads(net, mse, Policy(compute_dtype=jnp.bfloat16), params, x, y)
+    _value, grads, finite = _grads(net, mse, Policy(compute_dtype=jnp.bfloat16), params, x, y)
     assert bool(finite)
     chex.assert_trees_all_equal_dtypes(grads, params)
     assert _relative_error(grads, ref) < 0.05  # bfloat16 keeps 8 bits of mantissa
@@ -139,13 +140,15 @@ def test_a_float16_overflow_skips_the_step_and_halves_a_dynamic_scale(key):
     chex.assert_trees_all_equal(new_opt_state.guarded.inner_state,
                                 opt_state.guarded.inner_state)
     scale = new_opt_state.loss_scale
-    assert float(scale.scale) == 2.0**29 and int(scale.good_steps) == 0
+    assert float(scale.scale) == 2.0**29
+    assert int(scale.good_steps) == 0
     # the scale comes down until steps are finite, then parameters move
     opt_state = new_opt_state
     for _ in range(20):
         new_params, _, opt_state, _ = step(new_params, (), opt_state, x, y)
     scale = opt_state.loss_scale
-    assert int(scale.good_steps) > 0 and float(scale.scale) < 2.0**29  # finite steps again
+    assert int(scale.good_steps) > 0
+    assert float(scale.scale) < 2.0**29
     assert not np.allclose(new_params[0]["W"], params[0]["W"])
 
 
@@ -214,12 +217,12 @@ def test_a_float64_policy_passes_the_gradient_check(key):
 
 
 def test_bad_policies_and_scales_are_clear_errors():
-    with pytest.raises(TypeError, match="policy must be a jaxnn.Policy, got dict"):
+    with pytest.raises(TypeError, match=r"policy must be a jaxnn.Policy, got dict"):
         precision.apply_policy(_net(), {"compute_dtype": jnp.float16})
     with pytest.raises(ValueError, match="scale must be positive"):
         precision.static_loss_scale(0.0)
     with pytest.raises(ValueError, match="factor must be > 1"):
         precision.dynamic_loss_scale(factor=1.0)
-    with pytest.raises(TypeError, match="loss_scale must be a jaxnn.precision.LossScale, got "
+    with pytest.raises(TypeError, match=r"loss_scale must be a jaxnn.precision.LossScale, got "
                                         "float"):
         precision.loss_scaling(optax.sgd(0.1), 1024.0)

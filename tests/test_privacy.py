@@ -44,7 +44,8 @@ def test_clipped_mean_equals_a_loop_over_examples(key):
     grads = jaxnn.per_example_grads(net, jaxnn.binary_cross_entropy, params, x, y)
     expected, norms, _ = _loop_clipped_mean(net, jaxnn.binary_cross_entropy, params, x, y,
                                             clip_norm)
-    assert (norms > clip_norm).any() and (norms < clip_norm).any()  # both branches exercised
+    assert (norms > clip_norm).any()
+    assert (norms < clip_norm).any()
     clipped, got_norms = privacy.clip_per_example(grads, clip_norm)
     np.testing.assert_allclose(got_norms, norms, rtol=1e-12)
     clipped_norms = jnp.sqrt(sum(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)
@@ -199,7 +200,7 @@ def test_update_without_params_compares_with_the_parameters_init_saw():
     tx = privacy.private_aggregate(1.0, 1.1, jax.random.key(2))
     state = tx.init(params)
     (_, _), batch_grads = jaxnn.value_and_grad(net, jaxnn.mean_squared_error)(params, (), x, y)
-    with pytest.raises(ValueError, match="got the batch gradient.*per_example_value_and_grad"):
+    with pytest.raises(ValueError, match=r"got the batch gradient.*per_example_value_and_grad"):
         tx.update(batch_grads, state)
     grads = jaxnn.per_example_grads(net, jaxnn.mean_squared_error, params, x, y)
     mixed = (grads[0], (), {"W": grads[2]["W"][:3], "b": grads[2]["b"]})
@@ -210,9 +211,9 @@ def test_update_without_params_compares_with_the_parameters_init_saw():
     mean, _ = tx.update(grads, state)
     chex.assert_trees_all_equal_shapes(mean, params)
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(clip_norm=0.0, noise_multiplier=1.0), "clip_norm must be positive, got 0.0"),
-    (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise_multiplier must be non-negative"),
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"clip_norm": 0.0, "noise_multiplier": 1.0}, "clip_norm must be positive, got 0.0"),
+    ({"clip_norm": 1.0, "noise_multiplier": -1.0}, "noise_multiplier must be non-negative"),
 ])
 def test_bad_privacy_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -248,7 +249,7 @@ def test_epsilon_grows_with_steps_and_sampling_and_falls_with_noise():
     pytest.importorskip("dp_accounting")
 
     def eps(**kw):
-        args = dict(noise_multiplier=1.1, sampling_rate=0.01, steps=1000, delta=1e-5) | kw
+        args = {"noise_multiplier": 1.1, "sampling_rate": 0.01, "steps": 1000, "delta": 1e-5} | kw
         return privacy.epsilon(**args)
 
     assert eps(steps=0) == 0.0
@@ -257,14 +258,14 @@ def test_epsilon_grows_with_steps_and_sampling_and_falls_with_noise():
     assert eps(noise_multiplier=2.0) < eps() < eps(noise_multiplier=0.8)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sampling_rate=0.0), r"sampling_rate must be in \(0, 1\]"),
-    (dict(delta=1.0), r"delta must be in \(0, 1\)"),
-    (dict(steps=1.5), "steps must be a non-negative int"),
-    (dict(noise_multiplier=0.0), "noise_multiplier must be positive"),
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sampling_rate": 0.0}, r"sampling_rate must be in \(0, 1\]"),
+    ({"delta": 1.0}, r"delta must be in \(0, 1\)"),
+    ({"steps": 1.5}, "steps must be a non-negative int"),
+    ({"noise_multiplier": 0.0}, "noise_multiplier must be positive"),
 ])
 def test_bad_accounting_arguments_are_clear_errors(kwargs, message):
-    args = dict(noise_multiplier=1.1, sampling_rate=0.01, steps=10, delta=1e-5) | kwargs
+    args = {"noise_multiplier": 1.1, "sampling_rate": 0.01, "steps": 10, "delta": 1e-5} | kwargs
     with pytest.raises(ValueError, match=message):
         privacy.epsilon(**args)
 
@@ -287,14 +288,15 @@ def test_epsilon_prints_no_convergence_warning_and_leaves_the_logger_as_it_was(c
 
     absl_logger = logging.getLogger("absl")
     level, filters = absl_logger.level, list(absl_logger.filters)
-    args = dict(noise_multiplier=1.1, sampling_rate=64 / 256, steps=10, delta=1e-5)
+    args = {"noise_multiplier": 1.1, "sampling_rate": 64 / 256, "steps": 10, "delta": 1e-5}
     capfd.readouterr()
     with caplog.at_level(logging.WARNING):
         eps = privacy.epsilon(**args)
         assert "failed to converge" not in caplog.text
         out, err = capfd.readouterr()
         assert "failed to converge" not in out + err
-        assert absl_logger.level == level and absl_logger.filters == filters
+        assert absl_logger.level == level
+        assert absl_logger.filters == filters
         # the same computation outside epsilon still warns: the silence is scoped
         accountant = dp_accounting.rdp.RdpAccountant()
         accountant.compose(dp_accounting.PoissonSampledDpEvent(

@@ -29,7 +29,8 @@ def test_readme_has_the_main_job_and_the_test_set_up_commands():
     blocks = re.findall(r"```bash\n(.*?)```", _section(readme, "Set up"), re.S)
     setup = [b for b in blocks if "pip install" in b]
     assert len(setup) == 2, "the README must keep exactly two set-up commands"
-    assert "-m venv" in setup[0] and 'pip install -e ".[cli]"' in setup[0]
+    assert "-m venv" in setup[0]
+    assert 'pip install -e ".[cli]"' in setup[0]
     assert setup[0].strip().endswith("&& jaxnn train"), "the main job is `jaxnn train`"
     assert _ci_test_command() in setup[1]
 
@@ -43,7 +44,8 @@ def test_readme_shows_every_subcommand_and_the_pictures_it_makes():
         assert f"jaxnn {command}" in readme, f"the README does not show `jaxnn {command}`"
     for picture in re.findall(r"\]\((docs/[^)]+\.png)\)", readme):
         assert (ROOT / picture).is_file(), f"{picture} is shown but missing"
-    assert "docs/train_cost.png" in readme and "docs/train_decision_boundary.png" in readme
+    assert "docs/train_cost.png" in readme
+    assert "docs/train_decision_boundary.png" in readme
 
 
 def test_readme_python_examples_run():

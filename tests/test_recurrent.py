@@ -74,7 +74,7 @@ def _numpy_gru(p, x, h):
 
 
 def _params(layer, in_shape, seed=0):
-    _, params, state = layer.init(jax.random.key(seed), in_shape)
+    _, params, _state = layer.init(jax.random.key(seed), in_shape)
     # a non-zero bias everywhere, so that the gate order matters to the comparison
     b = params["b"].astype(jnp.float64) + jnp.linspace(-0.5, 0.5, params["b"].size)
     return {"W": params["W"].astype(jnp.float64), "U": params["U"].astype(jnp.float64), "b": b}
@@ -110,7 +110,8 @@ def test_init_shape_equals_forward_shape(make, sequences, in_shape):
     y, _ = jaxnn.apply(layer, params, state, x)
     expected = (x.shape[0], x.shape[1], 5) if sequences else (x.shape[0], 5)
     assert y.shape == expected
-    assert out_shape[1:] == expected[1:] and out_shape[0] in (-1, y.shape[0])
+    assert out_shape[1:] == expected[1:]
+    assert out_shape[0] in (-1, y.shape[0])
 
 
 @pytest.mark.parametrize("forget_bias", [1.0, 0.0, 2.5])
@@ -173,7 +174,8 @@ def test_initial_state_gradients_are_returned_and_lengths_get_none():
     _, (dx, d_lengths, dh0, dc0) = vjp(jnp.ones((2, 4, 3)))
     assert d_lengths.dtype == jax.dtypes.float0
     chex.assert_shape([dx, dh0, dc0], [(2, 4, 2), (2, 3), (2, 3)])
-    assert np.all(np.asarray(dh0) != 0) and np.all(np.asarray(dc0) != 0)
+    assert np.all(np.asarray(dh0) != 0)
+    assert np.all(np.asarray(dc0) != 0)
 
 
 @pytest.mark.parametrize("make", [jaxnn.lstm, jaxnn.gru])
@@ -190,7 +192,8 @@ def test_inside_serial_the_model_check_passes(make):
     # per_layer=False: each layer alone is already checked by GRADCHECK_CASES
     report = jaxnn.gradcheck.check_model(net, jaxnn.mean_squared_error, params, x,
                                          _sequence((3, 2), seed=4), per_layer=False)
-    assert report.comparisons and report.passed, report.table()
+    assert report.comparisons, report.table()
+    assert report.passed, report.table()
 
 
 @pytest.mark.parametrize("make", [jaxnn.lstm, jaxnn.gru])
@@ -239,9 +242,9 @@ def _every_gradient(layer, params, inputs, run=jaxnn.apply):
     v = _sequence(y.shape, seed=7)
 
     def loss(p, floats):
-        return jnp.sum(v * run(layer, p, (), (floats[0], lengths) + floats[1:])[0])
+        return jnp.sum(v * run(layer, p, (), (floats[0], lengths, *floats[1:]))[0])
 
-    floats = (inputs[0],) + tuple(inputs[2:])
+    floats = (inputs[0], *tuple(inputs[2:]))
     return y, jax.grad(loss, argnums=(0, 1))(params, floats)
 
 
@@ -260,8 +263,8 @@ def test_non_finite_padding_reaches_no_output_and_no_gradient(make, run, sequenc
     x = clean[0]
     for n, length in enumerate(lengths):
         x = x.at[n, length:].set(0.0)
-    zero_padded = (x,) + clean[1:]
-    poisoned = (x.at[1, 2:].set(fill).at[2].set(fill).at[3, 4, 1].set(fill),) + clean[1:]
+    zero_padded = (x, *clean[1:])
+    poisoned = (x.at[1, 2:].set(fill).at[2].set(fill).at[3, 4, 1].set(fill), *clean[1:])
     params = _params(layer, tuple(jnp.shape(a) for a in clean))
     y, grads = _every_gradient(layer, params, poisoned, run)
     y_zero, grads_zero = _every_gradient(layer, params, zero_padded, run)
@@ -314,7 +317,8 @@ def test_public_docstring_states_every_input_form_with_shapes(make):
     for fact in ("``(N, T, C)``", "integer array ``(N,)``", "``[0, T]``", "``(N, H)``",
                  "floating-point", "bfloat16", "``(x, mask)``", "``(N, T, H)``"):
         assert fact in doc, fact
-    assert "module doc" not in doc and "_recurrent" not in doc
+    assert "module doc" not in doc
+    assert "_recurrent" not in doc
     examples = [line for line in doc.splitlines() if line.strip().startswith(">>>")]
     assert any("lengths" in line and "jaxnn.apply" in line for line in examples)
 
@@ -365,7 +369,8 @@ def test_lengths_beyond_T_under_jit_give_nan_never_a_clamped_output(make, key):
     _, params, _ = layer.init(key, ((3, 4, 5), (3,)))
     fn = jax.jit(lambda x, lens: jaxnn.apply(layer, params, (), (x, lens))[0])
     y = np.asarray(fn(jnp.ones((3, 4, 5)), jnp.array([4, 9, 2])))
-    assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]]))
+    assert np.all(np.isnan(y[1]))
+    assert np.all(np.isfinite(y[[0, 2]]))
 
 
 def test_input_form_must_match_the_layer(key):

@@ -25,9 +25,11 @@ def test_quick_mode_prints_every_layout_and_a_complete_result_line():
         for key in ("fsdp_param_bytes_fraction_2", "tensor_param_bytes_fraction_2",
                     "fsdp_step_vs_replicated_2", "tensor_step_vs_replicated_2"):
             value = float(result[prefix + key])
-            assert math.isfinite(value) and value > 0, (prefix + key, value)
+            assert math.isfinite(value), (prefix + key, value)
+            assert value > 0, (prefix + key, value)
     assert float(result["fsdp_param_bytes_fraction_2"]) == pytest.approx(0.5, abs=0.01)
     for layout in ("replicated", "fsdp", "tensor"):
         assert sum(line.split()[:1] == [layout] for line in proc.stdout.splitlines()) == (
             4 if layout == "replicated" else 2)
-    assert "all-gather=" in proc.stdout and "all-reduce=" in proc.stdout
+    assert "all-gather=" in proc.stdout
+    assert "all-reduce=" in proc.stdout

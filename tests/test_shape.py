@@ -30,7 +30,9 @@ def test_shape_backward_matches_autodiff_and_finite_differences(case):
 )
 def test_init_shape_equals_forward_shape(layer, in_shape, expected):
     out_shape, params, state = layer.init(jax.random.key(0), in_shape)
-    assert out_shape == expected and params == () and state == ()
+    assert out_shape == expected
+    assert params == ()
+    assert state == ()
     x = jnp.arange(float(np.prod([3 if d == -1 else d for d in in_shape]))).reshape(
         [3 if d == -1 else d for d in in_shape])
     y, _ = jaxnn.apply(layer, (), (), x)

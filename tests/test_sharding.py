@@ -76,7 +76,8 @@ def test_fsdp_splits_every_parameter_over_data_along_its_largest_divisible_axis(
     assert specs[0] == {"W": P(None, "data"), "b": P("data")}      # W (16, 32): axis 1
     assert specs[2] == {"W": P("data", None), "b": P("data")}      # W (32, 16): axis 0
     assert specs[4] == {"W": P("data", None), "b": P("data")}      # W (16, 8), b (8,)
-    assert specs[1] == () and specs[3] == ()
+    assert specs[1] == ()
+    assert specs[3] == ()
 
 
 def test_fsdp_keeps_a_parameter_no_axis_of_which_divides_replicated():
@@ -105,8 +106,10 @@ def test_tensor_parallel_splits_attention_by_heads_and_pairs_the_mlp():
     net, params, *_ = _problem("transformer")
     specs = sharding.param_specs(net, params, _abstract(2, 4), "tensor")
     attention = specs[0][0][0][1]        # residual(serial(layer_norm, attention))
-    assert attention["Wq"] == P(None, "model") and attention["bq"] == P("model")
-    assert attention["Wo"] == P("model", None) and attention["bo"] == P()
+    assert attention["Wq"] == P(None, "model")
+    assert attention["bq"] == P("model")
+    assert attention["Wo"] == P("model", None)
+    assert attention["bo"] == P()
     mlp = specs[0][1][0]                 # residual(serial(layer_norm, dense, gelu, dense))
     assert mlp[1] == {"W": P(None, "model"), "b": P("model")}  # column first
     assert mlp[3] == {"W": P("model", None), "b": P()}         # then row
@@ -143,7 +146,8 @@ def test_optimizer_state_follows_the_parameters_specs():
     specs = sharding.param_specs(net, params, _abstract(8, 1), "fsdp")
     optimizer = optax.adam(1e-3)
     opt_specs = sharding.opt_state_specs(optimizer, optimizer.init(params), specs)
-    assert opt_specs[0].mu == specs and opt_specs[0].nu == specs
+    assert opt_specs[0].mu == specs
+    assert opt_specs[0].nu == specs
     assert opt_specs[0].count == P()
 
 
@@ -177,7 +181,7 @@ def test_bad_strategies_and_meshes_are_clear_errors_in_fit_and_shard_train_step(
     """``fit`` names the valid strategies with or without a mesh; a layout needs a mesh; a
     mesh without a "data" axis and specs that are not a pair are named."""
     net, params, _, x, y = _problem("mlp", batch=8)
-    kw = dict(epochs=1, batch_size=4, key=jax.random.key(0))
+    kw = {"epochs": 1, "batch_size": 4, "key": jax.random.key(0)}
     for mesh in (None, sharding.make_mesh()):
         with pytest.raises(ValueError, match=r"fit: shard_params must be one of \('replicated', "
                                              r"'fsdp', 'tensor'\), got 'bogus'"):
@@ -221,9 +225,9 @@ def test_collective_timeout_ends_a_stuck_process_with_a_message():
     assert time.monotonic() - start < 30
     assert re.search(r"process 0 of 1: waited more than 0.5 s for the other processes in a "
                      r"stuck all-reduce", proc.stderr), proc.stderr
-    with pytest.raises(ValueError, match="seconds must be a positive number"):
-        with sharding.collective_timeout(0):
-            pass
+    with pytest.raises(ValueError, match="seconds must be a positive number"), \
+            sharding.collective_timeout(0):
+        pass
 
 
 @pytest.mark.slow
@@ -336,7 +340,7 @@ def _child_a_parameter_axis_that_does_not_divide_is_named():
         try:
             call()
         except ValueError as error:
-            assert expected in str(error), str(error)
+            assert expected in str(error), str(error)  # noqa: PT017 (a child process)
         else:
             raise AssertionError("no error for a weight axis of 3 split over 8 devices")
 
@@ -410,10 +414,12 @@ def _child_fit_splits_the_training_set_and_equals_one_device():
                 (result.params, result.opt_state))
     finally:
         fit_module._epoch_for = make
-    assert fractions["replicated"] == 1.0 and fractions["fsdp"] < 0.2, fractions
+    assert fractions["replicated"] == 1.0, fractions
+    assert fractions["fsdp"] < 0.2, fractions
     assert fractions["tensor"] < 0.5, fractions
     for x_sharding, y_sharding in seen:  # each device holds its part of the training set
-        assert x_sharding.spec == P("data") and y_sharding.spec == P("data")
+        assert x_sharding.spec == P("data")
+        assert y_sharding.spec == P("data")
         assert x_sharding.shard_shape(x.shape)[0] == 64 // x_sharding.mesh.shape["data"]
     # the epoch never gathers the whole training set onto a device
     mesh = sharding.make_mesh(8, 1)
@@ -428,21 +434,22 @@ def _child_fit_splits_the_training_set_and_equals_one_device():
 
 
 def _child_fit_names_a_training_set_that_does_not_divide():
-    net, params, state, x, y = _problem("mlp", batch=36)
+    net, params, _state, x, y = _problem("mlp", batch=36)
     try:
         jaxnn.fit(net, jaxnn.mean_squared_error, optax.sgd(0.1), params, x, y, epochs=1,
                   batch_size=8, key=jax.random.key(0), mesh=sharding.make_mesh(8, 1))
     except ValueError as error:
-        assert str(error).startswith("fit: x: the leading axis has 36 examples, which does not "
-                                     "divide over the 8 devices of mesh axis 'data'; use a "
-                                     "multiple of 8 (e.g. 32 or 40)"), str(error)
+        assert str(error).startswith(  # noqa: PT017 (a child process, no pytest.raises)
+            "fit: x: the leading axis has 36 examples, which does not divide over the 8 devices "
+            "of mesh axis 'data'; use a multiple of 8 (e.g. 32 or 40)"), str(error)
     else:
         raise AssertionError("no error for 36 examples on 8 devices")
     try:
         jaxnn.fit(net, jaxnn.mean_squared_error, optax.sgd(0.1), params, x[:32], y[:32],
                   epochs=1, batch_size=6, key=jax.random.key(0), mesh=sharding.make_mesh(8, 1))
     except ValueError as error:
-        assert "fit: batch_size 6 does not divide over the 8 devices" in str(error), str(error)
+        message = str(error)  # a child process: no pytest.raises
+        assert "fit: batch_size 6 does not divide over the 8 devices" in message, message
     else:
         raise AssertionError("no error for batch_size 6 on 8 devices")
 

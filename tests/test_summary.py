@@ -110,7 +110,7 @@ def test_a_users_own_combinator_is_walked_through_its_sublayers():
     assert lines[-2] == f"total parameters: {2 * 4 + 4 + 2 * 20}"
     assert lines[-1] == "total state entries (not trained): 6"
     # indentation follows the nesting
-    assert [line for line in lines if "0:serial/0:dense" in line][0].startswith(" " * 6)
+    assert next(line for line in lines if "0:serial/0:dense" in line).startswith(" " * 6)
 
 
 def test_several_outputs_are_listed():
@@ -133,7 +133,7 @@ def test_an_input_the_layers_cannot_take_is_named_by_the_layer():
 
 
 def test_model_must_be_a_layer():
-    with pytest.raises(TypeError, match="summary: model must be a jaxnn.Layer, got function"):
+    with pytest.raises(TypeError, match=r"summary: model must be a jaxnn.Layer, got function"):
         jaxnn.summary(jaxnn.relu, (-1, 3))
 
 

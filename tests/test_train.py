@@ -155,7 +155,7 @@ def test_a_users_layer_is_decayed_when_it_declares_its_weight(key, declared):
 
 
 def test_train_step_works_under_vmap_over_stacked_models(key):
-    net, params, x, y = _problem(key)
+    net, _params, x, y = _problem(key)
     opt = optax.sgd(0.1)
     step = jaxnn.make_train_step(net, jaxnn.binary_cross_entropy, opt)
     keys = jax.random.split(key, 3)
@@ -202,7 +202,7 @@ def test_shuffled_batches_cover_every_example_once(key):
 
 def test_optimizer_must_be_an_optax_transformation():
     net = jaxnn.serial(jaxnn.dense(1))
-    with pytest.raises(TypeError, match="optax.GradientTransformation"):
+    with pytest.raises(TypeError, match=r"optax.GradientTransformation"):
         jaxnn.make_train_step(net, jaxnn.mean_squared_error, "adam")
 
 
@@ -216,7 +216,7 @@ class _OwnOptimizer:
         return updates, state
 
 
-@pytest.mark.parametrize("optimizer, fix", [
+@pytest.mark.parametrize(("optimizer", "fix"), [
     (optax.adam, "got the function adam itself: call it to make the optimizer, e.g. "
                  "adam(learning_rate)"),
     (0.1, "got the number 0.1: give an optimizer made with that learning rate, e.g. "
@@ -237,7 +237,7 @@ def test_a_wrong_optimizer_gets_a_message_naming_the_fix(optimizer, fix):
                                         "optax.GradientTransformation")
     assert fix in str(caught.value)
     x = jnp.ones((4, 2))
-    with pytest.raises(TypeError, match="^fit: optimizer must be") as caught:
+    with pytest.raises(TypeError, match=r"^fit: optimizer must be") as caught:
         jaxnn.fit(net, jaxnn.mean_squared_error, optimizer, params, x, x[:, :1], epochs=1,
                   batch_size=2, key=jax.random.key(1))
     assert fix in str(caught.value)

@@ -174,7 +174,7 @@ def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
                 arrays.append(jax.random.uniform(k, s, "float64", low, high))
         try:
             report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)
-        except Exception as e:  # noqa: BLE001 -- the user's function: one line, not a traceback
+        except Exception as e:  # the user's function: one line, not a traceback
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise CommandError(f"--target {args.target} at shapes "
                                f"{', '.join(str(s) for s in shapes)} ({_domain_text(low, high)}):"

@@ -200,7 +200,7 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
     "relu": _activation_cases(L.relu, "away_from_zero"),
     "leaky_relu": _activation_cases(lambda: L.leaky_relu(0.2), "away_from_zero")
     + _activation_cases(L.leaky_relu, "away_from_zero"),
-    "softmax": _activation_cases(L.softmax) + (LayerCase(lambda: L.softmax(axis=1), (2, 3, 5)),),
+    "softmax": (*_activation_cases(L.softmax), LayerCase(lambda: L.softmax(axis=1), (2, 3, 5))),
     "gelu": _activation_cases(L.gelu) + _activation_cases(lambda: L.gelu(approximate=True)),
     "elu": _activation_cases(L.elu, "away_from_zero")
     + _activation_cases(lambda: L.elu(alpha=0.5), "away_from_zero"),
@@ -399,10 +399,11 @@ _LOSS_SHAPES = ((4, 1), (7,), (3, 5))
 LOSS_CASES: dict[str, tuple[LossCase, ...]] = {
     "binary_cross_entropy": tuple(LossCase(losses.binary_cross_entropy, _probabilities(s))
                                   for s in _LOSS_SHAPES),
-    "binary_cross_entropy_with_logits": tuple(
-        LossCase(losses.binary_cross_entropy_with_logits, _logits(s)) for s in _LOSS_SHAPES)
-    + (LossCase(losses.binary_cross_entropy_with_logits, _logits((6, 1), soft=True),
-                "binary_cross_entropy_with_logits, soft labels"),),
+    "binary_cross_entropy_with_logits": (
+        *(LossCase(losses.binary_cross_entropy_with_logits, _logits(s)) for s in _LOSS_SHAPES),
+        LossCase(losses.binary_cross_entropy_with_logits, _logits((6, 1), soft=True),
+                 "binary_cross_entropy_with_logits, soft labels"),
+    ),
     "softmax_cross_entropy": (
         LossCase(losses.softmax_cross_entropy, _classes((4, 3))),
         LossCase(losses.softmax_cross_entropy, _classes((2, 5, 4))),

@@ -187,7 +187,7 @@ def _in_checking_dtype(fn: Callable, name: str, args: tuple,
             return fn(*jax.tree.unflatten(tree, filled))
 
         jax.eval_shape(traced, *(leaves[i] for i in floating))
-    except Exception as e:  # noqa: BLE001 -- any failure to trace in float64 means: not float64
+    except Exception as e:  # any failure to trace in float64 means: not float64
         own = sorted({str(x.dtype) for x in jax.tree.leaves(args) if _is_floating(x)})
         if not own or own == ["float64"]:
             raise

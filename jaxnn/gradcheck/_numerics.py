@@ -478,7 +478,7 @@ def _choose_mode(gradients: Callable, arrays: list, context: Any) -> tuple:
     jax.eval_shape(lambda a, c: gradients(a, c, "values"), arrays, context)
     try:
         return computing_precision(gradients, arrays, context), "reverse", ""
-    except Exception as reverse_error:  # noqa: BLE001 -- any failure: try the next mode
+    except Exception as reverse_error:  # any failure: try the next mode
         why = _first_line(reverse_error)
         for mode, note in (("forward", f"reference differentiated in forward mode "
                                        f"(jax.jacfwd): reverse mode failed ({why})"),
@@ -487,7 +487,7 @@ def _choose_mode(gradients: Callable, arrays: list, context: Any) -> tuple:
             try:
                 return computing_precision(
                     lambda a, c, mode=mode: gradients(a, c, mode), arrays, context), mode, note
-            except Exception:  # noqa: BLE001, S112 -- the next mode
+            except Exception:  # the next mode
                 continue
         raise
 

@@ -153,7 +153,7 @@ def markdown(report: GradcheckReport) -> str:
     out.extend(line(r._replace(verdict="**FAIL**" if r.verdict == "FAIL" else r.verdict))
                for r in rows(report))
     note_lines = [f"- {note}" for note in notes(report)]
-    return "\n".join(out + ([""] + note_lines if note_lines else []))
+    return "\n".join(out + (["", *note_lines] if note_lines else []))
 
 
 def html(report: GradcheckReport) -> str:

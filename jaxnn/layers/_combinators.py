@@ -349,7 +349,7 @@ def concatenate(axis: int = -1) -> Layer:
         ax = _concatenation_axis(axis, shapes)
         sizes = [s[ax] for s in shapes]
         total = -1 if any(d < 0 for d in sizes) else sum(sizes)
-        return shapes[0][:ax] + (total,) + shapes[0][ax + 1:], (), ()
+        return (*shapes[0][:ax], total, *shapes[0][ax + 1:]), (), ()
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train

@@ -207,7 +207,7 @@ def _init(geometry: _Geometry, features: int, use_bias: bool, w_init, b_init, dt
                          f"feature_group_count ({g.groups}), got in_shape {in_shape}")
     out = _spatial.output_spatial("conv", spatial, g.window_eff, g.strides, g.pads(spatial))
     k_w, k_b = jax.random.split(key)
-    params = {"W": w_init(k_w, g.window + (channels // g.groups, features), dtype)}
+    params = {"W": w_init(k_w, (*g.window, channels // g.groups, features), dtype)}
     if use_bias:
         params["b"] = b_init(k_b, (features,), dtype)
     return (in_shape[0], *out, features), params, ()
@@ -273,9 +273,9 @@ def _input_gradient(geometry: _Geometry, w, dz, spatial, out, pads):
     g = geometry
     c_group, c_out = w.shape[-2], w.shape[-1]
     w_t = jnp.flip(w, axis=tuple(range(g.rank)))
-    w_t = w_t.reshape(g.window + (c_group, g.groups, c_out // g.groups))
+    w_t = w_t.reshape((*g.window, c_group, g.groups, c_out // g.groups))
     w_t = jnp.swapaxes(w_t, g.rank, g.rank + 2)  # (*window, C_out/G, G, C_in/G)
-    w_t = w_t.reshape(g.window + (c_out // g.groups, g.groups * c_group))
+    w_t = w_t.reshape((*g.window, c_out // g.groups, g.groups * c_group))
     pads_dx = tuple(
         (k - 1 - lo, n + lo - 1 - (o - 1) * s)
         for k, (lo, _), n, o, s in zip(g.window_eff, pads, spatial, out, g.strides, strict=True)

@@ -131,7 +131,7 @@ def _init(key, in_shape, features: int, use_bias: bool, w_init, b_init, dtype):
     params = {"W": w_init(k_w, (n_in, features), dtype)}
     if use_bias:
         params["b"] = b_init(k_b, (features,), dtype)
-    return in_shape[:-1] + (features,), params, ()
+    return (*in_shape[:-1], features), params, ()
 
 
 def _check_params_and_input(params, x: jax.Array, features: int, use_bias: bool) -> None:

@@ -104,7 +104,7 @@ def _init(num_embeddings: int, features: int, w_init, dtype, key, in_shape):
     if len(in_shape) < 1:
         raise ValueError(f"embedding: in_shape must be (batch, ...) of ids, got {in_shape}")
     table = w_init(key, (num_embeddings, features), dtype)
-    return in_shape + (features,), {"embedding": table}, ()
+    return (*in_shape, features), {"embedding": table}, ()
 
 
 def _forward(num_embeddings: int, features: int, params, state, ids, *, key=None, train=False):

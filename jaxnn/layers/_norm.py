@@ -154,7 +154,7 @@ def _affine_shapes(use_scale: bool, use_offset: bool, features: int | None) -> d
     """The expected params: ``"scale"`` and ``"offset"`` of shape ``(features,)`` as configured
     (``None``: the input's number of features)."""
     entries = ("scale",) * use_scale + ("offset",) * use_offset
-    return {entry: (features,) for entry in entries}
+    return dict.fromkeys(entries, (features,))
 
 
 def _feature_count(name: str, in_shape: tuple, axis: int) -> int:
