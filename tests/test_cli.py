@@ -958,10 +958,14 @@ def test_a_sharded_resume_ends_bitwise_equal_to_an_uninterrupted_run(
 def test_resume_takes_the_checkpoint_written_last_when_a_folder_holds_both(
         tmp_path, monkeypatch, capsys, keep_unraisablehook):
     """A new run written over an old one in the other format: ``--resume`` continues the new
-    run (the one written last), not the old one's later step."""
+    run (the one written last), not the old one's later step, and reads only it (the old file
+    may be damaged)."""
     assert run_main(monkeypatch, tmp_path, "train", *TINY, "--epochs", 3, "--out", "f") == 0
     assert run_main(monkeypatch, tmp_path, "train", *TINY, "--epochs", 1, "--out", "f",
                     "--checkpoint-format", "sharded") == 0
+    old = tmp_path / "f" / "checkpoint.npz"
+    old.write_bytes(old.read_bytes()[:100])
+    os.utime(old, ns=(0, 0))  # damaged, and still the older one
     capsys.readouterr()
     assert run_main(monkeypatch, tmp_path, "train", "--resume", "f", "--epochs", 4,
                     "--no-progress") == 0

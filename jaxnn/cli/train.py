@@ -279,22 +279,23 @@ def _latest_sharded(folder: str) -> str:
 def _find_saved_run(folder: str) -> SavedRun:
     """The checkpoint in ``folder``: ``checkpoint.npz`` or a sharded ``checkpoint/``; when it
     holds both (a run continued in the other format, or a new run written over an old one),
-    the one written last."""
-    found = []  # (when written, the checkpoint)
+    the one written last (only that one is read)."""
     npz = os.path.join(folder, CHECKPOINT_FILE)
-    if os.path.exists(npz):
-        found.append((os.stat(npz).st_mtime_ns,
-                      SavedRun("npz", npz, checkpoint.load_metadata(npz))))
     sharded = os.path.join(folder, CHECKPOINT_FOLDER)
-    if os.path.isdir(sharded):
-        path = _latest_sharded(sharded)  # LATEST is replaced at every save
-        found.append((os.stat(os.path.join(sharded, _LATEST)).st_mtime_ns,
-                      SavedRun("sharded", path, _read_sharded(
-                          path, lambda: checkpoint.load_sharded_metadata(path)))))
-    if not found:
+    pointer = os.path.join(sharded, _LATEST)  # replaced at every save
+    written = {fmt: os.stat(path).st_mtime_ns for fmt, path, there in (
+        ("npz", npz, os.path.exists(npz)),
+        ("sharded", pointer if os.path.exists(pointer) else sharded, os.path.isdir(sharded)))
+        if there}
+    if not written:
         raise CommandError(f"--resume {folder}: no checkpoint there (neither {CHECKPOINT_FILE} "
                            f"nor a {CHECKPOINT_FOLDER}/ folder of sharded checkpoints)")
-    _, saved = max(found, key=lambda found: found[0])
+    if max(written, key=written.__getitem__) == "npz":
+        saved = SavedRun("npz", npz, checkpoint.load_metadata(npz))
+    else:
+        path = _latest_sharded(sharded)
+        saved = SavedRun("sharded", path,
+                         _read_sharded(path, lambda: checkpoint.load_sharded_metadata(path)))
     if not (isinstance(saved.meta.get("config"), dict) and isinstance(saved.meta["step"], int)):
         raise CommandError(f"{saved.path}: no training configuration or step in the "
                            f"checkpoint (was it written by jaxnn train?)")
