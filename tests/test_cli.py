@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -875,3 +876,227 @@ def test_checkpoints_between_epochs_do_not_recompile_the_epoch(tmp_path, monkeyp
     status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 6,
                                          "--save-every", 2)
     assert status == 0 and meta["step"] == 6 and len(made) == 1
+
+
+# --- sharded checkpoints (--checkpoint-format sharded) ----------------------------------------
+
+
+@pytest.fixture
+def keep_unraisablehook(monkeypatch):
+    """Puts back ``sys.unraisablehook`` after the test (reading a sharded checkpoint installs a
+    filter for the process's lifetime)."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+
+
+def _load_run(folder, sizes, seed=0, fmt="npz"):
+    """The run saved in ``folder`` (``checkpoint.npz``, or the step folder that
+    ``checkpoint/LATEST`` names), read against a freshly built template."""
+    if fmt == "npz":
+        return _load_params(folder, sizes, seed=seed)
+    step_folder = folder / "checkpoint" / (folder / "checkpoint" / "LATEST").read_text().strip()
+    meta = checkpoint.load_sharded_metadata(step_folder)
+    config = meta["config"]
+    model = cli_common.build_model(sizes, config["activation"], config["dropout"])
+    _, params, state = model.init(jax.random.key(seed), (-1, sizes[0]))
+    opt = cli_common.make_optimizer(config["optimizer"], config["lr"], model, config["l2"])
+    template = {"params": params, "state": state, "opt_state": opt.init(params),
+                "costs": np.zeros(meta["step"], np.float32)}
+    if not meta["step"]:
+        del template["costs"]
+    return checkpoint.load_sharded(step_folder, template), meta
+
+
+def _assert_bitwise_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+SHARDED_RUN = ["--layers", "2,8,1", "--seed", "3", "--no-progress", "--batch-size", "100",
+               "--optimizer", "adam", "--dropout", "0.2"]
+
+
+def test_the_help_names_the_checkpoint_formats(capsys):
+    """``jaxnn train --help`` lists ``--checkpoint-format {npz,sharded}``."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    assert "--checkpoint-format {npz,sharded}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("first,then", [("sharded", None), ("npz", "sharded"),
+                                        ("sharded", "npz")])
+def test_a_sharded_resume_ends_bitwise_equal_to_an_uninterrupted_run(
+        tmp_path, monkeypatch, capsys, keep_unraisablehook, first, then):
+    """``--checkpoint-format sharded`` saves into OUT/checkpoint/; ``--resume`` reads whichever
+    format the folder holds (the one written last when it holds both), keeps writing it unless
+    told otherwise, and ends bit for bit where the uninterrupted run ends: params, model and
+    optimizer state, cost history."""
+    assert run_main(monkeypatch, tmp_path, "train", *SHARDED_RUN, "--epochs", 4, "--out",
+                    "whole") == 0
+    assert run_main(monkeypatch, tmp_path, "train", *SHARDED_RUN, "--epochs", 2, "--out",
+                    "split", "--checkpoint-format", first) == 0
+    split = tmp_path / "split"
+    assert (split / "checkpoint.npz").exists() == (first == "npz")
+    assert (split / "checkpoint").is_dir() == (first == "sharded")
+    capsys.readouterr()
+    switch = ["--checkpoint-format", then] if then else []
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "split", "--epochs", 4,
+                    "--no-progress", *switch) == 0
+    out = capsys.readouterr().out
+    assert "steps 6→12" in out
+    written = then or first
+    assert f"wrote split/{'checkpoint.npz' if written == 'npz' else 'checkpoint'}," in out
+    whole, _ = _load_params(tmp_path / "whole", [2, 8, 1], seed=3)
+    resumed, meta = _load_run(split, [2, 8, 1], seed=3, fmt=written)
+    _assert_bitwise_equal(whole, resumed)
+    assert meta["step"] == len(resumed["costs"]) == 12
+    if written == "sharded":  # one step folder, and the pointer to it
+        assert sorted(os.listdir(split / "checkpoint")) == ["LATEST", "step_12"]
+    assert cli_train._find_saved_run(str(split)).format == written
+
+
+def test_resume_takes_the_checkpoint_written_last_when_a_folder_holds_both(
+        tmp_path, monkeypatch, capsys, keep_unraisablehook):
+    """A new run written over an old one in the other format: ``--resume`` continues the new
+    run (the one written last), not the old one's later step, and reads only it (the old file
+    may be damaged)."""
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--epochs", 3, "--out", "f") == 0
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--epochs", 1, "--out", "f",
+                    "--checkpoint-format", "sharded") == 0
+    old = tmp_path / "f" / "checkpoint.npz"
+    old.write_bytes(old.read_bytes()[:100])
+    os.utime(old, ns=(0, 0))  # damaged, and still the older one
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "f", "--epochs", 4,
+                    "--no-progress") == 0
+    assert "steps 1→4" in capsys.readouterr().out
+    _, meta = _load_run(tmp_path / "f", [2, 4, 1], fmt="sharded")
+    assert meta["step"] == 4
+
+
+def test_signals_and_save_every_write_sharded_checkpoints_that_resume_bit_for_bit(
+        tmp_path, monkeypatch, capsys, keep_unraisablehook):
+    """With ``--checkpoint-format sharded``, ``--save-every`` saves replace one another (one
+    step folder stays) and Ctrl-C saves too: exit 130 naming OUT/checkpoint; the resumed run
+    ends bit for bit where the uninterrupted one does."""
+    _signal_after_epochs(monkeypatch, signal.SIGINT, 3)
+    assert run_main(monkeypatch, tmp_path, "train", *SHARDED_RUN, "--epochs", 9, "--out", "cut",
+                    "--save-every", 3, "--checkpoint-format", "sharded") == 130
+    err = capsys.readouterr().err
+    assert "interrupted (SIGINT) at step 9; checkpoint saved to cut/checkpoint;" in err
+    assert sorted(os.listdir(tmp_path / "cut" / "checkpoint")) == ["LATEST", "step_9"]
+    cut, meta = _load_run(tmp_path / "cut", [2, 8, 1], seed=3, fmt="sharded")
+    assert meta["step"] == 9 and cut["costs"].shape == (9,)
+    monkeypatch.undo()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "cut", "--epochs", 9,
+                    "--no-progress") == 0
+    assert run_main(monkeypatch, tmp_path, "train", *SHARDED_RUN, "--epochs", 9, "--out",
+                    "whole") == 0
+    whole, _ = _load_params(tmp_path / "whole", [2, 8, 1], seed=3)
+    resumed, _ = _load_run(tmp_path / "cut", [2, 8, 1], seed=3, fmt="sharded")
+    _assert_bitwise_equal(whole, resumed)
+
+
+def test_a_sharded_checkpoint_at_step_0_saves_and_resumes(tmp_path, monkeypatch, capsys,
+                                                          keep_unraisablehook):
+    """A signal before the first epoch ends saves a step-0 sharded checkpoint, whose cost
+    history is empty (Orbax refuses arrays of size 0: it is left out); it resumes."""
+    real = cli_train._progress_bar
+
+    def signal_first(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_train, "_progress_bar", signal_first)
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--steps", 2,
+                    "--checkpoint-format", "sharded") == 128 + signal.SIGTERM
+    assert "interrupted (SIGTERM) at step 0" in capsys.readouterr().err
+    _, meta = _load_run(tmp_path / "jaxnn-out", [2, 4, 1], fmt="sharded")
+    assert meta["step"] == 0
+    monkeypatch.undo()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--steps", 2,
+                    "--no-progress") == 0
+    resumed, meta = _load_run(tmp_path / "jaxnn-out", [2, 4, 1], fmt="sharded")
+    assert meta["step"] == 2 and resumed["costs"].shape == (2,)
+
+
+class _Killed(BaseException):
+    """Stands for the process dying in the middle of a save."""
+
+
+def test_a_sharded_save_that_dies_leaves_the_previous_checkpoint_and_is_cleaned_up(
+        tmp_path, monkeypatch, capsys, keep_unraisablehook):
+    """A save that dies after Orbax wrote its folder, or while it writes one, leaves LATEST
+    naming the previous complete checkpoint, which resumes; the next save removes what the
+    dead one left."""
+    real = checkpoint.save_sharded
+    calls = []
+
+    def dies_on_the_second_save(directory, *args, **kwargs):
+        calls.append(directory)
+        real(directory, *args, **kwargs)
+        if len(calls) == 2:  # complete, not yet pointed to; and another half-written
+            os.makedirs(f"{directory}_1.orbax-checkpoint-tmp-17")
+            raise _Killed
+
+    monkeypatch.setattr(checkpoint, "save_sharded", dies_on_the_second_save)
+    with pytest.raises(_Killed):
+        run_main(monkeypatch, tmp_path, "train", *TINY, "--batch-size", 100, "--epochs", 4,
+                 "--save-every", 3, "--checkpoint-format", "sharded")
+    folder = tmp_path / "jaxnn-out" / "checkpoint"
+    assert sorted(os.listdir(folder)) == ["LATEST", "step_3", "step_6",
+                                          "step_6_1.orbax-checkpoint-tmp-17"]
+    assert (folder / "LATEST").read_text().strip() == "step_3"
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--epochs", 4,
+                    "--no-progress") == 0
+    assert "steps 3→12" in capsys.readouterr().out
+    assert sorted(os.listdir(folder)) == ["LATEST", "step_12"]
+
+
+def test_resume_from_a_folder_without_a_checkpoint_or_a_damaged_sharded_one_is_one_line(
+        tmp_path, monkeypatch, capsys, keep_unraisablehook):
+    """``--resume DIR`` holding neither format, or a sharded checkpoint that is incomplete or
+    corrupted (no LATEST, LATEST naming nothing, damaged metadata, damaged array data): exit 1
+    with one line naming the folder, never a traceback."""
+    assert run_main(monkeypatch, tmp_path, "train", *TINY, "--batch-size", 100, "--epochs", 2,
+                    "--checkpoint-format", "sharded") == 0
+    good = tmp_path / "jaxnn-out" / "checkpoint"
+
+    def damaged(name, damage):
+        folder = tmp_path / name
+        folder.mkdir()
+        if damage is not None:
+            shutil.copytree(good, folder / "checkpoint")
+            damage(folder / "checkpoint")
+        return name
+
+    def garble(path):
+        path.write_bytes(b"x" * max(1, path.stat().st_size))
+
+    cases = {
+        damaged("empty", None): "--resume empty: no checkpoint there (neither checkpoint.npz "
+                                "nor a checkpoint/ folder of sharded checkpoints)",
+        damaged("no_latest", lambda f: (f / "LATEST").unlink()):
+            "no_latest/checkpoint: not a readable sharded checkpoint (no LATEST file naming "
+            "its last step: No such file or directory)",
+        damaged("latest_elsewhere", lambda f: (f / "LATEST").write_text("step_99\n")):
+            "latest_elsewhere/checkpoint: not a readable sharded checkpoint (LATEST names "
+            "'step_99', which is not a step folder there)",
+        damaged("metadata", lambda f: garble(f / "step_6" / "jaxnn_metadata" / "metadata")):
+            "metadata/checkpoint/step_6: not a readable sharded checkpoint (corrupted or "
+            "incomplete: Expecting value",
+    }
+    for name, message in cases.items():
+        capsys.readouterr()
+        assert run_main(monkeypatch, tmp_path, "train", "--resume", name, "--epochs", 4) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"jaxnn train: error: {message}") and err.count("\n") == 1, err
+    # damaged array data fails inside Orbax's reads: a process of its own shows all it prints
+    damaged("data", lambda f: [garble(p) for p in (f / "step_6" / "arrays" / "d").iterdir()])
+    proc = jaxnn_cmd(tmp_path, "train", "--resume", "data", "--epochs", 4)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("jaxnn train: error: data/checkpoint/step_6: not a readable "
+                                  "sharded checkpoint (corrupted or incomplete: DATA_LOSS: ")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

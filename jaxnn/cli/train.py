@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -34,6 +36,12 @@ from jaxnn.cli.common import (
 )
 
 CHECKPOINT_FILE = "checkpoint.npz"
+# --checkpoint-format sharded: OUT/checkpoint/step_N/ (an Orbax folder, one per save) and
+# OUT/checkpoint/LATEST naming the last complete one (see _save_sharded)
+CHECKPOINT_FOLDER = "checkpoint"
+CHECKPOINT_FORMATS = ("npz", "sharded")
+_LATEST = "LATEST"
+_STEP_FOLDER = re.compile(r"step_\d+(_\d+)?")
 
 DEFAULT_HIDDEN = (20, 7, 5)
 DEFAULT_STEPS = 3000
@@ -187,6 +195,145 @@ def load_dataset(dataset: str | None, data_path: str | None, test_path: str | No
     return Dataset(name, scaling(x_tr), y_tr, scaling(x_te), y_te, n_classes, scaling, x_tr)
 
 
+# --- checkpoints ------------------------------------------------------------------------------
+#
+# A run saves its params, model state, optimizer state and cost history, with its step and
+# metadata (the configuration, the scaling statistics, the number of training examples), in one
+# of two formats: ``OUT/checkpoint.npz`` (checkpoint.save: one file, replaced atomically) or,
+# with --checkpoint-format sharded, ``OUT/checkpoint/`` (checkpoint.save_sharded: Orbax, each
+# process writing its own shards). Orbax writes a new folder per save and refuses an existing
+# one, so every save goes to a fresh ``step_N`` folder and only then does the small ``LATEST``
+# file, replaced atomically, point to it: a crash at any moment leaves ``LATEST`` naming a
+# complete checkpoint. The folders it no longer names are removed after.
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A checkpoint of ``jaxnn train`` found by ``--resume``."""
+
+    format: str  # "npz" or "sharded"
+    path: str  # the .npz file, or the step folder that checkpoint/LATEST names
+    meta: dict  # {"step": int, "config": …, "scaling": …, "train_examples": …, …}
+
+
+def _sharded_error(where: str, err: Exception) -> CommandError:
+    # tensorstore says "CODE: Error opening …: Error reading …: detail [tensorstore_spec=…]":
+    # keep the code and the innermost error
+    text = str(err).split(" [tensorstore_spec", 1)[0].strip()
+    first = (text.splitlines() or [type(err).__name__])[0]
+    code, colon, rest = first.partition(": ")
+    if colon and code.isupper() and "Error " in rest:
+        first = f"{code}: {rest[rest.rindex('Error '):]}"
+    return CommandError(f"{where}: not a readable sharded checkpoint (corrupted or incomplete: "
+                        f"{first[:200]})")
+
+
+class _QuietClosedLoop:
+    """An unraisable hook that drops what Orbax leaves behind when one of its reads fails:
+    tensorstore callbacks posting to the event loop Orbax has already closed (``RuntimeError:
+    Event loop is closed``, a traceback each, printed after the error itself, during and after
+    the exit). Anything else goes to the hook it replaced."""
+
+    def __init__(self, previous: Callable[[Any], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: Any) -> None:
+        if not (unraisable.exc_type is RuntimeError
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            self.previous(unraisable)
+
+    @classmethod
+    def install(cls) -> None:
+        """For the rest of the process (the callbacks come late), once."""
+        if not isinstance(sys.unraisablehook, cls):
+            sys.unraisablehook = cls(sys.unraisablehook)
+
+
+def _read_sharded(where: str, read: Callable[[], Any]) -> Any:
+    """``read()`` of a sharded checkpoint; what Orbax raises on a damaged folder (JSON, key,
+    tensorstore errors) becomes one line naming ``where``."""
+    _QuietClosedLoop.install()
+    try:
+        return read()
+    except checkpoint.CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+        raise _sharded_error(where, err) from None
+
+
+def _latest_sharded(folder: str) -> str:
+    """The step folder that ``folder/LATEST`` names."""
+    pointer = os.path.join(folder, _LATEST)
+    try:
+        with open(pointer) as f:
+            name = f.read().strip()
+    except OSError as err:
+        raise CommandError(f"{folder}: not a readable sharded checkpoint (no {_LATEST} file "
+                           f"naming its last step: {err.strerror or err})") from None
+    if not _STEP_FOLDER.fullmatch(name) or not os.path.isdir(os.path.join(folder, name)):
+        raise CommandError(f"{folder}: not a readable sharded checkpoint ({_LATEST} names "
+                           f"{name[:60]!r}, which is not a step folder there)")
+    return os.path.join(folder, name)
+
+
+def _find_saved_run(folder: str) -> SavedRun:
+    """The checkpoint in ``folder``: ``checkpoint.npz`` or a sharded ``checkpoint/``; when it
+    holds both (a run continued in the other format, or a new run written over an old one),
+    the one written last (only that one is read)."""
+    npz = os.path.join(folder, CHECKPOINT_FILE)
+    sharded = os.path.join(folder, CHECKPOINT_FOLDER)
+    pointer = os.path.join(sharded, _LATEST)  # replaced at every save
+    written = {fmt: os.stat(path).st_mtime_ns for fmt, path, there in (
+        ("npz", npz, os.path.exists(npz)),
+        ("sharded", pointer if os.path.exists(pointer) else sharded, os.path.isdir(sharded)))
+        if there}
+    if not written:
+        raise CommandError(f"--resume {folder}: no checkpoint there (neither {CHECKPOINT_FILE} "
+                           f"nor a {CHECKPOINT_FOLDER}/ folder of sharded checkpoints)")
+    if max(written, key=written.__getitem__) == "npz":
+        saved = SavedRun("npz", npz, checkpoint.load_metadata(npz))
+    else:
+        path = _latest_sharded(sharded)
+        saved = SavedRun("sharded", path,
+                         _read_sharded(path, lambda: checkpoint.load_sharded_metadata(path)))
+    if not (isinstance(saved.meta.get("config"), dict) and isinstance(saved.meta["step"], int)):
+        raise CommandError(f"{saved.path}: no training configuration or step in the "
+                           f"checkpoint (was it written by jaxnn train?)")
+    return saved
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_sharded(folder: str, tree: Any, *, step: int, metadata: dict) -> None:
+    """Saves ``tree`` into a new ``folder/step_N`` with ``checkpoint.save_sharded``, then points
+    ``folder/LATEST`` to it (written to a temporary file, flushed and renamed over the old
+    one), then removes the step folders ``LATEST`` no longer names (and any a killed save
+    left)."""
+    os.makedirs(folder, exist_ok=True)
+    name, again = f"step_{step}", 0
+    while os.path.exists(os.path.join(folder, name)):  # the same step saved twice
+        again += 1
+        name = f"step_{step}_{again}"
+    checkpoint.save_sharded(os.path.join(folder, name), tree, step=step, metadata=metadata)
+    pointer = os.path.join(folder, _LATEST)
+    with open(pointer + ".tmp", "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer + ".tmp", pointer)
+    _fsync_folder(folder)
+    for entry in os.listdir(folder):
+        # Orbax writes step_N.orbax-checkpoint-tmp-… before renaming it step_N
+        if entry != name and _STEP_FOLDER.match(entry):
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
 # --- train ------------------------------------------------------------------------------------
 #
 # ``train`` is four steps: plan the run (options, data, model sizes, run length), restore or
@@ -209,12 +356,14 @@ class RunPlan:
     batch_size: int
     steps_per_epoch: int
     total: int  # the step to reach, a whole number of epochs
-    resumed: dict | None  # the checkpoint's metadata when resuming
-    resumed_path: str | None  # and its file
+    resumed: SavedRun | None  # the checkpoint resumed from
+    checkpoint_format: str = "npz"  # what this run writes: "npz" or "sharded"
 
     @property
     def checkpoint_path(self) -> str:
-        return os.path.join(self.out, CHECKPOINT_FILE)
+        """``OUT/checkpoint.npz``, or the folder of sharded checkpoints ``OUT/checkpoint``."""
+        name = CHECKPOINT_FILE if self.checkpoint_format == "npz" else CHECKPOINT_FOLDER
+        return os.path.join(self.out, name)
 
 
 class CostHistory:
@@ -342,9 +491,9 @@ def _given_options(args: argparse.Namespace) -> dict:
     return given
 
 
-def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
+def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, SavedRun | None]:
     """The run's configuration; on ``--resume`` the saved one, which explicit options must
-    agree with. Returns ``(config, the checkpoint's metadata or None)``."""
+    agree with. Returns ``(config, the checkpoint resumed from or None)``."""
     given = _given_options(args)
     if args.resume is None:
         config = dict(given)
@@ -357,17 +506,14 @@ def _resolve_run_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
         config["dropout"] = config["dropout"] or 0.0
         return config, None
 
-    path = os.path.join(args.resume, CHECKPOINT_FILE)
-    meta = checkpoint.load_metadata(path)
-    saved = meta.get("config")
-    if not isinstance(saved, dict):
-        raise CommandError(f"{path}: no training configuration in the checkpoint (was it written "
-                           f"by jaxnn train?)")
+    resumed = _find_saved_run(args.resume)
+    saved = resumed.meta["config"]
     for k, value in given.items():
         if value is not None and value != saved.get(k):
             raise CommandError(f"{_as_typed(args, k, value)} differs from the resumed run's "
-                               f"{saved.get(k)} ({path}); leave it out to continue that run")
-    return dict(saved), meta
+                               f"{saved.get(k)} ({resumed.path}); leave it out to continue "
+                               f"that run")
+    return dict(saved), resumed
 
 
 def _check_numbers(config: dict, args: argparse.Namespace) -> None:
@@ -406,7 +552,8 @@ def _model_sizes(config: dict, ds: Dataset) -> list[int]:
     return sizes
 
 
-def _run_length(args: argparse.Namespace, resumed: dict | None, steps_per_epoch: int) -> int:
+def _run_length(args: argparse.Namespace, resumed: SavedRun | None,
+                steps_per_epoch: int) -> int:
     """The step to reach: ``--epochs`` whole epochs, or ``--steps`` rounded up to whole
     epochs (``jaxnn.fit`` runs whole epochs)."""
     if args.epochs is not None:
@@ -439,7 +586,7 @@ def _plan_run(args: argparse.Namespace) -> RunPlan:
         # a checkpoint written before --scale: files were divided by 255, built-in sets
         # standardized with the (same, seeded) training split's statistics
         legacy = {"method": "255"} if config.get("data") else None
-        saved_scaling = resumed.get("scaling", legacy)
+        saved_scaling = resumed.meta.get("scaling", legacy)
     ds = load_dataset(config.get("dataset"), config.get("data"), config.get("test_data"),
                       config["seed"], config.get("scale"), config.get("label_column"),
                       saved_scaling, where=args.resume or "")
@@ -455,9 +602,16 @@ def _plan_run(args: argparse.Namespace) -> RunPlan:
     total = _run_length(args, resumed, steps_per_epoch)
     out = args.out or args.resume or "jaxnn-out"
     _prepare_out(out)
+    # a resumed run keeps writing the format it was resumed from, unless told otherwise
+    fmt = args.checkpoint_format or (resumed.format if resumed else "npz")
+    folder = os.path.join(out, CHECKPOINT_FOLDER)
+    if fmt == "sharded":  # said now, not after training
+        require("orbax.checkpoint", "distributed", "--checkpoint-format sharded")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise CommandError(f"--checkpoint-format sharded: {folder} exists and is not a "
+                               f"folder")
     return RunPlan(config, args.typed, out, ds, sizes, y_train, y_test, batch_size,
-                   steps_per_epoch, total, resumed,
-                   args.resume and os.path.join(args.resume, CHECKPOINT_FILE))
+                   steps_per_epoch, total, resumed, fmt)
 
 
 def _restore(plan: RunPlan, model: Any, optimizer: Any) -> RunState:
@@ -468,32 +622,49 @@ def _restore(plan: RunPlan, model: Any, optimizer: Any) -> RunState:
     opt_state = optimizer.init(params)
     if plan.resumed is None:
         return RunState(params, state, opt_state, 0, CostHistory())
-    where, m = os.path.dirname(plan.resumed_path), plan.data.x_train.shape[0]
-    if plan.resumed.get("train_examples") != m:
-        raise CommandError(f"the run in {where} trained on {plan.resumed.get('train_examples')} "
+    resumed, m = plan.resumed, plan.data.x_train.shape[0]
+    where = os.path.dirname(resumed.path) if resumed.format == "npz" else resumed.path
+    if resumed.meta.get("train_examples") != m:
+        raise CommandError(f"the run in {where} trained on {resumed.meta.get('train_examples')} "
                            f"examples, the data now have {m}: the data changed")
-    start = int(plan.resumed["step"])
+    start = int(resumed.meta["step"])
     if start >= plan.total:
         raise CommandError(f"the checkpoint in {where} is at step {start}; ask for more with "
                            f"--steps N (N > {start})")
     if start % plan.steps_per_epoch:
         raise CommandError(f"the checkpoint in {where} is at step {start}, inside an epoch of "
                            f"{plan.steps_per_epoch} steps; it was written by an older jaxnn")
-    template = {"params": params, "state": state, "opt_state": opt_state,
-                "costs": np.zeros(start, np.float32)}
-    saved = checkpoint.load(plan.resumed_path, template)
+    template = _checkpoint_tree(params, state, opt_state, np.zeros(start, np.float32),
+                                resumed.format)
+    if resumed.format == "npz":
+        saved = checkpoint.load(resumed.path, template)
+    else:
+        saved = _read_sharded(resumed.path, lambda: checkpoint.load_sharded(resumed.path,
+                                                                            template))
     return RunState(saved["params"], saved["state"], saved["opt_state"], start,
-                    CostHistory(saved["costs"]))
+                    CostHistory(saved.get("costs", ())))
+
+
+def _checkpoint_tree(params: Any, state: Any, opt_state: Any, costs: np.ndarray,
+                     fmt: str) -> dict:
+    tree = {"params": params, "state": state, "opt_state": opt_state, "costs": costs}
+    if fmt == "sharded" and not costs.size:  # Orbax refuses arrays of size 0 (a step-0 save)
+        del tree["costs"]
+    return tree
 
 
 def _save(plan: RunPlan, run: RunState) -> None:
-    """Checkpoints the run: parameters, states, the cost history (an array), step and config."""
-    tree = {"params": run.params, "state": run.state, "opt_state": run.opt_state,
-            "costs": run.history.values}
-    checkpoint.save(plan.checkpoint_path, tree, step=run.step,
-                    metadata={"config": plan.config, "train_examples": plan.data.x_train.shape[0],
-                              "steps_per_epoch": plan.steps_per_epoch,
-                              "scaling": plan.data.prepare.metadata()})
+    """Checkpoints the run: parameters, states, the cost history (an array), step and config,
+    in the run's format."""
+    tree = _checkpoint_tree(run.params, run.state, run.opt_state, run.history.values,
+                            plan.checkpoint_format)
+    metadata = {"config": plan.config, "train_examples": plan.data.x_train.shape[0],
+                "steps_per_epoch": plan.steps_per_epoch,
+                "scaling": plan.data.prepare.metadata()}
+    if plan.checkpoint_format == "npz":
+        checkpoint.save(plan.checkpoint_path, tree, step=run.step, metadata=metadata)
+    else:
+        _save_sharded(plan.checkpoint_path, tree, step=run.step, metadata=metadata)
 
 
 def _progress_bar(plan: RunPlan, start: int, disable: bool):
@@ -624,7 +795,7 @@ def _report(plan: RunPlan, model: Any, run: RunState, elapsed: float, start: int
     print(f"train accuracy: {accuracies[0]:.4f}\ntest accuracy: {accuracies[1]:.4f}")
     title = f"{ds.name}: {plan.config['layers']}, {plan.config['optimizer']} lr " \
             f"{plan.config['lr']}"
-    writers = {CHECKPOINT_FILE: lambda path: _save(plan, run),
+    writers = {os.path.basename(plan.checkpoint_path): lambda path: _save(plan, run),
                "metrics.json": lambda path: _write_metrics(path, plan, run, accuracies),
                "cost.png": lambda path: plots.cost_curve(path, run.history.values, title=title)}
     if ds.x_train.shape[1] == 2:
@@ -679,8 +850,9 @@ def add_command(commands) -> None:
         description="Train the classic L-layer classifier with jaxnn.fit. With no options: the "
         "built-in planar flower (2 features, 2 classes), layers 2,20,7,5,1, relu, full-batch "
         "gradient descent. Writes cost.png, decision_boundary.png (2-D data), metrics.json and "
-        "checkpoint.npz into --out. Ctrl-C or SIGTERM saves a checkpoint at the end of the "
-        "epoch and stops; a second one stops at once, without saving.")
+        "checkpoint.npz (or a sharded checkpoint/ folder) into --out. Ctrl-C or SIGTERM saves "
+        "a checkpoint at the end of the epoch and stops; a second one stops at once, without "
+        "saving.")
     p.set_defaults(run=run, typed={})
 
     def typed(name, kind, help):
@@ -717,7 +889,12 @@ def add_command(commands) -> None:
     p.add_argument("--out", help="output folder (default jaxnn-out, or the --resume folder)")
     typed("--l2", float, "λ of the penalty (λ/2)·Σ‖W‖² on weights")
     typed("--dropout", float, "drop rate after each hidden activation")
-    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
+    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its "
+                   "checkpoint.npz or sharded checkpoint/, whichever it holds)")
+    p.add_argument("--checkpoint-format", choices=CHECKPOINT_FORMATS, help="npz: one file, "
+                   "checkpoint.npz (the default); sharded: an Orbax folder, checkpoint/, each "
+                   "process writing its own shards (pip install \"jaxnn[distributed]\"); "
+                   "with --resume, default: the format resumed from")
     typed("--print-every", int, "print the cost every N steps")
     p.add_argument("--save-every", action=_Typed, kind=int, default=0,
                    help="also checkpoint every N steps (at the end of that epoch)")
