@@ -194,7 +194,7 @@ def l2_penalty(model: Layer, params: Any, l2: float) -> jax.Array:
     mask = weight_mask(model, params)
     terms = [jnp.sum(jnp.square(w)) for w, m in zip(jax.tree.leaves(params),
                                                      jax.tree.leaves(mask), strict=True) if m]
-    return 0.5 * l2 * sum(terms) if terms else jnp.zeros(())
+    return jnp.asarray(0.5 * l2 * sum(terms)) if terms else jnp.zeros(())
 
 
 def l2_regularization(model: Layer, l2: float) -> optax.GradientTransformation:
@@ -370,5 +370,6 @@ def fuse(model: Layer, loss: Loss) -> tuple[Layer, Loss]:
     if (model.name == "serial" and len(model.sublayers) > 1
             and model.sublayers[-1].name == activation):
         # identity keeps the params/state tuples aligned with the original model's
+        assert model.rebuild is not None  # serial always has one
         return model.rebuild((*model.sublayers[:-1], identity())), fused_loss
     return model, loss

@@ -161,7 +161,7 @@ def save(path: str | os.PathLike, tree: Any, *, step: int | None = None,
     try:
         os.chmod(tmp, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -510,6 +510,7 @@ def _target(directory: str, name: str, leaf: Any, stored: dict, mesh: Any, spec:
     if stored["dtype"] != dtype:
         raise CheckpointError(f"{directory}: dtype mismatch at {name}: expected {dtype}, got "
                               f"{stored['dtype']}")
+    sharding: jax.sharding.Sharding
     if mesh is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     else:

@@ -114,10 +114,10 @@ class Record:
 
     @property
     def _fields(self) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(self))
+        return tuple(f.name for f in dataclasses.fields(self))  # type: ignore[arg-type]
 
     def _replace(self, **changes: Any):
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def _asdict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._fields}
@@ -305,7 +305,7 @@ def _check_cotangent(layer: Layer, what: str, reference: Any, cotangent: Any) ->
     zeros, for a whole subtree)."""
     ref_leaves = jax.tree_util.tree_flatten_with_path(reference)[0]
     got_structure = jax.tree.structure(cotangent, is_leaf=lambda v: v is None)
-    if got_structure != jax.tree.structure(reference) and cotangent is not None:
+    if cotangent is not None and got_structure != jax.tree.structure(reference):  # type: ignore[operator]
         raise TypeError(
             f"{layer.name}: backward must return (dparams, dx) with {what} shaped like "
             f"{'params' if what == 'dparams' else 'the input'}: expected the structure "

@@ -482,7 +482,7 @@ def load_h5(path: str | os.PathLike,
 
 # --- IDX (MNIST-format) files -----------------------------------------------------------------
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -682,11 +682,9 @@ def load_file(path: str | os.PathLike, *,
     if label_column is not None and not is_csv:
         raise ValueError(f"load_file: label_column is for CSV files; {path} is not one (.csv)")
     if len(parts) == 2 and all(p.lower().endswith(".npy") for p in parts):
-        x, y = _read_npy(parts[0]), _read_npy(parts[1])
-        return _checked(x, y, parts[0], parts[1])
+        return _checked(_read_npy(parts[0]), _read_npy(parts[1]), parts[0], parts[1])
     if len(parts) == 2:
-        x, y = _read_idx_pair(*parts)
-        return _checked(x, y, parts[0], parts[1])
+        return _checked(*_read_idx_pair(*parts), parts[0], parts[1])
     if len(parts) > 2:
         raise DataFileError(f"{path}: expected one file or a pair FEATURES,LABELS, got "
                             f"{len(parts)} names")

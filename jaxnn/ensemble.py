@@ -100,7 +100,9 @@ def _ensemble_size(params: Any) -> int:
     if len(sizes) != 1 or None in sizes:
         raise ValueError(f"ensemble: every parameter must be stacked on a leading member axis of "
                          f"one size, got leading sizes {sorted(map(str, sizes))}")
-    return sizes.pop()
+    size = sizes.pop()
+    assert size is not None
+    return size
 
 
 def init_optimizer(optimizer: optax.GradientTransformation, params: Any,

@@ -288,7 +288,7 @@ def _check_per_example(updates: Any, params_shapes) -> None:
     if got_treedef != treedef:
         raise ValueError(f"private_aggregate: the gradients' structure {got_treedef} differs "
                          f"from the parameters' {treedef}")
-    batch = {}
+    batch: dict[int, str] = {}
     for leaf, (name, shape) in zip(got_leaves, expected, strict=True):
         got = tuple(jnp.shape(leaf))
         if got == shape:

@@ -246,6 +246,7 @@ def _split_spec(array: Any, axis: int) -> P:
 def _tensor_specs(leaf: Layer, params: dict, column: bool) -> dict[str, P]:
     """The specs a leaf's ``tensor_split`` asks for, opening (``column``) or closing a pair."""
     split = leaf.tensor_split
+    assert split is not None, leaf.name  # only layers that declare a split come here
     wanted = split.column + split.row if split.pair else (split.column if column else split.row)
     return {name: _split_spec(params[name], axis) for name, axis in wanted if name in params}
 
@@ -666,7 +667,7 @@ def bytes_per_device_fraction(tree: Any) -> float:
         >>> bytes_per_device_fraction(tree)  # one device holds everything
         1.0
     """
-    total, per_device = 0, {}
+    total, per_device = 0, dict[Any, int]()
     for leaf in jax.tree.leaves(tree):
         total += leaf.nbytes
         for shard in leaf.addressable_shards:

@@ -153,7 +153,8 @@ def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
     layer = _as_layer(target)
     if layer is not None:
         in_shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
-        return jaxnn.gradcheck.check_layer(layer, in_shape, seed=args.seed), f"layer {args.target}"
+        return (jaxnn.gradcheck.check_layer(layer, in_shape, seed=args.seed),  # type: ignore[arg-type]
+                f"layer {args.target}")
     if _is_layer_constructor(target):
         raise CommandError(f"--target {args.target} is a layer constructor that needs "
                            f"arguments; give a Layer (e.g. a module-level my_layer = "
@@ -171,6 +172,7 @@ def _gradcheck_target(args: argparse.Namespace) -> tuple[Any, str]:
             elif low is None:
                 arrays.append(jax.random.normal(k, s, "float64"))
             else:
+                assert high is not None  # --range gives both ends
                 arrays.append(jax.random.uniform(k, s, "float64", low, high))
         try:
             report = jaxnn.gradcheck.check_function(target, *arrays, seed=args.seed)

@@ -75,6 +75,7 @@ class Scaling:
         automatic = scale in (None, "auto")
         method = ("255" if np.asarray(x_train).dtype == np.uint8 else "standardize"
                   ) if automatic else scale
+        assert method is not None
         if method != "standardize":
             return cls(method, automatic=automatic)
         _, (mean, std) = data.standardize(jnp.asarray(x_train, jnp.float32))

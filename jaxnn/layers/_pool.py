@@ -131,6 +131,7 @@ def _scatter_to_windows(per_tap: Sequence[Array], window, strides, spatial, pads
         config.append((0, 0, 0))
         placed = lax.pad(g, jnp.zeros((), g.dtype), config)
         total = placed if total is None else total + placed
+    assert total is not None  # a window has at least one tap
     n, c = total.shape[0], total.shape[-1]
     start = tuple(lo for lo, _ in pads)
     limit = tuple(lo + m for (lo, _), m in zip(pads, spatial, strict=True))

@@ -91,6 +91,7 @@ def explicit_padding(padding: Padding, spatial: Sequence[int], window_eff: Seque
             total = max((out - 1) * s + k - n, 0)
             pads.append((total // 2, total - total // 2))
         return tuple(pads)
+    assert not isinstance(padding, str), padding  # the strings are resolved above
     return tuple(padding)
 
 
