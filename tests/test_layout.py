@@ -33,6 +33,7 @@ RANKS = {
     "jaxnn._report_render": 6,
     "jaxnn.sharding": 7,
     "jaxnn.fit": 8,
+    "jaxnn.generate": 6,
     "jaxnn.precision": 7,
     "jaxnn.privacy": 7,
     "jaxnn.ensemble": 7,
