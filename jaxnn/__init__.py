@@ -30,6 +30,8 @@ from jaxnn.core import map_leaves as map_leaves
 from jaxnn.core import reference_apply as reference_apply
 from jaxnn.fit import FitResult as FitResult
 from jaxnn.fit import fit as fit
+from jaxnn.generate import generate as generate
+from jaxnn.generate import init_cache as init_cache
 from jaxnn.layers import avg_pool as avg_pool
 from jaxnn.layers import batch_norm as batch_norm
 from jaxnn.layers import concatenate as concatenate
@@ -166,6 +168,8 @@ __all__ = [
 
 # attention and transformers
 __all__ += [
+    "generate",
+    "init_cache",
     "multi_head_attention",
     "positional_embedding",
     "sinusoidal_positional_embedding",

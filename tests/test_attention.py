@@ -217,8 +217,9 @@ def _plain_softmax_attention(params, x, num_heads, causal):
 def test_float32_gradients_at_large_logits_are_as_accurate_as_plain_softmax_attention(
         scale, causal):
     """Issue 20 item 2: at inputs × 100 (and × 1e4) in float32 under jit, every gradient's
-    error against float64 truth is within 2× that of plain float32 softmax attention (it was
-    100 % of dWq: the backward's softmax row term did not cancel where a row is one-hot)."""
+    error against float64 truth is within 2× that of plain float32 softmax attention, up to the
+    float32 noise floor of the scores (4·eps·max|S| of the gradient's size). It was 1e18 times
+    dWq's size: the backward's softmax row term did not cancel where a row is one-hot."""
     layer = jaxnn.multi_head_attention(2, causal=causal, block_size=4)
     _, params, _ = layer.init(jax.random.key(0), (-1, 16, 8))
     x = jax.random.normal(jax.random.key(1), (2, 16, 8), jnp.float64) * scale
@@ -239,8 +240,14 @@ def test_float32_gradients_at_large_logits_are_as_accurate_as_plain_softmax_atte
     errors = {name: jax.tree.map(lambda g, t: float(jnp.max(jnp.abs(g - t))),
                                  gradients(forward, jnp.float32), truth)
               for name, forward in (("hand", hand), ("plain", plain))}
-    floor = jax.tree.map(lambda t: float(jnp.finfo(jnp.float32).eps * jnp.max(jnp.abs(t))),
-                         truth)
+    # rounding the scores to float32 moves every probability by eps·|S| of itself (|S| ~ 1e4 at
+    # inputs × 100): the noise floor of any float32 attention where a gradient (dWk ~ 1e-19)
+    # comes only from the probabilities that the saturated softmax leaves (~e^-40)
+    q = x @ params["Wq"].astype(jnp.float64)
+    k = x @ params["Wk"].astype(jnp.float64)
+    largest_score = float(jnp.max(jnp.abs(jnp.einsum("nqd,nkd->nqk", q, k)))) / 2.0
+    floor = jax.tree.map(lambda t: float(4 * jnp.finfo(jnp.float32).eps * largest_score
+                                         * jnp.max(jnp.abs(t))), truth)
     for path, hand_error in jax.tree_util.tree_leaves_with_path(errors["hand"]):
         plain_error = _at(errors["plain"], path)
         assert hand_error <= 2 * plain_error + _at(floor, path), (
@@ -322,3 +329,93 @@ def test_the_public_docstring_states_every_input_form():
                  "``(queries, keys_values)``", "``(queries, keys_values, key_mask)``",
                  "boolean", "integer"):
         assert form in doc, form
+
+
+def _rotate_as_complex(z, positions, base=10000.0):
+    """RoPE written independently: the pair ``(z_i, z_{i+d/2})`` as the complex number
+    ``z_i + i·z_{i+d/2}`` multiplied by ``exp(i·t·base^(−2i/d))``."""
+    half = z.shape[-1] // 2
+    angles = positions[:, None] * base ** (-np.arange(0, 2 * half, 2) / (2 * half))[None, :]
+    rotated = (z[..., :half] + 1j * z[..., half:]) * jnp.exp(1j * angles)[None, None]
+    return jnp.concatenate([rotated.real, rotated.imag], axis=-1)
+
+
+def _peer_gqa_rope(params, x, num_heads, num_kv_heads, rope, causal):
+    """Grouped-query attention with rotary positions in plain JAX: the whole score matrix, each
+    key/value head repeated for the query heads it serves. (``jax.nn.dot_product_attention``
+    takes GQA too, but computes its logits in float32.)"""
+    n, t, _ = x.shape
+    d = params["Wq"].shape[1] // num_heads
+
+    def heads(w, b, count):
+        z = (x @ params[w] + params[b][None, None]).reshape(n, t, count, d)
+        if rope:  # (N, T, heads, d) -> rotate over T
+            z = _rotate_as_complex(z.transpose(0, 2, 1, 3), np.arange(t)).transpose(0, 2, 1, 3)
+        return z
+
+    group = num_heads // num_kv_heads  # key/value head j serves query heads j·g … j·g + g − 1
+    q = heads("Wq", "bq", num_heads)
+    k = jnp.repeat(heads("Wk", "bk", num_kv_heads), group, axis=2)
+    v = jnp.repeat((x @ params["Wv"] + params["bv"][None, None]).reshape(n, t, num_kv_heads, d),
+                   group, axis=2)
+    s = jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(d)
+    if causal:
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool))[None, None], s, -jnp.inf)
+    o = jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(s, axis=-1), v)
+    return o.reshape(n, t, -1) @ params["Wo"] + params["bo"][None, None]
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "rope", "causal"), [
+    (4, 2, False, True), (4, 1, True, True), (2, 2, True, False), (6, 3, True, True)])
+def test_gqa_and_rope_equal_a_plain_jax_peer_forward_and_gradients(num_heads, num_kv_heads,
+                                                                   rope, causal, key):
+    """Issue 21 item 2: grouped-query attention (num_kv_heads key/value heads, query head i
+    on key/value head i // (h / c)) and RoPE (the rotate-half pairing) equal the same math in
+    plain JAX, forward and every gradient (hand-derived and autodiff), in float64."""
+    layer = jaxnn.multi_head_attention(num_heads, num_kv_heads=num_kv_heads, rope=rope,
+                                       causal=causal, block_size=3)
+    x = _inputs((2, 7, 2 * num_heads))[0]
+    _, params, _ = layer.init(key, x.shape)
+    params = jax.tree.map(lambda a: jax.random.normal(key, a.shape, jnp.float64) * 0.5, params)
+    assert params["Wk"].shape == (2 * num_heads, 2 * num_kv_heads)
+
+    def objective(forward):
+        return lambda p, inp: jnp.sum(jnp.sin(forward(p, inp)))
+
+    def peer(p, inp):
+        return _peer_gqa_rope(p, inp, num_heads, num_kv_heads, rope, causal)
+
+    expected = jax.grad(objective(peer), argnums=(0, 1))(params, x)
+    chex.assert_trees_all_close(jaxnn.apply(layer, params, (), x)[0], peer(params, x),
+                                rtol=1e-12, atol=1e-12)
+    for run in (jaxnn.apply, jaxnn.reference_apply):
+        got = jax.grad(objective(lambda p, inp, run=run: run(layer, p, (), inp)[0]),
+                       argnums=(0, 1))(params, x)
+        chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_rope_makes_scores_depend_only_on_relative_position(key):
+    """RoPE's defining property: shifting every position by the same offset leaves q·k (so the
+    attention output) unchanged; the rotation's transpose undoes it."""
+    from jaxnn.layers._attention import rotate
+    q, k = _inputs((1, 2, 5, 8), (1, 2, 5, 8))
+    positions = jnp.arange(5)
+    scores = jnp.einsum("nhqd,nhkd->nhqk", rotate(q, positions, 1e4), rotate(k, positions, 1e4))
+    shifted = jnp.einsum("nhqd,nhkd->nhqk", rotate(q, positions + 7, 1e4),
+                         rotate(k, positions + 7, 1e4))
+    chex.assert_trees_all_close(scores, shifted, rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(rotate(rotate(q, positions, 1e4), positions, 1e4,
+                                       transpose=True), q, rtol=1e-12, atol=1e-12)
+
+
+def test_gqa_and_rope_bad_configurations_are_named(key):
+    """num_kv_heads not dividing num_heads, and an odd RoPE head width, are clear errors naming
+    the argument."""
+    with pytest.raises(ValueError, match=r"multi_head_attention: num_kv_heads \(3\) must "
+                                         r"divide num_heads \(4\)"):
+        jaxnn.multi_head_attention(4, num_kv_heads=3)
+    with pytest.raises(ValueError, match=r"multi_head_attention: rope=True .* head width "
+                                         r"features / num_heads must be even, got 6 / 2 = 3"):
+        jaxnn.multi_head_attention(2, rope=True).init(key, (-1, 5, 6))
+    with pytest.raises(ValueError, match="multi_head_attention: rope_base must be"):
+        jaxnn.multi_head_attention(2, rope=True, rope_base=0.5)

@@ -30,6 +30,7 @@ RANKS = {
     "jaxnn.checkpoint": 6,
     "jaxnn.sharding": 7,
     "jaxnn.fit": 8,
+    "jaxnn.generate": 6,
     "jaxnn.precision": 7,
     "jaxnn.privacy": 7,
     "jaxnn.ensemble": 7,

@@ -347,6 +347,15 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
         LayerCase(lambda: L.multi_head_attention(1, causal=True, block_size=3),
                   ((3, 4, 2), (3, 4)),
                   options={"x": _attention_input((3, 4, 2), mask=(3, 4), seed=1)}),
+        # grouped-query attention (2 key/value heads for 4 query heads) and multi-query
+        LayerCase(lambda: L.multi_head_attention(4, num_kv_heads=2, causal=True, block_size=2),
+                  (2, 5, 8)),
+        # rotary positions with multi-query attention, and with a key mask
+        LayerCase(lambda: L.multi_head_attention(2, num_kv_heads=1, rope=True, causal=True,
+                                                 block_size=3), (2, 7, 4)),
+        LayerCase(lambda: L.multi_head_attention(2, rope=True, block_size=2),
+                  ((2, 5, 4), (2, 5)),
+                  options={"x": _attention_input((2, 5, 4), mask=(2, 5), seed=2)}),
     ),
     "positional_embedding": (
         LayerCase(lambda: L.positional_embedding(5), (2, 5, 3)),
@@ -362,6 +371,8 @@ LAYER_CASES: dict[str, tuple[LayerCase, ...]] = {
         LayerCase(lambda: L.transformer_block(2, causal=True, block_size=2), (2, 5, 4)),
         LayerCase(lambda: L.transformer_block(1, mlp_ratio=2), (1, 3, 3)),
         LayerCase(lambda: L.transformer_block(3, mlp_ratio=1, causal=True), (2, 4, 6)),
+        LayerCase(lambda: L.transformer_block(2, mlp_ratio=1, num_kv_heads=1, causal=True,
+                                              rope=True, block_size=2), (2, 5, 4)),
     ),
 }
 """Exported layer name -> its configurations. Register a new layer here, and nowhere else.

@@ -57,14 +57,17 @@ A query row whose keys are all masked outputs ``O = 0`` and passes no gradient.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxnn import initializers
 from jaxnn.core import Layer, TensorSplit, check_float, check_params, check_positive_int
+from jaxnn.layers._dense import _backward as dense_layer_backward
 
 __all__ = ["multi_head_attention"]
 
@@ -148,8 +151,11 @@ def _check_inputs(queries, keys_values, key_mask, causal: bool) -> None:
 def multi_head_attention(
     num_heads: int,
     *,
+    num_kv_heads: int | None = None,
     features: int | None = None,
     causal: bool = False,
+    rope: bool = False,
+    rope_base: float = 10000.0,
     block_size: int = 128,
     use_bias: bool = True,
     w_init: initializers.Initializer | None = None,
@@ -180,16 +186,33 @@ def multi_head_attention(
     Output: ``(N, T_q, features)``. With ``causal=True`` query ``i`` sees keys ``j ≤ i``. A
     query row with no visible key outputs the bias ``bo`` (its attention output is 0).
 
+    Grouped-query attention: with ``num_kv_heads = c`` (dividing ``h``), ``K`` and ``V``
+    have ``c`` heads of width ``d`` and query head $k$ uses key/value head
+    $\lfloor k / (h/c) \rfloor$ (``c = 1`` is multi-query attention; ``c = h``, the default,
+    is classic multi-head attention); ``dK``, ``dV`` sum over the query heads a key/value
+    head serves.
+
+    Rotary positions (``rope=True``): each head's queries and keys at position $t$ are
+    rotated pair by pair, $(z_i, z_{i+d/2})$ by the angle $\theta_{t,i} = t\, b^{-2i/d}$
+    ($b$ = ``rope_base``), so that $q_t \cdot k_s$ depends on $t - s$ only; the backward
+    rotates ``dQ``, ``dK`` back by $-\theta$ (a rotation's transpose). Positions count from 0
+    in the queries and in the keys.
+
     The forward runs over blocks of ``block_size`` keys (the last block padded with masked
-    keys) and keeps only ``Q, K, V``, the attention output and each row's log-sum-exp for the
-    backward, which recomputes the probabilities block by block (derivation in the module
-    docstring and docs/design.md).
+    keys) and keeps only ``Q, K, V``, the attention output and each row's maximum and sum for
+    the backward, which recomputes the probabilities block by block (derivation in the
+    module docstring and docs/design.md). ``Q, K, V`` come from one product
+    ``x [Wq Wk Wv]`` (``x_kv [Wk Wv]`` in cross-attention), and the projections' backward is
+    the [`dense`][jaxnn.dense] layer's own.
 
     Args:
-      num_heads: the number of heads ``h``; ``features`` must be divisible by it.
-      features: the width ``D`` of ``Q``, ``K``, ``V`` and the output (default: the queries'
-        width).
+      num_heads: the number of query heads ``h``; ``features`` must be divisible by it.
+      num_kv_heads: the number of key/value heads ``c`` (default ``h``); must divide ``h``.
+      features: the width ``D`` of ``Q`` and the output (default: the queries' width); ``K``
+        and ``V`` have width ``D_kv = c · D / h``.
       causal: mask the keys after each query.
+      rope: rotate queries and keys by position (RoPE); the head width ``D / h`` must be even.
+      rope_base: the base $b$ of the rotation frequencies.
       block_size: keys per block of the forward and backward loops.
       use_bias: add biases ``bq, bk, bv, bo``.
       w_init: initializer of ``Wq, Wk, Wv, Wo`` (default lecun normal).
@@ -197,8 +220,8 @@ def multi_head_attention(
 
     Returns:
       A [`jaxnn.Layer`][jaxnn.Layer] with params
-      ``{"Wq": (D_q, D), "Wk": (D_kv, D), "Wv": (D_kv, D), "Wo": (D, D)}`` and biases
-      ``"bq", "bk", "bv", "bo"`` of shape ``(D,)``.
+      ``{"Wq": (D_q, D), "Wk": (D_in_kv, D_kv), "Wv": (D_in_kv, D_kv), "Wo": (D, D)}`` and
+      biases ``"bq", "bo"`` of shape ``(D,)``, ``"bk", "bv"`` of shape ``(D_kv,)``.
 
     Examples:
       Causal self-attention:
@@ -223,24 +246,34 @@ def multi_head_attention(
       >>> y, _ = jaxnn.apply(cross, params, (), (queries, keys_values, mask))
       >>> out_shape, y.shape, params["Wk"].shape
       ((-1, 3, 8), (2, 3, 8), (5, 8))
+
+      Grouped-query attention with rotary positions: 4 query heads share 2 key/value heads:
+
+      >>> gqa = jaxnn.multi_head_attention(4, num_kv_heads=2, rope=True, causal=True)
+      >>> _, params, _ = gqa.init(jax.random.key(0), (-1, 5, 8))
+      >>> params["Wq"].shape, params["Wk"].shape, params["Wv"].shape
+      ((8, 8), (8, 4), (8, 4))
+      >>> jaxnn.apply(gqa, params, (), jnp.ones((3, 5, 8)))[0].shape
+      (3, 5, 8)
     """
-    num_heads = check_positive_int(_NAME, "num_heads", num_heads)
-    block_size = check_positive_int(_NAME, "block_size", block_size)
-    if features is not None:
-        _check_width(features, num_heads)
+    config = _config(num_heads, num_kv_heads, features, causal, rope, rope_base, block_size,
+                     use_bias)
     w_init = initializers.lecun_normal() if w_init is None else w_init
 
     def init(key, in_shape):
-        return _attention_init(key, in_shape, features, num_heads, use_bias, w_init, dtype)
+        return _attention_init(key, in_shape, config, w_init, dtype)
 
     def forward(params, state, x, *, key=None, train=False):
         del key, train
-        y, residuals = _forward(params, x, num_heads, causal, block_size, use_bias,
-                                features)
+        if is_cache(state):  # the decode form: state is this layer's KV cache
+            return _decode(params, state, x, config)
+        y, residuals = _forward(params, x, config)
         return y, state, residuals
 
+    forward.init_cache = functools.partial(_init_cache, config)  # read by jaxnn.init_cache
+
     def backward(params, residuals, dy):
-        return _backward(params, residuals, dy, num_heads, causal, block_size, use_bias)
+        return _backward(params, residuals, dy, config)
 
     return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"),
                  tensor_split=TensorSplit(column=(("Wq", -1), ("Wk", -1), ("Wv", -1), ("bq", -1),
@@ -248,7 +281,37 @@ def multi_head_attention(
                                           row=(("Wo", -2),), pair=True))
 
 
-def _attention_init(key, in_shape, features, num_heads: int, use_bias: bool, w_init, dtype):
+class _Config(NamedTuple):
+    num_heads: int
+    num_kv_heads: int
+    features: int | None
+    causal: bool
+    rope: bool
+    rope_base: float
+    block_size: int
+    use_bias: bool
+
+
+def _config(num_heads, num_kv_heads, features, causal, rope, rope_base, block_size,
+            use_bias) -> _Config:
+    num_heads = check_positive_int(_NAME, "num_heads", num_heads)
+    num_kv_heads = (num_heads if num_kv_heads is None
+                    else check_positive_int(_NAME, "num_kv_heads", num_kv_heads))
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{_NAME}: num_kv_heads ({num_kv_heads}) must divide num_heads "
+                         f"({num_heads}): each key/value head serves num_heads / num_kv_heads "
+                         f"query heads")
+    if not isinstance(rope_base, int | float) or isinstance(rope_base, bool) or rope_base <= 1:
+        raise ValueError(f"{_NAME}: rope_base must be a number > 1, got {rope_base!r}")
+    config = _Config(num_heads, num_kv_heads, features, bool(causal), bool(rope),
+                     float(rope_base), check_positive_int(_NAME, "block_size", block_size),
+                     bool(use_bias))
+    if features is not None:
+        _check_width(features, config)
+    return config
+
+
+def _attention_init(key, in_shape, config: _Config, w_init, dtype):
     """``init``: the output shape ``(N, T_q, D)`` and the projections (``state`` is ``()``)."""
     q_shape, kv_shape, _ = _split_shapes(in_shape)
     kv_shape = q_shape if kv_shape is None else kv_shape
@@ -256,39 +319,95 @@ def _attention_init(key, in_shape, features, num_heads: int, use_bias: bool, w_i
         if len(shape) != 3:
             raise ValueError(f"{_NAME}: {arg} must be (batch, time, features), got in_shape "
                              f"{shape}")
-    width = q_shape[-1] if features is None else features
-    _check_width(width, num_heads)
-    params = _init_params(key, q_shape[-1], kv_shape[-1], width, use_bias, w_init, dtype)
+    width = q_shape[-1] if config.features is None else config.features
+    _check_width(width, config)
+    params = _init_params(key, q_shape[-1], kv_shape[-1], width, config, w_init, dtype)
     return q_shape[:-1] + (width,), params, ()
 
 
-def _check_width(width, num_heads: int) -> None:
+def _check_width(width, config: _Config) -> None:
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise ValueError(f"{_NAME}: features must be a positive int, got {width!r}")
-    if width % num_heads:
+    if width % config.num_heads:
         raise ValueError(f"{_NAME}: features (the width, {width}) must be divisible by "
-                         f"num_heads ({num_heads})")
+                         f"num_heads ({config.num_heads})")
+    if config.rope and (width // config.num_heads) % 2:
+        raise ValueError(f"{_NAME}: rope=True rotates pairs of a head's features, so the head "
+                         f"width features / num_heads must be even, got {width} / "
+                         f"{config.num_heads} = {width // config.num_heads}")
 
 
-def _init_params(key, q_width, kv_width, width, use_bias, w_init, dtype) -> dict:
+def _kv_width(width: int, config: _Config) -> int:
+    """``D_kv = num_kv_heads · d``: the width of ``K`` and ``V``."""
+    return width // config.num_heads * config.num_kv_heads
+
+
+def _init_params(key, q_width, kv_width, width, config: _Config, w_init, dtype) -> dict:
     k_q, k_k, k_v, k_o = jax.random.split(key, 4)
+    width_kv = _kv_width(width, config)
     params = {"Wq": w_init(k_q, (q_width, width), dtype),
-              "Wk": w_init(k_k, (kv_width, width), dtype),
-              "Wv": w_init(k_v, (kv_width, width), dtype),
+              "Wk": w_init(k_k, (kv_width, width_kv), dtype),
+              "Wv": w_init(k_v, (kv_width, width_kv), dtype),
               "Wo": w_init(k_o, (width, width), dtype)}
-    if use_bias:
-        params.update({b: jnp.zeros((width,), dtype) for b in ("bq", "bk", "bv", "bo")})
+    if config.use_bias:
+        params.update({"bq": jnp.zeros((width,), dtype), "bk": jnp.zeros((width_kv,), dtype),
+                       "bv": jnp.zeros((width_kv,), dtype), "bo": jnp.zeros((width,), dtype)})
     return params
 
 
-# --- projections: a dense per Q, K, V, O ---------------------------------------------------
+# --- projections: Q, K, V from one product, each a dense layer ------------------------------
 
 
-def _project(params, x, w: str, b: str, use_bias: bool):
-    z = x @ params[w]
+def _fused(params, names, use_bias: bool) -> dict:
+    """The dense params ``{"W", "b"}`` of the projections ``names`` side by side: one product
+    ``x [Wq Wk Wv]`` instead of three, whose dense backward gives ``[dWq dWk dWv]`` at once."""
+    fused = {"W": jnp.concatenate([params["W" + n] for n in names], axis=1)}
     if use_bias:
-        z = z + params[b].reshape(1, 1, -1)
+        fused["b"] = jnp.concatenate([params["b" + n] for n in names])
+    return fused
+
+
+def _dense(params, x):
+    z = x @ params["W"]
+    if "b" in params:
+        z = z + params["b"].reshape(1, 1, -1)
     return z
+
+
+def _split_columns(z, widths):
+    return jnp.split(z, list(itertools.accumulate(widths[:-1])), axis=-1)
+
+
+def _project_qkv(params, queries, keys_values, self_attention: bool, use_bias: bool):
+    """``(Q, K, V)``: in self-attention one product ``x [Wq Wk Wv]``, else ``x_q Wq`` and one
+    ``x_kv [Wk Wv]``."""
+    width, width_kv = params["Wq"].shape[1], params["Wk"].shape[1]
+    if self_attention:
+        return _split_columns(_dense(_fused(params, "qkv", use_bias), queries),
+                              (width, width_kv, width_kv))
+    k, v = _split_columns(_dense(_fused(params, "kv", use_bias), keys_values),
+                          (width_kv, width_kv))
+    return _dense(_fused(params, "q", use_bias), queries), k, v
+
+
+def _backward_qkv(params, queries, keys_values, dq, dk, dv, self_attention: bool,
+                  use_bias: bool):
+    """The dense layer's own backward for the fused projections: ``(grads, dx_q, dx_kv)``
+    (``dx_kv`` is ``None`` in self-attention, where ``dx_q`` holds the whole ``dx``)."""
+    grads = {}
+
+    def dense_backward(names, x, dz):
+        dense_grads, dx = dense_layer_backward(_fused(params, names, use_bias), x, dz)
+        widths = [params["W" + n].shape[1] for n in names]
+        for kind in ("W", "b") if use_bias else ("W",):
+            parts = _split_columns(dense_grads[kind], widths)
+            grads.update({kind + n: part for n, part in zip(names, parts, strict=True)})
+        return dx
+
+    if self_attention:
+        return grads, dense_backward("qkv", queries, jnp.concatenate([dq, dk, dv], -1)), None
+    dx_kv = dense_backward("kv", keys_values, jnp.concatenate([dk, dv], -1))
+    return grads, dense_backward("q", queries, dq), dx_kv
 
 
 def _to_heads(z, num_heads: int):
@@ -301,24 +420,129 @@ def _from_heads(z):
     return z.transpose(0, 2, 1, 3).reshape(n, t, h * d)
 
 
-def _forward(params, x, num_heads, causal, block_size, use_bias, features=None):
+# --- rotary positions: a rotation forward, its transpose backward ----------------------------
+
+
+def _rope_angles(positions, d: int, base: float, dtype):
+    """``(cos, sin)`` of ``θ_{t,i} = t · base^(−2i/d)``, each ``(T, d/2)``."""
+    compute = jnp.promote_types(dtype, jnp.float32)
+    frequencies = base ** (-jnp.arange(0, d, 2, dtype=compute) / d)
+    angles = positions.astype(compute)[:, None] * frequencies[None, :]
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def rotate(z, positions, base: float, *, transpose: bool = False):
+    r"""RoPE: each head's feature pairs ``(z_i, z_{i+d/2})`` rotated by ``θ_{t,i}``.
+
+    $$ z'_i = z_i \cos\theta_{t,i} - z_{i+d/2} \sin\theta_{t,i} \qquad
+    z'_{i+d/2} = z_i \sin\theta_{t,i} + z_{i+d/2} \cos\theta_{t,i} $$
+
+    ``z``: ``(N, h, T, d)``; ``positions``: ``(T,)``. A rotation is orthogonal, so the
+    backward is the transpose, the rotation by ``−θ`` (``transpose=True``).
+    """
+    half = z.shape[-1] // 2
+    cos, sin = _rope_angles(positions, z.shape[-1], base, z.dtype)
+    cos, sin = cos[None, None], (-sin if transpose else sin)[None, None]
+    first, second = z[..., :half], z[..., half:]
+    return jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
+
+
+# --- the layer's forward and backward --------------------------------------------------------
+
+
+def _forward(params, x, config: _Config):
     queries, keys_values, key_mask = _split_inputs(x)
     self_attention = keys_values is None
     keys_values = queries if self_attention else keys_values
-    _check_inputs(queries, keys_values, key_mask, causal)
-    _check_params(params, queries, keys_values, num_heads, use_bias,
-                  queries.shape[-1] if features is None else features)
+    _check_inputs(queries, keys_values, key_mask, config.causal)
+    _check_params(params, queries, keys_values, config)
     if key_mask is not None:
         # select, never multiply: a NaN at a masked key must reach nothing (0 · NaN = NaN)
         keys_values = _select_rows(key_mask, keys_values)
         queries = keys_values if self_attention else queries
-    q = _to_heads(_project(params, queries, "Wq", "bq", use_bias), num_heads)
-    k = _to_heads(_project(params, keys_values, "Wk", "bk", use_bias), num_heads)
-    v = _to_heads(_project(params, keys_values, "Wv", "bv", use_bias), num_heads)
-    o, stats = attention_forward(q, k, v, key_mask, causal, block_size)
-    y = _project(params, _from_heads(o), "Wo", "bo", use_bias)
+    q, k, v = _project_qkv(params, queries, keys_values, self_attention, config.use_bias)
+    q = _to_heads(q, config.num_heads)
+    k, v = _to_heads(k, config.num_kv_heads), _to_heads(v, config.num_kv_heads)
+    if config.rope:
+        q = rotate(q, jnp.arange(q.shape[2]), config.rope_base)
+        k = rotate(k, jnp.arange(k.shape[2]), config.rope_base)
+    o, stats = attention_forward(q, k, v, key_mask, config.causal, config.block_size)
+    y = _dense(_fused(params, "o", config.use_bias), _from_heads(o))
     residuals = (queries, None if self_attention else keys_values, key_mask, q, k, v, o, stats)
     return y, residuals
+
+
+# --- the decode form: an explicit KV cache as the layer's state -------------------------------
+
+
+def _init_cache(config: _Config, params, batch_size: int, max_length: int, dtype=None) -> dict:
+    """An empty KV cache for one attention layer: ``{"keys", "values": (N, c, max_length, d),
+    "length": 0}`` (``c`` key/value heads of width ``d``, the layout the attention reads, so a
+    step transposes nothing). Passed as the layer's state, it makes ``forward`` the decode
+    form; a whole model's caches come from [`jaxnn.init_cache`][jaxnn.init_cache]."""
+    head_width = params["Wk"].shape[1] // config.num_kv_heads
+    dtype = params["Wk"].dtype if dtype is None else dtype
+    empty = jnp.zeros((batch_size, config.num_kv_heads, max_length, head_width), dtype)
+    return {"keys": empty, "values": empty, "length": jnp.zeros((), jnp.int32)}
+
+
+def is_cache(state) -> bool:
+    return isinstance(state, dict) and set(state) == {"keys", "values", "length"}
+
+
+def _check_cache(cache, x, k) -> None:
+    """``k``: the new keys, ``(N, c, T_new, d)``."""
+    keys = cache["keys"]
+    if keys.ndim != 4 or keys.shape[0] != x.shape[0]:
+        raise ValueError(f"{_NAME}: the KV cache holds {keys.shape[0] if keys.ndim else '?'} "
+                         f"sequences (keys of shape {tuple(keys.shape)}), the input "
+                         f"{x.shape[0]} (shape {tuple(x.shape)}); make the cache with "
+                         f"jaxnn.init_cache for this batch size")
+    if keys.shape[1] != k.shape[1] or keys.shape[3] != k.shape[3]:
+        raise ValueError(f"{_NAME}: the KV cache's keys have {keys.shape[1]} heads of width "
+                         f"{keys.shape[3]}, the layer's {k.shape[1]} of width {k.shape[3]}: "
+                         f"the cache belongs to another layer")
+    if keys.dtype != k.dtype or cache["values"].dtype != k.dtype:
+        raise TypeError(f"{_NAME}: the KV cache has dtype {keys.dtype}, the layer computes its "
+                        f"keys in {k.dtype}; make the cache with jaxnn.init_cache(..., "
+                        f"dtype={jnp.dtype(k.dtype).name})")
+    if x.shape[1] > keys.shape[2]:
+        raise ValueError(f"{_NAME}: {x.shape[1]} new positions (a prompt of length "
+                         f"{x.shape[1]}) do not fit a KV cache of max_length {keys.shape[2]}")
+
+
+def _decode(params, cache, x, config: _Config):
+    """The decode form: ``x (N, T_new, D)`` holds the positions after the ``length`` already
+    cached. Their keys and values are written into the cache at ``length …`` and each new query
+    attends causally to the cache; returns ``(y, new_cache, None)`` (no backward: decoding is
+    for inference)."""
+    if isinstance(x, tuple | list):
+        raise ValueError(f"{_NAME}: the decode form (a KV cache as state) takes the "
+                         f"self-attention input x only, got a tuple of {len(x)} inputs")
+    if not config.causal:
+        raise ValueError(f"{_NAME}: decoding with a KV cache needs causal=True (each position "
+                         f"attends only to the ones before it)")
+    _check_inputs(x, x, None, config.causal)
+    _check_params(params, x, x, config)
+    q, k, v = _project_qkv(params, x, x, True, config.use_bias)
+    start = cache["length"]
+    positions = start + jnp.arange(x.shape[1])
+    q = _to_heads(q, config.num_heads)
+    k, v = _to_heads(k, config.num_kv_heads), _to_heads(v, config.num_kv_heads)
+    _check_cache(cache, x, k)
+    if config.rope:
+        q = rotate(q, positions, config.rope_base)
+        k = rotate(k, positions, config.rope_base)
+    zero = jnp.zeros((), start.dtype)
+    keys = jax.lax.dynamic_update_slice(cache["keys"], k, (zero, zero, start, zero))
+    values = jax.lax.dynamic_update_slice(cache["values"], v, (zero, zero, start, zero))
+    # one new position: its scores against the whole cache are one row, so one block (fewer,
+    # larger operations: a decode step is bound by their count, not by arithmetic)
+    block_size = keys.shape[2] if x.shape[1] == 1 else config.block_size
+    o, _ = attention_forward(q, keys, values, None, True, block_size, q_start=start)
+    y = _dense(_fused(params, "o", config.use_bias), _from_heads(o))
+    new_cache = {"keys": keys, "values": values, "length": start + x.shape[1]}
+    return y, new_cache, None
 
 
 def _select_rows(key_mask, x):
@@ -326,56 +550,52 @@ def _select_rows(key_mask, x):
     return jnp.where(key_mask[..., None], x, jnp.zeros((), x.dtype))
 
 
-def _check_params(params, queries, keys_values, num_heads: int, use_bias: bool,
-                  width: int) -> None:
-    """``Wq (D_q, D)``, ``Wk``/``Wv (D_kv, D)``, ``Wo (D, D)`` and, with biases, ``b* (D,)``,
-    ``D`` the configured width (``features``, by default the queries' width)."""
-    expected = {"Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width),
-                "Wv": (keys_values.shape[-1], width), "Wo": (width, width)}
-    if use_bias:
-        expected.update({b: (width,) for b in ("bq", "bk", "bv", "bo")})
+def _check_params(params, queries, keys_values, config: _Config) -> None:
+    """``Wq (D_q, D)``, ``Wk``/``Wv (D_kv_in, D_kv)``, ``Wo (D, D)`` and, with biases,
+    ``bq, bo (D,)``, ``bk, bv (D_kv,)``; ``D`` the configured width (``features``, by default
+    the queries' width), ``D_kv = num_kv_heads · D / num_heads``."""
+    width = queries.shape[-1] if config.features is None else config.features
+    _check_width(width, config)
+    width_kv = _kv_width(width, config)
+    expected = {"Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width_kv),
+                "Wv": (keys_values.shape[-1], width_kv), "Wo": (width, width)}
+    if config.use_bias:
+        expected.update({"bq": (width,), "bk": (width_kv,), "bv": (width_kv,), "bo": (width,)})
     check_params(_NAME, params, expected)
-    _check_width(width, num_heads)
 
 
-def _backward(params, residuals, dy, num_heads, causal, block_size, use_bias):
+def _backward(params, residuals, dy, config: _Config):
     queries, keys_values, key_mask, q, k, v, o, stats = residuals
     self_attention = keys_values is None
-    keys_values = queries if self_attention else keys_values
-    grads = {}
-    d_merged = _dense_backward(params, _from_heads(o), dy, "Wo", "bo", use_bias, grads)
-    dq, dk, dv = attention_backward(q, k, v, o, stats, _to_heads(d_merged, num_heads),
-                                    key_mask, causal, block_size)
-    dx_q = _dense_backward(params, queries, _from_heads(dq), "Wq", "bq", use_bias, grads)
-    dx_k = _dense_backward(params, keys_values, _from_heads(dk), "Wk", "bk", use_bias, grads)
-    dx_v = _dense_backward(params, keys_values, _from_heads(dv), "Wv", "bv", use_bias, grads)
+    o_grads, d_merged = dense_layer_backward(_fused(params, "o", config.use_bias),
+                                             _from_heads(o), dy)
+    dq, dk, dv = attention_backward(q, k, v, o, stats, _to_heads(d_merged, config.num_heads),
+                                    key_mask, config.causal, config.block_size)
+    if config.rope:  # the rotation's transpose
+        dq = rotate(dq, jnp.arange(dq.shape[2]), config.rope_base, transpose=True)
+        dk = rotate(dk, jnp.arange(dk.shape[2]), config.rope_base, transpose=True)
+    grads, dx_q, dx_kv = _backward_qkv(params, queries, keys_values, _from_heads(dq),
+                                       _from_heads(dk), _from_heads(dv), self_attention,
+                                       config.use_bias)
+    grads.update({kind + "o": g for kind, g in o_grads.items()})
     grads = {name: grads[name] for name in params}  # the params' own order
     if self_attention:
-        dx = dx_q + dx_k + dx_v
-        return grads, (dx if key_mask is None else (_select_rows(key_mask, dx), None))
+        return grads, (dx_q if key_mask is None else (_select_rows(key_mask, dx_q), None))
     if key_mask is None:
-        return grads, (dx_q, dx_k + dx_v)
-    return grads, (dx_q, _select_rows(key_mask, dx_k + dx_v), None)
-
-
-def _dense_backward(params, x, dz, w: str, b: str, use_bias: bool, grads: dict):
-    """The classic dense backward: ``dW = xᵀ dZ``, ``db = Σ dZ`` into ``grads``; returns
-    ``dx = dZ Wᵀ``."""
-    x2 = x.reshape(-1, x.shape[-1])
-    dz2 = dz.reshape(-1, dz.shape[-1])
-    grads[w] = (x2.T @ dz2).astype(params[w].dtype)
-    if use_bias:
-        grads[b] = jnp.sum(dz2, axis=0).astype(params[b].dtype)
-    return (dz @ params[w].T).astype(x.dtype)
+        return grads, (dx_q, dx_kv)
+    return grads, (dx_q, _select_rows(key_mask, dx_kv), None)
 
 
 # --- the blockwise core ---------------------------------------------------------------------
+#
+# Heads are grouped: ``q`` is ``(N, c, g, T_q, d)`` with ``c = num_kv_heads`` key/value heads
+# each serving ``g`` query heads, ``k, v`` are ``(N, c, T_k, d)``, so GQA copies no K or V.
 
 
 def _key_blocks(k, v, key_mask, block_size: int):
-    """K, V and the key-validity mask as ``(blocks, N, h, B, d)`` / ``(blocks, N, B)``; the last
-    block padded with masked keys."""
-    n, h, t_k, d = k.shape
+    """K, V and the key-validity mask as ``(blocks, N, c, B, d)`` / ``(blocks, N, B)``; the
+    last block padded with masked keys."""
+    n, c, t_k, d = k.shape
     size = min(block_size, t_k)
     blocks = -(-t_k // size)
     pad = blocks * size - t_k
@@ -386,49 +606,65 @@ def _key_blocks(k, v, key_mask, block_size: int):
         valid = jnp.pad(valid, ((0, 0), (0, pad)))
 
     def split(a):
-        return jnp.moveaxis(a.reshape(n, h, blocks, size, d), 2, 0)
+        return jnp.moveaxis(a.reshape(n, c, blocks, size, d), 2, 0)
 
-    return split(k), split(v), jnp.moveaxis(valid.reshape(n, blocks, size), 1, 0), size
+    blocks_valid = jnp.moveaxis(valid.reshape(n, blocks, size), 1, 0)
+    return (split(k), split(v), blocks_valid, jnp.arange(blocks) * size), size
 
 
-def _visible(valid_block, start, t_q: int, size: int, causal: bool):
-    """``(N, 1, T_q, B)``: which keys of the block each query row may attend to."""
-    visible = valid_block[:, None, None, :]
-    if causal:
-        rows = jnp.arange(t_q)[:, None]
-        cols = start + jnp.arange(size)[None, :]
-        visible = visible & (cols <= rows)[None, None]
+def _query_positions(causal: bool, t_q: int, q_start):
+    """``None`` (no causal mask) or each query row's position: ``0 … T_q − 1``, or
+    ``q_start + 0 … q_start + T_q − 1`` when decoding after ``q_start`` cached positions."""
+    if not causal:
+        return None
+    return jnp.arange(t_q) if q_start is None else q_start + jnp.arange(t_q)
+
+
+def _visible(valid_block, start, q_positions, size: int):
+    """``(N, 1, 1, T_q or 1, B)``: which keys of the block each query row may attend to."""
+    visible = valid_block[:, None, None, None, :]
+    if q_positions is not None:
+        cols = start + jnp.arange(size)
+        visible = visible & (cols[None, :] <= q_positions[:, None])[None, None, None]
     return visible
 
 
 def _scores(q_scaled, k_block):
     """``S = (Q/√d) K_bᵀ`` for one key block: the one expression the forward and the backward
     share, so that the backward's ``S − m`` is the forward's to the last bit."""
-    return jnp.einsum("nhqd,nhkd->nhqk", q_scaled, k_block)
+    return jnp.einsum("ncgqd,nckd->ncgqk", q_scaled, k_block)
 
 
 def _scaled(q):
     return q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
 
 
-def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
+def _grouped(q, num_kv_heads: int):
+    n, h, t, d = q.shape
+    return q.reshape(n, num_kv_heads, h // num_kv_heads, t, d)
+
+
+def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=None):
     """``(O, (m, l))``: ``O = softmax(QKᵀ/√d) V``, each row's maximum score ``m`` and its sum
     ``l = Σ exp(S − m)``, over key blocks.
 
-    ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, h, T_k, d)``. Rows with no visible key get
-    ``O = 0``, ``m = 0`` and ``l = 0``. ``m`` and ``l`` are kept apart rather than as
-    ``L = m + log l``: in float32 at large logits, ``m + log l`` rounds away ``log l`` and the
-    backward's ``exp(S − L)`` would no longer sum to 1.
+    ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, c, T_k, d)`` with ``c`` dividing ``h`` (query
+    head ``i`` uses key/value head ``i // (h / c)``). With ``causal=True`` query row ``r`` sits
+    at position ``r`` (or ``q_start + r`` when ``q_start`` is given, as in decoding) and sees
+    the keys at positions ``≤`` its own. Rows with no visible key get ``O = 0``, ``m = 0`` and
+    ``l = 0``. ``m`` and ``l`` are kept apart rather than as ``L = m + log l``: in float32 at
+    large logits, ``m + log l`` rounds away ``log l`` and the backward's ``exp(S − L)`` would no
+    longer sum to 1.
     """
     n, h, t_q, d = q.shape
-    q_scaled = _scaled(q)
-    k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
-    starts = jnp.arange(k_blocks.shape[0]) * size
+    q_scaled = _scaled(_grouped(q, k.shape[1]))
+    blocks, size = _key_blocks(k, v, key_mask, block_size)
+    q_positions = _query_positions(causal, t_q, q_start)
 
     def step(carry, block):
         m, row_sum, acc = carry
         k_b, v_b, valid_b, start = block
-        visible = _visible(valid_b, start, t_q, size, causal)
+        visible = _visible(valid_b, start, q_positions, size)
         s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
         # the maximum only keeps exp() in range: the result does not depend on it
         m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
@@ -436,18 +672,20 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int):
         p = jnp.exp(s - m_safe[..., None])
         rescale = jnp.exp(m - m_safe)
         row_sum = rescale * row_sum + jnp.sum(p, axis=-1)
-        acc = rescale[..., None] * acc + jnp.einsum("nhqk,nhkd->nhqd", p, v_b)
+        acc = rescale[..., None] * acc + jnp.einsum("ncgqk,nckd->ncgqd", p, v_b)
         return (m_new, row_sum, acc), None
 
-    init = (jnp.full((n, h, t_q), -jnp.inf, q.dtype), jnp.zeros((n, h, t_q), q.dtype),
-            jnp.zeros_like(q))
-    (m, row_sum, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, starts))
+    init = (jnp.full(q_scaled.shape[:-1], -jnp.inf, q.dtype),
+            jnp.zeros(q_scaled.shape[:-1], q.dtype), jnp.zeros_like(q_scaled))
+    (m, row_sum, acc), _ = jax.lax.scan(step, init, blocks)
     seen = row_sum > 0
     o = acc / jnp.where(seen, row_sum, 1.0)[..., None]
-    return o, (jnp.where(seen, m, 0.0), row_sum)
+    stats = (jnp.where(seen, m, 0.0).reshape(n, h, t_q), row_sum.reshape(n, h, t_q))
+    return o.reshape(n, h, t_q, d), stats
 
 
-def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size: int):
+def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size: int,
+                       q_start=None):
     """``(dQ, dK, dV)`` from the saved ``Q, K, V, O`` and ``(m, l)``, recomputing
     ``P = exp(S − m) / l`` block by block, in two passes: the first sums the softmax backward's
     row term ``D = rowsum(P ⊙ dP)``, the second forms ``dS = P ⊙ (dP − D)`` and the gradients.
@@ -455,22 +693,25 @@ def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size
     ``D`` equals ``rowsum(dO ⊙ O)`` in exact arithmetic, but in floating point only the sum of
     the very products ``P ⊙ dP`` cancels ``dP`` exactly where a row's softmax is one-hot (large
     logits): with ``rowsum(dO ⊙ O)`` float32 gradients at inputs × 100 were off by 100 % of
-    their size. The first pass costs two of the backward's seven block products.
+    their size. The first pass costs two of the backward's seven block products. With GQA a
+    key/value head's ``dK``, ``dV`` sum over the query heads it serves.
     """
+    del o  # D comes from P ⊙ dP, not from O (see above)
     n, h, t_q, d = q.shape
-    t_k = k.shape[2]
-    m, row_sum = stats
-    q_scaled = _scaled(q)
+    c, t_k = k.shape[1], k.shape[2]
+    q_scaled = _scaled(_grouped(q, c))
+    do = _grouped(do, c)
+    m, row_sum = (a.reshape(q_scaled.shape[:-1]) for a in stats)
     l_safe = jnp.where(row_sum > 0, row_sum, 1.0)
-    k_blocks, v_blocks, valid_blocks, size = _key_blocks(k, v, key_mask, block_size)
-    blocks = (k_blocks, v_blocks, valid_blocks, jnp.arange(k_blocks.shape[0]) * size)
+    blocks, size = _key_blocks(k, v, key_mask, block_size)
+    q_positions = _query_positions(causal, t_q, q_start)
 
     def probabilities(k_b, v_b, valid_b, start):
         """``(visible, P, dP)`` of one key block: ``P = exp(S − m) / l``, ``dP = dO Vᵀ``."""
-        visible = _visible(valid_b, start, t_q, size, causal)
+        visible = _visible(valid_b, start, q_positions, size)
         s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
         p = jnp.exp(s - m[..., None]) / l_safe[..., None]
-        return visible, p, jnp.einsum("nhqd,nhkd->nhqk", do, v_b)
+        return visible, p, jnp.einsum("ncgqd,nckd->ncgqk", do, v_b)
 
     def row_term(row_dot, block):
         visible, p, dp = probabilities(*block)
@@ -481,15 +722,15 @@ def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size
     def step(dq, block):
         k_b = block[0]
         visible, p, dp = probabilities(*block)
-        dv_b = jnp.einsum("nhqk,nhqd->nhkd", p, do)  # dV = Pᵀ dO
+        dv_b = jnp.einsum("ncgqk,ncgqd->nckd", p, do)  # dV = Pᵀ dO
         ds = jnp.where(visible, p * (dp - row_dot[..., None]), 0.0)  # dS = P ⊙ (dP − D)
-        dq = dq + jnp.einsum("nhqk,nhkd->nhqd", ds, k_b)
-        dk_b = jnp.einsum("nhqk,nhqd->nhkd", ds, q_scaled)
+        dq = dq + jnp.einsum("ncgqk,nckd->ncgqd", ds, k_b)
+        dk_b = jnp.einsum("ncgqk,ncgqd->nckd", ds, q_scaled)
         return dq, (dk_b, dv_b)
 
-    dq, (dk_blocks, dv_blocks) = jax.lax.scan(step, jnp.zeros_like(q), blocks)
+    dq, (dk_blocks, dv_blocks) = jax.lax.scan(step, jnp.zeros_like(q_scaled), blocks)
 
     def merge(blocks):
-        return jnp.moveaxis(blocks, 0, 2).reshape(n, h, -1, d)[:, :, :t_k]
+        return jnp.moveaxis(blocks, 0, 2).reshape(n, c, -1, d)[:, :, :t_k]
 
-    return _scaled(dq), merge(dk_blocks), merge(dv_blocks)
+    return _scaled(dq).reshape(n, h, t_q, d), merge(dk_blocks), merge(dv_blocks)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -122,6 +123,9 @@ def positional_embedding(
         _check_sequence(name, x, max_length)
         check_params(name, params, {"positions": (max_length, x.shape[2])})
         table = params["positions"]
+        if is_position_state(state):  # decoding: the positions after those already seen
+            rows = jax.lax.dynamic_slice_in_dim(table, state["length"], x.shape[1])
+            return x + rows[None].astype(x.dtype), advance(state, x.shape[1]), None
         return x + table[None, : x.shape[1]].astype(x.dtype), state, x.shape[1]
 
     def backward(params, length, dy):
@@ -140,6 +144,31 @@ def sinusoidal_table(length: int, features: int) -> np.ndarray:
     table[:, 0::2] = np.sin(positions * frequencies)
     table[:, 1::2] = np.cos(positions * frequencies[: features // 2])
     return table
+
+
+def _sinusoids(positions, features: int, dtype):
+    """``sinusoidal_table``'s rows at traced ``positions`` (the decode form)."""
+    compute = jnp.promote_types(dtype, jnp.float32)
+    frequencies = 1.0 / 10000.0 ** (jnp.arange(0, features, 2, dtype=compute) / features)
+    angles = positions.astype(compute)[:, None] * frequencies[None, :]
+    table = jnp.zeros((positions.shape[0], features), compute)
+    table = table.at[:, 0::2].set(jnp.sin(angles))
+    table = table.at[:, 1::2].set(jnp.cos(angles[:, : features // 2]))
+    return table.astype(dtype)
+
+
+def position_state() -> dict:
+    """The decode state of a position layer: how many positions were seen, ``{"length": 0}``
+    (made by [`jaxnn.init_cache`][jaxnn.init_cache])."""
+    return {"length": jnp.zeros((), jnp.int32)}
+
+
+def is_position_state(state) -> bool:
+    return isinstance(state, dict) and set(state) == {"length"}
+
+
+def advance(state: dict, steps: int) -> dict:
+    return {"length": state["length"] + steps}
 
 
 def sinusoidal_positional_embedding() -> Layer:
@@ -176,6 +205,10 @@ def sinusoidal_positional_embedding() -> Layer:
         del key, train
         _check_sequence(name, x, None)
         check_params(name, params, {})
+        if is_position_state(state):  # decoding: the positions after those already seen
+            positions = state["length"] + jnp.arange(x.shape[1])
+            return x + _sinusoids(positions, x.shape[2], x.dtype)[None], advance(
+                state, x.shape[1]), None
         table = jnp.asarray(sinusoidal_table(x.shape[1], x.shape[2]), x.dtype)
         return x + table[None], state, None
 
@@ -209,7 +242,9 @@ def transformer_block(
     num_heads: int,
     mlp_ratio: int = 4,
     *,
+    num_kv_heads: int | None = None,
     causal: bool = False,
+    rope: bool = False,
     block_size: int = 128,
 ) -> Layer:
     r"""A pre-norm transformer block on ``(N, T, D)``, made of the library's own layers.
@@ -227,7 +262,10 @@ def transformer_block(
     Args:
       num_heads: the attention's heads.
       mlp_ratio: the MLP's hidden width as a multiple of ``D``.
+      num_kv_heads: the attention's key/value heads (grouped-query attention; default
+        ``num_heads``).
       causal: causal attention (a language model).
+      rope: rotary positions inside the attention (then the model needs no position table).
       block_size: the attention's key block size.
 
     Returns:
@@ -252,7 +290,8 @@ def transformer_block(
     if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio < 1:
         raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got "
                          f"{mlp_ratio!r}")
-    attention = multi_head_attention(num_heads, causal=causal, block_size=block_size)
+    attention = multi_head_attention(num_heads, num_kv_heads=num_kv_heads, causal=causal,
+                                     rope=rope, block_size=block_size)
     mlp = serial(layer_norm(), _width_dense(mlp_ratio, True), gelu_layer(),
                  _width_dense(mlp_ratio, False))
     return _named_block(residual(serial(layer_norm(), attention)), residual(mlp))

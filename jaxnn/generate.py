@@ -1,0 +1,206 @@
+r"""Decoding a language model with an explicit KV cache, the whole loop in one compiled scan.
+
+A causal language model ``serial(embedding, …, transformer_block…, layer_norm, dense(V))``
+maps ids ``(N, T)`` to next-token logits ``(N, T, V)``. Re-running it on the whole window for
+every new token costs ``O(T²)`` per token. With a cache, each attention layer keeps the keys
+and values of the positions already seen, so one new position costs ``O(T)``:
+
+* [`init_cache`][jaxnn.init_cache] turns the model's state into a *decode state*: every
+  [`multi_head_attention`][jaxnn.multi_head_attention] gets an empty KV cache
+  ``{"keys", "values": (N, c, max_length, d), "length": 0}`` (``c`` key/value heads of
+  width ``d``), every position table a counter
+  ``{"length": 0}``; everything else keeps its state. It is a plain pytree, passed in and
+  returned like any state (no hidden mutation).
+* ``model.forward(params, cache, ids)`` with that state is the decode form: the ids are the
+  positions after the ``length`` already cached (a whole prompt, then one id at a time); it
+  returns their logits and the advanced cache. Prefill followed by single steps equals the
+  full forward at every position.
+* [`generate`][jaxnn.generate] runs prefill and ``steps`` sampling steps in one ``jax.jit`` of a
+  ``lax.scan``, batched over prompts.
+
+Sampling from the last logits $z$: $p = \operatorname{softmax}(z / \tau)$ with temperature
+$\tau > 0$, restricted to the ``top_k`` largest logits and then to the smallest set of the
+most likely tokens whose probabilities sum to at least ``top_p`` (nucleus sampling).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn.core import Layer, children
+from jaxnn.layers import _transformer
+
+__all__ = ["generate", "init_cache"]
+
+_POSITION_LAYERS = ("positional_embedding", "sinusoidal_positional_embedding")
+
+
+def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_length: int,
+               dtype: Any = None) -> Any:
+    """The decode state of ``model``: ``state`` with an empty KV cache in every attention layer.
+
+    Args:
+      model: a network whose attention layers are causal self-attention.
+      params: its parameters (the caches' widths and dtypes are read from them).
+      state: its state (``()`` for a network without state).
+      batch_size: the number of sequences decoded together.
+      max_length: the most positions the caches hold (prompt and generated tokens).
+      dtype: the caches' dtype (default: each attention layer's parameter dtype).
+
+    Returns:
+      A pytree shaped like the state of a network with state in those layers: pass it as the
+      state to ``model.forward`` (the decode form) or to [`generate`][jaxnn.generate].
+
+    Examples:
+      >>> import jax, jaxnn
+      >>> lm = jaxnn.serial(jaxnn.embedding(11, 8),
+      ...                   jaxnn.transformer_block(2, causal=True, rope=True),
+      ...                   jaxnn.dense(11))
+      >>> _, params, state = lm.init(jax.random.key(0), (-1, 5))
+      >>> cache = jaxnn.init_cache(lm, params, state, batch_size=3, max_length=16)
+      >>> block_cache = cache[1][0][0][1]   # serial → block → residual → serial → attention
+      >>> block_cache["keys"].shape, int(block_cache["length"])    # (N, heads, max_length, d)
+      ((3, 2, 16, 4), 0)
+    """
+    for arg, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"init_cache: {arg} must be a positive int, got {value!r}")
+    return _decode_state(model, params, state, batch_size, max_length, dtype)
+
+
+def _decode_state(layer: Layer, params, state, batch_size: int, max_length: int, dtype):
+    if not layer.sublayers:
+        if layer.name == "multi_head_attention":
+            make = getattr(layer.forward, "init_cache", None)
+            if make is None:
+                raise ValueError("init_cache: this multi_head_attention layer's forward was "
+                                 "replaced, so its KV cache layout is unknown")
+            return make(params, batch_size, max_length, dtype)
+        if layer.name in _POSITION_LAYERS:
+            if layer.name == "positional_embedding" and params["positions"].shape[0] < max_length:
+                raise ValueError(
+                    f"init_cache: max_length={max_length} is past the context limit of the "
+                    f"model's positional_embedding table ({params['positions'].shape[0]} "
+                    f"positions); a model with rope=True attention has no such limit")
+            return _transformer.position_state()
+        return state
+    entries = zip(children(layer, params, "params"), children(layer, state, "state"),
+                  strict=True)
+    states = [_decode_state(sub, p, s, batch_size, max_length, dtype)
+              for (_, sub, p), (_, _, s) in entries]
+    if all(isinstance(s, tuple) and not s for s in states):
+        return ()
+    return dict(zip(layer.names, states, strict=True)) if layer.names else tuple(states)
+
+
+def _check_sampling(temperature, top_k, top_p, steps) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"generate: steps must be a positive int, got {steps!r}")
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) \
+            or not temperature > 0:
+        raise ValueError(f"generate: temperature must be a number > 0, got {temperature!r} "
+                         f"(for the most likely token at every step use top_k=1)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)
+                              or top_k < 1):
+        raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, int | float) or isinstance(top_p, bool)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"generate: top_p must be a number in (0, 1] or None, got {top_p!r}")
+
+
+def _filter_logits(logits, temperature: float, top_k: int | None, top_p: float | None):
+    """``z / τ`` with the tokens outside the top ``k`` and outside the nucleus ``top_p`` set to
+    ``−∞``."""
+    logits = logits / jnp.asarray(temperature, logits.dtype)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1:
+        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+        probabilities = jax.nn.softmax(ordered, axis=-1)
+        before = jnp.cumsum(probabilities, axis=-1) - probabilities  # mass of the likelier ones
+        kept = jnp.where(before < top_p, ordered, jnp.inf)
+        logits = jnp.where(logits < jnp.min(kept, axis=-1, keepdims=True), -jnp.inf, logits)
+    return logits
+
+
+def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps: int,
+             key: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None) -> jax.Array:
+    r"""Samples ``steps`` tokens after each prompt, the whole loop one compiled ``lax.scan``.
+
+    The prompts ``(N, T_p)`` are run once (prefill, filling each attention layer's KV cache),
+    then each step samples a token from the last logits, $t \sim
+    \operatorname{softmax}(z / \tau)$ restricted by ``top_k`` and ``top_p``, and runs the model
+    on that one position. The caches hold ``T_p + steps`` positions.
+
+    Args:
+      model: a causal language model: integer ids ``(N, T)`` to logits ``(N, T, V)``; its
+        attention layers causal self-attention (``rope=True`` or a position table).
+      params: its parameters.
+      state: its state (``()`` for a network without state).
+      prompt_ids: ``(N, T_p)`` integer ids, one prompt per row (all of length ``T_p``).
+      steps: the number of tokens to generate.
+      key: a PRNG key.
+      temperature: $\tau > 0$; lower is greedier.
+      top_k: sample only among the ``top_k`` most likely tokens (``None``: all).
+      top_p: sample only among the most likely tokens whose probabilities sum to at least
+        ``top_p`` (``None`` or 1: all).
+
+    Returns:
+      The generated ids, ``(N, steps)`` (the prompts not included).
+
+    Raises:
+      ValueError: a bad ``steps``, ``temperature``, ``top_k`` or ``top_p``; prompts that are
+        not ``(N, T_p)`` integers; ``T_p + steps`` past a position table's length (the context
+        limit; a model with ``rope=True`` has none).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxnn
+      >>> lm = jaxnn.serial(jaxnn.embedding(11, 8),
+      ...                   jaxnn.transformer_block(2, causal=True, rope=True),
+      ...                   jaxnn.layer_norm(), jaxnn.dense(11))
+      >>> _, params, state = lm.init(jax.random.key(0), (-1, 4))
+      >>> prompts = jnp.array([[1, 2, 3], [4, 5, 6]])
+      >>> tokens = jaxnn.generate(lm, params, state, prompts, 5, jax.random.key(1),
+      ...                         temperature=0.8, top_k=5)
+      >>> tokens.shape, tokens.dtype
+      ((2, 5), dtype('int32'))
+    """
+    _check_sampling(temperature, top_k, top_p, steps)
+    prompt_ids = jnp.asarray(prompt_ids)
+    if prompt_ids.ndim != 2 or not jnp.issubdtype(prompt_ids.dtype, jnp.integer) \
+            or prompt_ids.shape[1] < 1:
+        raise ValueError(f"generate: prompt_ids must be integer ids of shape (prompts, length) "
+                         f"with length ≥ 1, got dtype {prompt_ids.dtype} and shape "
+                         f"{tuple(prompt_ids.shape)}")
+    n, length = prompt_ids.shape
+    cache = init_cache(model, params, state, n, length + steps)
+    return _generate(model, steps, float(temperature), top_k,
+                     None if top_p is None else float(top_p))(params, cache, prompt_ids, key)
+
+
+@functools.lru_cache(maxsize=32)
+def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
+    """The compiled loop for one model and sampling setting (cached, so a second call with
+    the same shapes does not trace again)."""
+
+    def run(params, cache, prompt_ids, key):
+        logits, cache, _ = model.forward(params, cache, prompt_ids)
+        last = logits[:, -1]
+
+        def step(carry, step_key):
+            cache, last = carry
+            token = jax.random.categorical(
+                step_key, _filter_logits(last, temperature, top_k, top_p)).astype(jnp.int32)
+            logits, cache, _ = model.forward(params, cache, token[:, None])
+            return (cache, logits[:, -1]), token
+
+        _, tokens = jax.lax.scan(step, (cache, last), jax.random.split(key, steps))
+        return tokens.T
+
+    return jax.jit(run)

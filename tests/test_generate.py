@@ -1,0 +1,152 @@
+"""Decoding with an explicit KV cache and jaxnn.generate: prefill + single steps equal the full
+forward at every position, greedy generation equals re-running the window, sampling filters,
+one compilation, and the bad inputs named."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnn
+
+VOCAB = 13
+
+
+def _lm(positions: str, *, num_kv_heads=None, block_size=3):
+    """A small causal LM; ``positions`` is ``"rope"``, ``"learned"`` or ``"sinusoidal"``."""
+    table = {"learned": [jaxnn.positional_embedding(16)],
+             "sinusoidal": [jaxnn.sinusoidal_positional_embedding()], "rope": []}[positions]
+    blocks = [jaxnn.transformer_block(4, mlp_ratio=2, num_kv_heads=num_kv_heads, causal=True,
+                                      rope=positions == "rope", block_size=block_size)
+              for _ in range(2)]
+    return jaxnn.serial(jaxnn.embedding(VOCAB, 8), *table, *blocks, jaxnn.layer_norm(),
+                        jaxnn.dense(VOCAB))
+
+
+def _model(positions="rope", dtype=jnp.float64, **kwargs):
+    lm = _lm(positions, **kwargs)
+    _, params, state = lm.init(jax.random.key(0), (-1, 4))
+    params = jax.tree.map(lambda a: a.astype(dtype), params)
+    return lm, params, state
+
+
+def _ids(n, t, seed=1):
+    return jax.random.randint(jax.random.key(seed), (n, t), 0, VOCAB)
+
+
+def _decode_in_pieces(lm, params, state, ids, cuts, max_length):
+    cache = jaxnn.init_cache(lm, params, state, ids.shape[0], max_length)
+    outputs = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        y, cache, _ = lm.forward(params, cache, ids[:, a:b])
+        outputs.append(y)
+    return jnp.concatenate(outputs, axis=1), cache
+
+
+@pytest.mark.parametrize(("positions", "num_kv_heads", "dtype", "tolerance"), [
+    ("rope", 2, jnp.float64, 1e-12), ("rope", None, jnp.float32, 2e-5),
+    ("learned", 1, jnp.float64, 1e-12), ("sinusoidal", None, jnp.float64, 1e-12)])
+def test_prefill_then_one_position_at_a_time_equals_the_full_forward(positions, num_kv_heads,
+                                                                     dtype, tolerance):
+    """Issue 21 item 1: a prompt of 5 run at once, then 6 single positions, give at every
+    position the logits of the full causal forward over all 11 (to rounding: 1e-12 in float64,
+    float32 rounding in float32), with RoPE and GQA or with a position table; the cache counts
+    the positions it holds."""
+    lm, params, state = _model(positions, dtype, num_kv_heads=num_kv_heads)
+    ids = _ids(3, 11)
+    full = jaxnn.apply(lm, params, state, ids)[0]
+    decoded, cache = _decode_in_pieces(lm, params, state, ids, [0, 5, *range(6, 12)], 14)
+    chex.assert_trees_all_close(decoded, full, rtol=tolerance, atol=tolerance)
+    assert {int(c["length"]) for c in jax.tree.leaves(cache, is_leaf=lambda c: isinstance(
+        c, dict) and "length" in c)} == {11}
+
+
+def test_generate_greedy_equals_rerunning_the_window_and_is_batched_over_prompts():
+    """top_k=1 generation equals the argmax loop that re-runs the whole window from Python, and
+    a batch of prompts gives what each prompt gives alone."""
+    lm, params, state = _model("rope", jnp.float64)
+    prompts = _ids(3, 4)
+    tokens = jaxnn.generate(lm, params, state, prompts, 6, jax.random.key(2), top_k=1)
+    window = prompts
+    for _ in range(6):
+        logits = jaxnn.apply(lm, params, state, window)[0]
+        window = jnp.concatenate([window, jnp.argmax(logits[:, -1], -1)[:, None]], axis=1)
+    np.testing.assert_array_equal(tokens, window[:, 4:])
+    for i in range(3):
+        alone = jaxnn.generate(lm, params, state, prompts[i:i + 1], 6, jax.random.key(2),
+                               top_k=1)
+        np.testing.assert_array_equal(alone[0], tokens[i])
+
+
+def test_sampling_stays_inside_top_k_and_top_p():
+    """Every sampled token is among the top_k most likely of its step; a tiny top_p keeps only
+    the most likely token (greedy); a different key gives a different sample."""
+    lm, params, state = _model("rope", jnp.float32)
+    prompts = _ids(4, 3)
+    greedy = jaxnn.generate(lm, params, state, prompts, 8, jax.random.key(0), top_k=1)
+    nucleus = jaxnn.generate(lm, params, state, prompts, 8, jax.random.key(5), top_p=1e-6)
+    np.testing.assert_array_equal(nucleus, greedy)
+    tokens = jaxnn.generate(lm, params, state, prompts, 8, jax.random.key(3), top_k=3,
+                            temperature=2.0)
+    window = jnp.concatenate([prompts, tokens], axis=1)
+    logits = jaxnn.apply(lm, params, state, window)[0][:, 2:-1]
+    top3 = jax.lax.top_k(logits, 3)[1]
+    assert bool(jnp.all(jnp.any(top3 == tokens[..., None], axis=-1)))
+    other = jaxnn.generate(lm, params, state, prompts, 8, jax.random.key(4), top_k=3,
+                           temperature=2.0)
+    assert not bool(jnp.all(other == tokens))
+
+
+def test_generate_compiles_once_for_repeated_calls():
+    """The whole loop is one compiled function: a second call with the same shapes and
+    settings does not trace the model again."""
+    lm, params, state = _model("rope", jnp.float32)
+    traces = []
+    counting = lm._replace(forward=lambda *a, **k: traces.append(1) or lm.forward(*a, **k))
+    jaxnn.generate(counting, params, state, _ids(2, 3), 5, jax.random.key(0))
+    first = len(traces)
+    jaxnn.generate(counting, params, state, _ids(2, 3, seed=7), 5, jax.random.key(1))
+    assert first == 2 and len(traces) == first  # prefill and the scan's step, traced once
+
+
+def test_bad_sampling_settings_are_named():
+    """temperature ≤ 0, top_k < 1, top_p outside (0, 1], steps < 1 and prompts that are not
+    (N, T) integers are clear errors naming the argument."""
+    lm, params, state = _model("rope", jnp.float32)
+    prompts, key = _ids(2, 3), jax.random.key(0)
+    for kwargs, match in [({"temperature": 0.0}, "generate: temperature must be a number > 0"),
+                          ({"top_k": 0}, "generate: top_k must be a positive int"),
+                          ({"top_p": 1.5}, r"generate: top_p must be a number in \(0, 1\]")]:
+        with pytest.raises(ValueError, match=match):
+            jaxnn.generate(lm, params, state, prompts, 4, key, **kwargs)
+    with pytest.raises(ValueError, match="generate: steps must be a positive int"):
+        jaxnn.generate(lm, params, state, prompts, 0, key)
+    with pytest.raises(ValueError, match=r"generate: prompt_ids must be integer ids of shape "
+                                         r"\(prompts, length\)"):
+        jaxnn.generate(lm, params, state, prompts.astype(jnp.float32), 4, key)
+
+
+def test_context_limit_and_caches_that_do_not_fit_are_named():
+    """Past a position table's length is a clear error naming the context limit; a prompt
+    longer than the cache, a cache of another batch size or dtype, and a non-causal attention
+    in the decode form are clear errors naming the layer."""
+    lm, params, state = _model("learned", jnp.float32)
+    with pytest.raises(ValueError, match=r"max_length=20 is past the context limit of the "
+                                         r"model's positional_embedding table \(16 positions\)"):
+        jaxnn.generate(lm, params, state, _ids(2, 4), 16, jax.random.key(0))
+    lm, params, state = _model("rope", jnp.float32)
+    cache = jaxnn.init_cache(lm, params, state, 2, 4)
+    with pytest.raises(ValueError, match=r"multi_head_attention: 6 new positions \(a prompt of "
+                                         r"length 6\) do not fit a KV cache of max_length 4"):
+        lm.forward(params, cache, _ids(2, 6))
+    with pytest.raises(ValueError, match="multi_head_attention: the KV cache holds 2 sequences"):
+        lm.forward(params, cache, _ids(3, 2))
+    cache64 = jaxnn.init_cache(lm, params, state, 2, 8, dtype=jnp.float64)
+    with pytest.raises(TypeError, match="multi_head_attention: the KV cache has dtype float64"):
+        lm.forward(params, cache64, _ids(2, 2))
+    layer = jaxnn.multi_head_attention(2)
+    _, attention_params, _ = layer.init(jax.random.key(0), (-1, 3, 4))
+    with pytest.raises(ValueError, match="decoding with a KV cache needs causal=True"):
+        layer.forward(attention_params, jaxnn.init_cache(layer, attention_params, (), 1, 4),
+                      jnp.ones((1, 2, 4)))
