@@ -469,14 +469,35 @@ def save_sharded(directory: str | os.PathLike, tree: Any, *, step: int | None = 
             _SHARDED_META: ocp.args.JsonSave(entry)}))
 
 
+@contextlib.contextmanager
+def _unreadable_as_checkpoint_error(directory: str):
+    """Orbax's and tensorstore's errors on a damaged folder (a JSON decode error, a missing item,
+    a tensorstore status) become one ``CheckpointError`` naming the folder and the first line of
+    the cause."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, OSError, TypeError) as err:
+        # tensorstore says "CODE: Error opening …: detail [tensorstore_spec=…]": the first line
+        cause = (str(err).split(" [tensorstore_spec", 1)[0].strip().splitlines()
+                 or [type(err).__name__])[0][:300]
+        raise CheckpointError(f"{directory}: not a readable sharded checkpoint (corrupted or "
+                              f"incomplete: {cause})") from err
+
+
 def _sharded_entry(directory: str) -> dict:
     ocp = _orbax()
     if not os.path.isdir(os.path.join(directory, _SHARDED_META)):
         raise CheckpointError(f"{directory}: no sharded checkpoint here (written by "
                               f"checkpoint.save_sharded?)")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    with _unreadable_as_checkpoint_error(directory), \
+            ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         entry = checkpointer.restore(directory, args=ocp.args.Composite(**{
             _SHARDED_META: ocp.args.JsonRestore()}))[_SHARDED_META]
+    if not isinstance(entry, dict) or not isinstance(entry.get("leaves"), list):
+        raise CheckpointError(f"{directory}: corrupted metadata: expected an object with a list "
+                              f"of leaves, got {type(entry).__name__}")
     version = entry.get("format_version")
     if version != SHARDED_FORMAT_VERSION:
         raise CheckpointError(f"{directory}: sharded checkpoint format version {version!r}; this "
@@ -602,7 +623,8 @@ def load_sharded(directory: str | os.PathLike, template: Any, *,
     targets = {f"{i:05d}": _target(directory, name, leaf, saved, mesh, spec)
                for i, ((name, leaf), saved, spec) in enumerate(zip(leaves, stored, leaf_specs,
                                                                    strict=True))}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    with _unreadable_as_checkpoint_error(directory), \
+            ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         arrays = checkpointer.restore(directory, args=ocp.args.Composite(**{
             _SHARDED_ARRAYS: ocp.args.StandardRestore(targets)}))[_SHARDED_ARRAYS]
     return jax.tree.unflatten(jax.tree.structure(template),

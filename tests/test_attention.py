@@ -55,8 +55,7 @@ def _dense_attention(params, queries, keys_values, num_heads, key_mask, causal):
         visible = visible & jnp.tril(jnp.ones(s.shape[-2:], bool))[None, None]
     p = jnp.where(visible, jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1), 0.0)
     p = jnp.nan_to_num(p)  # rows with no visible key
-    o = jnp.einsum("nhqk,nhkd->nhqd", p, v).transpose(0, 2, 1, 3).reshape(queries.shape[:2]
-                                                                         + (-1,))
+    o = jnp.einsum("nhqk,nhkd->nhqd", p, v).transpose(0, 2, 1, 3).reshape((*queries.shape[:2], -1))
     return o @ params["Wo"] + params["bo"][None, None]
 
 
@@ -194,7 +193,8 @@ def test_init_shape_equals_forward_shape(in_shape, key):
     shapes = concrete if isinstance(concrete[0], tuple) else (concrete,)
     x = tuple(jnp.ones(s) if len(s) == 3 else jnp.ones(s, bool) for s in shapes)
     y, _ = jaxnn.apply(layer, params, state, x if len(x) > 1 else x[0])
-    assert out_shape[1:] == y.shape[1:] and out_shape[0] in (-1, y.shape[0])
+    assert out_shape[1:] == y.shape[1:]
+    assert out_shape[0] in (-1, y.shape[0])
     assert layer.weights == ("Wq", "Wk", "Wv", "Wo")
 
 

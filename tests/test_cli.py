@@ -1,6 +1,7 @@
 """The ``jaxnn`` command, run as a subprocess the way users run it."""
 
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -62,23 +63,28 @@ def test_train_on_built_in_data_prints_cost_and_accuracy(short_run):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "data: flower, 320 training and 80 test examples, 2 features, 2 classes" in out
-    assert "cost after step 0:" in out and "cost after step 40:" in out
+    assert "cost after step 0:" in out
+    assert "cost after step 40:" in out
     assert "cost after step 59:" in out
-    assert "train accuracy:" in out and "test accuracy:" in out
+    assert "train accuracy:" in out
+    assert "test accuracy:" in out
     assert "train:" in proc.stderr  # the progress bar
 
 
 def test_train_writes_both_pictures_metrics_and_a_checkpoint(short_run):
-    cwd, proc = short_run
+    cwd, _proc = short_run
     run = cwd / "run"
     for picture in ("cost.png", "decision_boundary.png"):
         assert (run / picture).read_bytes()[:8] == PNG_MAGIC
         assert (run / picture).stat().st_size > 5000  # a drawn figure, not an empty canvas
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["step"] == 60 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["step"] == 60
+    assert 0 <= metrics["test_accuracy"] <= 1
     restored, meta = _load_params(run, [2, 20, 7, 5, 1])
-    assert meta["step"] == 60 and restored["costs"].shape == (60,)
-    assert meta["config"]["layers"] == "2,20,7,5,1" and meta["config"]["dataset"] is None
+    assert meta["step"] == 60
+    assert restored["costs"].shape == (60,)
+    assert meta["config"]["layers"] == "2,20,7,5,1"
+    assert meta["config"]["dataset"] is None
     # the saved parameters are the trained ones: they reproduce the reported accuracy
     ds = cli_train.load_dataset(None, None, None, seed=0)
     model = cli_common.build_model([2, 20, 7, 5, 1])
@@ -94,7 +100,8 @@ def test_the_readme_main_job_reaches_90_percent_test_accuracy(tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
     assert metrics["step"] == cli_train.DEFAULT_STEPS
-    assert metrics["train_accuracy"] >= 0.9 and metrics["test_accuracy"] >= 0.9
+    assert metrics["train_accuracy"] >= 0.9
+    assert metrics["test_accuracy"] >= 0.9
 
 
 @pytest.mark.parametrize("extra", [["--batch-size", "64", "--optimizer", "adam"],
@@ -167,7 +174,8 @@ def test_train_on_an_hdf5_cat_file_pair(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "24 training and 10 test examples, 12288 features, 2 classes" in proc.stdout
     metrics = json.loads((tmp_path / "cats" / "metrics.json").read_text())
-    assert metrics["train_accuracy"] == 1.0 and metrics["test_accuracy"] >= 0.8
+    assert metrics["train_accuracy"] == 1.0
+    assert metrics["test_accuracy"] >= 0.8
     assert (tmp_path / "cats" / "cost.png").exists()
     assert not (tmp_path / "cats" / "decision_boundary.png").exists()  # not 2-D data
 
@@ -188,7 +196,8 @@ def test_train_on_mnist_format_idx_files_with_softmax_output(tmp_path, monkeypat
     assert run_main(monkeypatch, tmp_path, "train", "--data", "img.gz,lab", "--optimizer",
                     "adam", "--lr", "0.05", "--steps", 40, "--no-progress") == 0
     out = capsys.readouterr().out
-    assert "16 features, 3 classes" in out and "16,20,7,5,3" in out
+    assert "16 features, 3 classes" in out
+    assert "16,20,7,5,3" in out
     assert "softmax output, softmax_cross_entropy" in out
     metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
     assert metrics["train_accuracy"] >= 0.9
@@ -237,7 +246,7 @@ def _write(folder, fmt, x, y, names=None):
     return "set.npz"
 
 
-@pytest.mark.parametrize("name, fmt", [("iris", "h5"), ("iris", "csv"),
+@pytest.mark.parametrize(("name", "fmt"), [("iris", "h5"), ("iris", "csv"),
                                        ("breast_cancer", "npz")])
 def test_raw_floating_features_are_standardized_and_train_well(tmp_path, monkeypatch, capsys,
                                                                name, fmt):
@@ -253,7 +262,8 @@ def test_raw_floating_features_are_standardized_and_train_well(tmp_path, monkeyp
                         "deviation, per feature (chosen for float64 features; --scale "
                         "none|255|standardize to choose)")
     metrics = json.loads((tmp_path / "jaxnn-out" / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.9 and metrics["config"]["scale"] == "standardize"
+    assert metrics["test_accuracy"] >= 0.9
+    assert metrics["config"]["scale"] == "standardize"
     # the statistics are the training split's, saved with the run
     x_train = data.train_test_split(jnp.asarray(x), jnp.asarray(y)[:, None], seed=0)[0]
     saved = checkpoint.load_metadata(tmp_path / "jaxnn-out" / "checkpoint.npz")["scaling"]
@@ -293,7 +303,7 @@ def test_the_test_data_and_a_resumed_run_use_the_training_statistics(tmp_path, m
     np.testing.assert_allclose(plan.data.x_train, x[:30] / std, rtol=1e-5)
 
 
-@pytest.mark.parametrize("scale, dtype, first, line", [
+@pytest.mark.parametrize(("scale", "dtype", "first", "line"), [
     ("none", np.float64, 7.0, "scaling: none, the features as stored (--scale none)"),
     ("255", np.float64, 7.0 / 255, "scaling: divided by 255 (pixels 0…255 → [0, 1]) "
                                    "(--scale 255)"),
@@ -347,7 +357,7 @@ def test_the_label_column_is_chosen_by_name_or_index(tmp_path, monkeypatch, caps
         assert "4 features, 3 classes" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case, files, args, message", [
+@pytest.mark.parametrize(("case", "files", "args", "message"), [
     ("csv-text-labels", {"t.csv": "a,b,kind\n1,2,setosa\n3,4,versicolor\n"}, ["t.csv"],
      "t.csv: column 'kind': labels must be class numbers 0, 1, …, got 'setosa' (convert text "
      "labels to class numbers)"),
@@ -395,7 +405,7 @@ def test_csv_and_numpy_files_with_problems_get_one_line_and_exit_1(
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--activation", "swish"], "invalid choice: 'swish' (choose from 'relu', 'tanh'"),
     (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop' (choose from 'sgd', 'momentum', "
                                  "'adam')"),
@@ -408,7 +418,7 @@ def test_unknown_names_list_the_valid_choices(tmp_path, monkeypatch, capsys, arg
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--layers", "3,4,1"], "--layers starts with 3 inputs but the data have 2 features"),
     (["--layers", "2,4,3"], "--layers ends with 3 outputs but the data have 2 classes: end "
                             "with 1"),
@@ -444,7 +454,8 @@ def test_gradcheck_of_every_built_in_layer_and_loss_exits_0(tmp_path):
     proc = jaxnn_cmd(tmp_path, "gradcheck", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exported = (set(jaxnn.layers.__all__) | set(jaxnn.losses.__all__)) - {"Loss", "fuse"}
-    assert "every built-in layer and loss" in proc.stdout and "FAIL" not in proc.stdout
+    assert "every built-in layer and loss" in proc.stdout
+    assert "FAIL" not in proc.stdout
     assert len([line for line in proc.stdout.splitlines() if line.endswith("pass")]) >= len(
         exported)
 
@@ -567,19 +578,22 @@ def test_an_interrupted_run_saves_a_checkpoint_it_can_resume_from(tmp_path, monk
                     "--no-progress") == 130
     assert "interrupted (SIGINT) at step 5" in capsys.readouterr().err
     params, meta = _load_params(tmp_path / "jaxnn-out", [2, 4, 1])
-    assert meta["step"] == 5 and len(params["costs"]) == 5
+    assert meta["step"] == 5
+    assert len(params["costs"]) == 5
 
 
 def test_summary_prints_the_layers_and_the_parameter_count(capsys):
     sizes = [2, 20, 7, 5, 1]
     assert cli.main(["summary", "--layers", ",".join(map(str, sizes))]) == 0
     out = capsys.readouterr().out
-    expected = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    expected = sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
     assert f"total parameters: {expected}" in out
-    assert out.count("dense") == 4 and out.count("relu") == 3 and "sigmoid" in out
+    assert out.count("dense") == 4
+    assert out.count("relu") == 3
+    assert "sigmoid" in out
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(("args", "message"), [
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--print-every", "0"], "--print-every 0: must be at least 1"),
     (["--lr", "-0.1"], "--lr -0.1: the learning rate must be a positive finite number"),
@@ -622,11 +636,12 @@ def test_the_cost_history_grows_on_the_host_and_is_saved_as_an_array(tmp_path, m
     # the checkpoint holds the history as one float32 array, not as JSON numbers
     _, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 12,
                                     "--save-every", 5)
-    assert "costs" not in meta and params["costs"].dtype == np.float32
+    assert "costs" not in meta
+    assert params["costs"].dtype == np.float32
     assert params["costs"].shape == (12,)
 
 
-@pytest.mark.parametrize("signum,epochs", [(signal.SIGINT, 1), (signal.SIGINT, 3),
+@pytest.mark.parametrize(("signum", "epochs"), [(signal.SIGINT, 1), (signal.SIGINT, 3),
                                            (signal.SIGINT, 8), (signal.SIGTERM, 4)])
 def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
         tmp_path, monkeypatch, capsys, signum, epochs):
@@ -637,7 +652,8 @@ def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
     name = signal.Signals(signum).name
     assert f"interrupted ({name}) at step {3 * epochs}" in capsys.readouterr().err
     # step, parameters and history agree: the history has exactly `step` costs
-    assert meta["step"] == 3 * epochs and cut["costs"].shape == (3 * epochs,)
+    assert meta["step"] == 3 * epochs
+    assert cut["costs"].shape == (3 * epochs,)
     monkeypatch.undo()
     assert run_main(monkeypatch, tmp_path, "train", "--resume", "cut", "--epochs", 9,
                     "--no-progress") == 0
@@ -667,9 +683,12 @@ def test_a_second_signal_while_saving_is_held_until_the_checkpoint_is_written(
     monkeypatch.setattr(jaxnn, "fit", fit)
     monkeypatch.setattr(checkpoint, "save", save)
     status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 10)
-    assert status == 130 and meta["step"] == 1 and params["costs"].shape == (1,)
+    assert status == 130
+    assert meta["step"] == 1
+    assert params["costs"].shape == (1,)
     err = capsys.readouterr().err
-    assert "a second SIGINT stops at once, without saving" in err and "Traceback" not in err
+    assert "a second SIGINT stops at once, without saving" in err
+    assert "Traceback" not in err
 
 
 def _popen_train(cwd, *args, script=None):
@@ -756,7 +775,8 @@ def test_a_full_disk_at_the_end_writes_what_it_can_and_exits_1_with_one_line(
                    "left on device)"]
     out = tmp_path / "jaxnn-out"
     assert json.loads((out / "metrics.json").read_text())["step"] == 3
-    assert (out / "cost.png").exists() and (out / "decision_boundary.png").exists()
+    assert (out / "cost.png").exists()
+    assert (out / "decision_boundary.png").exists()
 
 
 def _h5(path, x, y):
@@ -768,7 +788,7 @@ def _h5(path, x, y):
             f["train_set_y"] = y
 
 
-@pytest.mark.parametrize("case,args,message", [
+@pytest.mark.parametrize(("case", "args", "message"), [
     ("out-is-a-file", ["--out", "afile"], "--out afile: exists and is not a folder"),
     ("out-under-a-file", ["--out", "afile/run"], "--out afile/run: cannot create the folder"),
     ("seed-negative", ["--seed", "-1"], "--seed -1: a random seed must lie in [0, 4294967295]"),
@@ -873,9 +893,11 @@ def test_checkpoints_between_epochs_do_not_recompile_the_epoch(tmp_path, monkeyp
 
     monkeypatch.setattr(fit_module, "make_epoch", counted)
     fit_module._cached_epoch.cache_clear()
-    status, params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 6,
+    status, _params, meta = _run_and_read(monkeypatch, tmp_path, "run", "--steps", 6,
                                          "--save-every", 2)
-    assert status == 0 and meta["step"] == 6 and len(made) == 1
+    assert status == 0
+    assert meta["step"] == 6
+    assert len(made) == 1
 
 
 # --- sharded checkpoints (--checkpoint-format sharded) ----------------------------------------
@@ -923,7 +945,7 @@ def test_the_help_names_the_checkpoint_formats(capsys):
     assert "--checkpoint-format {npz,sharded}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("first,then", [("sharded", None), ("npz", "sharded"),
+@pytest.mark.parametrize(("first", "then"), [("sharded", None), ("npz", "sharded"),
                                         ("sharded", "npz")])
 def test_a_sharded_resume_ends_bitwise_equal_to_an_uninterrupted_run(
         tmp_path, monkeypatch, capsys, keep_unraisablehook, first, then):
@@ -986,7 +1008,8 @@ def test_signals_and_save_every_write_sharded_checkpoints_that_resume_bit_for_bi
     assert "interrupted (SIGINT) at step 9; checkpoint saved to cut/checkpoint;" in err
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoint")) == ["LATEST", "step_9"]
     cut, meta = _load_run(tmp_path / "cut", [2, 8, 1], seed=3, fmt="sharded")
-    assert meta["step"] == 9 and cut["costs"].shape == (9,)
+    assert meta["step"] == 9
+    assert cut["costs"].shape == (9,)
     monkeypatch.undo()
     assert run_main(monkeypatch, tmp_path, "train", "--resume", "cut", "--epochs", 9,
                     "--no-progress") == 0
@@ -1017,7 +1040,8 @@ def test_a_sharded_checkpoint_at_step_0_saves_and_resumes(tmp_path, monkeypatch,
     assert run_main(monkeypatch, tmp_path, "train", "--resume", "jaxnn-out", "--steps", 2,
                     "--no-progress") == 0
     resumed, meta = _load_run(tmp_path / "jaxnn-out", [2, 4, 1], fmt="sharded")
-    assert meta["step"] == 2 and resumed["costs"].shape == (2,)
+    assert meta["step"] == 2
+    assert resumed["costs"].shape == (2,)
 
 
 class _Killed(BaseException):

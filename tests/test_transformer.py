@@ -77,7 +77,7 @@ def test_causal_block_output_does_not_depend_on_later_positions(key):
 
 
 def test_block_rejects_a_width_not_divisible_by_the_heads(key):
-    with pytest.raises(ValueError, match="multi_head_attention: features .*num_heads"):
+    with pytest.raises(ValueError, match=r"multi_head_attention: features .*num_heads"):
         jaxnn.transformer_block(3).init(key, (-1, 5, 4))
     with pytest.raises(ValueError, match="transformer_block: mlp_ratio"):
         jaxnn.transformer_block(2, mlp_ratio=0)

@@ -217,7 +217,7 @@ class SavedRun:
     meta: dict  # {"step": int, "config": …, "scaling": …, "train_examples": …, …}
 
 
-def _sharded_error(where: str, err: Exception) -> CommandError:
+def _sharded_error(where: str, err: BaseException) -> CommandError:
     # tensorstore says "CODE: Error opening …: Error reading …: detail [tensorstore_spec=…]":
     # keep the code and the innermost error
     text = str(err).split(" [tensorstore_spec", 1)[0].strip()
@@ -256,7 +256,10 @@ def _read_sharded(where: str, read: Callable[[], Any]) -> Any:
     _QuietClosedLoop.install()
     try:
         return read()
-    except checkpoint.CheckpointError:
+    except checkpoint.CheckpointError as err:
+        cause = err.__cause__  # the library's wrapping of Orbax's error: named as given here
+        if cause is not None and not isinstance(cause, checkpoint.CheckpointError):
+            raise _sharded_error(where, cause) from None
         raise
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
         raise _sharded_error(where, err) from None

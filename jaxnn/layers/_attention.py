@@ -270,7 +270,7 @@ def multi_head_attention(
         y, residuals = _forward(params, x, config)
         return y, state, residuals
 
-    forward.init_cache = functools.partial(_init_cache, config)  # read by jaxnn.init_cache
+    forward.init_cache = functools.partial(_init_cache, config)  # type: ignore[attr-defined]  # read by jaxnn.init_cache
 
     def backward(params, residuals, dy):
         return _backward(params, residuals, dy, config)
@@ -322,7 +322,7 @@ def _attention_init(key, in_shape, config: _Config, w_init, dtype):
     width = q_shape[-1] if config.features is None else config.features
     _check_width(width, config)
     params = _init_params(key, q_shape[-1], kv_shape[-1], width, config, w_init, dtype)
-    return q_shape[:-1] + (width,), params, ()
+    return (*q_shape[:-1], width), params, ()
 
 
 def _check_width(width, config: _Config) -> None:
@@ -557,8 +557,9 @@ def _check_params(params, queries, keys_values, config: _Config) -> None:
     width = queries.shape[-1] if config.features is None else config.features
     _check_width(width, config)
     width_kv = _kv_width(width, config)
-    expected = {"Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width_kv),
-                "Wv": (keys_values.shape[-1], width_kv), "Wo": (width, width)}
+    expected: dict[str, tuple[int, ...]] = {
+        "Wq": (queries.shape[-1], width), "Wk": (keys_values.shape[-1], width_kv),
+        "Wv": (keys_values.shape[-1], width_kv), "Wo": (width, width)}
     if config.use_bias:
         expected.update({"bq": (width,), "bk": (width_kv,), "bv": (width_kv,), "bo": (width,)})
     check_params(_NAME, params, expected)
