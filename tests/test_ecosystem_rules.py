@@ -10,11 +10,14 @@ optimistix and diffrax come with the ``ecosystem`` extra; their cases are skippe
 when it is absent.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from jaxnn.gradcheck import check_function
+from tests.test_docs import shown_and_printed
 
 SEEDS = range(4)
 
@@ -496,3 +499,14 @@ def test_the_report_names_lineax_linear_solve_as_a_rule_left_in_the_reference():
     fn, args, _ = _case_linear_solve(0)
     report = check_function(fn, *args)
     assert any("linear_solve" in note for note in report.notes), report.table()
+
+
+def test_the_verification_page_code_runs_and_shows_what_it_prints(tmp_path):
+    """Pins: the Python blocks of docs/verification.md run in order (the Pallas kernel author's
+    example included: a correct float32 kernel rule passes, a 1% wrong one fails), and the
+    report shown under the Pallas example is the one it prints."""
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "verification.md"
+    pairs = shown_and_printed(page, tmp_path)
+    assert len(pairs) == 1
+    for shown, printed in pairs:
+        assert shown == printed
