@@ -39,15 +39,11 @@ def spd(seed, n):
     return a @ a.T / n + jnp.eye(n)
 
 
-def statuses(report):
-    return sorted({(c.parameter, c.status) for c in report.comparisons})
-
-
 # --- the real rules ------------------------------------------------------------------------------
-# Each case: (library, the rule's kind, a function of the seed returning (fn, args, kwargs)).
+# A case is a function of the seed returning (fn, args, check_function's keyword arguments).
 
 
-def _jax_nn(fn, *shapes):
+def _normal_args(fn, *shapes):
     return lambda seed: (fn, normal(seed, *shapes), {})
 
 
@@ -269,41 +265,42 @@ FD = ("finite differences",)  # no custom rule in the traced program: finite dif
 
 CASES = {
     # target: (library, kind of rule, the references compared, case)
-    "jax.nn.relu": ("jax.nn", "custom_jvp", RULE, _jax_nn(jax.nn.relu, (4, 3))),
+    "jax.nn.relu": ("jax.nn", "custom_jvp", RULE, _normal_args(jax.nn.relu, (4, 3))),
     "jax.nn.relu6": ("jax.nn", "custom_jvp", RULE,
                      lambda s: (jax.nn.relu6, [4 * normal(s, (5,))[0]], {})),
     "jax.nn.softplus": ("jax.nn", "custom_jvp (jnp.logaddexp)", RULE,
-                        _jax_nn(jax.nn.softplus, (4, 3))),
+                        _normal_args(jax.nn.softplus, (4, 3))),
     "jax.nn.log_sigmoid": ("jax.nn", "custom_jvp (jnp.logaddexp)", RULE,
-                           _jax_nn(jax.nn.log_sigmoid, (5,))),
-    "jax.nn.mish": ("jax.nn", "custom_jvp (softplus)", RULE, _jax_nn(jax.nn.mish, (5,))),
+                           _normal_args(jax.nn.log_sigmoid, (5,))),
+    "jax.nn.mish": ("jax.nn", "custom_jvp (softplus)", RULE, _normal_args(jax.nn.mish, (5,))),
     "jax.nn.log1mexp": ("jax.nn", "custom_jvp", RULE, _positive(jax.nn.log1mexp)),
-    "jax.nn.gelu": ("jax.nn", "none (plain autodiff)", FD, _jax_nn(jax.nn.gelu, (4, 3))),
-    "jax.nn.silu": ("jax.nn", "none (plain autodiff)", FD, _jax_nn(jax.nn.silu, (4, 3))),
+    "jax.nn.gelu": ("jax.nn", "none (plain autodiff)", FD, _normal_args(jax.nn.gelu, (4, 3))),
+    "jax.nn.silu": ("jax.nn", "none (plain autodiff)", FD, _normal_args(jax.nn.silu, (4, 3))),
     "jax.nn.softmax": ("jax.nn", "none (custom_jvp only under jax_softmax_custom_jvp)", FD,
-                       _jax_nn(jax.nn.softmax, (2, 4))),
+                       _normal_args(jax.nn.softmax, (2, 4))),
     "jax.nn.log_softmax": ("jax.nn", "none (stop_gradient on the max)", FD,
-                           _jax_nn(jax.nn.log_softmax, (2, 4))),
+                           _normal_args(jax.nn.log_softmax, (2, 4))),
     "jax.nn.logsumexp": ("jax.nn", "none (stop_gradient on the max)", FD,
-                         _jax_nn(jax.nn.logsumexp, (2, 4))),
+                         _normal_args(jax.nn.logsumexp, (2, 4))),
     "jax.nn.dot_product_attention": ("jax.nn", "none (float32 softmax inside)", FD,
                                      _case_attention),
     "jnp.logaddexp": ("jax.numpy", "custom_jvp", RULE,
                       lambda s: (jnp.logaddexp, normal(s, (5,), (5,)), {})),
-    "jnp.sinc": ("jax.numpy", "custom_jvp (Maclaurin term at 0)", RULE, _jax_nn(jnp.sinc, (5,))),
+    "jnp.sinc": ("jax.numpy", "custom_jvp (Maclaurin term at 0)", RULE,
+                 _normal_args(jnp.sinc, (5,))),
     "jax.scipy.special.logsumexp": ("jax.scipy.special", "none (stop_gradient on the max)", FD,
-                                    _jax_nn(sp.logsumexp, (3, 4))),
+                                    _normal_args(sp.logsumexp, (3, 4))),
     "jax.scipy.special.xlogy": ("jax.scipy.special", "custom_jvp", RULE, _case_xlogy),
     "jax.scipy.special.xlog1py": ("jax.scipy.special", "custom_jvp", RULE, _case_xlog1py),
     "jax.scipy.special.entr": ("jax.scipy.special", "custom_jvp", RULE, _positive(sp.entr)),
     "jax.scipy.special.logit": ("jax.scipy.special", "custom_jvp", RULE,
                                 _positive(sp.logit, 0.1, 0.9)),
     "jax.scipy.special.log_ndtr": ("jax.scipy.special", "custom_jvp", RULE,
-                                   _jax_nn(sp.log_ndtr, (5,))),
+                                   _normal_args(sp.log_ndtr, (5,))),
     "jax.scipy.special.erfcx": ("jax.scipy.special", "custom_jvp", RULE,
-                                _jax_nn(sp.erfcx, (5,))),
+                                _normal_args(sp.erfcx, (5,))),
     "jax.scipy.special.dawsn": ("jax.scipy.special", "custom_jvp", RULE,
-                                _jax_nn(sp.dawsn, (5,))),
+                                _normal_args(sp.dawsn, (5,))),
     "jax.scipy.special.poch": ("jax.scipy.special", "custom_jvp", RULE,
                                lambda s: (sp.poch, uniform(s, 0.5, 3.0, (5,), (5,)), {})),
     "jax.scipy.special.expi": ("jax.scipy.special", "custom_jvp (series in a while loop)", RULE,
