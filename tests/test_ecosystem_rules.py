@@ -203,14 +203,18 @@ def _case_minimise(seed):
     return argmin, normal(seed, (3,)), {}
 
 
-def _ode(adjoint_name):
+def _ode(adjoint_name, dt0=0.025):
+    """A small linear ODE solved with Tsit5 at a fixed step. BacksolveAdjoint's gradient solves
+    the continuous adjoint ODE, which differs from the derivative of the discrete solution by
+    the solver's truncation error: 8.6e-10 relative at a step of 0.05, 2.1e-11 at 0.025."""
+
     def case(seed):
         dfx = _diffrax()
 
         def solve(y0, rate):
             term = dfx.ODETerm(lambda t, y, rate: -rate * y + jnp.sin(t))
             adjoint = getattr(dfx, adjoint_name)()
-            return dfx.diffeqsolve(term, dfx.Tsit5(), 0.0, 1.0, 0.05, y0, args=rate,
+            return dfx.diffeqsolve(term, dfx.Tsit5(), 0.0, 1.0, dt0, y0, args=rate,
                                    adjoint=adjoint).ys
 
         y0, = normal(seed, (2,))
