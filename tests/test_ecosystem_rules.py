@@ -10,11 +10,14 @@ optimistix and diffrax come with the ``ecosystem`` extra; their cases are skippe
 when it is absent.
 """
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from jaxnn.gradcheck import check_function
+from tests.test_docs import shown_and_printed
 
 SEEDS = range(4)
 
@@ -36,15 +39,11 @@ def spd(seed, n):
     return a @ a.T / n + jnp.eye(n)
 
 
-def statuses(report):
-    return sorted({(c.parameter, c.status) for c in report.comparisons})
-
-
 # --- the real rules ------------------------------------------------------------------------------
-# Each case: (library, the rule's kind, a function of the seed returning (fn, args, kwargs)).
+# A case is a function of the seed returning (fn, args, check_function's keyword arguments).
 
 
-def _jax_nn(fn, *shapes):
+def _normal_args(fn, *shapes):
     return lambda seed: (fn, normal(seed, *shapes), {})
 
 
@@ -204,14 +203,18 @@ def _case_minimise(seed):
     return argmin, normal(seed, (3,)), {}
 
 
-def _ode(adjoint_name):
+def _ode(adjoint_name, dt0=0.025):
+    """A small linear ODE solved with Tsit5 at a fixed step. BacksolveAdjoint's gradient solves
+    the continuous adjoint ODE, which differs from the derivative of the discrete solution by
+    the solver's truncation error: 8.6e-10 relative at a step of 0.05, 2.1e-11 at 0.025."""
+
     def case(seed):
         dfx = _diffrax()
 
         def solve(y0, rate):
             term = dfx.ODETerm(lambda t, y, rate: -rate * y + jnp.sin(t))
             adjoint = getattr(dfx, adjoint_name)()
-            return dfx.diffeqsolve(term, dfx.Tsit5(), 0.0, 1.0, 0.05, y0, args=rate,
+            return dfx.diffeqsolve(term, dfx.Tsit5(), 0.0, 1.0, dt0, y0, args=rate,
                                    adjoint=adjoint).ys
 
         y0, = normal(seed, (2,))
@@ -260,76 +263,120 @@ def _case_pallas(seed):
 
 
 sp = jax.scipy.special
+RULE = ("finite differences", "jax.grad")  # the rule against autodiff and finite differences
+FD = ("finite differences",)  # no custom rule in the traced program: finite differences only
+
+
 CASES = {
-    # target: (library, kind of rule, case)
-    "jax.nn.relu": ("jax.nn", "custom_jvp", _jax_nn(jax.nn.relu, (4, 3))),
-    "jax.nn.relu6": ("jax.nn", "custom_jvp", lambda s: (jax.nn.relu6, [4 * normal(s, (5,))[0]],
-                                                        {})),
-    "jax.nn.gelu": ("jax.nn", "none (autodiff)", _jax_nn(jax.nn.gelu, (4, 3))),
-    "jax.nn.silu": ("jax.nn", "custom_jvp", _jax_nn(jax.nn.silu, (4, 3))),
-    "jax.nn.softplus": ("jax.nn", "custom_jvp (logaddexp)", _jax_nn(jax.nn.softplus, (4, 3))),
-    "jax.nn.softmax": ("jax.nn", "custom_jvp", _jax_nn(jax.nn.softmax, (2, 4))),
-    "jax.nn.log_softmax": ("jax.nn", "custom_jvp", _jax_nn(jax.nn.log_softmax, (2, 4))),
-    "jax.nn.logsumexp": ("jax.nn", "custom_jvp", _jax_nn(jax.nn.logsumexp, (2, 4))),
-    "jax.nn.log1mexp": ("jax.nn", "custom_jvp", _positive(jax.nn.log1mexp)),
-    "jax.nn.dot_product_attention": ("jax.nn", "custom_jvp (float32 softmax)", _case_attention),
-    "jax.scipy.special.logsumexp": ("jax.scipy.special", "custom_jvp",
-                                    _jax_nn(sp.logsumexp, (3, 4))),
-    "jax.scipy.special.xlogy": ("jax.scipy.special", "custom_jvp", _case_xlogy),
-    "jax.scipy.special.xlog1py": ("jax.scipy.special", "custom_jvp", _case_xlog1py),
-    "jax.scipy.special.entr": ("jax.scipy.special", "custom_jvp", _positive(sp.entr)),
-    "jax.scipy.special.logit": ("jax.scipy.special", "custom_jvp",
+    # target: (library, kind of rule, the references compared, case)
+    "jax.nn.relu": ("jax.nn", "custom_jvp", RULE, _normal_args(jax.nn.relu, (4, 3))),
+    "jax.nn.relu6": ("jax.nn", "custom_jvp", RULE,
+                     lambda s: (jax.nn.relu6, [4 * normal(s, (5,))[0]], {})),
+    "jax.nn.softplus": ("jax.nn", "custom_jvp (jnp.logaddexp)", RULE,
+                        _normal_args(jax.nn.softplus, (4, 3))),
+    "jax.nn.log_sigmoid": ("jax.nn", "custom_jvp (jnp.logaddexp)", RULE,
+                           _normal_args(jax.nn.log_sigmoid, (5,))),
+    "jax.nn.mish": ("jax.nn", "custom_jvp (softplus)", RULE, _normal_args(jax.nn.mish, (5,))),
+    "jax.nn.log1mexp": ("jax.nn", "custom_jvp", RULE, _positive(jax.nn.log1mexp)),
+    "jax.nn.gelu": ("jax.nn", "none (plain autodiff)", FD, _normal_args(jax.nn.gelu, (4, 3))),
+    "jax.nn.silu": ("jax.nn", "none (plain autodiff)", FD, _normal_args(jax.nn.silu, (4, 3))),
+    "jax.nn.softmax": ("jax.nn", "none (custom_jvp only under jax_softmax_custom_jvp)", FD,
+                       _normal_args(jax.nn.softmax, (2, 4))),
+    "jax.nn.log_softmax": ("jax.nn", "none (stop_gradient on the max)", FD,
+                           _normal_args(jax.nn.log_softmax, (2, 4))),
+    "jax.nn.logsumexp": ("jax.nn", "none (stop_gradient on the max)", FD,
+                         _normal_args(jax.nn.logsumexp, (2, 4))),
+    "jax.nn.dot_product_attention": ("jax.nn", "none (float32 softmax inside)", FD,
+                                     _case_attention),
+    "jnp.logaddexp": ("jax.numpy", "custom_jvp", RULE,
+                      lambda s: (jnp.logaddexp, normal(s, (5,), (5,)), {})),
+    "jnp.sinc": ("jax.numpy", "custom_jvp (Maclaurin term at 0)", RULE,
+                 _normal_args(jnp.sinc, (5,))),
+    "jax.scipy.special.logsumexp": ("jax.scipy.special", "none (stop_gradient on the max)", FD,
+                                    _normal_args(sp.logsumexp, (3, 4))),
+    "jax.scipy.special.xlogy": ("jax.scipy.special", "custom_jvp", RULE, _case_xlogy),
+    "jax.scipy.special.xlog1py": ("jax.scipy.special", "custom_jvp", RULE, _case_xlog1py),
+    "jax.scipy.special.entr": ("jax.scipy.special", "custom_jvp", RULE, _positive(sp.entr)),
+    "jax.scipy.special.logit": ("jax.scipy.special", "custom_jvp", RULE,
                                 _positive(sp.logit, 0.1, 0.9)),
-    "jax.scipy.special.log_ndtr": ("jax.scipy.special", "custom_jvp",
-                                   _jax_nn(sp.log_ndtr, (5,))),
-    "jax.scipy.special.erfcx": ("jax.scipy.special", "custom_jvp", _jax_nn(sp.erfcx, (5,))),
-    "jax.scipy.special.expi": ("jax.scipy.special", "custom_jvp", _positive(sp.expi, 0.5, 3.0)),
-    "jax.scipy.special.sici": ("jax.scipy.special", "custom_jvp (tuple output)",
+    "jax.scipy.special.log_ndtr": ("jax.scipy.special", "custom_jvp", RULE,
+                                   _normal_args(sp.log_ndtr, (5,))),
+    "jax.scipy.special.erfcx": ("jax.scipy.special", "custom_jvp", RULE,
+                                _normal_args(sp.erfcx, (5,))),
+    "jax.scipy.special.dawsn": ("jax.scipy.special", "custom_jvp", RULE,
+                                _normal_args(sp.dawsn, (5,))),
+    "jax.scipy.special.poch": ("jax.scipy.special", "custom_jvp", RULE,
+                               lambda s: (sp.poch, uniform(s, 0.5, 3.0, (5,), (5,)), {})),
+    "jax.scipy.special.expi": ("jax.scipy.special", "custom_jvp (series in a while loop)", RULE,
+                               _positive(sp.expi, 0.5, 3.0)),
+    "jax.scipy.special.sici": ("jax.scipy.special", "custom_jvp (tuple output)", RULE,
                                _positive(sp.sici, 0.5, 3.0)),
-    "jnp.linalg.slogdet": ("jnp.linalg", "custom_jvp", _case_slogdet),
-    "jnp.linalg.det": ("jnp.linalg", "custom_jvp", lambda s: (jnp.linalg.det, normal(s, (3, 3)),
-                                                             {})),
-    "jnp.linalg.pinv": ("jnp.linalg", "custom_jvp", lambda s: (jnp.linalg.pinv,
-                                                              normal(s, (3, 2)), {})),
-    "jnp.linalg.eigh (spectral function)": ("jnp.linalg", "eigh primitive's JVP", _case_eigh),
-    "jnp.linalg.cholesky (log det)": ("jnp.linalg", "cholesky primitive's JVP", _case_cholesky),
-    "jnp.linalg.solve": ("jnp.linalg", "custom_linear_solve", _case_solve),
-    "optax.safe_norm": ("optax", "none (autodiff)", _case_safe_norm),
-    "optax.projections.projection_simplex": ("optax", "custom_jvp", _case_projection_simplex),
-    "optax.losses.softmax_cross_entropy": ("optax", "custom_jvp (weighted_logsoftmax)",
+    "jax.scipy.special.zeta": ("jax.scipy.special", "custom_jvp; its primal has no autodiff",
+                               FD, lambda s: (sp.zeta, [2 + uniform(s, 0.5, 3.0, (5,))[0],
+                                                        uniform(s + 1, 0.5, 3.0, (5,))[0]], {})),
+    "jnp.linalg.slogdet": ("jnp.linalg", "custom_jvp", RULE, _case_slogdet),
+    "jnp.linalg.det (4 × 4)": ("jnp.linalg", "custom_jvp", RULE,
+                               lambda s: (jnp.linalg.det, normal(s, (4, 4)), {})),
+    "jnp.linalg.pinv": ("jnp.linalg", "custom_jvp", RULE,
+                        lambda s: (jnp.linalg.pinv, normal(s, (3, 2)), {})),
+    "jnp.linalg.eigh (spectral function)": ("jnp.linalg", "eigh primitive's JVP", FD,
+                                            _case_eigh),
+    "jnp.linalg.cholesky (log det)": ("jnp.linalg", "cholesky primitive's JVP", FD,
+                                      _case_cholesky),
+    "jnp.linalg.solve": ("jnp.linalg", "custom_linear_solve primitive", FD, _case_solve),
+    "optax.safe_norm": ("optax", "none (plain autodiff)", FD, _case_safe_norm),
+    "optax.projections.projection_simplex": ("optax", "custom_jvp", RULE,
+                                             _case_projection_simplex),
+    "optax.losses.softmax_cross_entropy": ("optax", "none (plain autodiff)", FD,
                                            _case_softmax_cross_entropy),
-    "eqx.filter_checkpoint": ("Equinox", "checkpoint around custom_jvp", _case_filter_checkpoint),
-    "eqx.filter_custom_jvp": ("Equinox", "filter_custom_jvp", _case_filter_custom_jvp),
-    "lx.linear_solve": ("lineax", "linear_solve primitive (implicit)", _case_linear_solve),
-    "optx.root_find (Newton)": ("optimistix", "implicit (lineax)", _case_root_find),
-    "optx.least_squares (LM)": ("optimistix", "implicit (lineax)", _case_least_squares),
-    "optx.minimise (BFGS)": ("optimistix", "implicit (lineax)", _case_minimise),
-    "diffrax RecursiveCheckpointAdjoint": ("diffrax", "checkpointed while loop",
+    "eqx.filter_checkpoint": ("Equinox", "checkpoint around custom_jvps", RULE,
+                              _case_filter_checkpoint),
+    "eqx.filter_custom_jvp": ("Equinox", "filter_custom_jvp", RULE, _case_filter_custom_jvp),
+    "lx.linear_solve": ("lineax", "linear_solve primitive's JVP (implicit)", RULE,
+                        _case_linear_solve),
+    "optx.root_find (Newton)": ("optimistix", "implicit function (custom_jvp)", RULE,
+                                _case_root_find),
+    "optx.least_squares (Levenberg-Marquardt)": ("optimistix", "implicit function (custom_jvp)",
+                                                 RULE, _case_least_squares),
+    "optx.minimise (BFGS)": ("optimistix", "implicit function (custom_jvp)", RULE,
+                             _case_minimise),
+    "diffrax RecursiveCheckpointAdjoint": ("diffrax", "checkpointed while loop", RULE,
                                            _ode("RecursiveCheckpointAdjoint")),
-    "diffrax BacksolveAdjoint": ("diffrax", "custom_vjp (adjoint ODE)", _ode("BacksolveAdjoint")),
-    "Pallas tanh(x @ w), interpret mode": ("Pallas", "custom_vjp, float32 kernel", _case_pallas),
+    "diffrax BacksolveAdjoint": ("diffrax", "custom_vjp (adjoint ODE)", RULE,
+                                 _ode("BacksolveAdjoint")),
+    "Pallas tanh(x @ w), interpret mode": ("Pallas", "custom_vjp, float32 kernel", RULE,
+                                           _case_pallas),
 }
 
+# Targets the checker cannot verify today (none at present): target -> the limitation.
 KNOWN_LIMITS: dict[str, str] = {}
 
 
 def _params():
-    for target, (_, _, case) in CASES.items():
+    for target, (_, _, compared, case) in CASES.items():
         marks = ()
         if target in KNOWN_LIMITS:
             marks = pytest.mark.xfail(strict=True, reason=KNOWN_LIMITS[target])
-        yield pytest.param(target, case, id=target, marks=marks)
+        yield pytest.param(target, compared, case, id=target, marks=marks)
 
 
-@pytest.mark.parametrize("target, case", list(_params()))
-def test_a_real_rule_verifies(target, case):
-    """Pins: the library's rule passes against autodiff of its undecorated function (or
-    reference=) and finite differences, with no leaf unverified."""
+def test_the_table_holds_at_least_25_real_custom_rules():
+    """Pins: the size of the claim: 25 or more targets whose rule is compared with autodiff of
+    the undecorated function (or reference=) as well as finite differences."""
+    assert sum(compared == RULE for _, _, compared, _ in CASES.values()) >= 25
+
+
+@pytest.mark.parametrize("target, compared, case", list(_params()))
+def test_a_real_rule_verifies(target, compared, case):
+    """Pins: the library's function passes, no leaf unverified, against exactly the references
+    the table says: its rule against autodiff of the undecorated function (or reference=) and
+    finite differences, or finite differences only where the traced program holds no custom
+    rule (a note says so)."""
     fn, args, kwargs = case(0)
     report = check_function(fn, *args, name=target, **kwargs)
-    print(report.table())
     assert report.passed, report.table()
     assert not report.unverified, report.table()
+    assert tuple(sorted({c.reference for c in report.comparisons})) == compared, report.table()
 
 
 # --- planted bugs -------------------------------------------------------------------------------
@@ -440,3 +487,27 @@ def test_a_wrong_rule_inside_a_scan_body_fails_against_autodiff_too(seed):
         report.table()
     good = check_function(SCAN_RIGHT, *args, seed=seed)
     assert good.passed, good.table()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the checker does not yet name a primitive whose own differentiation rule is the rule under "
+    "test: lineax's linear_solve_p stays in the undecorated reference, so the jax.grad column "
+    "compares the implicit rule with itself (0.00e+00), silently; finite differences still "
+    "verify it (issue 19 item 3)"))
+def test_the_report_names_lineax_linear_solve_as_a_rule_left_in_the_reference():
+    """Pins: a check of lx.linear_solve says, in a note, that its linear_solve primitive is the
+    rule under test and stays in the jax.grad reference."""
+    fn, args, _ = _case_linear_solve(0)
+    report = check_function(fn, *args)
+    assert any("linear_solve" in note for note in report.notes), report.table()
+
+
+def test_the_verification_page_code_runs_and_shows_what_it_prints(tmp_path):
+    """Pins: the Python blocks of docs/verification.md run in order (the Pallas kernel author's
+    example included: a correct float32 kernel rule passes, a 1% wrong one fails), and the
+    report shown under the Pallas example is the one it prints."""
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "verification.md"
+    pairs = shown_and_printed(page, tmp_path)
+    assert len(pairs) == 1
+    for shown, printed in pairs:
+        assert shown == printed
