@@ -366,7 +366,7 @@ def test_the_table_holds_at_least_25_real_custom_rules():
     assert sum(compared == RULE for _, _, compared, _ in CASES.values()) >= 25
 
 
-@pytest.mark.parametrize("target, compared, case", list(_params()))
+@pytest.mark.parametrize(("target", "compared", "case"), list(_params()))
 def test_a_real_rule_verifies(target, compared, case):
     """Pins: the library's function passes, no leaf unverified, against exactly the references
     the table says: its rule against autodiff of the undecorated function (or reference=) and

@@ -165,7 +165,7 @@ def test_a_pickled_payload_in_a_checkpoint_is_refused_and_never_run(tmp_path):
 
     arrays["['W']"] = np.array([Payload()], dtype=object)  # np.savez pickles object arrays
     np.savez(tmp_path / "evil.npz", **arrays)
-    with pytest.raises(checkpoint.CheckpointError, match="evil.npz: not a readable checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"evil\.npz: not a readable checkpoint"):
         checkpoint.load(tmp_path / "evil.npz", tree)
     assert not marker.exists()
 
