@@ -489,11 +489,6 @@ def test_a_wrong_rule_inside_a_scan_body_fails_against_autodiff_too(seed):
     assert good.passed, good.table()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the checker does not yet name a primitive whose own differentiation rule is the rule under "
-    "test: lineax's linear_solve_p stays in the undecorated reference, so the jax.grad column "
-    "compares the implicit rule with itself (0.00e+00), silently; finite differences still "
-    "verify it (issue 19 item 3)"))
 def test_the_report_names_lineax_linear_solve_as_a_rule_left_in_the_reference():
     """Pins: a check of lx.linear_solve says, in a note, that its linear_solve primitive is the
     rule under test and stays in the jax.grad reference."""

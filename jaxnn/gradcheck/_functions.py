@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxnn.gradcheck._numerics import _TRACED, _avals, _key_name, _remember, _run_check
 from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
-from jaxnn.gradcheck._undecorated import undecorated
+from jaxnn.gradcheck._undecorated import foreign_primitives, undecorated
 
 __all__ = ["check_function", "function_name"]
 
@@ -123,6 +123,13 @@ def check_function(
                     f"{name}: no custom_vjp/custom_jvp rule found (at any depth, loop bodies "
                     f"included), compared with finite differences only; pass reference= to "
                     f"compare with another implementation's autodiff")
+            foreign = _remember(_TRACED, ("foreign", key, _avals(arrays)),
+                                lambda: foreign_primitives(checked, *arrays))
+            if foreign:
+                report.notes.append(
+                    f"{name}: {', '.join(foreign)} is a primitive with its own differentiation "
+                    f"rule, which stays in the autodiff reference: the 'vs jax.grad' column "
+                    f"compares that rule with itself, and only finite differences judge it")
         make = functools.partial(_function_scalars, fn, reference, undecorate, name, target,
                                  tuple(fixed), out_tree)
         context = (cotangents, [target.leaves[i] for i in fixed])

@@ -23,13 +23,14 @@ in place: the values are the same) and rewriting the bodies of ``lax.scan``, ``l
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 from jax.extend import core as jax_core
 
-__all__ = ["undecorated"]
+__all__ = ["foreign_primitives", "undecorated"]
 
 # the primitives a custom rule is staged out as; "call_jaxpr" holds the undecorated primal
 _CUSTOM_RULE_PRIMITIVES = frozenset({"custom_jvp_call", "custom_vjp_call",
@@ -95,6 +96,57 @@ def _custom_calls(jaxpr) -> tuple[str, ...]:
             for body in _bodies(eqn):
                 found.extend(_custom_calls(body))
     return tuple(found)
+
+
+def _primitives(jaxpr) -> dict[int, Any]:
+    """Every primitive of ``jaxpr``, by identity, bodies included (not inside a kernel)."""
+    found: dict[int, Any] = {}
+    for eqn in jaxpr.eqns:
+        found[id(eqn.primitive)] = eqn.primitive
+        if eqn.primitive.name != "pallas_call":
+            for body in _bodies(eqn):
+                found.update(_primitives(body))
+    return found
+
+
+_OWNERS: dict[int, tuple[str, ...]] = {}
+
+
+def _owners(primitive: Any) -> tuple[str, ...]:
+    """The modules that hold ``primitive`` as a module-level name (cached by identity)."""
+    if id(primitive) not in _OWNERS:
+        owners = []
+        for name, module in list(sys.modules.items()):
+            try:
+                attributes = vars(module)
+            except TypeError:
+                continue
+            if any(value is primitive for value in list(attributes.values())):
+                owners.append(name)
+        _OWNERS[id(primitive)] = tuple(owners)
+    return _OWNERS[id(primitive)]
+
+
+def foreign_primitives(fn: Callable, *args: Any) -> tuple[str, ...]:
+    """The primitives ``fn`` runs at ``args`` that a package other than JAX defines, as
+    ``"package's name"``: such a primitive carries its own differentiation rule (lineax's
+    ``linear_solve``, say), which no undecorating removes, so it stays in the autodiff reference.
+
+    A primitive counts as JAX's when a ``jax`` module holds it; one that only another package's
+    module holds is foreign.
+    """
+    flat_args, in_tree = jax.tree.flatten(args)
+
+    def flat_fn(*leaves):
+        return jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, leaves)))
+
+    closed = jax.make_jaxpr(flat_fn)(*flat_args)
+    names = []
+    for primitive in _primitives(closed.jaxpr).values():
+        owners = _owners(primitive)
+        if owners and not any(o == "jax" or o.startswith(("jax.", "jaxlib")) for o in owners):
+            names.append(f"{owners[0].split('.')[0]}'s {primitive.name}")
+    return tuple(sorted(set(names)))
 
 
 def _without_rules(closed):
