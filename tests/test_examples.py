@@ -73,8 +73,11 @@ def test_char_transformer_smoke(capsys):
     assert [e.split(":")[0] for e in evals] == ["step 3"]  # the last step is always evaluated
     assert math.isfinite(bits) and bits > 0
     assert lines[-1] == f"val_bits_per_char={bits:.4f}"
-    sample = "\n".join(lines[lines.index("sample:") + 1:-1])
-    assert sample.startswith("def ") and len(sample) == len("def ") + 10
+    assert lines[-2].startswith("generated 10 characters at ")
+    assert lines[-2].endswith("tokens/s (jaxnn.generate: KV cache, one compiled scan)")
+    sample = "\n".join(lines[lines.index("sample:") + 1:-2])
+    assert sample.startswith("def ")
+    assert len(sample) == len("def ") + 10
 
 
 @pytest.mark.slow

@@ -335,7 +335,8 @@ def _float_input(x) -> bool:
 
 
 def _init(layer, x, kwargs):
-    in_shape = kwargs.get("in_shape", x.shape)
+    # not kwargs.get(..., x.shape): a tuple input has no .shape, and its in_shape is given
+    in_shape = kwargs["in_shape"] if "in_shape" in kwargs else x.shape  # noqa: SIM401
     _, params, state = layer.init(jax.random.key(0), in_shape)
     params = jax.tree.map(
         lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
