@@ -6,11 +6,13 @@ per property, derandomized, so a run is quick and repeatable; ``ci`` runs more (
 the property tests under it as a command of its own). Tests that pin ``max_examples`` themselves
 keep it under both.
 
-The compilation cache (``.pytest_cache/d/jax-compilation-cache``, shared by the xdist workers and
-by the ``jaxnn``/Python processes tests start) keeps compiled programs between runs: a second
-run skips XLA's compilation of every program it has compiled before (tracing still runs).
-``JAXNN_TEST_COMPILATION_CACHE`` names another folder, or ``off`` to run without one;
-``pytest --cache-clear`` empties it.
+A persistent compilation cache (``.pytest_cache/d/jax-compilation-cache``, shared by the xdist
+workers and by the ``jaxnn``/Python processes tests start) can keep compiled programs between
+runs: a second run then skips XLA's compilation of every program it has compiled before. It is
+opt-in: ``JAXNN_TEST_COMPILATION_CACHE=on`` (or a folder) turns it on, ``pytest --cache-clear``
+empties it. It is off by default because one warm run here crashed an xdist worker with a
+segmentation fault inside JAX's cache read (``compilation_cache.get_executable_and_time``, jax
+0.10.2): JAX writes entries without a lock, and the workers read each other's.
 """
 
 import os
@@ -37,10 +39,10 @@ CACHE_MAX_BYTES = 2 * 1024**3
 
 
 def _cache_folder(config: pytest.Config) -> pathlib.Path | None:
-    chosen = os.environ.get("JAXNN_TEST_COMPILATION_CACHE")
+    chosen = os.environ.get("JAXNN_TEST_COMPILATION_CACHE", "off")
     if chosen == "off":
         return None
-    if chosen:
+    if chosen != "on":
         return pathlib.Path(chosen).resolve()
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
     return None if cache is None else cache.mkdir("jax-compilation-cache")
