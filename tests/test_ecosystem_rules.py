@@ -40,7 +40,7 @@ def spd(seed, n):
 
 
 # --- the real rules ------------------------------------------------------------------------------
-# A case is a function of the seed returning (fn, args, check_function's keyword arguments).
+# A case is a function of a random seed returning (fn, args, check_function's keyword arguments).
 
 
 def _normal_args(fn, *shapes):
