@@ -141,24 +141,17 @@ def test_a_sharded_checkpoint_is_written_once_and_read_back_exactly(tmp_path):
 
 
 def test_a_damaged_sharded_checkpoint_is_a_checkpoint_error_naming_the_folder(tmp_path):
-    """Metadata that is not JSON, JSON of the wrong shape, and array data overwritten with junk
-    each give one CheckpointError naming the folder, not Orbax's or tensorstore's own error."""
+    """Metadata that is not JSON and JSON of the wrong shape each give one CheckpointError naming
+    the folder, not Orbax's own error. (Garbled array data fails inside tensorstore's reads,
+    whose callbacks outlive the call: tests/test_cli.py checks that case in a process of its
+    own.)"""
     _net, params, *_ = _problem()
-    for damage in ("not json", "wrong shape", "array data"):
+    for damage in ("not json", "wrong shape"):
         directory = tmp_path / damage.replace(" ", "_")
         checkpoint.save_sharded(directory, params, step=1)
-        if damage == "array data":
-            targets = [f for f in (directory / "arrays").rglob("*")
-                       if f.is_file() and f.parent.name == "d"]  # the arrays' data files
-            assert targets, sorted(map(str, directory.rglob("*")))
-            for f in targets:
-                f.write_bytes(b"\x00junk" * (f.stat().st_size // 5))
-        else:
-            metas = [directory / "jaxnn_metadata" / "metadata"]  # save_sharded's own JSON
-            assert metas[0].is_file(), sorted(map(str, directory.rglob("*")))
-            assert metas, sorted(map(str, directory.rglob("*")))
-            for f in metas:
-                f.write_text("{not json" if damage == "not json" else "[1, 2]")
+        metadata = directory / "jaxnn_metadata" / "metadata"  # save_sharded's own JSON
+        assert metadata.is_file(), sorted(map(str, directory.rglob("*")))
+        metadata.write_text("{not json" if damage == "not json" else "[1, 2]")
         with pytest.raises(checkpoint.CheckpointError, match=str(directory.name)):
             checkpoint.load_sharded(directory, params)
 
