@@ -32,3 +32,29 @@ def noisy_counter_problem(key, examples: int):
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     x = jax.random.normal(k2, (examples, 2))
     return net, params, state, x, jnp.sin(x[:, :1])
+
+
+def pallas_tanh_dense(scale_dx=1.0):
+    """``tanh(x @ w)`` as a Pallas kernel computing in float32 (interpret mode), with a
+    custom_vjp rule whose dx is scaled by ``scale_dx``."""
+    from jax.experimental import pallas as pl
+
+    def kernel(x_ref, w_ref, o_ref):
+        z = jnp.dot(x_ref[...].astype(jnp.float32), w_ref[...].astype(jnp.float32))
+        o_ref[...] = jnp.tanh(z).astype(o_ref.dtype)
+
+    def forward(x, w):
+        shape = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
+        return pl.pallas_call(kernel, out_shape=shape, interpret=True)(x, w)
+
+    @jax.custom_vjp
+    def tanh_dense(x, w):
+        return forward(x, w)
+
+    def backward(residuals, g):
+        x, w = residuals
+        dz = g * (1 - jnp.tanh(x @ w) ** 2)
+        return scale_dx * dz @ w.T, x.T @ dz
+
+    tanh_dense.defvjp(lambda x, w: (forward(x, w), (x, w)), backward)
+    return tanh_dense

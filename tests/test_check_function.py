@@ -20,6 +20,7 @@ from jaxnn.testing import (
     assert_gradients_match,
     inputs_away_from_kinks,
 )
+from tests.helpers import pallas_tanh_dense
 
 SEEDS = range(4)
 
@@ -535,32 +536,6 @@ def test_cli_fails_a_wrong_rule_whose_output_has_nans(capsys):
 wrong_sqrt = _sqrt_twice_as_steep()
 
 
-def _pallas_tanh_dense(scale_dx=1.0):
-    """``tanh(x @ w)`` as a Pallas kernel computing in float32 (interpret mode), with a
-    custom_vjp rule whose dx is scaled by ``scale_dx``."""
-    from jax.experimental import pallas as pl
-
-    def kernel(x_ref, w_ref, o_ref):
-        z = jnp.dot(x_ref[...].astype(jnp.float32), w_ref[...].astype(jnp.float32))
-        o_ref[...] = jnp.tanh(z).astype(o_ref.dtype)
-
-    def forward(x, w):
-        shape = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
-        return pl.pallas_call(kernel, out_shape=shape, interpret=True)(x, w)
-
-    @jax.custom_vjp
-    def layer(x, w):
-        return forward(x, w)
-
-    def bwd(residuals, g):
-        x, w = residuals
-        dz = g * (1 - jnp.tanh(x @ w) ** 2)
-        return scale_dx * dz @ w.T, x.T @ dz
-
-    layer.defvjp(lambda x, w: (forward(x, w), (x, w)), bwd)
-    return layer
-
-
 def _tanh_dense(x, w):
     return jnp.tanh(x @ w)
 
@@ -570,10 +545,10 @@ def test_a_pallas_kernel_with_a_one_percent_wrong_rule_fails_against_its_referen
     """Pins: a float32 Pallas kernel whose dx is 1% off fails against an exact reference=
     at every seed (the entries are noisy, never skipped), and its correct rule passes."""
     x, w = normal(seed, (4, 3), (3, 2))
-    report = check_function(_pallas_tanh_dense(1.01), x, w, reference=_tanh_dense, seed=seed)
+    report = check_function(pallas_tanh_dense(1.01), x, w, reference=_tanh_dense, seed=seed)
     assert failing_rows(report) == ["x"], report.table()
     assert all(c.skipped == 0 for c in report.comparisons)
-    good = check_function(_pallas_tanh_dense(), x, w, reference=_tanh_dense, seed=seed)
+    good = check_function(pallas_tanh_dense(), x, w, reference=_tanh_dense, seed=seed)
     assert good.passed, good.table()
 
 

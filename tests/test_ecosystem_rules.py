@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxnn.gradcheck import check_function
+from tests.helpers import pallas_tanh_dense
 from tests.test_docs import shown_and_printed
 
 SEEDS = range(4)
@@ -224,34 +225,8 @@ def _ode(adjoint_name, dt0=0.025):
     return case
 
 
-def _pallas_tanh_dense(scale_dx=1.0):
-    """``tanh(x @ w)`` as a Pallas kernel computing in float32 (interpret mode), with a
-    custom_vjp rule whose dx is scaled by ``scale_dx``."""
-    from jax.experimental import pallas as pl
-
-    def kernel(x_ref, w_ref, o_ref):
-        z = jnp.dot(x_ref[...].astype(jnp.float32), w_ref[...].astype(jnp.float32))
-        o_ref[...] = jnp.tanh(z).astype(o_ref.dtype)
-
-    def forward(x, w):
-        shape = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype)
-        return pl.pallas_call(kernel, out_shape=shape, interpret=True)(x, w)
-
-    @jax.custom_vjp
-    def tanh_dense(x, w):
-        return forward(x, w)
-
-    def backward(residuals, g):
-        x, w = residuals
-        dz = g * (1 - jnp.tanh(x @ w) ** 2)
-        return scale_dx * dz @ w.T, x.T @ dz
-
-    tanh_dense.defvjp(lambda x, w: (forward(x, w), (x, w)), backward)
-    return tanh_dense
-
-
-PALLAS_TANH_DENSE = _pallas_tanh_dense()
-PALLAS_TANH_DENSE_WRONG = _pallas_tanh_dense(1.01)
+PALLAS_TANH_DENSE = pallas_tanh_dense()
+PALLAS_TANH_DENSE_WRONG = pallas_tanh_dense(1.01)
 
 
 def _reference_tanh_dense(x, w):
@@ -381,7 +356,7 @@ def test_a_real_rule_verifies(target, compared, case):
 
 # --- planted bugs -------------------------------------------------------------------------------
 # One function of x (4, 3) and a square w (3, 3) with two output leaves, whose hand-written
-# custom_vjp is broken in one way each; built once at import so the seeds share one compilation
+# custom_vjp is broken in one way each; built once at import so every seed shares one compilation
 # per bug.
 
 
