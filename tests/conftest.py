@@ -10,9 +10,13 @@ A persistent compilation cache (``.pytest_cache/d/jax-compilation-cache``, share
 workers and by the ``jaxnn``/Python processes tests start) can keep compiled programs between
 runs: a second run then skips XLA's compilation of every program it has compiled before. It is
 opt-in: ``JAXNN_TEST_COMPILATION_CACHE=on`` (or a folder) turns it on, ``pytest --cache-clear``
-empties it. It is off by default because one warm run here crashed an xdist worker with a
-segmentation fault inside JAX's cache read (``compilation_cache.get_executable_and_time``, jax
-0.10.2): JAX writes entries without a lock, and the workers read each other's.
+empties it.
+
+A worker process compiles thousands of programs, and JAX keeps every one loaded: on Linux each
+costs about six memory mappings, and at the kernel's limit (``vm.max_map_count``, 65 530 by
+default: about 10 000 programs) XLA's next compilation or cache read dies with a segmentation
+fault. ``_release_compiled_programs`` empties JAX's caches whenever a worker holds more than half
+the limit, between tests.
 """
 
 import os
@@ -65,6 +69,32 @@ def pytest_configure(config: pytest.Config) -> None:
     # the processes tests start (``jaxnn train``, the examples, device-count children) share it
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(CACHE_MIN_COMPILE_SECONDS)
+
+
+def _map_limit() -> int | None:
+    try:
+        return int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):  # not Linux: no such limit to keep under
+        return None
+
+
+MAP_LIMIT = _map_limit()
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps", "rb") as maps:
+        return maps.read().count(b"\n")
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """After a test, empties JAX's caches of compiled programs (``jax.clear_caches``) when this
+    process holds more than half of ``vm.max_map_count`` memory mappings (see the module doc).
+    A later test that needs a program again compiles it again, or reads it from the
+    persistent cache."""
+    yield
+    if MAP_LIMIT is not None and _mappings() > MAP_LIMIT // 2:
+        jax.clear_caches()
 
 
 @pytest.fixture
