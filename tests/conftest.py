@@ -9,8 +9,14 @@ keep it under both.
 A persistent compilation cache (``.pytest_cache/d/jax-compilation-cache``, shared by the xdist
 workers and by the ``jaxnn``/Python processes tests start) can keep compiled programs between
 runs: a second run then skips XLA's compilation of every program it has compiled before. It is
-opt-in: ``JAXNN_TEST_COMPILATION_CACHE=on`` (or a folder) turns it on, ``pytest --cache-clear``
-empties it.
+on by default; ``JAXNN_TEST_COMPILATION_CACHE=off`` turns it off (``.ci/run`` does: a clean
+machine has nothing to reuse), a folder puts it there, ``pytest --cache-clear`` empties it.
+
+The suite's programs are tiny and most run once, so LLVM's optimization of the machine code costs
+more than it saves: the session compiles with ``--xla_backend_optimization_level=0`` in
+``XLA_FLAGS`` (XLA's own graph passes, fusion included, still run), inherited by the processes
+tests start. ``JAXNN_TEST_FAST_COMPILE=off``, or an optimization level already in ``XLA_FLAGS``,
+keeps the default (``.ci/run`` runs the property tests' deeper profile that way).
 
 A worker process compiles thousands of programs, and JAX keeps every one loaded: on Linux each
 costs about six memory mappings, and at the kernel's limit (``vm.max_map_count``, 65 530 by
@@ -26,6 +32,12 @@ import shutil
 import jax
 import pytest
 from hypothesis import settings
+
+FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+if (os.environ.get("JAXNN_TEST_FAST_COMPILE", "on") != "off"
+        and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
+    # read when JAX first starts its backend, which nothing has done yet
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -43,7 +55,7 @@ CACHE_MAX_BYTES = 2 * 1024**3
 
 
 def _cache_folder(config: pytest.Config) -> pathlib.Path | None:
-    chosen = os.environ.get("JAXNN_TEST_COMPILATION_CACHE", "off")
+    chosen = os.environ.get("JAXNN_TEST_COMPILATION_CACHE", "on")
     if chosen == "off":
         return None
     if chosen != "on":
@@ -95,6 +107,22 @@ def _release_compiled_programs():
     yield
     if MAP_LIMIT is not None and _mappings() > MAP_LIMIT // 2:
         jax.clear_caches()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--extended", action="store_true",
+                     help="also run the tests marked extended (minutes each; .ci/run does)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Tests marked ``extended`` are skipped, with the reason shown, unless ``--extended``."""
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended: minutes of training; run with --extended "
+                                   "(.ci/run does)")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -81,6 +81,7 @@ def test_char_transformer_smoke(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_char_transformer_reaches_1_85_bits_per_character(capsys):
     """The full run reaches 1.85 bits per character on held-out text."""
     load_example("char_transformer").main(["--sample-length", "100"])
