@@ -10,7 +10,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnn.gradcheck._numerics import _TRACED, _avals, _key_name, _remember, _run_check
+from jaxnn.gradcheck._numerics import (
+    _TRACED,
+    _avals,
+    _key_name,
+    _remember,
+    _run_check,
+    standard_normal,
+)
 from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
 from jaxnn.gradcheck._undecorated import foreign_primitives, undecorated
 
@@ -306,8 +313,7 @@ def _cotangents(fn: Callable, name: str, arrays: list, key: jax.Array) -> tuple[
     out = jax.eval_shape(fn, *arrays)
     out_leaves, out_tree = jax.tree.flatten(out)
     keys = jax.random.split(key, max(len(out_leaves), 1))
-    cotangents = [jax.random.normal(k, o.shape, jnp.float64)
-                  if jnp.issubdtype(o.dtype, jnp.floating) else None
+    cotangents = [standard_normal(k, o.shape) if jnp.issubdtype(o.dtype, jnp.floating) else None
                   for k, o in zip(keys, out_leaves, strict=False)]
     if not any(v is not None for v in cotangents):
         raise ValueError(f"check_function({name}): the output has no floating-point leaf")

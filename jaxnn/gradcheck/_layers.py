@@ -20,6 +20,8 @@ from jaxnn.gradcheck._numerics import (
     _run_check,
     _shape_of,
     _to_float64,
+    host_rng,
+    standard_normal,
 )
 from jaxnn.gradcheck._reports import DEFAULT_TOLERANCES, GradcheckReport, Tolerances
 from jaxnn.losses import Loss
@@ -33,8 +35,8 @@ def _draw_input(key: jax.Array, in_shape: Sequence[int], input_dtype: Any) -> ja
     if any(d < 0 for d in shape):
         raise ValueError(f"check_layer: in_shape must be concrete, got {shape}")
     if input_dtype is not None and jnp.issubdtype(input_dtype, jnp.integer):
-        return jax.random.randint(key, shape, 0, 4).astype(input_dtype)
-    return jax.random.normal(key, shape, jnp.float64)
+        return jnp.asarray(host_rng(key).integers(0, 4, shape), input_dtype)
+    return standard_normal(key, shape)
 
 
 # --- layers ------------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def check_layer(
                                                                   key=key, train=train))
             y_leaves, y_def = jax.tree.flatten(y)
             keys = jax.random.split(k_v, len(y_leaves)) if len(y_leaves) > 1 else [k_v]
-            cotangents = [jax.random.normal(k, leaf.shape, jnp.float64)
+            cotangents = [standard_normal(k, leaf.shape)
                           for k, leaf in zip(keys, y_leaves, strict=True)]
             structure = (jax.tree.structure(params), jax.tree.structure(inp), y_def)
             make = functools.partial(_layer_scalars, layer, *structure, train)
