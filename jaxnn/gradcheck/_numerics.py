@@ -331,9 +331,16 @@ def _shape_of(x) -> tuple:
 
 
 def _to_float64(tree):
+    """Floating-point leaves as float64 arrays, cast on the host (an eager ``astype`` compiles
+    a program per shape)."""
+
     def cast(x):
         x = jnp.asarray(x)
-        return x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == jnp.float64:
+            return x
+        if isinstance(x, jax.core.Tracer):
+            return x.astype(jnp.float64)
+        return jnp.asarray(np.asarray(x, np.float64))
 
     return jax.tree.map(cast, tree)
 
