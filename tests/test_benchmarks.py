@@ -94,6 +94,7 @@ def lm_benchmark():
         yield module
 
 
+@pytest.mark.slow
 def test_lm_benchmark_compares_the_same_math_in_its_three_implementations(lm_benchmark):
     """jaxnn, Flax NNX and plain JAX: the same loss (plain JAX: every gradient) in float64."""
     import jax
@@ -114,6 +115,7 @@ def test_lm_benchmark_compares_the_same_math_in_its_three_implementations(lm_ben
     assert set(figures) == {"jaxnn", "flax_nnx", "plain_jax"}
 
 
+@pytest.mark.slow
 def test_lm_benchmark_stops_when_a_peer_disagrees(lm_benchmark):
     """The agreement check refuses a peer whose weights differ (it would time other math)."""
     variants = lm_benchmark.build(lm_benchmark.QUICK, 2, 12, with_flax=False, dtype=np.float64)

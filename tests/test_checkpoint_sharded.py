@@ -163,6 +163,7 @@ def child_results():
     return devices.run_child_checks(__file__, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", CHILD_CHECKS)
 def test_on_eight_host_devices(child_results, check):
     """Each ``_child_*`` check above passed in the 8-device child process."""

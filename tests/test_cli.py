@@ -104,6 +104,7 @@ def test_the_readme_main_job_reaches_90_percent_test_accuracy(tmp_path):
     assert metrics["test_accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["--batch-size", "64", "--optimizer", "adam"],
                                    ["--dropout", "0.2", "--batch-size", "100", "--l2", "0.01"]],
                          ids=["minibatch-adam", "dropout-l2"])
@@ -641,6 +642,7 @@ def test_the_cost_history_grows_on_the_host_and_is_saved_as_an_array(tmp_path, m
     assert params["costs"].shape == (12,)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "epochs"), [(signal.SIGINT, 1), (signal.SIGINT, 3),
                                            (signal.SIGINT, 8), (signal.SIGTERM, 4)])
 def test_a_signal_after_any_epoch_saves_a_checkpoint_that_resumes_bit_for_bit(
@@ -945,6 +947,7 @@ def test_the_help_names_the_checkpoint_formats(capsys):
     assert "--checkpoint-format {npz,sharded}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "then"), [("sharded", None), ("npz", "sharded"),
                                         ("sharded", "npz")])
 def test_a_sharded_resume_ends_bitwise_equal_to_an_uninterrupted_run(

@@ -23,6 +23,8 @@ import pytest
 
 import jaxnn
 
+pytestmark = pytest.mark.slow  # about 1 000 examples compiled: the full run's, not the quick loop's
+
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(jaxnn.__path__, "jaxnn.")

@@ -20,6 +20,8 @@ from jaxnn.gradcheck import check_function
 from tests.helpers import pallas_tanh_dense
 from tests.test_docs import shown_and_printed
 
+pytestmark = pytest.mark.slow  # third-party rules: the full run's, not the quick loop's
+
 SEEDS = range(4)
 
 

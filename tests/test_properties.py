@@ -35,6 +35,8 @@ import jaxnn
 from jaxnn import gradcheck
 from jaxnn.gradcheck import LAYER_CASES, case_input
 
+pytestmark = pytest.mark.slow  # hypothesis over every layer: the full run's, not the quick loop's
+
 FLOATS = st.floats(-6, 6, allow_nan=False, allow_infinity=False, width=64)
 # the buckets a small axis is drawn from: one (the edge case), and a few (odd)
 SMALL = st.sampled_from((1, 3))

@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -48,6 +50,7 @@ def test_readme_shows_every_subcommand_and_the_pictures_it_makes():
     assert "docs/train_decision_boundary.png" in readme
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run():
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
