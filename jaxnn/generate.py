@@ -7,8 +7,8 @@ and values of the positions already seen, so one new position costs ``O(T)``:
 
 * [`init_cache`][jaxnn.init_cache] turns the model's state into a *decode state*: every
   [`multi_head_attention`][jaxnn.multi_head_attention] gets an empty KV cache
-  ``{"keys", "values": (N, c, max_length, d), "length": 0}`` (``c`` key/value heads of
-  width ``d``), every position table a counter
+  ``{"keys", "values": (N·c, max_length, d), "length": 0}`` (``c`` key/value heads of
+  width ``d``; row ``i·c + j`` is sequence ``i``'s head ``j``), every position table a counter
   ``{"length": 0}``; everything else keeps its state. It is a plain pytree, passed in and
   returned like any state (no hidden mutation).
 * ``model.forward(params, cache, ids)`` with that state is the decode form: the ids are the
@@ -16,7 +16,8 @@ and values of the positions already seen, so one new position costs ``O(T)``:
   returns their logits and the advanced cache. Prefill followed by single steps equals the
   full forward at every position.
 * [`generate`][jaxnn.generate] runs prefill and ``steps`` sampling steps in one ``jax.jit`` of a
-  ``lax.scan``, batched over prompts.
+  ``lax.scan``, batched over prompts. The compiled loop updates each cache in place (no copy
+  of a cache per step) and draws every step's sampling noise before the loop.
 
 Sampling from the last logits $z$: $p = \operatorname{softmax}(z / \tau)$ with temperature
 $\tau > 0$, restricted to the ``top_k`` largest logits and then to the smallest set of the
@@ -63,8 +64,8 @@ def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_lengt
       >>> _, params, state = lm.init(jax.random.key(0), (-1, 5))
       >>> cache = jaxnn.init_cache(lm, params, state, batch_size=3, max_length=16)
       >>> block_cache = cache[1][0][0][1]   # serial → block → residual → serial → attention
-      >>> block_cache["keys"].shape, int(block_cache["length"])    # (N, heads, max_length, d)
-      ((3, 2, 16, 4), 0)
+      >>> block_cache["keys"].shape, int(block_cache["length"])  # (N · heads, max_length, d)
+      ((6, 16, 4), 0)
     """
     for arg, value in (("batch_size", batch_size), ("max_length", max_length)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -192,15 +193,20 @@ def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
     def run(params, cache, prompt_ids, key):
         logits, cache, _ = model.forward(params, cache, prompt_ids)
         last = logits[:, -1]
+        # jax.random.categorical(k, z) is argmax(z + gumbel(k, z.shape)): the noise of every
+        # step drawn at once, before the loop, draws the same tokens without running the
+        # random-bit generator (a loop of its own on CPU) inside each step
+        noise = jax.vmap(lambda k: jax.random.gumbel(k, last.shape, last.dtype))(
+            jax.random.split(key, steps))
 
-        def step(carry, step_key):
+        def step(carry, step_noise):
             cache, last = carry
-            token = jax.random.categorical(
-                step_key, _filter_logits(last, temperature, top_k, top_p)).astype(jnp.int32)
+            token = jnp.argmax(_filter_logits(last, temperature, top_k, top_p) + step_noise,
+                               axis=-1).astype(jnp.int32)
             logits, cache, _ = model.forward(params, cache, token[:, None])
             return (cache, logits[:, -1]), token
 
-        _, tokens = jax.lax.scan(step, (cache, last), jax.random.split(key, steps))
+        _, tokens = jax.lax.scan(step, (cache, last), noise)
         return tokens.T
 
     return jax.jit(run)
