@@ -9,8 +9,9 @@ and values of the positions already seen, so one new position costs ``O(T)``:
   [`multi_head_attention`][jaxnn.multi_head_attention] gets an empty KV cache
   ``{"keys", "values": (N·c, max_length, d), "length": 0}`` (``c`` key/value heads of
   width ``d``; row ``i·c + j`` is sequence ``i``'s head ``j``), every position table a counter
-  ``{"length": 0}``; everything else keeps its state. It is a plain pytree, passed in and
-  returned like any state (no hidden mutation).
+  ``{"length": 0}``; everything else keeps its state. Each of these layers declares its decode
+  state with the [`Layer`][jaxnn.Layer]'s ``init_cache`` hook. It is a plain pytree, passed in
+  and returned like any state (no hidden mutation).
 * ``model.forward(params, cache, ids)`` with that state is the decode form: the ids are the
   positions after the ``length`` already cached (a whole prompt, then one id at a time); it
   returns their logits and the advanced cache. Prefill followed by single steps equals the
@@ -33,11 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn.core import Layer, children
-from jaxnn.layers import _transformer
 
 __all__ = ["generate", "init_cache"]
-
-_POSITION_LAYERS = ("positional_embedding", "sinusoidal_positional_embedding")
 
 
 def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_length: int,
@@ -75,19 +73,8 @@ def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_lengt
 
 def _decode_state(layer: Layer, params, state, batch_size: int, max_length: int, dtype):
     if not layer.sublayers:
-        if layer.name == "multi_head_attention":
-            make = getattr(layer.forward, "init_cache", None)
-            if make is None:
-                raise ValueError("init_cache: this multi_head_attention layer's forward was "
-                                 "replaced, so its KV cache layout is unknown")
-            return make(params, batch_size, max_length, dtype)
-        if layer.name in _POSITION_LAYERS:
-            if layer.name == "positional_embedding" and params["positions"].shape[0] < max_length:
-                raise ValueError(
-                    f"init_cache: max_length={max_length} is past the context limit of the "
-                    f"model's positional_embedding table ({params['positions'].shape[0]} "
-                    f"positions); a model with rope=True attention has no such limit")
-            return _transformer.position_state()
+        if layer.init_cache is not None:  # a leaf with a decode form
+            return layer.init_cache(params, batch_size, max_length, dtype)
         return state
     entries = zip(children(layer, params, "params"), children(layer, state, "state"),
                   strict=True)

@@ -118,6 +118,31 @@ def test_sampling_draws_what_categorical_draws_with_each_steps_key():
     np.testing.assert_array_equal(tokens, jnp.stack(expected, axis=1))
 
 
+def test_init_cache_calls_each_leafs_own_hook():
+    """A leaf declares its decode state with Layer(init_cache=...): jaxnn.init_cache calls it
+    with (params, batch_size, max_length, dtype), for a user's own layer too, and a layer
+    whose forward is wrapped (as jaxnn.debug and jaxnn.precision wrap leaves) keeps it."""
+    attention = jaxnn.multi_head_attention(2, causal=True)
+    _, params, _ = attention.init(jax.random.key(0), (-1, 3, 4))
+    wrapped = attention._replace(forward=lambda *a, **k: attention.forward(*a, **k))
+    cache = jaxnn.init_cache(wrapped, params, (), 3, 5)
+    assert cache["keys"].shape == (6, 5, 2) and int(cache["length"]) == 0
+    y, cache, _ = wrapped.forward(params, cache, jnp.ones((3, 2, 4), jnp.float32))
+    assert y.shape == (3, 2, 4) and int(cache["length"]) == 2
+
+    def init(key, in_shape):
+        return in_shape, (), ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        return x, state, None
+
+    counter = jaxnn.Layer("counter", init, forward, lambda p, r, dy: ((), dy),
+                          init_cache=lambda p, n, length, dtype: {"seen": jnp.zeros(n)})
+    net = jaxnn.serial(counter, jaxnn.relu())
+    assert jax.tree.map(jnp.shape, jaxnn.init_cache(net, ((), ()), ((), ()), 4, 8)) == (
+        {"seen": (4,)}, ())
+
+
 def test_generate_compiles_once_for_repeated_calls():
     """The whole loop is one compiled function: a second call with the same shapes and
     settings does not trace the model again."""

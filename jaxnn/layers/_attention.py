@@ -270,15 +270,14 @@ def multi_head_attention(
         y, residuals = _forward(params, x, config)
         return y, state, residuals
 
-    forward.init_cache = functools.partial(_init_cache, config)  # type: ignore[attr-defined]  # read by jaxnn.init_cache
-
     def backward(params, residuals, dy):
         return _backward(params, residuals, dy, config)
 
     return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"),
                  tensor_split=TensorSplit(column=(("Wq", -1), ("Wk", -1), ("Wv", -1), ("bq", -1),
                                                   ("bk", -1), ("bv", -1)),
-                                          row=(("Wo", -2),), pair=True))
+                                          row=(("Wo", -2),), pair=True),
+                 init_cache=functools.partial(_init_cache, config))
 
 
 class _Config(NamedTuple):
