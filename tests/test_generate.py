@@ -65,6 +65,21 @@ def test_prefill_then_one_position_at_a_time_equals_the_full_forward(positions, 
         c, dict) and "length" in c)} == {11}
 
 
+@pytest.mark.parametrize(("positions", "num_kv_heads"), [("rope", 2), ("sinusoidal", None)])
+def test_a_whole_prompt_decoded_at_once_is_the_full_forward_to_the_bit(positions,
+                                                                       num_kv_heads):
+    """In float64 the decode form run on the whole sequence at once (prefill into a longer
+    cache) gives the full forward's logits exactly. Prefill then single steps agree only to
+    rounding (1e-12 above), and cannot do better: the full forward itself is not exact
+    across lengths, its logits at the first 5 positions over 5 ids and over 11 ids can differ
+    in the last bits (XLA's CPU products sum in an order that depends on their shapes)."""
+    lm, params, state = _model(positions, jnp.float64, num_kv_heads=num_kv_heads)
+    ids = _ids(3, 11)
+    full = jaxnn.apply(lm, params, state, ids)[0]
+    decoded, _ = _decode_in_pieces(lm, params, state, ids, [0, 11], 14)
+    np.testing.assert_array_equal(decoded, full)
+
+
 def test_generate_greedy_equals_rerunning_the_window_and_is_batched_over_prompts():
     """top_k=1 generation equals the argmax loop that re-runs the whole window from Python, and
     a batch of prompts gives what each prompt gives alone."""
