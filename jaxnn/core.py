@@ -202,6 +202,11 @@ class Layer(Record):
         and state are tuples, paths read ``"serial/1:dense"``) and for leaves.
       tensor_split: for a leaf, how its parameters split in tensor parallelism (a
         [`TensorSplit`][jaxnn.core.TensorSplit]); ``None`` keeps them whole.
+      init_cache: for a leaf with a decode form, its decode state:
+        ``(params, batch_size, max_length, dtype) -> state`` (an attention layer's empty KV
+        cache, a position table's counter), which makes ``forward`` run the positions after
+        those already seen; [`jaxnn.init_cache`][jaxnn.init_cache] calls it for every leaf
+        that has one. ``None``: the layer decodes with its own state.
 
     Examples:
       A built-in layer is such a record; its functions can be called one by one:
@@ -234,6 +239,7 @@ class Layer(Record):
     weights: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     tensor_split: TensorSplit | None = None
+    init_cache: Callable[[Params, int, int, Any], State] | None = None
 
     def __call__(self, x: Array) -> Array:
         """Applies a layer without parameters or state (an activation) to ``x``.

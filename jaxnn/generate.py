@@ -7,16 +7,18 @@ and values of the positions already seen, so one new position costs ``O(T)``:
 
 * [`init_cache`][jaxnn.init_cache] turns the model's state into a *decode state*: every
   [`multi_head_attention`][jaxnn.multi_head_attention] gets an empty KV cache
-  ``{"keys", "values": (N, c, max_length, d), "length": 0}`` (``c`` key/value heads of
-  width ``d``), every position table a counter
-  ``{"length": 0}``; everything else keeps its state. It is a plain pytree, passed in and
-  returned like any state (no hidden mutation).
+  ``{"keys", "values": (N·c, max_length, d), "length": 0}`` (``c`` key/value heads of
+  width ``d``; row ``i·c + j`` is sequence ``i``'s head ``j``), every position table a counter
+  ``{"length": 0}``; everything else keeps its state. Each of these layers declares its decode
+  state with the [`Layer`][jaxnn.Layer]'s ``init_cache`` hook. It is a plain pytree, passed in
+  and returned like any state (no hidden mutation).
 * ``model.forward(params, cache, ids)`` with that state is the decode form: the ids are the
   positions after the ``length`` already cached (a whole prompt, then one id at a time); it
   returns their logits and the advanced cache. Prefill followed by single steps equals the
   full forward at every position.
 * [`generate`][jaxnn.generate] runs prefill and ``steps`` sampling steps in one ``jax.jit`` of a
-  ``lax.scan``, batched over prompts.
+  ``lax.scan``, batched over prompts. The compiled loop updates each cache in place (no copy
+  of a cache per step) and draws every step's sampling noise before the loop.
 
 Sampling from the last logits $z$: $p = \operatorname{softmax}(z / \tau)$ with temperature
 $\tau > 0$, restricted to the ``top_k`` largest logits and then to the smallest set of the
@@ -32,11 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn.core import Layer, children
-from jaxnn.layers import _transformer
 
 __all__ = ["generate", "init_cache"]
-
-_POSITION_LAYERS = ("positional_embedding", "sinusoidal_positional_embedding")
 
 
 def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_length: int,
@@ -63,8 +62,8 @@ def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_lengt
       >>> _, params, state = lm.init(jax.random.key(0), (-1, 5))
       >>> cache = jaxnn.init_cache(lm, params, state, batch_size=3, max_length=16)
       >>> block_cache = cache[1][0][0][1]   # serial → block → residual → serial → attention
-      >>> block_cache["keys"].shape, int(block_cache["length"])    # (N, heads, max_length, d)
-      ((3, 2, 16, 4), 0)
+      >>> block_cache["keys"].shape, int(block_cache["length"])  # (N · heads, max_length, d)
+      ((6, 16, 4), 0)
     """
     for arg, value in (("batch_size", batch_size), ("max_length", max_length)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -74,19 +73,8 @@ def init_cache(model: Layer, params: Any, state: Any, batch_size: int, max_lengt
 
 def _decode_state(layer: Layer, params, state, batch_size: int, max_length: int, dtype):
     if not layer.sublayers:
-        if layer.name == "multi_head_attention":
-            make = getattr(layer.forward, "init_cache", None)
-            if make is None:
-                raise ValueError("init_cache: this multi_head_attention layer's forward was "
-                                 "replaced, so its KV cache layout is unknown")
-            return make(params, batch_size, max_length, dtype)
-        if layer.name in _POSITION_LAYERS:
-            if layer.name == "positional_embedding" and params["positions"].shape[0] < max_length:
-                raise ValueError(
-                    f"init_cache: max_length={max_length} is past the context limit of the "
-                    f"model's positional_embedding table ({params['positions'].shape[0]} "
-                    f"positions); a model with rope=True attention has no such limit")
-            return _transformer.position_state()
+        if layer.init_cache is not None:  # a leaf with a decode form
+            return layer.init_cache(params, batch_size, max_length, dtype)
         return state
     entries = zip(children(layer, params, "params"), children(layer, state, "state"),
                   strict=True)
@@ -192,15 +180,20 @@ def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
     def run(params, cache, prompt_ids, key):
         logits, cache, _ = model.forward(params, cache, prompt_ids)
         last = logits[:, -1]
+        # jax.random.categorical(k, z) is argmax(z + gumbel(k, z.shape)): the noise of every
+        # step drawn at once, before the loop, draws the same tokens without running the
+        # random-bit generator (a loop of its own on CPU) inside each step
+        noise = jax.vmap(lambda k: jax.random.gumbel(k, last.shape, last.dtype))(
+            jax.random.split(key, steps))
 
-        def step(carry, step_key):
+        def step(carry, step_noise):
             cache, last = carry
-            token = jax.random.categorical(
-                step_key, _filter_logits(last, temperature, top_k, top_p)).astype(jnp.int32)
+            token = jnp.argmax(_filter_logits(last, temperature, top_k, top_p) + step_noise,
+                               axis=-1).astype(jnp.int32)
             logits, cache, _ = model.forward(params, cache, token[:, None])
             return (cache, logits[:, -1]), token
 
-        _, tokens = jax.lax.scan(step, (cache, last), jax.random.split(key, steps))
+        _, tokens = jax.lax.scan(step, (cache, last), noise)
         return tokens.T
 
     return jax.jit(run)

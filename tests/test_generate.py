@@ -3,6 +3,7 @@ forward at every position, greedy generation equals re-running the window, sampl
 one compilation, and the bad inputs named."""
 
 import itertools
+import re
 
 import chex
 import jax
@@ -64,6 +65,21 @@ def test_prefill_then_one_position_at_a_time_equals_the_full_forward(positions, 
         c, dict) and "length" in c)} == {11}
 
 
+@pytest.mark.parametrize(("positions", "num_kv_heads"), [("rope", 2), ("sinusoidal", None)])
+def test_a_whole_prompt_decoded_at_once_is_the_full_forward_to_the_bit(positions,
+                                                                       num_kv_heads):
+    """In float64 the decode form run on the whole sequence at once (prefill into a longer
+    cache) gives the full forward's logits exactly. Prefill then single steps agree only to
+    rounding (1e-12 above), and cannot do better: the full forward itself is not exact
+    across lengths, its logits at the first 5 positions over 5 ids and over 11 ids can differ
+    in the last bits (XLA's CPU products sum in an order that depends on their shapes)."""
+    lm, params, state = _model(positions, jnp.float64, num_kv_heads=num_kv_heads)
+    ids = _ids(3, 11)
+    full = jaxnn.apply(lm, params, state, ids)[0]
+    decoded, _ = _decode_in_pieces(lm, params, state, ids, [0, 11], 14)
+    np.testing.assert_array_equal(decoded, full)
+
+
 def test_generate_greedy_equals_rerunning_the_window_and_is_batched_over_prompts():
     """top_k=1 generation equals the argmax loop that re-runs the whole window from Python, and
     a batch of prompts gives what each prompt gives alone."""
@@ -98,6 +114,48 @@ def test_sampling_stays_inside_top_k_and_top_p():
     other = jaxnn.generate(lm, params, state, prompts, 8, jax.random.key(4), top_k=3,
                            temperature=2.0)
     assert not bool(jnp.all(other == tokens))
+
+
+def test_sampling_draws_what_categorical_draws_with_each_steps_key():
+    """generate draws each step's noise before its loop: the tokens are those of
+    jax.random.categorical(keys[i], z / τ) with keys = jax.random.split(key, steps), step by
+    step through the decode form."""
+    lm, params, state = _model("rope", jnp.float64)
+    prompts, steps, key = _ids(3, 4), 7, jax.random.key(11)
+    tokens = jaxnn.generate(lm, params, state, prompts, steps, key, temperature=1.5)
+    cache = jaxnn.init_cache(lm, params, state, 3, 4 + steps)
+    logits, cache, _ = lm.forward(params, cache, prompts)
+    expected = []
+    for step_key in jax.random.split(key, steps):
+        token = jax.random.categorical(step_key, logits[:, -1] / 1.5).astype(jnp.int32)
+        expected.append(token)
+        logits, cache, _ = lm.forward(params, cache, token[:, None])
+    np.testing.assert_array_equal(tokens, jnp.stack(expected, axis=1))
+
+
+def test_init_cache_calls_each_leafs_own_hook():
+    """A leaf declares its decode state with Layer(init_cache=...): jaxnn.init_cache calls it
+    with (params, batch_size, max_length, dtype), for a user's own layer too, and a layer
+    whose forward is wrapped (as jaxnn.debug and jaxnn.precision wrap leaves) keeps it."""
+    attention = jaxnn.multi_head_attention(2, causal=True)
+    _, params, _ = attention.init(jax.random.key(0), (-1, 3, 4))
+    wrapped = attention._replace(forward=lambda *a, **k: attention.forward(*a, **k))
+    cache = jaxnn.init_cache(wrapped, params, (), 3, 5)
+    assert cache["keys"].shape == (6, 5, 2) and int(cache["length"]) == 0
+    y, cache, _ = wrapped.forward(params, cache, jnp.ones((3, 2, 4), jnp.float32))
+    assert y.shape == (3, 2, 4) and int(cache["length"]) == 2
+
+    def init(key, in_shape):
+        return in_shape, (), ()
+
+    def forward(params, state, x, *, key=None, train=False):
+        return x, state, None
+
+    counter = jaxnn.Layer("counter", init, forward, lambda p, r, dy: ((), dy),
+                          init_cache=lambda p, n, length, dtype: {"seen": jnp.zeros(n)})
+    net = jaxnn.serial(counter, jaxnn.relu())
+    assert jax.tree.map(jnp.shape, jaxnn.init_cache(net, ((), ()), ((), ()), 4, 8)) == (
+        {"seen": (4,)}, ())
 
 
 def test_generate_compiles_once_for_repeated_calls():
@@ -153,3 +211,42 @@ def test_context_limit_and_caches_that_do_not_fit_are_named():
     with pytest.raises(ValueError, match="decoding with a KV cache needs causal=True"):
         layer.forward(attention_params, jaxnn.init_cache(layer, attention_params, (), 1, 4),
                       jnp.ones((1, 2, 4)))
+
+
+def _loop_body(hlo: str, trip_count: int) -> str:
+    """The text of the body of the compiled while loop that runs ``trip_count`` times."""
+    bodies = [m.group(1) for m in re.finditer(r" while\(.*?body=%?([\w.\-]+).*", hlo)
+              if f'"known_trip_count":{{"n":"{trip_count}"}}' in m.group(0)]
+    assert len(bodies) == 1, f"expected one loop of {trip_count} steps, found {bodies}"
+    start = hlo.index(f"\n%{bodies[0]} ") + 1
+    return hlo[start:hlo.index("\n}\n", start)]
+
+
+@pytest.mark.parametrize(("batch_size", "num_kv_heads"), [
+    (1, None), (3, None), (3, 1),
+    pytest.param(1, 1, marks=pytest.mark.xfail(strict=True, reason=(
+        "one sequence with one key/value head: the cache's leading axis has length 1, XLA "
+        "drops it from the products with a reshape, and on CPU that reshape still duplicates "
+        "the update and copies the cache each step")))])
+def test_the_compiled_loop_updates_each_cache_in_place(batch_size, num_kv_heads):
+    """Issue 21 item 1: a decode step writes one position into each KV cache where it lies.
+    The body of generate's compiled loop has no `copy` of an array of a cache's shape (with
+    one prompt, copying the caches every step made generation twice as slow), with multi-head
+    and multi-query attention, for one prompt and for several (but one prompt with one
+    key/value head, a known exception)."""
+    # heads of width 32: XLA turns the products of narrower heads into elementwise loops
+    lm = jaxnn.serial(jaxnn.embedding(VOCAB, 64),
+                      jaxnn.transformer_block(2, num_kv_heads=num_kv_heads, causal=True,
+                                              rope=True),
+                      jaxnn.layer_norm(), jaxnn.dense(VOCAB))
+    _, params, state = lm.init(jax.random.key(0), (-1, 4))
+    prompts, steps = _ids(batch_size, 3), 17
+    caches = jaxnn.init_cache(lm, params, state, batch_size, 3 + steps)
+    shapes = {tuple(a.shape) for a in jax.tree.leaves(caches) if a.ndim}
+    assert len(shapes) == 1 and len(jax.tree.leaves(caches)) == 3  # keys, values, length
+    run = jax.jit(lambda p, ids, key: jaxnn.generate(lm, p, state, ids, steps, key, top_k=3))
+    body = _loop_body(run.lower(params, prompts, jax.random.key(0)).compile().as_text(), steps)
+    copies = [line.strip() for line in body.splitlines()
+              if (match := re.search(r"= f32\[([\d,]*)\]\S* copy\(", line))
+              and tuple(int(d) for d in match.group(1).split(",")) in shapes]
+    assert not copies, "the decode loop copies a KV cache every step:\n" + "\n".join(copies)

@@ -270,15 +270,14 @@ def multi_head_attention(
         y, residuals = _forward(params, x, config)
         return y, state, residuals
 
-    forward.init_cache = functools.partial(_init_cache, config)  # type: ignore[attr-defined]  # read by jaxnn.init_cache
-
     def backward(params, residuals, dy):
         return _backward(params, residuals, dy, config)
 
     return Layer(_NAME, init, forward, backward, weights=("Wq", "Wk", "Wv", "Wo"),
                  tensor_split=TensorSplit(column=(("Wq", -1), ("Wk", -1), ("Wv", -1), ("bq", -1),
                                                   ("bk", -1), ("bv", -1)),
-                                          row=(("Wo", -2),), pair=True))
+                                          row=(("Wo", -2),), pair=True),
+                 init_cache=functools.partial(_init_cache, config))
 
 
 class _Config(NamedTuple):
@@ -476,13 +475,17 @@ def _forward(params, x, config: _Config):
 
 
 def _init_cache(config: _Config, params, batch_size: int, max_length: int, dtype=None) -> dict:
-    """An empty KV cache for one attention layer: ``{"keys", "values": (N, c, max_length, d),
-    "length": 0}`` (``c`` key/value heads of width ``d``, the layout the attention reads, so a
-    step transposes nothing). Passed as the layer's state, it makes ``forward`` the decode
-    form; a whole model's caches come from [`jaxnn.init_cache`][jaxnn.init_cache]."""
+    """An empty KV cache for one attention layer: ``{"keys", "values": (N·c, max_length, d),
+    "length": 0}``, row ``i·c + j`` holding sequence ``i``'s key/value head ``j`` (``c``
+    heads of width ``d``). Sequences and heads share one leading axis because that is the one
+    batch axis of the step's products ``Q Kᵀ`` and ``P V``: they read the cache as it is, so
+    the compiled decode loop updates it in place (with a separate batch and head axis, XLA
+    reshapes the updated cache for the product, and on CPU that reshape duplicates the update
+    and copies the whole cache every step). Passed as the layer's state, it makes ``forward``
+    the decode form; a whole model's caches come from [`jaxnn.init_cache`][jaxnn.init_cache]."""
     head_width = params["Wk"].shape[1] // config.num_kv_heads
     dtype = params["Wk"].dtype if dtype is None else dtype
-    empty = jnp.zeros((batch_size, config.num_kv_heads, max_length, head_width), dtype)
+    empty = jnp.zeros((batch_size * config.num_kv_heads, max_length, head_width), dtype)
     return {"keys": empty, "values": empty, "length": jnp.zeros((), jnp.int32)}
 
 
@@ -493,29 +496,33 @@ def is_cache(state) -> bool:
 def _check_cache(cache, x, k) -> None:
     """``k``: the new keys, ``(N, c, T_new, d)``."""
     keys = cache["keys"]
-    if keys.ndim != 4 or keys.shape[0] != x.shape[0]:
-        raise ValueError(f"{_NAME}: the KV cache holds {keys.shape[0] if keys.ndim else '?'} "
-                         f"sequences (keys of shape {tuple(keys.shape)}), the input "
-                         f"{x.shape[0]} (shape {tuple(x.shape)}); make the cache with "
-                         f"jaxnn.init_cache for this batch size")
-    if keys.shape[1] != k.shape[1] or keys.shape[3] != k.shape[3]:
-        raise ValueError(f"{_NAME}: the KV cache's keys have {keys.shape[1]} heads of width "
-                         f"{keys.shape[3]}, the layer's {k.shape[1]} of width {k.shape[3]}: "
-                         f"the cache belongs to another layer")
+    n, c, _, d = k.shape
+    if keys.ndim != 3 or keys.shape[2] != d or keys.shape[0] % c:
+        raise ValueError(f"{_NAME}: the KV cache's keys have shape {tuple(keys.shape)}, not "
+                         f"(sequences · {c} heads, max_length, {d}) as this layer's: the cache "
+                         f"belongs to another layer")
+    if keys.shape[0] != n * c:
+        raise ValueError(f"{_NAME}: the KV cache holds {keys.shape[0] // c} sequences (keys of "
+                         f"shape {tuple(keys.shape)}: sequences · {c} heads first), the input "
+                         f"{n} (shape {tuple(x.shape)}); make the cache with jaxnn.init_cache "
+                         f"for this batch size")
     if keys.dtype != k.dtype or cache["values"].dtype != k.dtype:
         raise TypeError(f"{_NAME}: the KV cache has dtype {keys.dtype}, the layer computes its "
                         f"keys in {k.dtype}; make the cache with jaxnn.init_cache(..., "
                         f"dtype={jnp.dtype(k.dtype).name})")
-    if x.shape[1] > keys.shape[2]:
+    if x.shape[1] > keys.shape[1]:
         raise ValueError(f"{_NAME}: {x.shape[1]} new positions (a prompt of length "
-                         f"{x.shape[1]}) do not fit a KV cache of max_length {keys.shape[2]}")
+                         f"{x.shape[1]}) do not fit a KV cache of max_length {keys.shape[1]}")
 
 
 def _decode(params, cache, x, config: _Config):
     """The decode form: ``x (N, T_new, D)`` holds the positions after the ``length`` already
     cached. Their keys and values are written into the cache at ``length …`` and each new query
     attends causally to the cache; returns ``(y, new_cache, None)`` (no backward: decoding is
-    for inference)."""
+    for inference).
+
+    The cache is read only after the update (the updated arrays are what the products read),
+    so XLA writes the new position in place and copies no cache."""
     if isinstance(x, tuple | list):
         raise ValueError(f"{_NAME}: the decode form (a KV cache as state) takes the "
                          f"self-attention input x only, got a tuple of {len(x)} inputs")
@@ -533,16 +540,42 @@ def _decode(params, cache, x, config: _Config):
     if config.rope:
         q = rotate(q, positions, config.rope_base)
         k = rotate(k, positions, config.rope_base)
+    n, c, t_new, d = k.shape
     zero = jnp.zeros((), start.dtype)
-    keys = jax.lax.dynamic_update_slice(cache["keys"], k, (zero, zero, start, zero))
-    values = jax.lax.dynamic_update_slice(cache["values"], v, (zero, zero, start, zero))
-    # one new position: its scores against the whole cache are one row, so one block (fewer,
-    # larger operations: a decode step is bound by their count, not by arithmetic)
-    block_size = keys.shape[2] if x.shape[1] == 1 else config.block_size
-    o, _ = attention_forward(q, keys, values, None, True, block_size, q_start=start)
+    keys = jax.lax.dynamic_update_slice(cache["keys"], k.reshape(n * c, t_new, d),
+                                        (zero, start, zero))
+    values = jax.lax.dynamic_update_slice(cache["values"], v.reshape(n * c, t_new, d),
+                                          (zero, start, zero))
+    if t_new == 1:
+        o = _attend_one(q, keys, values, start)
+    else:  # a prompt: the blockwise forward, once per generation
+        as_heads = functools.partial(jnp.reshape, shape=(n, c, keys.shape[1], d))
+        o, _ = attention_forward(q, as_heads(keys), as_heads(values), None, True,
+                                 config.block_size, q_start=start)
     y = _dense(_fused(params, "o", config.use_bias), _from_heads(o))
-    new_cache = {"keys": keys, "values": values, "length": start + x.shape[1]}
+    new_cache = {"keys": keys, "values": values, "length": start + t_new}
     return y, new_cache, None
+
+
+def _attend_one(q, keys, values, position):
+    """One new query per sequence, ``q (N, h, 1, d)`` at ``position``, attending to the cache
+    ``keys, values (N·c, L, d)`` that already holds its own key (the keys at positions
+    ``≤ position`` are visible): ``softmax(q Kᵀ / √d) V``.
+
+    One row of scores needs no blockwise loop: a decode step is bound by its count of
+    operations and copies, not by arithmetic, so the scores over the whole cache are one
+    product, then one maximum, one ``exp`` and one product with ``V``. Both products take the
+    cache as it is stored, ``K`` as the left operand of ``K q`` (rows of ``K`` against ``q``)
+    and ``V`` as the right one of ``P V``, so neither transposes nor copies it."""
+    n, h, _, d = q.shape
+    rows, length, _ = keys.shape
+    q = _scaled(q).reshape(rows, h * n // rows, d)  # (N·c, g, d): query head i uses KV head i // g
+    s = jnp.einsum("bld,bgd->blg", keys, q)
+    s = jnp.where((jnp.arange(length) <= position)[:, None], s, -jnp.inf)
+    m = jnp.max(s, axis=1, keepdims=True)  # finite: a query always sees its own key
+    p = jnp.exp(s - m)
+    o = jnp.einsum("blg,bld->bgd", p, values) / jnp.sum(p, axis=1)[..., None]
+    return o.reshape(n, h, 1, d)
 
 
 def _select_rows(key_mask, x):

@@ -133,7 +133,16 @@ def positional_embedding(
         d_rows = jnp.sum(dy, axis=0).astype(table.dtype)
         return {"positions": jnp.zeros_like(table).at[:length].set(d_rows)}, dy
 
-    return Layer(name, init, forward, backward)
+    def init_cache(params, batch_size, cache_length, dtype=None):
+        del batch_size, dtype
+        if params["positions"].shape[0] < cache_length:
+            raise ValueError(
+                f"init_cache: max_length={cache_length} is past the context limit of the "
+                f"model's positional_embedding table ({params['positions'].shape[0]} "
+                f"positions); a model with rope=True attention has no such limit")
+        return position_state()
+
+    return Layer(name, init, forward, backward, init_cache=init_cache)
 
 
 def sinusoidal_table(length: int, features: int) -> np.ndarray:
@@ -215,7 +224,11 @@ def sinusoidal_positional_embedding() -> Layer:
     def backward(params, residuals, dy):
         return (), dy
 
-    return Layer(name, init, forward, backward)
+    def init_cache(params, batch_size, max_length, dtype=None):
+        del params, batch_size, max_length, dtype
+        return position_state()
+
+    return Layer(name, init, forward, backward, init_cache=init_cache)
 
 
 def _width_dense(ratio: int, widen: bool) -> Layer:
