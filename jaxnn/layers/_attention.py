@@ -12,11 +12,12 @@ $$ y = \operatorname{concat}_{\text{heads}}(O)\, W_o + b_o $$
 with the softmax taken along each row of $S$ (over the keys) and masked entries of $S$ set to
 $-\infty$.
 
-The forward never forms ``S`` whole: it runs over blocks of keys keeping, per query row, the
-running maximum ``m``, the running sum ``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``,
-rescaling all three by ``exp(m_old − m_new)`` when the maximum grows. For the key block $j$,
-with $S_j = Q K_j^\top / \sqrt{d}$ and $a$ the running sum of rows of $V$, each query row
-updates
+The forward never forms ``S`` whole: it runs over tiles, a block of query rows against a
+block of keys, keeping per query row the running maximum ``m``, the running sum
+``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``, rescaling all three by
+``exp(m_old − m_new)`` when the maximum grows. For the tile of key block $j$, with
+$S_j = Q K_j^\top / \sqrt{d}$ (the tile's rows of $Q$) and $a$ the running sum of rows of $V$,
+each query row updates
 
 $$ m' = \max\left(m, \max_{k} (S_j)_k\right) $$
 
@@ -28,12 +29,22 @@ starting from $m = -\infty$, $l = 0$, $a = 0$, and ends with
 
 $$ O = \frac{a}{l} $$
 
+In causal self-attention (``T_q = T_k``, longer than one block) the sequence is cut into an
+even number $n_b$ of equal blocks of at most ``block_size`` positions, and only the tiles
+$(i, j)$ of query block $i$ and key block $j \le i$ are computed: $n_b (n_b + 1) / 2$ of the
+$n_b^2$. The $n_b$ diagonal tiles, under the element mask (key $\le$ row), take two scan
+steps; the tiles below the diagonal, which the causal mask does not touch, take one scan of
+$n_b - 1$ steps over the pairs of query blocks $(p,\ n_b - 1 - p)$, which need
+$p + (n_b - 1 - p) = n_b - 1$ such tiles each, so every step does the same work. Otherwise
+(non-causal, cross-attention, a decode step) a tile is one block of keys against all the
+query rows.
+
 It saves ``Q, K, V, O`` and, per query row, the final maximum ``m`` and sum ``l``, nothing of
 size ``T × T`` (``m`` and ``l`` are kept apart: in float32 at large logits ``m + log l`` would
 round ``log l`` away).
 
-The backward recomputes ``P = exp(S − m) / l`` block by block, with ``S`` computed by the same
-expression as in the forward, so ``S − m`` is exact (``dO`` the gradient of ``O``):
+The backward recomputes ``P = exp(S − m) / l`` over the forward's tiles, with ``S`` computed by
+the same expression as in the forward, so ``S − m`` is exact (``dO`` the gradient of ``O``):
 
 $$ P = \frac{\exp(S - m)}{l} \qquad dP = dO\, V^\top \qquad D = \operatorname{rowsum}(P \odot dP) $$
 
@@ -44,7 +55,8 @@ $D$ is the softmax backward's row term. In exact arithmetic it equals
 $\operatorname{rowsum}(dO \odot O)$ (for query row $i$,
 $\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$), but only the sum of
 the very products $P \odot dP$ cancels $dP$ exactly in a row whose softmax is one-hot, as at
-large logits; so a first pass over the key blocks sums it, and a second forms $dS$.
+large logits; so a first pass over the tiles sums it, and a second forms $dS$, adding each
+tile's part of $dQ$ into its query block and of $dK$, $dV$ into its key block.
 
 Then come the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...):
 
@@ -199,12 +211,13 @@ def multi_head_attention(
     rotates ``dQ``, ``dK`` back by $-\theta$ (a rotation's transpose). Positions count from 0
     in the queries and in the keys.
 
-    The forward runs over blocks of ``block_size`` keys (the last block padded with masked
-    keys) and keeps only ``Q, K, V``, the attention output and each row's maximum and sum for
-    the backward, which recomputes the probabilities block by block (derivation in the
-    module docstring and docs/design.md). ``Q, K, V`` come from one product
-    ``x [Wq Wk Wv]`` (``x_kv [Wk Wv]`` in cross-attention), and the projections' backward is
-    the [`dense`][jaxnn.dense] layer's own.
+    The forward runs over blocks of at most ``block_size`` keys (the last block padded with
+    masked keys) and keeps only ``Q, K, V``, the attention output and each row's maximum and
+    sum for the backward, which recomputes the probabilities block by block (derivation in
+    the module docstring and docs/design.md). Causal self-attention also blocks the queries
+    and computes only the blocks on and below the diagonal, about half the work. ``Q, K, V``
+    come from one product ``x [Wq Wk Wv]`` (``x_kv [Wk Wv]`` in cross-attention), and the
+    projections' backward is the [`dense`][jaxnn.dense] layer's own.
 
     Args:
       num_heads: the number of query heads ``h``; ``features`` must be divisible by it.
@@ -214,7 +227,9 @@ def multi_head_attention(
       causal: mask the keys after each query.
       rope: rotate queries and keys by position (RoPE); the head width ``D / h`` must be even.
       rope_base: the base $b$ of the rotation frequencies.
-      block_size: keys per block of the forward and backward loops.
+      block_size: keys (and, in causal self-attention, query rows) per block of the forward
+        and backward loops, at most; causal self-attention uses an even number of equal
+        blocks.
       use_bias: add biases ``bq, bk, bv, bo``.
       w_init: initializer of ``Wq, Wk, Wv, Wo`` (default lecun normal).
       dtype: dtype of the parameters.
