@@ -12,11 +12,12 @@ $$ y = \operatorname{concat}_{\text{heads}}(O)\, W_o + b_o $$
 with the softmax taken along each row of $S$ (over the keys) and masked entries of $S$ set to
 $-\infty$.
 
-The forward never forms ``S`` whole: it runs over blocks of keys keeping, per query row, the
-running maximum ``m``, the running sum ``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``,
-rescaling all three by ``exp(m_old − m_new)`` when the maximum grows. For the key block $j$,
-with $S_j = Q K_j^\top / \sqrt{d}$ and $a$ the running sum of rows of $V$, each query row
-updates
+The forward never forms ``S`` whole: it runs over tiles, a block of query rows against a
+block of keys, keeping per query row the running maximum ``m``, the running sum
+``l = Σ exp(S − m)`` and the running ``Σ exp(S − m) V``, rescaling all three by
+``exp(m_old − m_new)`` when the maximum grows. For the tile of key block $j$, with
+$S_j = Q K_j^\top / \sqrt{d}$ (the tile's rows of $Q$) and $a$ the running sum of rows of $V$,
+each query row updates
 
 $$ m' = \max\left(m, \max_{k} (S_j)_k\right) $$
 
@@ -28,12 +29,22 @@ starting from $m = -\infty$, $l = 0$, $a = 0$, and ends with
 
 $$ O = \frac{a}{l} $$
 
+In causal self-attention (``T_q = T_k``, longer than one block) the sequence is cut into an
+even number $n_b$ of equal blocks of at most ``block_size`` positions, and only the tiles
+$(i, j)$ of query block $i$ and key block $j \le i$ are computed: $n_b (n_b + 1) / 2$ of the
+$n_b^2$. The $n_b$ diagonal tiles, under the element mask (key $\le$ row), take two scan
+steps; the tiles below the diagonal, which the causal mask does not touch, take one scan of
+$n_b - 1$ steps over the pairs of query blocks $(p,\ n_b - 1 - p)$, which need
+$p + (n_b - 1 - p) = n_b - 1$ such tiles each, so every step does the same work. Otherwise
+(non-causal, cross-attention, a decode step) a tile is one block of keys against all the
+query rows.
+
 It saves ``Q, K, V, O`` and, per query row, the final maximum ``m`` and sum ``l``, nothing of
 size ``T × T`` (``m`` and ``l`` are kept apart: in float32 at large logits ``m + log l`` would
 round ``log l`` away).
 
-The backward recomputes ``P = exp(S − m) / l`` block by block, with ``S`` computed by the same
-expression as in the forward, so ``S − m`` is exact (``dO`` the gradient of ``O``):
+The backward recomputes ``P = exp(S − m) / l`` over the forward's tiles, with ``S`` computed by
+the same expression as in the forward, so ``S − m`` is exact (``dO`` the gradient of ``O``):
 
 $$ P = \frac{\exp(S - m)}{l} \qquad dP = dO\, V^\top \qquad D = \operatorname{rowsum}(P \odot dP) $$
 
@@ -44,7 +55,8 @@ $D$ is the softmax backward's row term. In exact arithmetic it equals
 $\operatorname{rowsum}(dO \odot O)$ (for query row $i$,
 $\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$), but only the sum of
 the very products $P \odot dP$ cancels $dP$ exactly in a row whose softmax is one-hot, as at
-large logits; so a first pass over the key blocks sums it, and a second forms $dS$.
+large logits; so a first pass over the tiles sums it, and a second forms $dS$, adding each
+tile's part of $dQ$ into its query block and of $dK$, $dV$ into its key block.
 
 Then come the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...):
 
@@ -64,6 +76,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn import initializers
 from jaxnn.core import Layer, TensorSplit, check_float, check_params, check_positive_int
@@ -198,12 +211,13 @@ def multi_head_attention(
     rotates ``dQ``, ``dK`` back by $-\theta$ (a rotation's transpose). Positions count from 0
     in the queries and in the keys.
 
-    The forward runs over blocks of ``block_size`` keys (the last block padded with masked
-    keys) and keeps only ``Q, K, V``, the attention output and each row's maximum and sum for
-    the backward, which recomputes the probabilities block by block (derivation in the
-    module docstring and docs/design.md). ``Q, K, V`` come from one product
-    ``x [Wq Wk Wv]`` (``x_kv [Wk Wv]`` in cross-attention), and the projections' backward is
-    the [`dense`][jaxnn.dense] layer's own.
+    The forward runs over blocks of at most ``block_size`` keys (the last block padded with
+    masked keys) and keeps only ``Q, K, V``, the attention output and each row's maximum and
+    sum for the backward, which recomputes the probabilities block by block (derivation in
+    the module docstring and docs/design.md). Causal self-attention also blocks the queries
+    and computes only the blocks on and below the diagonal, about half the work. ``Q, K, V``
+    come from one product ``x [Wq Wk Wv]`` (``x_kv [Wk Wv]`` in cross-attention), and the
+    projections' backward is the [`dense`][jaxnn.dense] layer's own.
 
     Args:
       num_heads: the number of query heads ``h``; ``features`` must be divisible by it.
@@ -213,7 +227,9 @@ def multi_head_attention(
       causal: mask the keys after each query.
       rope: rotate queries and keys by position (RoPE); the head width ``D / h`` must be even.
       rope_base: the base $b$ of the rotation frequencies.
-      block_size: keys per block of the forward and backward loops.
+      block_size: keys (and, in causal self-attention, query rows) per block of the forward
+        and backward loops, at most; causal self-attention uses an even number of equal
+        blocks.
       use_bias: add biases ``bq, bk, bv, bo``.
       w_init: initializer of ``Wq, Wk, Wv, Wo`` (default lecun normal).
       dtype: dtype of the parameters.
@@ -624,49 +640,19 @@ def _backward(params, residuals, dy, config: _Config):
 #
 # Heads are grouped: ``q`` is ``(N, c, g, T_q, d)`` with ``c = num_kv_heads`` key/value heads
 # each serving ``g`` query heads, ``k, v`` are ``(N, c, T_k, d)``, so GQA copies no K or V.
+# A tile is one block of query rows against one block of keys, ``S`` of shape
+# ``(..., c, g, B_q, B_k)``. The tile functions take any leading axes (``...``): ``(N,)`` when
+# a tile holds all the queries, ``(blocks, N)`` for several tiles at once. Each of the five
+# products of the backward reads its operands in the layout the matrix-product kernel takes
+# (rows by contraction, contraction by columns), so no tile is copied transposed per step:
+# ``Kᵀ``, ``Vᵀ``, ``Qᵀ`` and ``dOᵀ`` are laid out once, and ``dK``, ``dV`` accumulate
+# transposed, ``dKᵀ = (Q/√d)ᵀ dS``, ``dVᵀ = dOᵀ P``.
 
 
-def _key_blocks(k, v, key_mask, block_size: int):
-    """K, V and the key-validity mask as ``(blocks, N, c, B, d)`` / ``(blocks, N, B)``; the
-    last block padded with masked keys."""
-    n, c, t_k, d = k.shape
-    size = min(block_size, t_k)
-    blocks = -(-t_k // size)
-    pad = blocks * size - t_k
-    valid = jnp.ones((n, t_k), bool) if key_mask is None else key_mask
-    if pad:
-        k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
-        v = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
-        valid = jnp.pad(valid, ((0, 0), (0, pad)))
-
-    def split(a):
-        return jnp.moveaxis(a.reshape(n, c, blocks, size, d), 2, 0)
-
-    blocks_valid = jnp.moveaxis(valid.reshape(n, blocks, size), 1, 0)
-    return (split(k), split(v), blocks_valid, jnp.arange(blocks) * size), size
-
-
-def _query_positions(causal: bool, t_q: int, q_start):
-    """``None`` (no causal mask) or each query row's position: ``0 … T_q − 1``, or
-    ``q_start + 0 … q_start + T_q − 1`` when decoding after ``q_start`` cached positions."""
-    if not causal:
-        return None
-    return jnp.arange(t_q) if q_start is None else q_start + jnp.arange(t_q)
-
-
-def _visible(valid_block, start, q_positions, size: int):
-    """``(N, 1, 1, T_q or 1, B)``: which keys of the block each query row may attend to."""
-    visible = valid_block[:, None, None, None, :]
-    if q_positions is not None:
-        cols = start + jnp.arange(size)
-        visible = visible & (cols[None, :] <= q_positions[:, None])[None, None, None]
-    return visible
-
-
-def _scores(q_scaled, k_block):
-    """``S = (Q/√d) K_bᵀ`` for one key block: the one expression the forward and the backward
-    share, so that the backward's ``S − m`` is the forward's to the last bit."""
-    return jnp.einsum("ncgqd,nckd->ncgqk", q_scaled, k_block)
+def _scores(q_scaled, k_t):
+    """``S = (Q/√d) K_bᵀ`` for one tile (``k_t = K_bᵀ``): the one expression the forward and
+    the backward share, so that the backward's ``S − m`` is the forward's to the last bit."""
+    return jnp.einsum("...cgqd,...cdk->...cgqk", q_scaled, k_t)
 
 
 def _scaled(q):
@@ -678,40 +664,349 @@ def _grouped(q, num_kv_heads: int):
     return q.reshape(n, num_kv_heads, h // num_kv_heads, t, d)
 
 
+def _visible(valid, cols, rows):
+    """``(..., N, 1, 1, B_q, B_k)``: which keys of a tile each query row may attend to, or
+    ``None`` when all may. ``valid (..., N, B_k)``: the keys' validity, or ``None`` (all
+    valid); ``cols (..., B_k)``: their positions; ``rows (..., B_q)``: the query rows'
+    positions, or ``None`` (no causal mask)."""
+    visible = None if valid is None else valid[..., None, None, None, :]
+    if rows is not None:
+        causal = cols[..., None, :] <= rows[..., :, None]
+        causal = causal.reshape((*causal.shape[:-2], 1, 1, 1, *causal.shape[-2:]))
+        visible = causal if visible is None else visible & causal
+    return visible
+
+
+def _select(visible, a, fill):
+    return a if visible is None else jnp.where(visible, a, fill)
+
+
+def _tile_forward(state, q_scaled, k_t, v_b, visible):
+    """One tile of the online softmax: ``(m, l, a)`` updated by the keys ``k_t = K_bᵀ`` and
+    the values ``v_b``."""
+    m, row_sum, acc = state
+    s = _select(visible, _scores(q_scaled, k_t), -jnp.inf)
+    # the maximum only keeps exp() in range: the result does not depend on it
+    m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(s - m_safe[..., None])
+    rescale = jnp.exp(m - m_safe)
+    return (m_new, rescale * row_sum + jnp.sum(p, axis=-1),
+            rescale[..., None] * acc + jnp.einsum("...cgqk,...ckd->...cgqd", p, v_b))
+
+
+def _tile_probabilities(q_scaled, k_t, v_t, do, m, l_safe, visible):
+    """``(P, dP)`` of one tile: ``P = exp(S − m) / l`` (0 where not visible), ``dP = dO Vᵀ``
+    (``v_t = V_bᵀ``)."""
+    s = _select(visible, _scores(q_scaled, k_t), -jnp.inf)
+    p = jnp.exp(s - m[..., None]) / l_safe[..., None]
+    return p, jnp.einsum("...cgqd,...cdk->...cgqk", do, v_t)
+
+
+def _tile_row_term(p, dp, visible):
+    """The tile's part of ``D = rowsum(P ⊙ dP)``."""
+    return jnp.einsum("...k,k->...", _select(visible, p * dp, 0.0), jnp.ones(p.shape[-1], p.dtype))
+
+
+def _tile_gradients(q_t, k_b, do_t, p, dp, row_dot, visible):
+    """The tile's parts of ``dQ·√d``, ``dKᵀ``, ``dVᵀ``: ``dS = P ⊙ (dP − D)``, ``dS K_b``,
+    ``(Q/√d)ᵀ dS`` and ``dVᵀ = dOᵀ P`` (``q_t``, ``do_t`` the transposed query rows; summed
+    over the ``g`` query heads of a key/value head)."""
+    ds = _select(visible, p * (dp - row_dot[..., None]), 0.0)
+    return (jnp.einsum("...cgqk,...ckd->...cgqd", ds, k_b),
+            jnp.einsum("...cdgq,...cgqk->...cdk", q_t, ds),
+            jnp.einsum("...cdgq,...cgqk->...cdk", do_t, p))
+
+
+def _pad_time(a, pad: int, axis: int, value=0):
+    """``a`` with ``pad`` entries of ``value`` after the end of its time axis ``axis``."""
+    if not pad:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis % a.ndim] = (0, pad)
+    return jnp.pad(a, widths, constant_values=value)
+
+
+def _split_time(a, blocks: int, axis: int, pad: int = 0, value=0):
+    """``(blocks, ...)``: ``a``'s time axis ``axis``, padded by ``pad`` entries of ``value``,
+    cut into ``blocks`` equal blocks, the blocks axis first."""
+    a = _pad_time(a, pad, axis, value)
+    axis = axis % a.ndim
+    a = a.reshape((*a.shape[:axis], blocks, a.shape[axis] // blocks, *a.shape[axis + 1:]))
+    return jnp.moveaxis(a, axis, 0)
+
+
+def _merge_time(blocks, axis: int, length: int):
+    """The inverse of ``_split_time``, trimmed to the first ``length`` positions."""
+    axis = axis % (blocks.ndim - 1)
+    a = jnp.moveaxis(blocks, 0, axis)
+    a = a.reshape((*a.shape[:axis], -1, *a.shape[axis + 2:]))
+    return jax.lax.slice_in_dim(a, 0, length, axis=axis)
+
+
+class _KeyBlocks(NamedTuple):
+    """K, ``Kᵀ``, V, ``Vᵀ`` as ``(blocks, N, c, B, d)`` / ``(blocks, N, c, d, B)``, the keys'
+    validity ``(blocks, N, B)`` (``None``: all valid) and positions ``(blocks, B)``; the
+    last block padded with invalid zero keys."""
+    keys: Any
+    keys_t: Any
+    values: Any
+    values_t: Any
+    valid: Any
+    cols: Any
+
+
+def _key_blocks(k, v, key_mask, blocks: int, size: int, always_valid: bool = False):
+    """The keys in ``blocks`` blocks of ``size``; ``valid`` is ``None`` when there is no key
+    mask and no padding, or when ``always_valid`` says the caller never reaches a padding key
+    (causal self-attention: only its diagonal tiles do, and those mask by position)."""
+    n, t_k = k.shape[0], k.shape[2]
+    pad = blocks * size - t_k
+    valid = None
+    if key_mask is not None or (pad and not always_valid):
+        valid = jnp.ones((n, t_k), bool) if key_mask is None else key_mask
+        valid = _split_time(valid, blocks, -1, pad, False)
+    keys, values = (_split_time(a, blocks, -2, pad) for a in (k, v))
+    return _KeyBlocks(keys, jnp.swapaxes(keys, -1, -2), values, jnp.swapaxes(values, -1, -2),
+                      valid, jnp.arange(blocks * size).reshape(blocks, size))
+
+
+def _query_positions(causal: bool, t_q: int, q_start):
+    """``None`` (no causal mask) or each query row's position: ``0 … T_q − 1``, or
+    ``q_start + 0 … q_start + T_q − 1`` when decoding after ``q_start`` cached positions."""
+    if not causal:
+        return None
+    return jnp.arange(t_q) if q_start is None else q_start + jnp.arange(t_q)
+
+
+def _empty_state(q_scaled):
+    """The online softmax's start, ``m = −∞``, ``l = 0``, ``a = 0``, for the rows of
+    ``q_scaled (..., c, g, B_q, d)``."""
+    rows = q_scaled.shape[:-1]
+    return (jnp.full(rows, -jnp.inf, q_scaled.dtype), jnp.zeros(rows, q_scaled.dtype),
+            jnp.zeros_like(q_scaled))
+
+
+def _transposed(a):
+    """Query rows ``(..., c, g, B_q, d)`` as ``(..., c, d, g, B_q)``."""
+    return jnp.moveaxis(a, -1, -3)
+
+
+# --- causal self-attention: the tiles on and below the diagonal ------------------------------
+#
+# With ``nb`` (even) blocks, query block ``i`` needs key blocks ``0 … i``: the diagonal tile
+# ``(i, i)``, under the causal element mask, and ``i`` tiles wholly below the diagonal, which
+# need none (only the key mask). The ``nb`` diagonal tiles take two scan steps of ``nb / 2``
+# tiles each. For the ``nb (nb − 1) / 2`` tiles below, pair ``p`` joins query blocks ``p`` and
+# ``nb − 1 − p``: ``p + (nb − 1 − p) = nb − 1`` tiles, so ``nb − 1`` scan steps over all
+# ``nb / 2`` pairs at once do exactly those, every step the same work. At step ``t`` pair
+# ``p`` computes the tile (query block ``p``, key block ``t``) while ``t < p``, then
+# (``nb − 1 − p``, ``t − p``). Each step reads its blocks by index (``jnp.take``) from the
+# arrays as they are, ``(…, nb, B, …)`` views of the time axis, and writes its query
+# blocks' state back by index; a step's query blocks are distinct, but two pairs may meet
+# the same key block, whose ``dK``, ``dV`` parts are added (``.at[kb].add`` sums duplicate
+# indices).
+
+
+def _paired_geometry(t: int, block_size: int) -> tuple[int, int] | None:
+    """``(blocks, size)``: an even number of equal blocks of at most ``block_size`` positions
+    covering ``t``, or ``None`` when one block covers it (nothing to skip)."""
+    blocks = -(-t // block_size)
+    if blocks < 2:
+        return None
+    blocks += blocks % 2
+    return blocks, -(-t // blocks)
+
+
+def _pair_schedules(blocks: int):
+    """``(diagonal, below)``: each a ``(query_block, key_block)`` pair of ``(steps, nb / 2)``
+    index arrays, the tiles of each step: 2 steps on the diagonal, ``nb − 1`` below it."""
+    half = blocks // 2
+    diagonal = np.arange(blocks).reshape(2, half)
+    step = np.arange(blocks - 1)[:, None]
+    pair = np.arange(half)[None, :]
+    first = step < pair
+    below = (np.where(first, pair, blocks - 1 - pair), np.where(first, step, step - pair))
+    return ((jnp.asarray(diagonal), jnp.asarray(diagonal)),
+            tuple(jnp.asarray(a) for a in below))
+
+
+def _blocked(a, blocks: int, axis: int, pad: int = 0, value=0):
+    """``a``'s time axis ``axis`` padded by ``pad`` entries of ``value`` and split into
+    ``(blocks, B)`` in place (a view: no copy when nothing is padded)."""
+    a = _pad_time(a, pad, axis, value)
+    axis = axis % a.ndim
+    return a.reshape((*a.shape[:axis], blocks, a.shape[axis] // blocks, *a.shape[axis + 1:]))
+
+
+def _take(a, index, axis: int):
+    """The blocks ``index`` of ``a`` along its blocks axis ``axis``, that axis first."""
+    return jnp.moveaxis(jnp.take(a, index, axis=axis, mode="clip"), axis, 0)
+
+
+def _put(a, index, axis: int, blocks, *, add: bool, unique: bool):
+    """``a`` with ``blocks`` (blocks axis first) written, or added, at ``index`` along its
+    blocks axis ``axis``."""
+    at = a.at[(slice(None),) * (axis % a.ndim) + (index,)]
+    blocks = jnp.moveaxis(blocks, 0, axis)
+    return at.add(blocks, unique_indices=unique) if add else at.set(blocks, unique_indices=unique)
+
+
+def _paired_visible(valid, t: int, size: int, diagonal: bool):
+    """``visible(query_block, key_block)`` of a step's tiles: on the diagonal key ``j ≤`` row
+    ``i`` (a padding row, at position −1, sees nothing), and the key mask ``valid
+    (N, nb, B)`` if any."""
+    def visible(qb, kb):
+        valid_b = None if valid is None else _take(valid, kb, -2)
+        if not diagonal:
+            return _visible(valid_b, None, None)
+        cols = kb[:, None] * size + jnp.arange(size)[None, :]
+        rows = qb[:, None] * size + jnp.arange(size)[None, :]
+        return _visible(valid_b, cols, jnp.where(rows < t, rows, -1))
+
+    return visible
+
+
+def _paired_forward(q_scaled, k, v, key_mask, blocks: int, size: int):
+    """``(m, l, a)`` of causal self-attention over the tiles on and below the diagonal."""
+    t = q_scaled.shape[-2]
+    pad = blocks * size - t
+    queries = _blocked(q_scaled, blocks, -2, pad)  # padding rows are zeros: finite scores
+    keys_t = _blocked(jnp.swapaxes(k, -1, -2), blocks, -1, pad)
+    values = _blocked(v, blocks, -2, pad)
+    valid = None if key_mask is None else _blocked(key_mask, blocks, -1, pad, False)
+
+    def steps(diagonal: bool):
+        visible_of = _paired_visible(valid, t, size, diagonal)
+
+        def step(state, tile):
+            qb, kb = tile
+            m, row_sum, acc = state
+            new = _tile_forward((_take(m, qb, -2), _take(row_sum, qb, -2), _take(acc, qb, -3)),
+                                _take(queries, qb, -3), _take(keys_t, kb, -2),
+                                _take(values, kb, -3), visible_of(qb, kb))
+            return tuple(_put(s, qb, axis, x, add=False, unique=True)
+                         for s, x, axis in zip(state, new, (-2, -2, -3), strict=True)), None
+
+        return step
+
+    state = _empty_state(queries)
+    for diagonal, schedule in zip((True, False), _pair_schedules(blocks), strict=True):
+        state, _ = jax.lax.scan(steps(diagonal), state, schedule)
+    m, row_sum, acc = (_merge_blocks(a, axis, t) for a, axis in zip(state, (-2, -2, -3),
+                                                                    strict=True))
+    return m, row_sum, acc
+
+
+def _merge_blocks(a, axis: int, length: int):
+    """The inverse of ``_blocked``: the ``(blocks, B)`` axes at ``axis`` joined, trimmed to
+    ``length``."""
+    axis = axis % a.ndim
+    a = a.reshape((*a.shape[:axis], -1, *a.shape[axis + 2:]))
+    return jax.lax.slice_in_dim(a, 0, length, axis=axis)
+
+
+def _paired_backward(q_scaled, k, v, do, m, l_safe, key_mask, blocks: int, size: int):
+    """``(dQ·√d, dKᵀ, dVᵀ)`` of causal self-attention over the tiles on and below the
+    diagonal, in the two passes of ``attention_backward``."""
+    t = q_scaled.shape[-2]
+    pad = blocks * size - t
+    queries, douts = (_blocked(a, blocks, -2, pad) for a in (q_scaled, do))
+    queries_t, douts_t = (_blocked(_transposed(a), blocks, -1, pad) for a in (q_scaled, do))
+    keys = _blocked(k, blocks, -2, pad)
+    keys_t, values_t = (_blocked(jnp.swapaxes(a, -1, -2), blocks, -1, pad) for a in (k, v))
+    # a padding row has dO = 0 (so it adds nothing) and any finite m, l > 0
+    maxima, sums = (_blocked(a, blocks, -1, pad, fill) for a, fill in ((m, 0.0),
+                                                                      (l_safe, 1.0)))
+    valid = None if key_mask is None else _blocked(key_mask, blocks, -1, pad, False)
+    schedules = _pair_schedules(blocks)
+
+    def probabilities(qb, kb, visible):
+        return _tile_probabilities(_take(queries, qb, -3), _take(keys_t, kb, -2),
+                                   _take(values_t, kb, -2), _take(douts, qb, -3),
+                                   _take(maxima, qb, -2), _take(sums, qb, -2), visible)
+
+    def row_terms(diagonal: bool):
+        visible_of = _paired_visible(valid, t, size, diagonal)
+
+        def step(row_dot, tile):
+            qb, kb = tile
+            visible = visible_of(qb, kb)
+            part = _tile_row_term(*probabilities(qb, kb, visible), visible)
+            return _put(row_dot, qb, -2, part, add=True, unique=True), None
+
+        return step
+
+    row_dot = jnp.zeros_like(maxima)
+    for diagonal, schedule in zip((True, False), schedules, strict=True):
+        row_dot, _ = jax.lax.scan(row_terms(diagonal), row_dot, schedule)  # D = rowsum(P ⊙ dP)
+
+    def gradients(diagonal: bool):
+        visible_of = _paired_visible(valid, t, size, diagonal)
+
+        def step(grads, tile):
+            dq, dk_t, dv_t = grads
+            qb, kb = tile
+            visible = visible_of(qb, kb)
+            p, dp = probabilities(qb, kb, visible)
+            dq_b, dk_b, dv_b = _tile_gradients(_take(queries_t, qb, -2), _take(keys, kb, -3),
+                                               _take(douts_t, qb, -2), p, dp,
+                                               _take(row_dot, qb, -2), visible)
+            # two pairs may meet the same key block: .add sums the duplicates
+            return (_put(dq, qb, -3, dq_b, add=True, unique=True),
+                    _put(dk_t, kb, -2, dk_b, add=True, unique=False),
+                    _put(dv_t, kb, -2, dv_b, add=True, unique=False)), None
+
+        return step
+
+    grads = (jnp.zeros_like(queries), jnp.zeros_like(keys_t), jnp.zeros_like(values_t))
+    for diagonal, schedule in zip((True, False), schedules, strict=True):
+        grads, _ = jax.lax.scan(gradients(diagonal), grads, schedule)
+    dq, dk_t, dv_t = grads
+    return (_merge_blocks(dq, -3, t), _merge_blocks(dk_t, -2, t), _merge_blocks(dv_t, -2, t))
+
+
+# --- the two entry points ---------------------------------------------------------------------
+
+
+def _skips(causal: bool, t_q: int, t_k: int, q_start) -> bool:
+    """Whether the tiles above the diagonal can be skipped: causal self-attention (training,
+    prefill), not a decode step after cached positions."""
+    return causal and q_start is None and t_q == t_k
+
+
 def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=None):
     """``(O, (m, l))``: ``O = softmax(QKᵀ/√d) V``, each row's maximum score ``m`` and its sum
-    ``l = Σ exp(S − m)``, over key blocks.
+    ``l = Σ exp(S − m)``, over tiles of at most ``block_size`` keys.
 
     ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, c, T_k, d)`` with ``c`` dividing ``h`` (query
     head ``i`` uses key/value head ``i // (h / c)``). With ``causal=True`` query row ``r`` sits
     at position ``r`` (or ``q_start + r`` when ``q_start`` is given, as in decoding) and sees
-    the keys at positions ``≤`` its own. Rows with no visible key get ``O = 0``, ``m = 0`` and
-    ``l = 0``. ``m`` and ``l`` are kept apart rather than as ``L = m + log l``: in float32 at
-    large logits, ``m + log l`` rounds away ``log l`` and the backward's ``exp(S − L)`` would no
-    longer sum to 1.
+    the keys at positions ``≤`` its own. Causal self-attention (``T_q = T_k``, no ``q_start``)
+    longer than one block computes only the tiles on and below the diagonal
+    (``_paired_forward``); otherwise all the queries meet each key block in turn. Rows with no
+    visible key get ``O = 0``, ``m = 0`` and ``l = 0``. ``m`` and ``l`` are kept apart rather
+    than as ``L = m + log l``: in float32 at large logits, ``m + log l`` rounds away ``log l``
+    and the backward's ``exp(S − L)`` would no longer sum to 1.
     """
     n, h, t_q, d = q.shape
+    t_k = k.shape[2]
     q_scaled = _scaled(_grouped(q, k.shape[1]))
-    blocks, size = _key_blocks(k, v, key_mask, block_size)
-    q_positions = _query_positions(causal, t_q, q_start)
+    paired = _paired_geometry(t_q, block_size) if _skips(causal, t_q, t_k, q_start) else None
+    if paired is not None:
+        m, row_sum, acc = _paired_forward(q_scaled, k, v, key_mask, *paired)
+    else:
+        size = min(block_size, t_k)
+        kb_ = _key_blocks(k, v, key_mask, -(-t_k // size), size)
+        rows = _query_positions(causal, t_q, q_start)
 
-    def step(carry, block):
-        m, row_sum, acc = carry
-        k_b, v_b, valid_b, start = block
-        visible = _visible(valid_b, start, q_positions, size)
-        s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
-        # the maximum only keeps exp() in range: the result does not depend on it
-        m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p = jnp.exp(s - m_safe[..., None])
-        rescale = jnp.exp(m - m_safe)
-        row_sum = rescale * row_sum + jnp.sum(p, axis=-1)
-        acc = rescale[..., None] * acc + jnp.einsum("ncgqk,nckd->ncgqd", p, v_b)
-        return (m_new, row_sum, acc), None
+        def step(state, block):
+            k_t, v_b, valid_b, cols_b = block
+            visible = _visible(valid_b, cols_b, rows)
+            return _tile_forward(state, q_scaled, k_t, v_b, visible), None
 
-    init = (jnp.full(q_scaled.shape[:-1], -jnp.inf, q.dtype),
-            jnp.zeros(q_scaled.shape[:-1], q.dtype), jnp.zeros_like(q_scaled))
-    (m, row_sum, acc), _ = jax.lax.scan(step, init, blocks)
+        (m, row_sum, acc), _ = jax.lax.scan(step, _empty_state(q_scaled),
+                                            (kb_.keys_t, kb_.values, kb_.valid, kb_.cols))
     seen = row_sum > 0
     o = acc / jnp.where(seen, row_sum, 1.0)[..., None]
     stats = (jnp.where(seen, m, 0.0).reshape(n, h, t_q), row_sum.reshape(n, h, t_q))
@@ -721,13 +1016,14 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=
 def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size: int,
                        q_start=None):
     """``(dQ, dK, dV)`` from the saved ``Q, K, V, O`` and ``(m, l)``, recomputing
-    ``P = exp(S − m) / l`` block by block, in two passes: the first sums the softmax backward's
-    row term ``D = rowsum(P ⊙ dP)``, the second forms ``dS = P ⊙ (dP − D)`` and the gradients.
+    ``P = exp(S − m) / l`` tile by tile (the forward's tiles), in two passes: the first sums
+    the softmax backward's row term ``D = rowsum(P ⊙ dP)``, the second forms
+    ``dS = P ⊙ (dP − D)`` and the gradients.
 
     ``D`` equals ``rowsum(dO ⊙ O)`` in exact arithmetic, but in floating point only the sum of
     the very products ``P ⊙ dP`` cancels ``dP`` exactly where a row's softmax is one-hot (large
     logits): with ``rowsum(dO ⊙ O)`` float32 gradients at inputs × 100 were off by 100 % of
-    their size. The first pass costs two of the backward's seven block products. With GQA a
+    their size. The first pass costs two of the backward's seven tile products. With GQA a
     key/value head's ``dK``, ``dV`` sum over the query heads it serves.
     """
     del o  # D comes from P ⊙ dP, not from O (see above)
@@ -737,34 +1033,34 @@ def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size
     do = _grouped(do, c)
     m, row_sum = (a.reshape(q_scaled.shape[:-1]) for a in stats)
     l_safe = jnp.where(row_sum > 0, row_sum, 1.0)
-    blocks, size = _key_blocks(k, v, key_mask, block_size)
-    q_positions = _query_positions(causal, t_q, q_start)
+    paired = _paired_geometry(t_q, block_size) if _skips(causal, t_q, t_k, q_start) else None
+    if paired is not None:
+        dq, dk_t, dv_t = _paired_backward(q_scaled, k, v, do, m, l_safe, key_mask, *paired)
+    else:
+        size = min(block_size, t_k)
+        kb_ = _key_blocks(k, v, key_mask, -(-t_k // size), size)
+        rows = _query_positions(causal, t_q, q_start)
+        q_t, do_t = _transposed(q_scaled), _transposed(do)
 
-    def probabilities(k_b, v_b, valid_b, start):
-        """``(visible, P, dP)`` of one key block: ``P = exp(S − m) / l``, ``dP = dO Vᵀ``."""
-        visible = _visible(valid_b, start, q_positions, size)
-        s = jnp.where(visible, _scores(q_scaled, k_b), -jnp.inf)
-        p = jnp.exp(s - m[..., None]) / l_safe[..., None]
-        return visible, p, jnp.einsum("ncgqd,nckd->ncgqk", do, v_b)
+        def tile(block):
+            _, k_t, v_t, valid_b, cols_b = block
+            visible = _visible(valid_b, cols_b, rows)
+            return (visible, *_tile_probabilities(q_scaled, k_t, v_t, do, m, l_safe, visible))
 
-    def row_term(row_dot, block):
-        visible, p, dp = probabilities(*block)
-        return row_dot + jnp.sum(jnp.where(visible, p * dp, 0.0), axis=-1), None
+        blocks = (kb_.keys, kb_.keys_t, kb_.values_t, kb_.valid, kb_.cols)
 
-    row_dot, _ = jax.lax.scan(row_term, jnp.zeros_like(m), blocks)  # D = rowsum(P ⊙ dP)
+        def row_term(row_dot, block):
+            visible, p, dp = tile(block)
+            return row_dot + _tile_row_term(p, dp, visible), None
 
-    def step(dq, block):
-        k_b = block[0]
-        visible, p, dp = probabilities(*block)
-        dv_b = jnp.einsum("ncgqk,ncgqd->nckd", p, do)  # dV = Pᵀ dO
-        ds = jnp.where(visible, p * (dp - row_dot[..., None]), 0.0)  # dS = P ⊙ (dP − D)
-        dq = dq + jnp.einsum("ncgqk,nckd->ncgqd", ds, k_b)
-        dk_b = jnp.einsum("ncgqk,ncgqd->nckd", ds, q_scaled)
-        return dq, (dk_b, dv_b)
+        row_dot, _ = jax.lax.scan(row_term, jnp.zeros_like(m), blocks)  # D = rowsum(P ⊙ dP)
 
-    dq, (dk_blocks, dv_blocks) = jax.lax.scan(step, jnp.zeros_like(q_scaled), blocks)
+        def step(dq, block):
+            visible, p, dp = tile(block)
+            dq_t, dk_t, dv_t = _tile_gradients(q_t, block[0], do_t, p, dp, row_dot, visible)
+            return dq + dq_t, (dk_t, dv_t)
 
-    def merge(blocks):
-        return jnp.moveaxis(blocks, 0, 2).reshape(n, c, -1, d)[:, :, :t_k]
-
-    return _scaled(dq).reshape(n, h, t_q, d), merge(dk_blocks), merge(dv_blocks)
+        dq, (dk_t, dv_t) = jax.lax.scan(step, jnp.zeros_like(q_scaled), blocks)
+        dk_t, dv_t = _merge_time(dk_t, -1, t_k), _merge_time(dv_t, -1, t_k)
+    return (_scaled(dq).reshape(n, h, t_q, d), jnp.swapaxes(dk_t, -1, -2),
+            jnp.swapaxes(dv_t, -1, -2))
