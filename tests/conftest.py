@@ -33,11 +33,13 @@ import jax
 import pytest
 from hypothesis import settings
 
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-if (os.environ.get("JAXNN_TEST_FAST_COMPILE", "on") != "off"
-        and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
-    # read when JAX first starts its backend, which nothing has done yet
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+FAST_COMPILE_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+if os.environ.get("JAXNN_TEST_FAST_COMPILE", "on") != "off":
+    # read when JAX first starts its backend, which nothing has done yet; a flag the user set
+    # in XLA_FLAGS is kept
+    flags = os.environ.get("XLA_FLAGS", "")
+    added = [f"--{name}={value}" for name, value in FAST_COMPILE_FLAGS.items() if name not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *added]).strip()
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
