@@ -66,18 +66,21 @@ def test_prefill_then_one_position_at_a_time_equals_the_full_forward(positions, 
 
 
 @pytest.mark.parametrize(("positions", "num_kv_heads"), [("rope", 2), ("sinusoidal", None)])
-def test_a_whole_prompt_decoded_at_once_is_the_full_forward_to_the_bit(positions,
+def test_a_whole_prompt_decoded_at_once_is_the_full_forward_to_the_last_bits(positions,
                                                                        num_kv_heads):
     """In float64 the decode form run on the whole sequence at once (prefill into a longer
-    cache) gives the full forward's logits exactly. Prefill then single steps agree only to
-    rounding (1e-12 above), and cannot do better: the full forward itself is not exact
-    across lengths, its logits at the first 5 positions over 5 ids and over 11 ids can differ
-    in the last bits (XLA's CPU products sum in an order that depends on their shapes)."""
+    cache) gives the full forward's logits to within a few units in the last place (bit for
+    bit under some compiler settings, not all: the two are different programs, whose fusions
+    XLA may emit and round differently). Prefill then single steps agree only to rounding (1e-12
+    above), and cannot do better: the full forward itself is not exact across lengths, its
+    logits at the first 5 positions over 5 ids and over 11 ids can differ in the last bits
+    (XLA's CPU products sum in an order that depends on their shapes)."""
     lm, params, state = _model(positions, jnp.float64, num_kv_heads=num_kv_heads)
     ids = _ids(3, 11)
     full = jaxnn.apply(lm, params, state, ids)[0]
     decoded, _ = _decode_in_pieces(lm, params, state, ids, [0, 11], 14)
-    np.testing.assert_array_equal(decoded, full)
+    ulp = np.finfo(np.float64).eps * float(jnp.max(jnp.abs(full)))
+    np.testing.assert_allclose(decoded, full, rtol=0, atol=8 * ulp)
 
 
 def test_generate_greedy_equals_rerunning_the_window_and_is_batched_over_prompts():
