@@ -1,4 +1,4 @@
-r"""Decoding a language model with an explicit KV cache, the whole loop in one compiled scan.
+r"""Decoding a language model with an explicit KV cache, the whole loop in one compiled function.
 
 A causal language model ``serial(embedding, …, transformer_block…, layer_norm, dense(V))``
 maps ids ``(N, T)`` to next-token logits ``(N, T, V)``. Re-running it on the whole window for
@@ -16,9 +16,11 @@ and values of the positions already seen, so one new position costs ``O(T)``:
   positions after the ``length`` already cached (a whole prompt, then one id at a time); it
   returns their logits and the advanced cache. Prefill followed by single steps equals the
   full forward at every position.
-* [`generate`][jaxnn.generate] runs prefill and ``steps`` sampling steps in one ``jax.jit`` of a
-  ``lax.scan``, batched over prompts. The compiled loop updates each cache in place (no copy
-  of a cache per step) and draws every step's sampling noise before the loop.
+* [`generate`][jaxnn.generate] runs prefill and ``steps`` sampling steps in one ``jax.jit``,
+  batched over prompts: a few ``lax.scan`` segments over caches that grow with the sequence
+  (each step reads every cached position, so a cache only as long as the segment needs keeps
+  the steps short). The compiled loops update each cache in place (no copy of a cache per
+  step) and every step's sampling noise is drawn before them.
 
 Sampling from the last logits $z$: $p = \operatorname{softmax}(z / \tau)$ with temperature
 $\tau > 0$, restricted to the ``top_k`` largest logits and then to the smallest set of the
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn.core import Layer, children
+from jaxnn.layers._attention import is_cache
 
 __all__ = ["generate", "init_cache"]
 
@@ -119,12 +122,14 @@ def _filter_logits(logits, temperature: float, top_k: int | None, top_p: float |
 def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps: int,
              key: jax.Array, *, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None) -> jax.Array:
-    r"""Samples ``steps`` tokens after each prompt, the whole loop one compiled ``lax.scan``.
+    r"""Samples ``steps`` tokens after each prompt, the whole loop one compiled function.
 
     The prompts ``(N, T_p)`` are run once (prefill, filling each attention layer's KV cache),
     then each step samples a token from the last logits, $t \sim
     \operatorname{softmax}(z / \tau)$ restricted by ``top_k`` and ``top_p``, and runs the model
-    on that one position. The caches hold ``T_p + steps`` positions.
+    on that one position. The caches end holding ``T_p + steps`` positions; the steps run as a
+    few ``lax.scan`` segments over caches that grow between them (by a quarter, at least 64
+    positions), since each step reads every position its caches hold.
 
     Args:
       model: a causal language model: integer ids ``(N, T)`` to logits ``(N, T, V)``; its
@@ -172,13 +177,51 @@ def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps
                      None if top_p is None else float(top_p))(params, cache, prompt_ids, key)
 
 
+# Each step reads every cached position of every layer, so a decode step's time grows with the
+# caches' length (on the 2-core CPU, 0.18 µs per position in benchmarks/generate.py's model,
+# against 73 µs for the rest of the step). The caches therefore grow as the sequence does:
+# the loop runs in segments, each a ``lax.scan`` over caches just long enough for its steps,
+# padded with empty positions between segments (one copy per segment, not per step).
+_GROWTH_MIN = 64  # positions added per segment, at least …
+_GROWTH_FRACTION = 4  # … and at least a quarter of the length so far (few segments)
+
+
+def cache_lengths(prompt_length: int, steps: int) -> tuple[int, ...]:
+    """The caches' length in each of generate's segments: ``prompt_length + steps`` at the
+    end, each segment at least ``_GROWTH_MIN`` positions and a quarter longer than the one
+    before (so ``O(log steps)`` segments, each a compiled loop of its own)."""
+    total, length, lengths = prompt_length + steps, prompt_length, []
+    while length < total:
+        length = min(total, length + max(_GROWTH_MIN, length // _GROWTH_FRACTION))
+        lengths.append(length)
+    return tuple(lengths)
+
+
+def _resized(state, length: int):
+    """``state`` with every attention KV cache's keys and values cut, or padded with empty
+    positions, to ``length`` positions (axis 1); its ``length`` counter and everything else
+    unchanged."""
+    def resize(node):
+        if not is_cache(node):
+            return node
+        def fit(a):
+            if a.shape[1] >= length:
+                return a[:, :length]
+            return jnp.pad(a, ((0, 0), (0, length - a.shape[1]), (0, 0)))
+        return {**node, "keys": fit(node["keys"]), "values": fit(node["values"])}
+
+    return jax.tree.map(resize, state, is_leaf=is_cache)
+
+
 @functools.lru_cache(maxsize=32)
 def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
     """The compiled loop for one model and sampling setting (cached, so a second call with
     the same shapes does not trace again)."""
 
     def run(params, cache, prompt_ids, key):
-        logits, cache, _ = model.forward(params, cache, prompt_ids)
+        prompt_length = prompt_ids.shape[1]
+        lengths = cache_lengths(prompt_length, steps)
+        logits, cache, _ = model.forward(params, _resized(cache, lengths[0]), prompt_ids)
         last = logits[:, -1]
         # jax.random.categorical(k, z) is argmax(z + gumbel(k, z.shape)): the noise of every
         # step drawn at once, before the loop, draws the same tokens without running the
@@ -193,7 +236,13 @@ def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
             logits, cache, _ = model.forward(params, cache, token[:, None])
             return (cache, logits[:, -1]), token
 
-        _, tokens = jax.lax.scan(step, (cache, last), noise)
-        return tokens.T
+        tokens, done = [], 0
+        for length in lengths:  # step k writes position prompt_length + k
+            count = length - prompt_length - done
+            (cache, last), segment = jax.lax.scan(step, (_resized(cache, length), last),
+                                                  noise[done:done + count])
+            tokens.append(segment)
+            done += count
+        return jnp.concatenate(tokens).T
 
     return jax.jit(run)

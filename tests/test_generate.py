@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxnn
+from jaxnn.generate import cache_lengths
 
 VOCAB = 13
 
@@ -233,7 +234,8 @@ def _loop_body(hlo: str, trip_count: int) -> str:
         "the update and copies the cache each step")))])
 def test_the_compiled_loop_updates_each_cache_in_place(batch_size, num_kv_heads):
     """Issue 21 item 1: a decode step writes one position into each KV cache where it lies.
-    The body of generate's compiled loop has no `copy` of an array of a cache's shape (with
+    The body of each of generate's compiled loops (here two segments, 64 and 36 steps, the
+    caches 67 then 103 positions long) has no `copy` of an array of its caches' shape (with
     one prompt, copying the caches every step made generation twice as slow), with multi-head
     and multi-query attention, for one prompt and for several (but one prompt with one
     key/value head, a known exception)."""
@@ -243,13 +245,38 @@ def test_the_compiled_loop_updates_each_cache_in_place(batch_size, num_kv_heads)
                                               rope=True),
                       jaxnn.layer_norm(), jaxnn.dense(VOCAB))
     _, params, state = lm.init(jax.random.key(0), (-1, 4))
-    prompts, steps = _ids(batch_size, 3), 17
-    caches = jaxnn.init_cache(lm, params, state, batch_size, 3 + steps)
-    shapes = {tuple(a.shape) for a in jax.tree.leaves(caches) if a.ndim}
-    assert len(shapes) == 1 and len(jax.tree.leaves(caches)) == 3  # keys, values, length
+    prompts, steps = _ids(batch_size, 3), 100
+    assert cache_lengths(3, steps) == (67, 103)
     run = jax.jit(lambda p, ids, key: jaxnn.generate(lm, p, state, ids, steps, key, top_k=3))
-    body = _loop_body(run.lower(params, prompts, jax.random.key(0)).compile().as_text(), steps)
-    copies = [line.strip() for line in body.splitlines()
-              if (match := re.search(r"= f32\[([\d,]*)\]\S* copy\(", line))
-              and tuple(int(d) for d in match.group(1).split(",")) in shapes]
-    assert not copies, "the decode loop copies a KV cache every step:\n" + "\n".join(copies)
+    hlo = run.lower(params, prompts, jax.random.key(0)).compile().as_text()
+    for length, count in ((67, 64), (103, 36)):
+        caches = jaxnn.init_cache(lm, params, state, batch_size, length)
+        shapes = {tuple(a.shape) for a in jax.tree.leaves(caches) if a.ndim}
+        assert len(shapes) == 1 and len(jax.tree.leaves(caches)) == 3  # keys, values, length
+        copies = [line.strip() for line in _loop_body(hlo, count).splitlines()
+                  if (match := re.search(r"= f32\[([\d,]*)\]\S* copy\(", line))
+                  and tuple(int(d) for d in match.group(1).split(",")) in shapes]
+        assert not copies, "the decode loop copies a KV cache every step:\n" + "\n".join(copies)
+
+
+def test_the_caches_grow_with_the_sequence_and_change_no_token():
+    """Each step reads every cached position, so generate runs in segments over caches just
+    long enough for them (a quarter longer each time, at least 64 positions more), growing
+    them between segments: a few compiled loops, O(log steps). The tokens are those of one
+    cache of the whole length, stepped through the decode form."""
+    assert cache_lengths(4, 300) == (68, 132, 196, 260, 304)
+    assert cache_lengths(3, 17) == (20,)
+    long = cache_lengths(1, 100_000)
+    assert long[-1] == 100_001 and len(long) < 40
+    assert all(b - a >= min(64, 100_001 - a) for a, b in itertools.pairwise((1, *long)))
+    lm, params, state = _model("rope", jnp.float64)
+    prompts, steps, key = _ids(2, 3), 150, jax.random.key(5)
+    tokens = jaxnn.generate(lm, params, state, prompts, steps, key, temperature=0.7)
+    step = jax.jit(lm.forward)
+    logits, cache, _ = step(params, jaxnn.init_cache(lm, params, state, 2, 3 + steps), prompts)
+    expected = []
+    for step_key in jax.random.split(key, steps):
+        token = jax.random.categorical(step_key, logits[:, -1] / 0.7).astype(jnp.int32)
+        expected.append(token)
+        logits, cache, _ = step(params, cache, token[:, None])
+    np.testing.assert_array_equal(tokens, jnp.stack(expected, axis=1))
