@@ -55,8 +55,12 @@ $D$ is the softmax backward's row term. In exact arithmetic it equals
 $\operatorname{rowsum}(dO \odot O)$ (for query row $i$,
 $\sum_k P_{ik}\, dP_{ik} = dO_i \cdot \sum_k P_{ik} V_k = dO_i \cdot O_i$), but only the sum of
 the very products $P \odot dP$ cancels $dP$ exactly in a row whose softmax is one-hot, as at
-large logits; so a first pass over the tiles sums it, and a second forms $dS$, adding each
-tile's part of $dQ$ into its query block and of $dK$, $dV$ into its key block.
+large logits; so it is summed from the tiles' own $P \odot dP$. In causal self-attention each
+backward step takes the whole rows of a pair of query blocks ($n_b + 1$ tiles, for a chunk of
+the sequences and heads), so $D$ is complete within the step and each tile's $P$ and $dP$ are
+computed once: five tile products. Otherwise a first pass over the key blocks sums $D$ and a
+second forms $dS$ (seven). Each tile's part of $dQ$ is added into its query block and of
+$dK$, $dV$ into its key block.
 
 Then come the projections' classic dense backward (``dWq = x_qᵀ dQ``, ``dx_q = dQ Wqᵀ``, ...):
 
@@ -906,9 +910,62 @@ def _merge_blocks(a, axis: int, length: int):
     return jax.lax.slice_in_dim(a, 0, length, axis=axis)
 
 
+# The backward takes each pair's whole rows at once: the ``nb + 1`` tiles of query blocks ``p``
+# (key blocks ``0 … p``) and ``nb − 1 − p`` (key blocks ``0 … nb − 1 − p``), so the softmax
+# row term ``D = rowsum(P ⊙ dP)`` is complete within the step and each tile's ``P``, ``dP``
+# are computed once (five products per tile; a separate pass for ``D`` would take seven). So
+# that a step's temporaries stay about as large as the forward's, the sequences and key/value
+# heads go through in chunks, as many per step as ``_ROW_TILE_BUDGET`` score entries allow.
+_ROW_TILE_BUDGET = 1 << 19  # score entries per backward step: 32 tiles of 128 × 128
+
+
+def _row_schedule(blocks: int):
+    """``(query_block, key_block, first)``: ``(nb / 2, nb + 1)`` index arrays, the tiles of
+    pair ``p``'s two rows, and whether a tile belongs to the first (query block ``p``)."""
+    pair = np.arange(blocks // 2)[:, None]
+    tile = np.arange(blocks + 1)[None, :]
+    first = tile <= pair
+    return (jnp.asarray(np.where(first, pair, blocks - 1 - pair)),
+            jnp.asarray(np.where(first, tile, tile - pair - 1)), jnp.asarray(first))
+
+
+def _row_chunk(rows: int, group: int, blocks: int, size: int) -> int:
+    """How many of the ``rows`` sequence-head rows (each with ``group`` query heads) one
+    backward step takes: the most that divide ``rows`` and keep the step's ``nb + 1`` tiles
+    within ``_ROW_TILE_BUDGET`` score entries (at least one)."""
+    fits = max(1, _ROW_TILE_BUDGET // ((blocks + 1) * group * size * size))
+    return max(r for r in range(1, min(rows, fits) + 1) if rows % r == 0)
+
+
 def _paired_backward(q_scaled, k, v, do, m, l_safe, key_mask, blocks: int, size: int):
     """``(dQ·√d, dKᵀ, dVᵀ)`` of causal self-attention over the tiles on and below the
-    diagonal, in the two passes of ``attention_backward``."""
+    diagonal, one pass over the pairs of query blocks (for a chunk of the ``N·c`` sequence and
+    key/value-head rows at a time)."""
+    n, c, g, t, _ = q_scaled.shape
+    rows = n * c
+    chunk = _row_chunk(rows, g, blocks, size)
+
+    def chunked(a):  # (N, c, …) → (rows / chunk, chunk, 1, …): each chunk N = chunk, c = 1
+        return a.reshape((rows // chunk, chunk, 1, *a.shape[2:]))
+
+    operands = tuple(chunked(a) for a in (q_scaled, k, v, do, m, l_safe))
+    if key_mask is not None:  # (N, T) → (rows / chunk, chunk, T): one row per sequence-head
+        valid = jnp.broadcast_to(key_mask[:, None], (n, c, t)).reshape(rows // chunk, chunk, t)
+        operands = (*operands, valid)
+
+    def rows_pass(chunk_operands):
+        return _paired_rows_backward(*chunk_operands[:6],
+                                     chunk_operands[6] if key_mask is not None else None,
+                                     blocks, size)
+
+    grads = jax.lax.map(rows_pass, operands)
+    return tuple(a.reshape((n, c, *a.shape[3:])) for a in grads)
+
+
+def _paired_rows_backward(q_scaled, k, v, do, m, l_safe, valid, blocks: int, size: int):
+    """``_paired_backward`` for one chunk: a ``lax.scan`` over the ``nb / 2`` pairs, each step
+    the ``nb + 1`` tiles of its two query blocks' rows, under one element mask (key ``j ≤``
+    row ``i``, all true below the diagonal; a padding row, at position −1, sees nothing)."""
     t = q_scaled.shape[-2]
     pad = blocks * size - t
     queries, douts = (_blocked(a, blocks, -2, pad) for a in (q_scaled, do))
@@ -918,51 +975,33 @@ def _paired_backward(q_scaled, k, v, do, m, l_safe, key_mask, blocks: int, size:
     # a padding row has dO = 0 (so it adds nothing) and any finite m, l > 0
     maxima, sums = (_blocked(a, blocks, -1, pad, fill) for a, fill in ((m, 0.0),
                                                                       (l_safe, 1.0)))
-    valid = None if key_mask is None else _blocked(key_mask, blocks, -1, pad, False)
-    schedules = _pair_schedules(blocks)
+    valid = None if valid is None else _blocked(valid, blocks, -1, pad, False)
 
-    def probabilities(qb, kb, visible):
-        return _tile_probabilities(_take(queries, qb, -3), _take(keys_t, kb, -2),
-                                   _take(values_t, kb, -2), _take(douts, qb, -3),
-                                   _take(maxima, qb, -2), _take(sums, qb, -2), visible)
-
-    def row_terms(diagonal: bool):
-        visible_of = _paired_visible(valid, t, size, diagonal)
-
-        def step(row_dot, tile):
-            qb, kb = tile
-            visible = visible_of(qb, kb)
-            part = _tile_row_term(*probabilities(qb, kb, visible), visible)
-            return _put(row_dot, qb, -2, part, add=True, unique=True), None
-
-        return step
-
-    row_dot = jnp.zeros_like(maxima)
-    for diagonal, schedule in zip((True, False), schedules, strict=True):
-        row_dot, _ = jax.lax.scan(row_terms(diagonal), row_dot, schedule)  # D = rowsum(P ⊙ dP)
-
-    def gradients(diagonal: bool):
-        visible_of = _paired_visible(valid, t, size, diagonal)
-
-        def step(grads, tile):
-            dq, dk_t, dv_t = grads
-            qb, kb = tile
-            visible = visible_of(qb, kb)
-            p, dp = probabilities(qb, kb, visible)
-            dq_b, dk_b, dv_b = _tile_gradients(_take(queries_t, qb, -2), _take(keys, kb, -3),
-                                               _take(douts_t, qb, -2), p, dp,
-                                               _take(row_dot, qb, -2), visible)
-            # two pairs may meet the same key block: .add sums the duplicates
-            return (_put(dq, qb, -3, dq_b, add=True, unique=True),
-                    _put(dk_t, kb, -2, dk_b, add=True, unique=False),
-                    _put(dv_t, kb, -2, dv_b, add=True, unique=False)), None
-
-        return step
+    def step(grads, tiles):
+        dq, dk_t, dv_t = grads
+        qb, kb, first = tiles  # (nb + 1,) each
+        cols = kb[:, None] * size + jnp.arange(size)[None, :]
+        positions = qb[:, None] * size + jnp.arange(size)[None, :]
+        visible = _visible(None if valid is None else _take(valid, kb, -2), cols,
+                           jnp.where(positions < t, positions, -1))
+        p, dp = _tile_probabilities(_take(queries, qb, -3), _take(keys_t, kb, -2),
+                                    _take(values_t, kb, -2), _take(douts, qb, -3),
+                                    _take(maxima, qb, -2), _take(sums, qb, -2), visible)
+        # D of each of the two rows, the sum of its tiles' parts, back on each of its tiles
+        rows_of = jnp.stack([first, ~first]).astype(p.dtype)  # (2, nb + 1)
+        row_dot = jnp.einsum("rt,t...->r...", rows_of, _tile_row_term(p, dp, visible))
+        row_dot = jnp.where(first.reshape((-1,) + (1,) * (row_dot.ndim - 1)), row_dot[0],
+                            row_dot[1])
+        dq_t, dk_b, dv_b = _tile_gradients(_take(queries_t, qb, -2), _take(keys, kb, -3),
+                                           _take(douts_t, qb, -2), p, dp, row_dot, visible)
+        dq_rows = jnp.einsum("rt,t...->r...", rows_of, dq_t)  # each row's dQ
+        # the two rows' tiles may meet the same key block: .add sums the duplicates
+        return (_put(dq, jnp.stack([qb[0], qb[-1]]), -3, dq_rows, add=True, unique=True),
+                _put(dk_t, kb, -2, dk_b, add=True, unique=False),
+                _put(dv_t, kb, -2, dv_b, add=True, unique=False)), None
 
     grads = (jnp.zeros_like(queries), jnp.zeros_like(keys_t), jnp.zeros_like(values_t))
-    for diagonal, schedule in zip((True, False), schedules, strict=True):
-        grads, _ = jax.lax.scan(gradients(diagonal), grads, schedule)
-    dq, dk_t, dv_t = grads
+    (dq, dk_t, dv_t), _ = jax.lax.scan(step, grads, _row_schedule(blocks))
     return (_merge_blocks(dq, -3, t), _merge_blocks(dk_t, -2, t), _merge_blocks(dv_t, -2, t))
 
 
@@ -1016,15 +1055,16 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=
 def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size: int,
                        q_start=None):
     """``(dQ, dK, dV)`` from the saved ``Q, K, V, O`` and ``(m, l)``, recomputing
-    ``P = exp(S − m) / l`` tile by tile (the forward's tiles), in two passes: the first sums
-    the softmax backward's row term ``D = rowsum(P ⊙ dP)``, the second forms
-    ``dS = P ⊙ (dP − D)`` and the gradients.
+    ``P = exp(S − m) / l`` tile by tile (the forward's tiles), with the softmax backward's row
+    term ``D = rowsum(P ⊙ dP)`` and ``dS = P ⊙ (dP − D)``.
 
     ``D`` equals ``rowsum(dO ⊙ O)`` in exact arithmetic, but in floating point only the sum of
     the very products ``P ⊙ dP`` cancels ``dP`` exactly where a row's softmax is one-hot (large
     logits): with ``rowsum(dO ⊙ O)`` float32 gradients at inputs × 100 were off by 100 % of
-    their size. The first pass costs two of the backward's seven tile products. With GQA a
-    key/value head's ``dK``, ``dV`` sum over the query heads it serves.
+    their size. Causal self-attention takes a pair of query blocks' whole rows per step
+    (``_paired_backward``), so ``D`` comes from the same ``P``, ``dP`` as the gradients: five
+    tile products. Otherwise two passes over the key blocks, the first summing ``D`` (seven).
+    With GQA a key/value head's ``dK``, ``dV`` sum over the query heads it serves.
     """
     del o  # D comes from P ⊙ dP, not from O (see above)
     n, h, t_q, d = q.shape
