@@ -141,6 +141,31 @@ def test_vmap_equals_a_loop(causal, masked):
         chex.assert_trees_all_close(batched[i], one(x[i], masks[i]), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_per_example_gradients_by_vmap_equal_a_loop(masked):
+    """Per-example gradients (``vmap`` of ``grad``) through causal self-attention that skips
+    the tiles above the diagonal (T = 10 in blocks of at most 4: four blocks, the backward's
+    pairs of rows chunked over the sequence-heads) equal the gradients one example at a time,
+    with GQA, RoPE and a key mask."""
+    layer = jaxnn.multi_head_attention(4, num_kv_heads=2, rope=True, causal=True, block_size=4)
+    x = _inputs((3, 1, 10, 8))[0]
+    # the third example's mask hides every key: its gradients are zeros, not NaN
+    masks = jnp.stack([_mask(1, 10, seed=s, empty_row=s == 2) for s in range(3)])
+    _, params, _ = layer.init(jax.random.key(0), (1, 10, 8))
+    cotangent = jax.random.normal(jax.random.key(3), (1, 10, 8), jnp.float64)
+
+    def gradient(inp, mask):
+        def objective(p, inp):
+            out = jaxnn.apply(layer, p, (), (inp, mask) if masked else inp)[0]
+            return jnp.sum(out * cotangent)
+        return jax.grad(objective, argnums=(0, 1))(params, inp)
+
+    batched = jax.vmap(gradient)(x, masks)
+    for i in range(3):
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], batched),
+                                    gradient(x[i], masks[i]), rtol=1e-12, atol=1e-12)
+
+
 def test_train_step_is_traced_once(key):
     model = jaxnn.serial(jaxnn.multi_head_attention(2, causal=True, block_size=4),
                          jaxnn.dense(3))
