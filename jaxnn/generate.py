@@ -171,10 +171,8 @@ def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps
         raise ValueError(f"generate: prompt_ids must be integer ids of shape (prompts, length) "
                          f"with length ≥ 1, got dtype {prompt_ids.dtype} and shape "
                          f"{tuple(prompt_ids.shape)}")
-    n, length = prompt_ids.shape
-    cache = init_cache(model, params, state, n, length + steps)
     return _generate(model, steps, float(temperature), top_k,
-                     None if top_p is None else float(top_p))(params, cache, prompt_ids, key)
+                     None if top_p is None else float(top_p))(params, state, prompt_ids, key)
 
 
 # Each step reads every cached position of every layer, so a decode step's time grows with the
@@ -218,10 +216,13 @@ def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
     """The compiled loop for one model and sampling setting (cached, so a second call with
     the same shapes does not trace again)."""
 
-    def run(params, cache, prompt_ids, key):
-        prompt_length = prompt_ids.shape[1]
+    def run(params, state, prompt_ids, key):
+        n, prompt_length = prompt_ids.shape
         lengths = cache_lengths(prompt_length, steps)
-        logits, cache, _ = model.forward(params, _resized(cache, lengths[0]), prompt_ids)
+        # the caches made inside the compiled function (no arrays built and passed per call);
+        # made for the whole length first, so a position table past its length is an error
+        cache = _resized(init_cache(model, params, state, n, prompt_length + steps), lengths[0])
+        logits, cache, _ = model.forward(params, cache, prompt_ids)
         last = logits[:, -1]
         # jax.random.categorical(k, z) is argmax(z + gumbel(k, z.shape)): the noise of every
         # step drawn at once, before the loop, draws the same tokens without running the
