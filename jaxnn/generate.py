@@ -29,7 +29,6 @@ most likely tokens whose probabilities sum to at least ``top_p`` (nucleus sampli
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -165,7 +164,8 @@ def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps
       ((2, 5), dtype('int32'))
     """
     _check_sampling(temperature, top_k, top_p, steps)
-    prompt_ids = jnp.asarray(prompt_ids)
+    if not isinstance(prompt_ids, jax.Array):  # (asarray of an Array dispatches an op)
+        prompt_ids = jnp.asarray(prompt_ids)
     if prompt_ids.ndim != 2 or not jnp.issubdtype(prompt_ids.dtype, jnp.integer) \
             or prompt_ids.shape[1] < 1:
         raise ValueError(f"generate: prompt_ids must be integer ids of shape (prompts, length) "
@@ -211,10 +211,26 @@ def _resized(state, length: int):
     return jax.tree.map(resize, state, is_leaf=is_cache)
 
 
-@functools.lru_cache(maxsize=32)
+_COMPILED: dict[tuple, tuple[Layer, Any]] = {}  # (id(model), settings) -> (model, jitted)
+_COMPILED_MAX = 32
+
+
 def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
-    """The compiled loop for one model and sampling setting (cached, so a second call with
-    the same shapes does not trace again)."""
+    """The compiled loop for one model and sampling setting, kept for the next call (so a
+    second call with the same shapes does not trace again). Looked up by the model's identity:
+    hashing a whole model's tree of layers took longer than the lookup should."""
+    settings = (id(model), steps, temperature, top_k, top_p)
+    kept = _COMPILED.get(settings)
+    if kept is not None and kept[0] is model:
+        return kept[1]
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))  # the oldest
+    compiled = _compile(model, steps, temperature, top_k, top_p)
+    _COMPILED[settings] = (model, compiled)
+    return compiled
+
+
+def _compile(model: Layer, steps: int, temperature: float, top_k, top_p):
 
     def run(params, state, prompt_ids, key):
         n, prompt_length = prompt_ids.shape
