@@ -231,6 +231,7 @@ def _generate(model: Layer, steps: int, temperature: float, top_k, top_p):
 
 
 def _compile(model: Layer, steps: int, temperature: float, top_k, top_p):
+    """``jax.jit`` of the whole generation: the caches, prefill, the noise, the segments."""
 
     def run(params, state, prompt_ids, key):
         n, prompt_length = prompt_ids.shape
