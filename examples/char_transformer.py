@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> float:
                                               args.sample_length, key_sample)
     print("sample:\n" + sample)
     print(f"generated {args.sample_length} characters at {tokens_per_second:,.0f} tokens/s "
-          f"(jaxnn.generate: KV cache, one compiled scan)")
+          f"(jaxnn.generate: KV cache, one compiled function)")
     print(f"val_bits_per_char={bits:.4f}")
     return bits
 

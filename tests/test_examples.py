@@ -74,7 +74,7 @@ def test_char_transformer_smoke(capsys):
     assert math.isfinite(bits) and bits > 0
     assert lines[-1] == f"val_bits_per_char={bits:.4f}"
     assert lines[-2].startswith("generated 10 characters at ")
-    assert lines[-2].endswith("tokens/s (jaxnn.generate: KV cache, one compiled scan)")
+    assert lines[-2].endswith("tokens/s (jaxnn.generate: KV cache, one compiled function)")
     sample = "\n".join(lines[lines.index("sample:") + 1:-2])
     assert sample.startswith("def ")
     assert len(sample) == len("def ") + 10
