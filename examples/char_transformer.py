@@ -10,7 +10,7 @@ with rotary positions inside each attention (no position table, so no length lim
 generating), trained with softmax cross-entropy on the next character, AdamW with linear
 warm-up, cosine decay and gradient clipping. It prints the validation loss in bits per
 character as it trains, then generates text from a prompt with ``jaxnn.generate`` (a KV cache,
-the whole loop one compiled scan), prints it with the generation's tokens per second, and ends
+the whole loop one compiled function), prints it with the generation's tokens per second, and ends
 with ``val_bits_per_char=<value>``.
 
     python examples/char_transformer.py --steps 1500
