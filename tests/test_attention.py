@@ -404,19 +404,10 @@ def test_gqa_and_rope_equal_a_plain_jax_peer_forward_and_gradients(num_heads, nu
     params = jax.tree.map(lambda a: jax.random.normal(key, a.shape, jnp.float64) * 0.5, params)
     assert params["Wk"].shape == (2 * num_heads, 2 * num_kv_heads)
 
-    def objective(forward):
-        return lambda p, inp: jnp.sum(jnp.sin(forward(p, inp)))
-
     def peer(p, inp):
         return _peer_gqa_rope(p, inp, num_heads, num_kv_heads, rope, causal)
 
-    expected = jax.grad(objective(peer), argnums=(0, 1))(params, x)
-    chex.assert_trees_all_close(jaxnn.apply(layer, params, (), x)[0], peer(params, x),
-                                rtol=1e-12, atol=1e-12)
-    for run in (jaxnn.apply, jaxnn.reference_apply):
-        got = jax.grad(objective(lambda p, inp, run=run: run(layer, p, (), inp)[0]),
-                       argnums=(0, 1))(params, x)
-        chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-12)
+    _assert_layer_matches(layer, params, x, peer, lambda y: jnp.sum(jnp.sin(y)))
 
 
 def test_rope_makes_scores_depend_only_on_relative_position(key):
@@ -504,21 +495,32 @@ def test_causal_tile_skipping_equals_the_dense_softmax_forward_and_gradients(
         mask = jnp.asarray(np.random.default_rng(t).random((2, t)) > 0.3).at[1, :2].set(False)
     _, params, _ = layer.init(key, (x.shape, mask.shape) if masked else x.shape)
     params = jax.tree.map(lambda a: jax.random.normal(key, a.shape, jnp.float64) * 0.7, params)
-    inputs = (x, mask) if masked else x
     cotangent = jax.random.normal(jax.random.key(t), (2, t, 2 * num_heads), jnp.float64)
-
-    def objective(forward):
-        return lambda p, inp: jnp.sum(forward(p, inp) * cotangent)
 
     def reference(p, inp):
         return _dense_causal_reference(p, inp, mask, num_heads, num_kv_heads, rope)
 
+    _assert_layer_matches(layer, params, x, reference, lambda y: jnp.sum(y * cotangent),
+                          mask if masked else None)
+
+
+def _assert_layer_matches(layer, params, x, reference, loss, mask=None):
+    """The layer's output equals ``reference(params, x)`` to 1e-12 and the gradients of
+    ``loss(output)`` with respect to the params and ``x`` equal the reference's to 1e-10, both
+    the hand-derived ones (``jaxnn.apply``) and autodiff of the layer's forward
+    (``jaxnn.reference_apply``); ``mask``, when given, is the layer's key mask."""
+    def inputs(inp):
+        return inp if mask is None else (inp, mask)
+
+    def objective(forward):
+        return lambda p, inp: loss(forward(p, inp))
+
     expected = jax.grad(objective(reference), argnums=(0, 1))(params, x)
-    chex.assert_trees_all_close(jaxnn.apply(layer, params, (), inputs)[0], reference(params, x),
-                                rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(jaxnn.apply(layer, params, (), inputs(x))[0],
+                                reference(params, x), rtol=1e-12, atol=1e-12)
     for run in (jaxnn.apply, jaxnn.reference_apply):
         def forward(p, inp, run=run):
-            return run(layer, p, (), (inp, mask) if masked else inp)[0]
+            return run(layer, p, (), inputs(inp))[0]
 
         got = jax.grad(objective(forward), argnums=(0, 1))(params, x)
         chex.assert_trees_all_close(got, expected, rtol=1e-10, atol=1e-12)
