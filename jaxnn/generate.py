@@ -128,7 +128,9 @@ def generate(model: Layer, params: Any, state: Any, prompt_ids: jax.Array, steps
     \operatorname{softmax}(z / \tau)$ restricted by ``top_k`` and ``top_p``, and runs the model
     on that one position. The caches end holding ``T_p + steps`` positions; the steps run as a
     few ``lax.scan`` segments over caches that grow between them (by a quarter, at least 64
-    positions), since each step reads every position its caches hold.
+    positions), since each step reads every position its caches hold. Each segment is a loop
+    of its own to compile, ``O(log steps)`` of them (5 for 300 steps, 15 for 3 000); the
+    compiled function is kept for the next call with the same model, shapes and settings.
 
     Args:
       model: a causal language model: integer ids ``(N, T)`` to logits ``(N, T, V)``; its
