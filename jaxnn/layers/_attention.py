@@ -976,14 +976,12 @@ def _paired_rows_backward(q_scaled, k, v, do, m, l_safe, valid, blocks: int, siz
     maxima, sums = (_blocked(a, blocks, -1, pad, fill) for a, fill in ((m, 0.0),
                                                                       (l_safe, 1.0)))
     valid = None if valid is None else _blocked(valid, blocks, -1, pad, False)
+    visible_of = _paired_visible(valid, t, size, diagonal=True)  # the element mask, every tile
 
     def step(grads, tiles):
         dq, dk_t, dv_t = grads
         qb, kb, first = tiles  # (nb + 1,) each
-        cols = kb[:, None] * size + jnp.arange(size)[None, :]
-        positions = qb[:, None] * size + jnp.arange(size)[None, :]
-        visible = _visible(None if valid is None else _take(valid, kb, -2), cols,
-                           jnp.where(positions < t, positions, -1))
+        visible = visible_of(qb, kb)
         p, dp = _tile_probabilities(_take(queries, qb, -3), _take(keys_t, kb, -2),
                                     _take(values_t, kb, -2), _take(douts, qb, -3),
                                     _take(maxima, qb, -2), _take(sums, qb, -2), visible)
