@@ -144,9 +144,9 @@ def test_vmap_equals_a_loop(causal, masked):
 @pytest.mark.parametrize("masked", [False, True])
 def test_per_example_gradients_by_vmap_equal_a_loop(masked):
     """Per-example gradients (``vmap`` of ``grad``) through causal self-attention that skips
-    the tiles above the diagonal (T = 10 in blocks of at most 4: four blocks, the backward's
-    pairs of rows chunked over the sequence-heads) equal the gradients one example at a time,
-    with GQA, RoPE and a key mask."""
+    the tiles above the diagonal (T = 10 in blocks of at most 4: four blocks, so the backward
+    takes its pairs of query blocks' rows) equal the gradients one example at a time, with
+    GQA, RoPE and a key mask."""
     layer = jaxnn.multi_head_attention(4, num_kv_heads=2, rope=True, causal=True, block_size=4)
     x = _inputs((3, 1, 10, 8))[0]
     # the third example's mask hides every key: its gradients are zeros, not NaN
