@@ -805,11 +805,10 @@ def _transposed(a):
 # ``nb − 1 − p``: ``p + (nb − 1 − p) = nb − 1`` tiles, so ``nb − 1`` scan steps over all
 # ``nb / 2`` pairs at once do exactly those, every step the same work. At step ``t`` pair
 # ``p`` computes the tile (query block ``p``, key block ``t``) while ``t < p``, then
-# (``nb − 1 − p``, ``t − p``). Each step reads its blocks by index (``jnp.take``) from the
-# arrays as they are, ``(…, nb, B, …)`` views of the time axis, and writes its query
-# blocks' state back by index; a step's query blocks are distinct, but two pairs may meet
-# the same key block, whose ``dK``, ``dV`` parts are added (``.at[kb].add`` sums duplicate
-# indices).
+# (``nb − 1 − p``, ``t − p``). Each forward step reads its blocks by index (``jnp.take``)
+# from the arrays as they are, ``(…, nb, B, …)`` views of the time axis, and writes its query
+# blocks' state back by index (a step's query blocks are distinct). The backward takes whole
+# rows instead (below), reading the keys as one window of their mirrored blocks.
 
 
 def _paired_geometry(t: int, block_size: int) -> tuple[int, int] | None:
@@ -919,16 +918,6 @@ def _merge_blocks(a, axis: int, length: int):
 _ROW_TILE_BUDGET = 1 << 19  # score entries per backward step: 32 tiles of 128 × 128
 
 
-def _row_schedule(blocks: int):
-    """``(query_block, key_block, first)``: ``(nb / 2, nb + 1)`` index arrays, the tiles of
-    pair ``p``'s two rows, and whether a tile belongs to the first (query block ``p``)."""
-    pair = np.arange(blocks // 2)[:, None]
-    tile = np.arange(blocks + 1)[None, :]
-    first = tile <= pair
-    return (jnp.asarray(np.where(first, pair, blocks - 1 - pair)),
-            jnp.asarray(np.where(first, tile, tile - pair - 1)), jnp.asarray(first))
-
-
 def _row_chunk(rows: int, group: int, blocks: int, size: int) -> int:
     """How many of the ``rows`` sequence-head rows (each with ``group`` query heads) one
     backward step takes: the most that divide ``rows`` and keep the step's ``nb + 1`` tiles
@@ -962,45 +951,80 @@ def _paired_backward(q_scaled, k, v, do, m, l_safe, key_mask, blocks: int, size:
     return tuple(a.reshape((n, c, *a.shape[3:])) for a in grads)
 
 
+def _mirrored(blocks):
+    """``(2nb, …)``: the blocks ``nb − 1 … 0`` then ``0 … nb − 1`` (blocks axis first), so that
+    pair ``p``'s ``nb + 1`` key blocks ``p … 0, 0 … nb − 1 − p`` are one contiguous window, at
+    ``nb − 1 − p``."""
+    return jnp.concatenate([jnp.flip(blocks, 0), blocks], axis=0)
+
+
 def _paired_rows_backward(q_scaled, k, v, do, m, l_safe, valid, blocks: int, size: int):
     """``_paired_backward`` for one chunk: a ``lax.scan`` over the ``nb / 2`` pairs, each step
     the ``nb + 1`` tiles of its two query blocks' rows, under one element mask (key ``j ≤``
-    row ``i``, all true below the diagonal; a padding row, at position −1, sees nothing)."""
+    row ``i``, all true below the diagonal; a padding row, at position −1, sees nothing).
+
+    The keys are read as one window of their mirrored blocks (``_mirrored``) and ``dK``,
+    ``dV`` are added back into the same window: no gather, no scatter. ``dO`` is divided by
+    ``l`` once, so that a tile needs only ``E = exp(S − m)``: with ``dP' = (dO / l) Vᵀ``,
+    ``P ⊙ dP = E ⊙ dP'``, ``D = rowsum(E ⊙ dP')``, ``dS = E ⊙ (dP' − D / l)`` and
+    ``dVᵀ = (dO / l)ᵀ E``. ``E`` is exactly 0 where a key is hidden, so ``dS`` is too (``dP'``
+    is finite there: hidden keys are zeros, or the key mask's zeroed rows)."""
     t = q_scaled.shape[-2]
     pad = blocks * size - t
-    queries, douts = (_blocked(a, blocks, -2, pad) for a in (q_scaled, do))
-    queries_t, douts_t = (_blocked(_transposed(a), blocks, -1, pad) for a in (q_scaled, do))
-    keys = _blocked(k, blocks, -2, pad)
-    keys_t, values_t = (_blocked(jnp.swapaxes(a, -1, -2), blocks, -1, pad) for a in (k, v))
+    do = do / l_safe[..., None]
+    # blocks first: (nb, N, c, g, B, d) and, transposed, (nb, N, c, d, g, B)
+    queries, douts = (_split_time(a, blocks, -2, pad) for a in (q_scaled, do))
+    queries_t, douts_t = (_split_time(_transposed(a), blocks, -1, pad) for a in (q_scaled, do))
     # a padding row has dO = 0 (so it adds nothing) and any finite m, l > 0
-    maxima, sums = (_blocked(a, blocks, -1, pad, fill) for a, fill in ((m, 0.0),
-                                                                      (l_safe, 1.0)))
-    valid = None if valid is None else _blocked(valid, blocks, -1, pad, False)
-    visible_of = _paired_visible(valid, t, size, diagonal=True)  # the element mask, every tile
+    maxima, sums = (_split_time(a, blocks, -1, pad, fill) for a, fill in ((m, 0.0),
+                                                                         (l_safe, 1.0)))
+    keys = _mirrored(_split_time(k, blocks, -2, pad))  # (2nb, N, c, B, d)
+    keys_t, values_t = (_mirrored(_split_time(jnp.swapaxes(a, -1, -2), blocks, -1, pad))
+                        for a in (k, v))  # (2nb, N, c, d, B)
+    valid = None if valid is None else _mirrored(_split_time(valid, blocks, -1, pad, False))
+    tile = jnp.arange(blocks + 1)
+    positions = jnp.arange(size)
 
-    def step(grads, tiles):
+    def step(grads, p):
         dq, dk_t, dv_t = grads
-        qb, kb, first = tiles  # (nb + 1,) each
-        visible = visible_of(qb, kb)
-        p, dp = _tile_probabilities(_take(queries, qb, -3), _take(keys_t, kb, -2),
-                                    _take(values_t, kb, -2), _take(douts, qb, -3),
-                                    _take(maxima, qb, -2), _take(sums, qb, -2), visible)
-        # D of each of the two rows, the sum of its tiles' parts, back on each of its tiles
-        rows_of = jnp.stack([first, ~first]).astype(p.dtype)  # (2, nb + 1)
-        row_dot = jnp.einsum("rt,t...->r...", rows_of, _tile_row_term(p, dp, visible))
+        other = blocks - 1 - p  # the pair's second query block, and the keys' window start
+        first = tile <= p  # the tiles of query block p
+        qb = jnp.where(first, p, other)
+        kb = jnp.where(first, p - tile, tile - p - 1)
+
+        def window(a):
+            return jax.lax.dynamic_slice_in_dim(a, other, blocks + 1, axis=0)
+
+        def rows(a):  # each tile's query rows
+            return jnp.take(a, qb, axis=0, mode="clip")
+
+        rows_at = qb[:, None] * size + positions[None, :]
+        visible = _visible(None if valid is None else window(valid),
+                           kb[:, None] * size + positions[None, :],
+                           jnp.where(rows_at < t, rows_at, -1))
+        s = _select(visible, _scores(rows(queries), window(keys_t)), -jnp.inf)
+        e = jnp.exp(s - rows(maxima)[..., None])
+        dp = jnp.einsum("...cgqd,...cdk->...cgqk", rows(douts), window(values_t))
+        # D / l of each of the two rows, the sum of its tiles' parts, back on each of its tiles
+        rows_of = jnp.stack([first, ~first]).astype(e.dtype)  # (2, nb + 1)
+        row_dot = jnp.einsum("rt,t...->r...", rows_of,
+                             jnp.einsum("...k,k->...", e * dp, jnp.ones(size, e.dtype)))
+        row_dot = row_dot / jnp.stack([sums[p], sums[other]])
         row_dot = jnp.where(first.reshape((-1,) + (1,) * (row_dot.ndim - 1)), row_dot[0],
                             row_dot[1])
-        dq_t, dk_b, dv_b = _tile_gradients(_take(queries_t, qb, -2), _take(keys, kb, -3),
-                                           _take(douts_t, qb, -2), p, dp, row_dot, visible)
-        dq_rows = jnp.einsum("rt,t...->r...", rows_of, dq_t)  # each row's dQ
-        # the two rows' tiles may meet the same key block: .add sums the duplicates
-        return (_put(dq, jnp.stack([qb[0], qb[-1]]), -3, dq_rows, add=True, unique=True),
-                _put(dk_t, kb, -2, dk_b, add=True, unique=False),
-                _put(dv_t, kb, -2, dv_b, add=True, unique=False)), None
+        ds = e * (dp - row_dot[..., None])
+        dq_t = jnp.einsum("...cgqk,...ckd->...cgqd", ds, window(keys))
+        dk_b = jnp.einsum("...cdgq,...cgqk->...cdk", rows(queries_t), ds)
+        dv_b = jnp.einsum("...cdgq,...cgqk->...cdk", rows(douts_t), e)
+        dq_rows = jnp.einsum("rt,t...->r...", rows_of, dq_t)  # each row's whole dQ
+        dq = dq.at[p].set(dq_rows[0]).at[other].set(dq_rows[1])
+        return (dq, jax.lax.dynamic_update_slice_in_dim(dk_t, window(dk_t) + dk_b, other, 0),
+                jax.lax.dynamic_update_slice_in_dim(dv_t, window(dv_t) + dv_b, other, 0)), None
 
     grads = (jnp.zeros_like(queries), jnp.zeros_like(keys_t), jnp.zeros_like(values_t))
-    (dq, dk_t, dv_t), _ = jax.lax.scan(step, grads, _row_schedule(blocks))
-    return (_merge_blocks(dq, -3, t), _merge_blocks(dk_t, -2, t), _merge_blocks(dv_t, -2, t))
+    (dq, dk_t, dv_t), _ = jax.lax.scan(step, grads, jnp.arange(blocks // 2))
+    dk_t, dv_t = (jnp.flip(a[:blocks], 0) + a[blocks:] for a in (dk_t, dv_t))
+    return (_merge_time(dq, -2, t), _merge_time(dk_t, -1, t), _merge_time(dv_t, -1, t))
 
 
 # --- the two entry points ---------------------------------------------------------------------
