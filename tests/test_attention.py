@@ -238,14 +238,17 @@ def _plain_softmax_attention(params, x, num_heads, causal):
     return o.transpose(0, 2, 1, 3).reshape(x.shape) @ params["Wo"] + params["bo"][None, None]
 
 
-@pytest.mark.parametrize(("scale", "causal"), [(100.0, True), (100.0, False), (1e4, True)])
+@pytest.mark.parametrize(("scale", "causal", "block_size"),
+                         [(100.0, True, 4), (100.0, False, 4), (1e4, True, 4),
+                          (100.0, True, 16), (1e4, False, 16)])
 def test_float32_gradients_at_large_logits_are_as_accurate_as_plain_softmax_attention(
-        scale, causal):
+        scale, causal, block_size):
     """Issue 20 item 2: at inputs × 100 (and × 1e4) in float32 under jit, every gradient's
     error against float64 truth is within 2× that of plain float32 softmax attention, up to the
     float32 noise floor of the scores (4·eps·max|S| of the gradient's size). It was 1e18 times
-    dWq's size: the backward's softmax row term did not cancel where a row is one-hot."""
-    layer = jaxnn.multi_head_attention(2, causal=causal, block_size=4)
+    dWq's size: the backward's softmax row term did not cancel where a row is one-hot. Blocks
+    of 4 take the blockwise loops; a block of 16 holds all 16 keys (one tile, P kept)."""
+    layer = jaxnn.multi_head_attention(2, causal=causal, block_size=block_size)
     _, params, _ = layer.init(jax.random.key(0), (-1, 16, 8))
     x = jax.random.normal(jax.random.key(1), (2, 16, 8), jnp.float64) * scale
     dy = jax.random.normal(jax.random.key(2), (2, 16, 8), jnp.float64)

@@ -1030,6 +1030,44 @@ def _paired_rows_backward(q_scaled, k, v, do, m, l_safe, valid, blocks: int, siz
     return (_merge_time(dq, -2, t), _merge_time(dk_t, -1, t), _merge_time(dv_t, -1, t))
 
 
+# --- one tile: every key in one block ----------------------------------------------------------
+#
+# When all the keys fit in one block (``T_k ≤ block_size``, training), the scores are one tile
+# per query row block, ``N·h·T_q·T_k`` entries: no larger than the blockwise loop's own
+# temporaries. The forward keeps ``P`` itself, so the backward needs no second ``exp`` and no
+# recomputed scores: four products, ``dP = dO Vᵀ``, ``dQ = dS K``, ``dKᵀ = Qᵀ dS`` and
+# ``dVᵀ = dOᵀ P``, with ``D = rowsum(P ⊙ dP)`` from the same ``P`` and ``dP``.
+
+
+def _one_tile_forward(q_scaled, k, v, key_mask, causal: bool, shape):
+    """``(O, (m, l, P))`` over one tile of all the keys (``P`` for the backward)."""
+    n, h, t_q, d = shape
+    t_k = k.shape[2]
+    visible = _visible(key_mask, jnp.arange(t_k), jnp.arange(t_q) if causal else None)
+    s = _select(visible, _scores(q_scaled, jnp.swapaxes(k, -1, -2)), -jnp.inf)
+    m = jnp.max(s, axis=-1)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))  # 0 where nothing is seen
+    e = jnp.exp(s - m[..., None])
+    row_sum = jnp.sum(e, axis=-1)
+    p = e / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
+    o = jnp.einsum("...cgqk,...ckd->...cgqd", p, v)
+    return o.reshape(n, h, t_q, d), (m.reshape(n, h, t_q), row_sum.reshape(n, h, t_q),
+                                     p.reshape(n, h, t_q, t_k))
+
+
+def _one_tile_backward(q_scaled, k, v, p, do, shape):
+    """``(dQ, dK, dV)`` from the kept ``P``: ``dS = P ⊙ (dP − rowsum(P ⊙ dP))``."""
+    n, h, t_q, d = shape
+    p = p.reshape((*q_scaled.shape[:-1], p.shape[-1]))
+    dp = jnp.einsum("...cgqd,...cdk->...cgqk", do, jnp.swapaxes(v, -1, -2))
+    ds = p * (dp - _tile_row_term(p, dp, None)[..., None])
+    dq = jnp.einsum("...cgqk,...ckd->...cgqd", ds, k)
+    dk_t = jnp.einsum("...cdgq,...cgqk->...cdk", _transposed(q_scaled), ds)
+    dv_t = jnp.einsum("...cdgq,...cgqk->...cdk", _transposed(do), p)
+    return (_scaled(dq).reshape(n, h, t_q, d), jnp.swapaxes(dk_t, -1, -2),
+            jnp.swapaxes(dv_t, -1, -2))
+
+
 # --- the two entry points ---------------------------------------------------------------------
 
 
@@ -1041,7 +1079,9 @@ def _skips(causal: bool, t_q: int, t_k: int, q_start) -> bool:
 
 def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=None):
     """``(O, (m, l))``: ``O = softmax(QKᵀ/√d) V``, each row's maximum score ``m`` and its sum
-    ``l = Σ exp(S − m)``, over tiles of at most ``block_size`` keys.
+    ``l = Σ exp(S − m)``, over tiles of at most ``block_size`` keys; ``(O, (m, l, P))`` when
+    every key fits in one block (``T_k ≤ block_size``, no ``q_start``): one tile, whose
+    probabilities ``P`` the backward then reuses (``_one_tile_forward``).
 
     ``q``: ``(N, h, T_q, d)``; ``k, v``: ``(N, c, T_k, d)`` with ``c`` dividing ``h`` (query
     head ``i`` uses key/value head ``i // (h / c)``). With ``causal=True`` query row ``r`` sits
@@ -1057,6 +1097,8 @@ def attention_forward(q, k, v, key_mask, causal: bool, block_size: int, q_start=
     t_k = k.shape[2]
     q_scaled = _scaled(_grouped(q, k.shape[1]))
     paired = _paired_geometry(t_q, block_size) if _skips(causal, t_q, t_k, q_start) else None
+    if paired is None and t_k <= block_size and q_start is None:
+        return _one_tile_forward(q_scaled, k, v, key_mask, causal, (n, h, t_q, d))
     if paired is not None:
         m, row_sum, acc = _paired_forward(q_scaled, k, v, key_mask, *paired)
     else:
@@ -1088,7 +1130,9 @@ def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size
     logits): with ``rowsum(dO ⊙ O)`` float32 gradients at inputs × 100 were off by 100 % of
     their size. Causal self-attention takes a pair of query blocks' whole rows per step
     (``_paired_backward``), so ``D`` comes from the same ``P``, ``dP`` as the gradients: five
-    tile products. Otherwise two passes over the key blocks, the first summing ``D`` (seven).
+    tile products. With one tile's ``P`` kept (``stats`` of three), four products and no
+    recomputed scores. Otherwise two passes over the key blocks, the first summing ``D``
+    (seven).
     With GQA a key/value head's ``dK``, ``dV`` sum over the query heads it serves.
     """
     del o  # D comes from P ⊙ dP, not from O (see above)
@@ -1096,6 +1140,8 @@ def attention_backward(q, k, v, o, stats, do, key_mask, causal: bool, block_size
     c, t_k = k.shape[1], k.shape[2]
     q_scaled = _scaled(_grouped(q, c))
     do = _grouped(do, c)
+    if len(stats) == 3:  # one tile, its P kept by the forward
+        return _one_tile_backward(q_scaled, k, v, stats[2], do, (n, h, t_q, d))
     m, row_sum = (a.reshape(q_scaled.shape[:-1]) for a in stats)
     l_safe = jnp.where(row_sum > 0, row_sum, 1.0)
     paired = _paired_geometry(t_q, block_size) if _skips(causal, t_q, t_k, q_start) else None
