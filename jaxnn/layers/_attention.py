@@ -1060,10 +1060,8 @@ def _one_tile_backward(q_scaled, k, v, p, do, shape):
     n, h, t_q, d = shape
     p = p.reshape((*q_scaled.shape[:-1], p.shape[-1]))
     dp = jnp.einsum("...cgqd,...cdk->...cgqk", do, jnp.swapaxes(v, -1, -2))
-    ds = p * (dp - _tile_row_term(p, dp, None)[..., None])
-    dq = jnp.einsum("...cgqk,...ckd->...cgqd", ds, k)
-    dk_t = jnp.einsum("...cdgq,...cgqk->...cdk", _transposed(q_scaled), ds)
-    dv_t = jnp.einsum("...cdgq,...cgqk->...cdk", _transposed(do), p)
+    dq, dk_t, dv_t = _tile_gradients(_transposed(q_scaled), k, _transposed(do), p, dp,
+                                     _tile_row_term(p, dp, None), None)
     return (_scaled(dq).reshape(n, h, t_q, d), jnp.swapaxes(dk_t, -1, -2),
             jnp.swapaxes(dv_t, -1, -2))
 
