@@ -9,6 +9,7 @@ cache): the test checks that each is there, finite and positive, never its size.
 
 import importlib.util
 import math
+import os
 import pathlib
 
 import chex
@@ -124,3 +125,28 @@ def test_lm_benchmark_stops_when_a_peer_disagrees(lm_benchmark):
     variants["loss_fns"]["plain_jax"] = (fn, shifted)
     with pytest.raises(SystemExit, match="plain_jax disagrees with jaxnn"):
         lm_benchmark.check_agreement(variants)
+
+
+THREADS_BENCHMARK = BENCHMARK.parent / "cpu_threads.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins processes (Linux only)")
+def test_threads_benchmark_reports_each_piece_on_all_cores_and_on_one(capsys):
+    """Every piece is timed in a child process on every core and in one pinned to one core;
+    the traced pieces also report the share of the step when both threads ran an operation."""
+    spec = importlib.util.spec_from_file_location("cpu_threads_benchmark", THREADS_BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick"])
+    result = _result_line(capsys.readouterr().out)
+    assert set(result) == {"product_4x16x16_cores_speedup", "attention_2x32_cores_speedup",
+                           "attention_2x32_both_busy", "lm_2x16_cores_speedup",
+                           "lm_2x16_both_busy"}
+    for key, value in result.items():
+        value = float(value)
+        assert math.isfinite(value), (key, value)
+        if key.endswith("_both_busy"):
+            assert 0 <= value <= 1, (key, value)
+        else:
+            assert value > 0, (key, value)

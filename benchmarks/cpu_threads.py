@@ -1,0 +1,226 @@
+"""How much of the machine's second core XLA:CPU uses: attention's tile products, the attention
+layer's step and the LM step, on every core and on one.
+
+The same measurements run twice, each in a fresh child process: once with the CPU affinity the
+parent has (every core), once pinned to the first of them (``os.sched_setaffinity`` before jax is
+imported, so XLA's thread pool sees one core). The ratio of the two times is what the second core
+buys each piece. The all-core child also traces the attention layer's and the LM's steps with
+``jax.profiler`` and reports how long both of XLA's worker threads ran an operation at the same
+time ("both busy"), against the wall time of the step.
+
+Measured (float32, medians of interleaved rounds):
+
+* ``product b×M×N``: the batched product ``S = Q Kᵀ`` over ``b`` heads of ``M`` query rows and
+  ``N`` keys, 32 features (``Kᵀ`` stored as ``(b, 32, N)``, as attention's tiles read it): the
+  shape of attention's tiles (``128 × 128``), of a row strip and of a whole ``512 × 512`` score
+  matrix;
+* ``attention B·T``: the causal attention layer's step (forward and hand-derived backward, width
+  128, 4 heads, the default block size);
+* ``lm B·T``: one training step of ``transformer_lm.py``'s char LM (3 blocks, width 128, Adam).
+
+The last line is ``RESULT`` with ``<piece>_cores_speedup`` (one-core time over all-core time)
+and ``<piece>_both_busy`` (the fraction of the step during which both threads ran an
+operation).
+
+    python benchmarks/cpu_threads.py             # full sizes, about 2 minutes
+    python benchmarks/cpu_threads.py --quick     # tiny sizes (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+FULL = {"products": [(32, 128, 128), (128, 128, 128), (32, 128, 1024), (32, 512, 512)],
+        "attention": [(8, 512), (1, 2048)], "lm": [(32, 64), (8, 512)], "rounds": 9}
+QUICK = {"products": [(4, 16, 16)], "attention": [(2, 32)], "lm": [(2, 16)], "rounds": 2}
+
+
+def _timed(fn: Callable[[], Any], calls: int) -> float:
+    """Milliseconds per call of ``fn``, over ``calls`` calls in a row."""
+    import jax
+
+    start = time.perf_counter()
+    for _ in range(calls):
+        jax.block_until_ready(fn())
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def both_busy(fn: Callable[[], Any], steps: int = 3) -> float:
+    """Milliseconds per call during which two of XLA's CPU worker threads ran an operation at
+    the same time, from a ``jax.profiler`` trace of ``steps`` calls."""
+    import jax
+
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            for _ in range(steps):
+                jax.block_until_ready(fn())
+        trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
+        data = jax.profiler.ProfileData.from_file(trace)
+    skip = ("ThreadpoolListener", "ThunkExecutor", "while", "call", "conditional", "end:")
+    busy = []
+    for plane in data.planes:
+        for line in plane.lines:
+            if "XLAEigen" in line.name:
+                busy.append(_merged(sorted((e.start_ns, e.start_ns + e.duration_ns)
+                                           for e in line.events
+                                           if not e.name.startswith(skip))))
+    overlap = 0
+    for i, first in enumerate(busy):
+        for second in busy[i + 1:]:
+            overlap += _intersection(first, second)
+    return overlap / 1e6 / steps
+
+
+def _merged(intervals: list[tuple[int, int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start, end in intervals:
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
+def _intersection(a: list[list[int]], b: list[list[int]]) -> int:
+    i = j = total = 0
+    while i < len(a) and j < len(b):
+        total += max(0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def _pieces(sizes: dict) -> dict[str, Callable[[], Any]]:
+    """The timed calls, by name."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnn
+
+    sys.path.insert(0, str(HERE))
+    import transformer_lm
+
+    pieces: dict[str, Callable[[], Any]] = {}
+    key = jax.random.key(0)
+    # the keys come transposed, ``(b, 32, N)``, as attention's tiles read them
+    product = jax.jit(lambda q, k_t: jnp.einsum("bqd,bdk->bqk", q, k_t))
+    for b, m, n in sizes["products"]:
+        q = jax.random.normal(key, (b, m, 32))
+        k_t = jax.random.normal(key, (b, 32, n))
+        pieces[f"product {b}x{m}x{n}"] = lambda q=q, k_t=k_t: product(q, k_t)
+    for batch, t in sizes["attention"]:
+        layer = jaxnn.multi_head_attention(4, causal=True)
+        _, params, state = layer.init(key, (batch, t, 128))
+        x = jax.random.normal(key, (batch, t, 128))
+
+        def step(p, x, layer=layer, state=state):
+            y, _, residuals = layer.forward(p, state, x, key=None, train=True)
+            return layer.backward(p, residuals, y)
+
+        compiled = jax.jit(step).lower(params, x).compile()
+        pieces[f"attention {batch}x{t}"] = lambda c=compiled, p=params, x=x: c(p, x)
+    sz = transformer_lm.FULL
+    for batch, t in sizes["lm"]:
+        model = transformer_lm.jaxnn_model(sz, t)
+        _, params, state = model.init(key, (-1, t))
+        ids = jax.random.randint(key, (batch, t), 0, sz.vocab)
+        optimizer = optax.adam(1e-3)
+        args = (params, state, optimizer.init(params), ids, ids)
+        step = jaxnn.make_train_step(model, jaxnn.softmax_cross_entropy, optimizer)
+        compiled = step.lower(*args).compile()
+        pieces[f"lm {batch}x{t}"] = lambda c=compiled, a=args: c(*a)
+    return pieces
+
+
+def child(sizes: dict, trace: bool) -> dict[str, dict[str, float]]:
+    """Every piece's median time (interleaved rounds) and, when ``trace``, its both-busy time."""
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    pieces = _pieces(sizes)
+    times: dict[str, list[float]] = {name: [] for name in pieces}
+    calls = {}
+    for name, fn in pieces.items():  # warm-up; enough calls a round for ~20 ms
+        jax.block_until_ready(fn())
+        calls[name] = max(1, round(20.0 / _timed(fn, 1)))
+    for _ in range(sizes["rounds"]):
+        for name, fn in pieces.items():
+            times[name].append(_timed(fn, calls[name]))
+    out = {name: {"ms": statistics.median(ts)} for name, ts in times.items()}
+    if trace:
+        for name, fn in pieces.items():
+            if not name.startswith("product"):
+                out[name]["both_busy_ms"] = both_busy(fn)
+    return out
+
+
+def run_child(quick: bool, cores: set[int] | None) -> dict[str, dict[str, float]]:
+    """``child`` in a fresh process, pinned to ``cores`` when given."""
+    command = [sys.executable, __file__, "--child"] + (["--quick"] if quick else [])
+    if cores is None:
+        command.append("--trace")
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores is not None else None
+    done = subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pin)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _key(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.child:
+        line = json.dumps(child(sizes, args.trace))
+        print(line)
+        return line
+
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("cpu_threads.py pins a process to one core with os.sched_setaffinity, "
+                         "which this platform lacks (Linux has it)")
+    cores = sorted(os.sched_getaffinity(0))
+    every = run_child(args.quick, None)
+    one = run_child(args.quick, {cores[0]})
+    print(f"{len(cores)} cores (all) against core {cores[0]} alone; medians of "
+          f"{sizes['rounds']} interleaved rounds, ms")
+    print(f"  {'piece':<22} {'all cores':>10} {'one core':>10} {'speedup':>8} "
+          f"{'both busy':>10}")
+    result = []
+    for name, figures in every.items():
+        speedup = one[name]["ms"] / figures["ms"]
+        busy = figures.get("both_busy_ms")
+        busy_text = f"{busy:8.2f} ms" if busy is not None else ""
+        print(f"  {name:<22} {figures['ms']:10.3f} {one[name]['ms']:10.3f} {speedup:8.2f} "
+              f"{busy_text:>10}")
+        result.append(f"{_key(name)}_cores_speedup={speedup:.3g}")
+        if busy is not None:
+            result.append(f"{_key(name)}_both_busy={busy / figures['ms']:.3g}")
+    line = "RESULT " + " ".join(result)
+    print(line)
+    return line
+
+
+if __name__ == "__main__":
+    main()
