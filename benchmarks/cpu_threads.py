@@ -2,11 +2,11 @@
 layer's step and the LM step, on every core and on one.
 
 The same measurements run twice, each in a fresh child process: once with the CPU affinity the
-parent has (every core), once pinned to the first of them (``os.sched_setaffinity`` before jax is
-imported, so XLA's thread pool sees one core). The ratio of the two times is what the second core
-buys each piece. The all-core child also traces the attention layer's and the LM's steps with
-``jax.profiler`` and reports how long both of XLA's worker threads ran an operation at the same
-time ("both busy"), against the wall time of the step.
+parent has (every core), once pinned to the first of them (the child calls
+``os.sched_setaffinity`` before it imports jax, so XLA's thread pool sees one core). The ratio
+of the two times is what the second core buys each piece. The all-core child also traces the
+attention layer's and the LM's steps with ``jax.profiler`` and reports how long both of XLA's
+worker threads ran an operation at the same time ("both busy"), against the step's wall time.
 
 Measured (float32, medians of interleaved rounds):
 
@@ -171,13 +171,12 @@ def child(sizes: dict, trace: bool) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_child(quick: bool, cores: set[int] | None) -> dict[str, dict[str, float]]:
-    """``child`` in a fresh process, pinned to ``cores`` when given."""
+def run_child(quick: bool, core: int | None) -> dict[str, dict[str, float]]:
+    """``child`` in a fresh process, pinned to ``core`` when given (the child pins itself before
+    it imports jax: a ``preexec_fn`` would fork this multithreaded process)."""
     command = [sys.executable, __file__, "--child"] + (["--quick"] if quick else [])
-    if cores is None:
-        command.append("--trace")
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores is not None else None
-    done = subprocess.run(command, check=True, capture_output=True, text=True, preexec_fn=pin)
+    command += ["--trace"] if core is None else ["--pin", str(core)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -190,9 +189,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pin", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.child:
+        if args.pin is not None:
+            os.sched_setaffinity(0, {args.pin})
         line = json.dumps(child(sizes, args.trace))
         print(line)
         return line
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> str:
                          "which this platform lacks (Linux has it)")
     cores = sorted(os.sched_getaffinity(0))
     every = run_child(args.quick, None)
-    one = run_child(args.quick, {cores[0]})
+    one = run_child(args.quick, cores[0])
     print(f"{len(cores)} cores (all) against core {cores[0]} alone; medians of "
           f"{sizes['rounds']} interleaved rounds, ms")
     print(f"  {'piece':<22} {'all cores':>10} {'one core':>10} {'speedup':>8} "

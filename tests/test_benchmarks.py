@@ -135,6 +135,11 @@ THREADS_BENCHMARK = BENCHMARK.parent / "cpu_threads.py"
 def test_threads_benchmark_reports_each_piece_on_all_cores_and_on_one(capsys):
     """Every piece is timed in a child process on every core and in one pinned to one core;
     the traced pieces also report the share of the step when both threads ran an operation."""
+    import jax.numpy as jnp
+
+    # a backend already running in this process, as in the full suite: the children must be
+    # started without forking it
+    jnp.zeros(1).block_until_ready()
     spec = importlib.util.spec_from_file_location("cpu_threads_benchmark", THREADS_BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
