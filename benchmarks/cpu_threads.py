@@ -14,13 +14,17 @@ Measured (float32, medians of interleaved rounds):
   ``N`` keys, 32 features (``Kᵀ`` stored as ``(b, 32, N)``, as attention's tiles read it): the
   shape of attention's tiles (``128 × 128``), of a row strip and of a whole ``512 × 512`` score
   matrix;
-* ``attention B·T``: the causal attention layer's step (forward and hand-derived backward, width
-  128, 4 heads, the default block size);
-* ``lm B·T``: one training step of ``transformer_lm.py``'s char LM (3 blocks, width 128, Adam).
+* ``attention jaxnn B·T`` and ``attention autodiff B·T``: the causal attention layer's gradient
+  step (width 128, 4 heads, block size 128) with its hand-derived backward and with ``jax.grad``
+  of the same blockwise forward (``attention.py``'s variants);
+* ``lm jaxnn B·T``, ``lm flax_nnx B·T``, ``lm plain_jax B·T``: one training step of
+  ``transformer_lm.py``'s char LM (3 blocks, width 128, Adam, donated) in its three
+  implementations (Flax NNX when installed).
 
-The last line is ``RESULT`` with ``<piece>_cores_speedup`` (one-core time over all-core time)
-and ``<piece>_both_busy`` (the fraction of the step during which both threads ran an
-operation).
+The last line is ``RESULT`` with ``<piece>_cores_speedup`` (one-core time over all-core time),
+``<piece>_both_busy`` for jaxnn's steps (the fraction of the step during which both threads ran
+an operation), and jaxnn against autodiff and Flax NNX on every core and on one
+(``attention_<B>x<T>_vs_autodiff``, ``..._one_core``, ``lm_<B>x<T>_vs_flax_nnx``, ...).
 
     python benchmarks/cpu_threads.py             # full sizes, about 2 minutes
     python benchmarks/cpu_threads.py --quick     # tiny sizes (a smoke test)
@@ -106,13 +110,16 @@ def _intersection(a: list[list[int]], b: list[list[int]]) -> int:
     return total
 
 
+def _has_flax() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flax") is not None
+
+
 def _pieces(sizes: dict) -> dict[str, Callable[[], Any]]:
     """The timed calls, by name."""
     import jax
     import jax.numpy as jnp
-    import optax
-
-    import jaxnn
 
     sys.path.insert(0, str(HERE))
     import transformer_lm
@@ -125,27 +132,17 @@ def _pieces(sizes: dict) -> dict[str, Callable[[], Any]]:
         q = jax.random.normal(key, (b, m, 32))
         k_t = jax.random.normal(key, (b, 32, n))
         pieces[f"product {b}x{m}x{n}"] = lambda q=q, k_t=k_t: product(q, k_t)
+    import attention
+
     for batch, t in sizes["attention"]:
-        layer = jaxnn.multi_head_attention(4, causal=True)
-        _, params, state = layer.init(key, (batch, t, 128))
-        x = jax.random.normal(key, (batch, t, 128))
-
-        def step(p, x, layer=layer, state=state):
-            y, _, residuals = layer.forward(p, state, x, key=None, train=True)
-            return layer.backward(p, residuals, y)
-
-        compiled = jax.jit(step).lower(params, x).compile()
-        pieces[f"attention {batch}x{t}"] = lambda c=compiled, p=params, x=x: c(p, x)
-    sz = transformer_lm.FULL
+        steps = attention.variants(t, batch, 4, 128, 128)
+        for name in ("jaxnn", "autodiff"):
+            step, args = steps[name]
+            pieces[f"attention {name} {batch}x{t}"] = lambda s=step, a=args: s(*a)
     for batch, t in sizes["lm"]:
-        model = transformer_lm.jaxnn_model(sz, t)
-        _, params, state = model.init(key, (-1, t))
-        ids = jax.random.randint(key, (batch, t), 0, sz.vocab)
-        optimizer = optax.adam(1e-3)
-        args = (params, state, optimizer.init(params), ids, ids)
-        step = jaxnn.make_train_step(model, jaxnn.softmax_cross_entropy, optimizer)
-        compiled = step.lower(*args).compile()
-        pieces[f"lm {batch}x{t}"] = lambda c=compiled, a=args: c(*a)
+        variants = transformer_lm.build(transformer_lm.FULL, batch, t, with_flax=_has_flax())
+        for name, run in variants["steps"].items():
+            pieces[f"lm {name} {batch}x{t}"] = run
     return pieces
 
 
@@ -166,7 +163,7 @@ def child(sizes: dict, trace: bool) -> dict[str, dict[str, float]]:
     out = {name: {"ms": statistics.median(ts)} for name, ts in times.items()}
     if trace:
         for name, fn in pieces.items():
-            if not name.startswith("product"):
+            if " jaxnn " in name:
                 out[name]["both_busy_ms"] = both_busy(fn)
     return out
 
@@ -207,18 +204,26 @@ def main(argv: list[str] | None = None) -> str:
     one = run_child(args.quick, cores[0])
     print(f"{len(cores)} cores (all) against core {cores[0]} alone; medians of "
           f"{sizes['rounds']} interleaved rounds, ms")
-    print(f"  {'piece':<22} {'all cores':>10} {'one core':>10} {'speedup':>8} "
+    print(f"  {'piece':<28} {'all cores':>10} {'one core':>10} {'speedup':>8} "
           f"{'both busy':>10}")
     result = []
     for name, figures in every.items():
         speedup = one[name]["ms"] / figures["ms"]
         busy = figures.get("both_busy_ms")
         busy_text = f"{busy:8.2f} ms" if busy is not None else ""
-        print(f"  {name:<22} {figures['ms']:10.3f} {one[name]['ms']:10.3f} {speedup:8.2f} "
+        print(f"  {name:<28} {figures['ms']:10.3f} {one[name]['ms']:10.3f} {speedup:8.2f} "
               f"{busy_text:>10}")
         result.append(f"{_key(name)}_cores_speedup={speedup:.3g}")
         if busy is not None:
             result.append(f"{_key(name)}_both_busy={busy / figures['ms']:.3g}")
+    for name in every:
+        for peer in ("autodiff", "flax_nnx"):
+            if " jaxnn " in name and name.replace(" jaxnn ", f" {peer} ") in every:
+                other = name.replace(" jaxnn ", f" {peer} ")
+                for label, figures in (("", every), ("_one_core", one)):
+                    ratio = figures[other]["ms"] / figures[name]["ms"]
+                    result.append(f"{_key(name.replace(' jaxnn', ''))}_vs_{peer}{label}="
+                                  f"{ratio:.4g}")
     line = "RESULT " + " ".join(result)
     print(line)
     return line

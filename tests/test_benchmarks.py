@@ -145,9 +145,14 @@ def test_threads_benchmark_reports_each_piece_on_all_cores_and_on_one(capsys):
     spec.loader.exec_module(module)
     module.main(["--quick"])
     result = _result_line(capsys.readouterr().out)
-    assert set(result) == {"product_4x16x16_cores_speedup", "attention_2x32_cores_speedup",
-                           "attention_2x32_both_busy", "lm_2x16_cores_speedup",
-                           "lm_2x16_both_busy"}
+    pieces = ["product_4x16x16", "attention_jaxnn_2x32", "attention_autodiff_2x32",
+              "lm_jaxnn_2x16", "lm_flax_nnx_2x16", "lm_plain_jax_2x16"]
+    expected = {f"{piece}_cores_speedup" for piece in pieces}
+    expected |= {"attention_jaxnn_2x32_both_busy", "lm_jaxnn_2x16_both_busy"}
+    expected |= {f"{pair}{label}" for pair in ("attention_2x32_vs_autodiff",
+                                               "lm_2x16_vs_flax_nnx")
+                 for label in ("", "_one_core")}
+    assert set(result) == expected
     for key, value in result.items():
         value = float(value)
         assert math.isfinite(value), (key, value)
