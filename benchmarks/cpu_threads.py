@@ -6,7 +6,7 @@ parent has (every core), once pinned to the first of them (the child calls
 ``os.sched_setaffinity`` before it imports jax, so XLA's thread pool sees one core). The ratio
 of the two times is what the second core buys each piece. The all-core child also traces the
 attention layer's and the LM's steps with ``jax.profiler`` and reports how long both of XLA's
-worker threads ran an operation at the same time ("both busy"), against the step's wall time.
+worker threads ran an operation at the same time ("both busy"), as a share of their wall time.
 
 Measured (float32, medians of interleaved rounds):
 
@@ -22,9 +22,10 @@ Measured (float32, medians of interleaved rounds):
   implementations (Flax NNX when installed).
 
 The last line is ``RESULT`` with ``<piece>_cores_speedup`` (one-core time over all-core time),
-``<piece>_both_busy`` for jaxnn's steps (the fraction of the step during which both threads ran
-an operation), and jaxnn against autodiff and Flax NNX on every core and on one
-(``attention_<B>x<T>_vs_autodiff``, ``..._one_core``, ``lm_<B>x<T>_vs_flax_nnx``, ...).
+``<piece>_both_busy`` for jaxnn's steps (the fraction of the traced steps' wall time during
+which at least two threads ran an operation), and jaxnn against autodiff and Flax NNX on every
+core and on one (``attention_<B>x<T>_vs_autodiff``, ``..._one_core``,
+``lm_<B>x<T>_vs_flax_nnx``, ...).
 
     python benchmarks/cpu_threads.py             # full sizes, about 2 minutes
     python benchmarks/cpu_threads.py --quick     # tiny sizes (a smoke test)
@@ -33,14 +34,12 @@ an operation), and jaxnn against autodiff and Flax NNX on every core and on one
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import pathlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,33 +62,30 @@ def _timed(fn: Callable[[], Any], calls: int) -> float:
 
 
 def both_busy(fn: Callable[[], Any], steps: int = 3) -> float:
-    """Milliseconds per call during which two of XLA's CPU worker threads ran an operation at
-    the same time, from a ``jax.profiler`` trace of ``steps`` calls."""
-    import jax
+    """The fraction of the wall time of ``steps`` traced calls of ``fn`` during which at least
+    two of XLA's CPU worker threads ran an operation (``jax.profiler``)."""
+    import transformer_lm
 
-    jax.block_until_ready(fn())
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory):
-            for _ in range(steps):
-                jax.block_until_ready(fn())
-        trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
-        data = jax.profiler.ProfileData.from_file(trace)
+    data, seconds = transformer_lm.traced(fn, steps)
     skip = ("ThreadpoolListener", "ThunkExecutor", "while", "call", "conditional", "end:")
-    busy = []
+    edges = []  # +1 where a thread starts an operation, -1 where it ends one
     for plane in data.planes:
         for line in plane.lines:
             if "XLAEigen" in line.name:
-                busy.append(_merged(sorted((e.start_ns, e.start_ns + e.duration_ns)
-                                           for e in line.events
-                                           if not e.name.startswith(skip))))
-    overlap = 0
-    for i, first in enumerate(busy):
-        for second in busy[i + 1:]:
-            overlap += _intersection(first, second)
-    return overlap / 1e6 / steps
+                for start, end in _merged(sorted((e.start_ns, e.start_ns + e.duration_ns)
+                                                 for e in line.events
+                                                 if not e.name.startswith(skip))):
+                    edges += [(start, 1), (end, -1)]
+    busy, both, since = 0, 0, 0
+    for at, step in sorted(edges):
+        if busy >= 2:
+            both += at - since
+        busy, since = busy + step, at
+    return both / 1e9 / seconds
 
 
 def _merged(intervals: list[tuple[int, int]]) -> list[list[int]]:
+    """One thread's operations as disjoint ``[start, end]`` intervals."""
     out: list[list[int]] = []
     for start, end in intervals:
         if out and start <= out[-1][1]:
@@ -97,17 +93,6 @@ def _merged(intervals: list[tuple[int, int]]) -> list[list[int]]:
         else:
             out.append([start, end])
     return out
-
-
-def _intersection(a: list[list[int]], b: list[list[int]]) -> int:
-    i = j = total = 0
-    while i < len(a) and j < len(b):
-        total += max(0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
 
 
 def _has_flax() -> bool:
@@ -151,7 +136,7 @@ def child(sizes: dict, trace: bool) -> dict[str, dict[str, float]]:
     import jax
 
     jax.config.update("jax_enable_x64", False)
-    pieces = _pieces(sizes)
+    pieces = _pieces(sizes)  # puts this folder on sys.path (transformer_lm, attention)
     times: dict[str, list[float]] = {name: [] for name in pieces}
     calls = {}
     for name, fn in pieces.items():  # warm-up; enough calls a round for ~20 ms
@@ -164,7 +149,7 @@ def child(sizes: dict, trace: bool) -> dict[str, dict[str, float]]:
     if trace:
         for name, fn in pieces.items():
             if " jaxnn " in name:
-                out[name]["both_busy_ms"] = both_busy(fn)
+                out[name]["both_busy"] = both_busy(fn)
     return out
 
 
@@ -209,13 +194,13 @@ def main(argv: list[str] | None = None) -> str:
     result = []
     for name, figures in every.items():
         speedup = one[name]["ms"] / figures["ms"]
-        busy = figures.get("both_busy_ms")
-        busy_text = f"{busy:8.2f} ms" if busy is not None else ""
+        busy = figures.get("both_busy")
+        busy_text = f"{100 * busy:8.1f} %" if busy is not None else ""
         print(f"  {name:<28} {figures['ms']:10.3f} {one[name]['ms']:10.3f} {speedup:8.2f} "
               f"{busy_text:>10}")
         result.append(f"{_key(name)}_cores_speedup={speedup:.3g}")
         if busy is not None:
-            result.append(f"{_key(name)}_both_busy={busy / figures['ms']:.3g}")
+            result.append(f"{_key(name)}_both_busy={busy:.3g}")
     for name in every:
         for peer in ("autodiff", "flax_nnx"):
             if " jaxnn " in name and name.replace(" jaxnn ", f" {peer} ") in every:

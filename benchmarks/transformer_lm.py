@@ -353,6 +353,20 @@ _SCOPE = re.compile(r"lm\[([^\]]+)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = .*?op_name=\"([^\"]*)\"", re.M)
 
 
+def traced(fn: Callable[[], Any], steps: int) -> tuple[Any, float]:
+    """``(profile, seconds)``: a ``jax.profiler`` trace of ``steps`` calls of ``fn`` (after one
+    untimed call) as ``jax.profiler.ProfileData``, and the wall time of those calls."""
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            start = time.perf_counter()
+            for _ in range(steps):
+                jax.block_until_ready(fn())
+            seconds = time.perf_counter() - start
+        trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
+        return jax.profiler.ProfileData.from_file(trace), seconds
+
+
 def profile(sz: Sizes, batch: int, t: int, steps: int = 3) -> dict[str, float]:
     """Milliseconds of XLA op time per step, by piece of the jaxnn step.
 
@@ -378,13 +392,7 @@ def profile(sz: Sizes, batch: int, t: int, steps: int = 3) -> dict[str, float]:
     for name, op_name in _INSTRUCTION.findall(compiled.as_text()):
         found = _SCOPE.findall(op_name)
         scope_of[name] = found[-1] if found else "other (residual adds, copies)"
-    jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory):
-            for _ in range(steps):
-                jax.block_until_ready(compiled(params, state, opt_state, ids, ids))
-        trace = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0]
-        data = jax.profiler.ProfileData.from_file(trace)
+    data, _ = traced(lambda: compiled(params, state, opt_state, ids, ids), steps)
     totals: dict[str, float] = {}
     for plane in data.planes:
         for line in plane.lines:
